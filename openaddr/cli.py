@@ -1,0 +1,75 @@
+"""The ``openaddr`` command line: validate, test-source, conform (and later process-one).
+
+Exit status: 0 success, 1 a failure recorded in the state, 2 bad usage or an unreadable source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+
+
+def _raise_csv_field_limit() -> None:
+    # ESRI caches carry whole polygon WKT in one cell (processing.md §1.1).
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with one sub-command per entry point of processing.md §1.1."""
+    parser = argparse.ArgumentParser(prog="openaddr", description="The OpenAddresses Machine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate source files against the schema")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = sub.add_parser("test-source", help="run the acceptance tests of source files")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = sub.add_parser("conform", help="conform already downloaded data of one layer entry")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("--layer", required=True, choices=["addresses", "parcels", "buildings", "centerlines"])
+    p.add_argument("--name")
+    p.add_argument("--fingerprint")
+    p.add_argument("--out", required=True)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    _raise_csv_field_limit()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage
+        return int(exc.code or 0)
+    if args.command == "validate":
+        from openaddr.sources import validate_command
+
+        return validate_command(args.paths)
+    if args.command == "test-source":
+        from openaddr.acceptance import test_source_command
+
+        return test_source_command(args.paths)
+    if args.command == "conform":
+        from openaddr.process import conform_command
+
+        return conform_command(
+            args.source, args.input, layer=args.layer, name=args.name, fingerprint=args.fingerprint,
+            out=args.out, verbose=args.verbose,
+        )
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
