@@ -175,3 +175,17 @@ def iter_source_files(paths: list[str] | list[Path]) -> Iterator[Path]:
             yield from sorted(p for p in path.rglob("*.json") if p.is_file())
         else:
             yield path
+
+
+def validate_command(paths: list[str]) -> int:
+    """``openaddr validate PATH...``: report invalid source files, then ``N valid, M invalid`` (§1.1, §2.5).
+
+    See :func:`openaddr.validation.validate_paths` for which files count and how v1 files are judged.
+
+    :return: 0 when every file is valid, else 1
+    """
+    import sys
+
+    from openaddr.validation import validate_paths  # imported here: openaddr.validation imports this module
+
+    return validate_paths(paths, sys.stdout)

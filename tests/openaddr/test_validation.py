@@ -1,0 +1,327 @@
+"""Schema validation and ``openaddr validate`` (processing.md §2.5, §1.1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openaddr.cli import main
+from openaddr.sources import load_source
+from openaddr.validation import (
+    FUNCTIONS,
+    build_registry,
+    conform_errors,
+    format_path,
+    schema_errors,
+    source_issues,
+    validate_source,
+)
+
+GALVESTON = Path("us/tx/galveston.json")  # one address entry "county" with regexp attributes
+PHILADELPHIA = Path("us/pa/philadelphia.json")  # address entry "county": postcode is a chain of two regexps
+
+
+def _copy(corpus_sources: Path, relative: Path, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    target = tmp_path / relative.name
+    shutil.copyfile(corpus_sources / relative, target)
+    return target, json.loads(target.read_text(encoding="utf-8"))
+
+
+def _write(path: Path, document: Any) -> None:
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+
+
+def test_every_corpus_file_validates_strictly(corpus_sources: Path) -> None:
+    files = sorted(corpus_sources.rglob("*.json"))
+    assert len(files) == 2833
+    started = time.perf_counter()
+    failures: dict[str, list[str]] = {}
+    for path in files:
+        source = load_source(path)
+        assert source.strict, path
+        problems = validate_source(source)
+        if problems:
+            failures[str(path.relative_to(corpus_sources))] = problems
+    elapsed = time.perf_counter() - started
+    assert failures == {}
+    assert elapsed < 10, f"validating the corpus took {elapsed:.1f} s"
+
+
+def test_validate_command_over_the_corpus(corpus_sources: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(corpus_sources)]) == 0
+    out = capsys.readouterr().out
+    assert out == "2833 valid, 0 invalid\n"
+
+
+def _break_unknown_function(doc: dict[str, Any]) -> None:
+    doc["layers"]["addresses"][0]["conform"]["number"] = {"function": "frobnicate", "field": "SITUS_NO"}
+
+
+def _break_regexp(doc: dict[str, Any]) -> None:
+    doc["layers"]["addresses"][0]["conform"]["street"]["pattern"] = "("
+
+
+def _break_name(doc: dict[str, Any]) -> None:
+    del doc["layers"]["addresses"][0]["name"]
+
+
+def _break_number_type(doc: dict[str, Any]) -> None:
+    doc["layers"]["addresses"][0]["conform"]["number"] = 5
+
+
+def _break_list_member(doc: dict[str, Any]) -> None:
+    doc["layers"]["addresses"][0]["conform"]["number"] = ["SITUS_NO", 7]
+
+
+def _break_function_argument(doc: dict[str, Any]) -> None:
+    doc["layers"]["addresses"][0]["conform"]["unit"]["pattern"] = 1
+
+
+@pytest.mark.parametrize(
+    ("breaker", "kind", "json_path", "fragment"),
+    [
+        (
+            _break_unknown_function,
+            "Schema",
+            "layers.addresses[0].conform.number",
+            "unknown function 'frobnicate'",
+        ),
+        (
+            _break_regexp,
+            "Conform",
+            "layers.addresses[0].conform.street.pattern",
+            "invalid regular expression '('",
+        ),
+        (_break_name, "Schema", "layers.addresses[0]", "'name' is a required property"),
+        (_break_number_type, "Schema", "layers.addresses[0].conform.number", "5 is not of type"),
+        (_break_list_member, "Schema", "layers.addresses[0].conform.number[1]", "7 is not of type 'string'"),
+        (
+            _break_function_argument,
+            "Schema",
+            "layers.addresses[0].conform.unit.pattern",
+            "1 is not of type 'string'",
+        ),
+    ],
+)
+def test_broken_corpus_file_names_the_json_path(
+    corpus_sources: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    breaker: Any,
+    kind: str,
+    json_path: str,
+    fragment: str,
+) -> None:
+    path, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    assert validate_source(load_source(path)) == []
+    breaker(doc)
+    _write(path, doc)
+
+    problems = validate_source(load_source(path))
+    # The entry is still named "county" in messages, even when the name key is the broken part (fallback name).
+    entry = "addresses/primary" if breaker is _break_name else "addresses/county"
+    assert f"{path}: {entry}: {kind}: {json_path}: " in "\n".join(problems)
+    assert any(fragment in p for p in problems), problems
+
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "0 valid, 1 invalid"
+    assert out[0].startswith(f"{path}: ")
+    assert any(f"{kind}: {json_path}: " in line for line in out)
+
+
+def test_unknown_function_is_reported_once(corpus_sources: Path, tmp_path: Path) -> None:
+    path, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    _break_unknown_function(doc)
+    _write(path, doc)
+    source = load_source(path)
+    # The conform check finds it too, but source_issues() does not repeat a path the schema reported.
+    assert [str(i) for i in conform_errors(source.document)] == [
+        "Conform: layers.addresses[0].conform.number: Unknown conform function `frobnicate`"
+    ]
+    assert [str(i) for i in source_issues(source)] == [
+        "Schema: layers.addresses[0].conform.number: unknown function 'frobnicate'"
+    ]
+
+
+def test_chain_steps_are_checked(corpus_sources: Path, tmp_path: Path) -> None:
+    path, doc = _copy(corpus_sources, PHILADELPHIA, tmp_path)
+    chain = doc["layers"]["addresses"][0]["conform"]["postcode"]
+    assert chain["function"] == "chain"
+    chain["functions"][1]["pattern"] = "(?<=a+)b"  # Python's re needs a fixed-width look-behind
+    chain["functions"].append({"function": "nope", "field": "zip_code"})
+    chain["functions"].append(["zip_code", 3])
+    _write(path, doc)
+
+    problems = [str(i) for i in source_issues(load_source(path))]
+    base = "layers.addresses[0].conform.postcode.functions"
+    assert f"Schema: {base}[2]: unknown function 'nope'" in problems
+    assert f"Schema: {base}[3][1]: 3 is not of type 'string'" in problems
+    assert any(p.startswith(f"Conform: {base}[1].pattern: invalid regular expression") for p in problems)
+    assert len(problems) == 3
+
+
+def test_function_not_allowed_for_attribute(corpus_sources: Path, tmp_path: Path) -> None:
+    path, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    # postfixed_unit serves only ``unit``; ``city`` takes the standard functions.
+    doc["layers"]["addresses"][0]["conform"]["city"] = {"function": "postfixed_unit", "field": "SITUS"}
+    _write(path, doc)
+    (problem,) = source_issues(load_source(path))
+    assert problem.path == "layers.addresses[0].conform.city"
+    assert problem.message.startswith("function 'postfixed_unit' is not allowed here")
+
+
+def test_coverage_geometry_resolves_through_geojson_schema(corpus_sources: Path, tmp_path: Path) -> None:
+    path, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    doc["coverage"]["geometry"] = {"type": "Pointy", "coordinates": [1, 2]}
+    _write(path, doc)
+    (problem,) = source_issues(load_source(path))
+    assert problem.path == "coverage.geometry.type"
+    assert "'Pointy' is not one of" in problem.message
+
+
+def test_registry_holds_every_schema_file_and_the_geojson_id() -> None:
+    registry = build_registry()
+    schema_dir = Path(__file__).resolve().parents[2] / "openaddr" / "schema"
+    for path in schema_dir.rglob("*.json"):
+        assert registry.contents(path.as_uri()) == json.loads(path.read_text(encoding="utf-8"))
+    geojson = json.loads((schema_dir / "util" / "geojson.json").read_text(encoding="utf-8"))
+    assert registry.contents("geojson") == geojson
+    assert registry.contents((schema_dir / "util" / "geojson").as_uri()) == geojson
+
+
+def test_format_keywords_are_annotations(corpus_sources: Path, tmp_path: Path) -> None:
+    path, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    doc["official_website"] = "not a uri"
+    doc["layers"]["addresses"][0]["email"] = "not an email"
+    _write(path, doc)
+    assert validate_source(load_source(path)) == []
+
+
+def test_legacy_keys_are_errors_in_strict_mode_only(corpus_sources: Path, tmp_path: Path) -> None:
+    path, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    doc["layers"]["addresses"][0]["cache"] = "https://example.org/cache.zip"
+    _write(path, doc)
+    source = load_source(path)
+    strict = [str(i) for i in schema_errors(source.document)]
+    assert strict == [
+        "Schema: layers.addresses[0]: Additional properties are not allowed ('cache' was unexpected)"
+    ]
+    assert schema_errors(source.document, advisory=True) == []
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ((), "(root)"),
+        (("coverage",), "coverage"),
+        (("layers", "addresses", 0, "conform", "number"), "layers.addresses[0].conform.number"),
+        (
+            ("layers", "addresses", 2, "license", "attribution name"),
+            'layers.addresses[2].license["attribution name"]',
+        ),
+        (
+            ("layers", "addresses", 0, "test", "acceptance-tests", 1),
+            "layers.addresses[0].test.acceptance-tests[1]",
+        ),
+        (("coverage", "US Census"), 'coverage["US Census"]'),
+    ],
+)
+def test_format_path(parts: tuple[str | int, ...], expected: str) -> None:
+    assert format_path(parts) == expected
+
+
+def test_known_functions() -> None:
+    assert sorted(FUNCTIONS) == sorted(
+        "join regexp format prefixed_number postfixed_street postfixed_unit remove_prefix remove_postfix "
+        "first_non_empty constant map mph_to_kph get chain".split()
+    )
+
+
+def test_machine_fixtures_validate_in_advisory_mode(fixtures: Path) -> None:
+    files = sorted((fixtures / "sources").rglob("*.json"))
+    assert files
+    for path in files:
+        source = load_source(path)
+        problems = validate_source(source)  # must not raise
+        assert all(p.startswith(f"{path}: ") for p in problems)
+        if "schema" not in source.original:
+            assert not source.strict
+
+
+def test_v1_fixture_carrying_cache_keys_is_valid(fixtures: Path) -> None:
+    # us-ca-carson-cached.json is layerless with cache, fingerprint and version: legitimate in an old file.
+    source = load_source(fixtures / "sources" / "us-ca-carson-cached.json")
+    assert source.version == 1
+    assert {"cache", "fingerprint", "version"} <= set(source.original)
+    # Its only other oddity is a conform key v2 does not know (7.5.5's fixtures used postal_code).
+    assert "postal_code" in source.original["conform"]
+    assert [str(i) for i in source_issues(source)] == [
+        "Schema: layers.addresses[0].conform: Additional properties are not allowed ('postal_code' was unexpected)"
+    ]
+
+
+def test_v1_fixture_errors_name_the_upgraded_path(fixtures: Path) -> None:
+    # fr-paris.json: coverage without "country" and "share-alike": "yes" (a string) in its licence.
+    path = fixtures / "sources" / "fr-paris.json"
+    original = json.loads(path.read_text(encoding="utf-8"))
+    assert "country" not in original["coverage"]
+    assert original["license"]["share-alike"] == "yes"
+    problems = validate_source(load_source(path))
+    assert problems == [
+        f"{path}: Schema: coverage: 'country' is a required property",
+        f"{path}: addresses/primary: Schema: layers.addresses[0].license.share-alike: 'yes' is not of type 'boolean'",
+    ]
+
+
+def test_validate_command_reports_broken_and_skips_non_sources(
+    corpus_sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "sources"
+    (folder / "xx").mkdir(parents=True)
+    shutil.copyfile(corpus_sources / GALVESTON, folder / "xx" / "good.json")
+    (folder / "xx" / "broken.json").write_text('{"schema": 2, "coverage": ', encoding="utf-8")
+    (folder / "list.json").write_text("[1, 2]", encoding="utf-8")  # not a source: skipped when walking
+    (folder / "package.json").write_text('{"name": "x"}', encoding="utf-8")  # not a source either
+    (folder / "notes.txt").write_text("not json", encoding="utf-8")  # not *.json: never walked
+    _, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    _break_number_type(doc)
+    _break_regexp(doc)
+    _write(folder / "xx" / "bad.json", doc)
+
+    assert main(["validate", str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "1 valid, 2 invalid"
+    assert out[0] == f"{folder / 'xx' / 'bad.json'}: 2 problems"
+    assert out[1].startswith("    addresses/county: Schema: layers.addresses[0].conform.number: ")
+    assert out[2].startswith("    addresses/county: Conform: layers.addresses[0].conform.street.pattern: ")
+    assert out[3].startswith(f"{folder / 'xx' / 'broken.json'}: not a JSON document")
+    assert len(out) == 5
+
+    # Named explicitly, a non-object file is checked and invalid; a missing file too.
+    assert main(["validate", str(folder / "list.json"), str(folder / "missing.json")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{folder / 'list.json'}: a source file must hold a JSON object")
+    assert out[1].startswith(f"{folder / 'missing.json'}: cannot read source file")
+    assert out[-1] == "0 valid, 2 invalid"
+
+
+def test_validate_command_lists_the_first_problems_only(
+    corpus_sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, doc = _copy(corpus_sources, GALVESTON, tmp_path)
+    conform = doc["layers"]["addresses"][0]["conform"]
+    for key in ("number", "street", "unit", "city", "region", "postcode", "district"):
+        conform[key] = 5
+    _write(path, doc)
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{path}: 7 problems"
+    assert len([line for line in out if line.startswith("    addresses/county: Schema: ")]) == 5
+    assert out[6] == "    … and 2 more"
+    assert out[7] == "0 valid, 1 invalid"
