@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def _raise_csv_field_limit() -> None:
@@ -64,8 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from openaddr.process import conform_command
 
         return conform_command(
-            args.source, args.input, layer=args.layer, name=args.name, fingerprint=args.fingerprint,
-            out=args.out, verbose=args.verbose,
+            args.source,
+            args.input,
+            layer=args.layer,
+            name=args.name,
+            fingerprint=args.fingerprint,
+            out=args.out,
+            verbose=args.verbose,
         )
     parser.error(f"unknown command {args.command}")
     return 2

@@ -1,0 +1,348 @@
+"""Conform one layer entry from already downloaded data into its state directory (processing.md §1.2 steps 1–11).
+
+:func:`conform_entry` is the library call; :func:`conform_command` is ``openaddr conform``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import openaddr
+from openaddr.errors import ConformError, OpenaddrError, SourceFileError, SourceProblem, UnknownFormatError
+from openaddr.sources import LayerEntry, Source, load_source
+
+log = logging.getLogger(__name__)
+
+#: Formats a conform may name (processing.md §5).
+KNOWN_FORMATS = ("shapefile", "shapefile-polygon", "gdb", "geojson", "csv", "xml", "gpkg")
+#: Protocols a layer entry may name (processing.md §1.2 step 4).
+KNOWN_PROTOCOLS = ("http", "ftp", "esri")
+
+LOG_FORMAT = "%(asctime)s %(levelname)8s: %(message)s"
+
+
+@dataclass
+class EntryResult:
+    """What processing one layer entry produced.
+
+    :param directory: the state directory
+    :param state: the state record (every key of :data:`openaddr.outputs.STATE_KEYS`)
+    :param problem: the source problem that ended the entry, or None
+    """
+
+    directory: Path
+    state: dict[str, Any]
+    problem: SourceProblem | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the entry produced its outputs (§10.1; a skipped entry is not ``ok`` here)."""
+        return self.problem is None or self.problem is SourceProblem.no_coverage
+
+
+class _EntryFailed(Exception):
+    """Ends one layer entry with a source problem (internal control flow)."""
+
+    def __init__(self, problem: SourceProblem) -> None:
+        super().__init__(problem.value)
+        self.problem = problem
+
+
+def _fail(problem: SourceProblem, message: str, *args: object) -> _EntryFailed:
+    log.warning(message, *args)
+    return _EntryFailed(problem)
+
+
+@contextlib.contextmanager
+def entry_log(path: Path) -> Iterator[None]:
+    """Capture every ``openaddr`` log record at DEBUG and above into ``path`` (``output.txt``, §9.6)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger = logging.getLogger("openaddr")
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.DEBUG:
+        logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()
+
+
+def file_md5(path: Path) -> str:
+    """MD5 hex digest of a file's bytes (the fingerprint, §3.5)."""
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _elapsed(start: float) -> str:
+    return str(timedelta(seconds=time.monotonic() - start))
+
+
+def _has_coverage(source: Source) -> bool:
+    coverage = source.document.get("coverage")
+    return isinstance(coverage, Mapping) and any(k in coverage for k in ("US Census", "ISO 3166", "geometry"))
+
+
+def initial_state(entry: LayerEntry) -> dict[str, Any]:
+    """The state record before any step ran: licence, website, version; everything else null."""
+    from openaddr.licenses import flag_text, normalise_license
+
+    info = normalise_license(entry.data)
+    return {
+        "source": entry.source.path.name,
+        "skipped": False,
+        "cache": None,
+        "sample": None,
+        "website": entry.data.get("website"),
+        "license": info.license,
+        "geometry type": None,
+        "address count": None,
+        "version": entry.data.get("version"),
+        "fingerprint": None,
+        "cache time": None,
+        "processed": None,
+        "process time": None,
+        "output": "output.txt",
+        "preview": None,
+        "slippymap": None,
+        "attribution required": flag_text(info.attribution_required),
+        "attribution name": info.attribution_name,
+        "share-alike": flag_text(info.share_alike),
+        "source problem": None,
+        "code version": openaddr.__version__,
+        "tests passed": None,
+    }
+
+
+def check_entry(entry: LayerEntry, state: dict[str, Any]) -> None:
+    """Steps 1–4 of §1.2: schema, ``skip``, acceptance tests, protocol.
+
+    :raises _EntryFailed: with the problem that ends the entry
+    """
+    from openaddr.acceptance import run_entry_tests
+    from openaddr.validation import validate_source
+
+    for note in entry.source.notes:
+        log.info("%s", note)
+    errors = validate_source(entry.source)
+    if errors:
+        level = logging.WARNING
+        for line in errors:
+            log.log(level, "%s", line)
+        if entry.source.strict:
+            raise _fail(
+                SourceProblem.invalid_source, "Source does not match the schema (%s)", entry.source.path
+            )
+    if entry.data.get("skip"):
+        log.info("Source says to skip")
+        state["skipped"] = True
+        raise _EntryFailed(SourceProblem.skip_source)
+    outcome = run_entry_tests(entry)
+    state["tests passed"] = outcome.passed
+    if outcome.passed is False:
+        raise _fail(SourceProblem.test_failed, "%s", outcome.message)
+    protocol = str(entry.data.get("protocol") or "").lower()
+    if protocol not in KNOWN_PROTOCOLS:
+        if "type" in entry.source.original and "protocol" not in entry.source.original:
+            raise _fail(SourceProblem.unknown_conform_type, "Unknown source conform type %r", protocol)
+        raise _fail(SourceProblem.unknown_conform_protocol, "Unknown source conform protocol %r", protocol)
+
+
+def check_conform(entry: LayerEntry) -> Mapping[str, Any]:
+    """Step 8 of §1.2: a conform object with a known format and no rejected 2.1.8 options.
+
+    :raises _EntryFailed: with the problem that ends the entry
+    """
+    conform = entry.conform
+    if conform is None:
+        raise _fail(SourceProblem.missing_conform, "Source is missing a conform object")
+    if conform.get("format") not in KNOWN_FORMATS:
+        raise _fail(
+            SourceProblem.unknown_conform_format, "Unknown source conform format %r", conform.get("format")
+        )
+    for option in ("advanced_merge", "split"):
+        if option in conform:
+            raise _fail(
+                SourceProblem.conform_source_failed,
+                'Error doing conform; skipping: Found unsupported "%s" option in conform',
+                option,
+            )
+    return conform
+
+
+def conform_entry(
+    entry: LayerEntry,
+    input_path: Path,
+    state_dir: Path,
+    *,
+    fingerprint: str | None = None,
+    scratch: Path | None = None,
+) -> EntryResult:
+    """Conform one layer entry from downloaded data (a file, a folder or an archive) into ``state_dir``.
+
+    Writes ``out.csv`` (address layers), ``out.geojson``, ``sample.json``, ``stats.json``, ``output.txt``,
+    ``index.json``/``index.txt`` and, for address layers, the packaged zip. Every exit path writes the state.
+
+    :param entry: the layer entry
+    :param input_path: the downloaded data
+    :param state_dir: where the outputs go (created)
+    :param fingerprint: seed of every HASH (§8.2); None → a random seed, as for rows processed outside a download
+    :param scratch: parent of the work directory (default: the system temporary folder)
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = initial_state(entry)
+    state["fingerprint"] = fingerprint
+    problem: SourceProblem | None = None
+    with entry_log(state_dir / "output.txt"):
+        log.info("Processing %s from %s", entry.label, input_path)
+        work = Path(tempfile.mkdtemp(prefix="process_one-", dir=scratch))
+        try:
+            check_entry(entry, state)
+            _conform_steps(entry, input_path, work, state_dir, state, fingerprint)
+        except _EntryFailed as failed:
+            problem = failed.problem
+        except OpenaddrError as exc:
+            log.warning("Error doing conform; skipping: %s: %s", entry.label, exc)
+            problem = exc.problem or SourceProblem.conform_source_failed
+        except Exception:  # source data must never make the process fail (§13)
+            log.exception("Error doing conform; skipping: %s: unexpected error", entry.label)
+            problem = SourceProblem.conform_source_failed
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if problem is None and not _has_coverage(entry.source):
+            problem = SourceProblem.no_coverage
+        if problem is not None and problem not in (SourceProblem.skip_source, SourceProblem.no_coverage):
+            _discard_outputs(state_dir, state)
+        state["source problem"] = problem.value if problem else None
+        log.info("Finished %s: %s", entry.label, state["source problem"] or "success")
+    from openaddr.outputs import write_state
+
+    write_state(state_dir, state)
+    return EntryResult(state_dir, state, problem)
+
+
+def _discard_outputs(state_dir: Path, state: dict[str, Any]) -> None:
+    for name in ("out.csv", "out.geojson", "stats.json"):
+        (state_dir / name).unlink(missing_ok=True)
+    for zipped in state_dir.glob("*.zip"):
+        zipped.unlink()
+    if state.get("address count"):
+        state["address count"] = 0
+    state["processed"] = None
+
+
+def _conform_steps(
+    entry: LayerEntry,
+    input_path: Path,
+    work: Path,
+    state_dir: Path,
+    state: dict[str, Any],
+    fingerprint: str | None,
+) -> None:
+    """Steps 6–10 of §1.2."""
+    from openaddr.canonical import random_seed
+    from openaddr.readers import open_reader
+    from openaddr.readers.archives import prepare_input
+    from openaddr.readers.choose import choose_input
+    from openaddr.readers.sample import take_sample
+
+    start = time.monotonic()
+    conform = entry.conform or {}
+    protocol = str(entry.data.get("protocol") or "").lower()
+    compression = entry.data.get("compression")
+    paths = prepare_input(input_path, work / "unzipped", compression=compression, file=conform.get("file"))
+    root = work / "unzipped" if (work / "unzipped").exists() else input_path.parent
+
+    try:
+        sample, geometry_type = take_sample(paths, root, conform if entry.conform else None, protocol)
+    except Exception as exc:  # best effort (§1.2 step 7)
+        log.warning("Error doing excerpt; skipping: %s", exc)
+        sample, geometry_type = None, None
+    if sample:
+        from openaddr.outputs import write_sample
+
+        write_sample(state_dir / "sample.json", sample)
+        state["sample"] = "sample.json"
+    else:
+        log.warning("Error doing excerpt; skipping")
+    state["geometry type"] = geometry_type
+
+    conform = check_conform(entry)
+    try:
+        from openaddr.pipeline import BatchTransformer, run_pipeline
+
+        seed = fingerprint or random_seed()
+        transform = BatchTransformer(conform, entry.layer, entry.label, seed)
+        path = choose_input(paths, root, conform, protocol)
+        log.info("Converting %s", path)
+        with open_reader(
+            path, conform, layer_type=entry.layer, protocol=protocol, label=entry.label
+        ) as reader:
+            if reader.geometry_type and not state["geometry type"]:
+                state["geometry type"] = reader.geometry_type
+            count = run_pipeline(entry, reader, transform, state_dir, state)
+    except UnknownFormatError as exc:
+        raise _fail(SourceProblem.unknown_conform_format, "Unknown source conform format: %s", exc) from exc
+    except ConformError as exc:
+        raise _fail(SourceProblem.conform_source_failed, "Error doing conform; skipping: %s", exc) from exc
+    state["process time"] = _elapsed(start)
+    state["address count"] = count
+    if count == 0:
+        raise _fail(SourceProblem.no_addresses_found, "Found no addresses in source data")
+
+
+def conform_command(
+    source: str,
+    input: str,
+    *,
+    layer: str,
+    name: str | None,
+    fingerprint: str | None,
+    out: str,
+    verbose: bool = False,
+) -> int:
+    """``openaddr conform``: exit 0 on success, 1 on a recorded failure, 2 on bad usage."""
+    import sys
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
+    )
+    try:
+        loaded = load_source(source)
+    except SourceFileError as exc:
+        sys.stderr.write(f"openaddr conform: {exc}\n")
+        return 2
+    entries = loaded.entries(layer=layer, name=name)
+    if not entries:
+        which = f"{layer} entry named {name!r}" if name else f"{layer} entry"
+        sys.stderr.write(f"openaddr conform: {source} has no {which}\n")
+        return 2
+    input_path = Path(input)
+    if not input_path.exists():
+        sys.stderr.write(f"openaddr conform: {input} does not exist\n")
+        return 2
+    if fingerprint is None and input_path.is_file():
+        fingerprint = file_md5(input_path)
+    result = conform_entry(entries[0], input_path, Path(out), fingerprint=fingerprint)
+    sys.stdout.write(
+        f"{entries[0].label}: {result.state['source problem'] or 'success'}, "
+        f"{result.state['address count'] or 0} rows in {out}\n"
+    )
+    return 0 if result.ok else 1
