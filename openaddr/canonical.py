@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING
 
@@ -157,17 +158,33 @@ def _quoted_inner(column: list[str], safe: bool) -> list[str]:
     return [encode_basestring_ascii(value)[1:-1] for value in column]
 
 
-def address_rows(
+@dataclass
+class AddressColumns:
+    """Canonical address values of one batch, column-wise (§8.1), with their HASH (§8.2).
+
+    :ivar columns: the 11 output columns ``LON`` … ``ID``, ``HASH`` (None for null ``CITY`` … ``ID``)
+    :ivar plain_coordinates: every LON/LAT text is a finite plain decimal number (valid JSON as it is)
+    """
+
+    columns: list[list[str | None]]
+    plain_coordinates: bool
+
+    @property
+    def rows(self) -> list[tuple[str | None, ...]]:
+        """One 11-tuple per row."""
+        return list(zip(*self.columns, strict=True))
+
+
+def address_columns(
     lon: list[str], lat: list[str], attrs: Mapping[str, list[str | None]], seed: str
-) -> list[tuple[str | None, ...]]:
-    """Canonical address rows with their HASH, column-wise over one batch (§8.1, §8.2).
+) -> AddressColumns:
+    """Canonical address values with their HASH, column-wise over one batch (§8.1, §8.2).
 
     :param lon: ``OA:x`` texts
     :param lat: ``OA:y`` texts
     :param attrs: the result of :meth:`openaddr.conform.Conform.apply` (``accuracy`` is ignored); a missing
         attribute is null
     :param seed: the run's fingerprint, or :func:`random_seed`
-    :return: one 11-tuple per row: LON … ID (None for null CITY … ID), then HASH
     """
     size = len(lon)
     nulls: list[str | None] = [None] * size
@@ -202,9 +219,18 @@ def address_rows(
         "]]",
     ]
     hashes = _hashes(seed, pieces, size)
-    return list(
-        zip(lon_c, lat_c, number, street, unit, city, district, region, postcode, id_, hashes, strict=True)
-    )
+    columns: list[list[str | None]] = [
+        lon_c, lat_c, number, street, unit, list(city), list(district), list(region), list(postcode), list(id_),
+        hashes,
+    ]  # fmt: skip
+    return AddressColumns(columns, lon_safe and lat_safe)
+
+
+def address_rows(
+    lon: list[str], lat: list[str], attrs: Mapping[str, list[str | None]], seed: str
+) -> list[tuple[str | None, ...]]:
+    """:func:`address_columns` as one 11-tuple per row: LON … ID (None for null CITY … ID), then HASH."""
+    return address_columns(lon, lat, attrs, seed).rows
 
 
 def address_hash(row: Mapping[str, str | None], seed: str) -> str:

@@ -149,7 +149,8 @@ def _text(value: Any) -> str:
 
 def _per_value(fn: Callable[[_T], _U], column: list[_T]) -> list[_U]:
     """``fn`` over a column, once per distinct value when values repeat a lot (city codes, street types)."""
-    if len(column) >= _DISTINCT_MIN_ROWS:
+    if len(column) >= _DISTINCT_MIN_ROWS and len(set(column[:_DISTINCT_MIN_ROWS])) * 2 <= _DISTINCT_MIN_ROWS:
+        # The first rows repeat: worth building the table (unique values, like full addresses, skip this).
         distinct = set(column)
         if len(distinct) * 2 <= len(column):
             table = {value: fn(value) for value in distinct}
@@ -753,3 +754,39 @@ def _esri_names(value: Any, key: str) -> list[str]:
     names = [_field_name(value.get("field")), _field_name(value.get("field_to_remove"))]
     names.extend(_field_names(value.get("fields")))
     return names
+
+
+def _chain_variables(value: Any, key: str) -> set[str]:
+    """Names of the chain variables (without ``oa:``) used by one conform value, nested chains included."""
+    if isinstance(value, Mapping) and value.get("function") == "chain":
+        variable = value.get("variable")
+        var = _strip_oa(variable) if isinstance(variable, str) and variable else key
+        found = {var}
+        for step in value.get("functions") or []:
+            found |= _chain_variables(step, var)
+        return found
+    return set()
+
+
+def source_columns(
+    conform: Mapping[str, Any] | None, layer_type: str, available: Sequence[str]
+) -> list[str] | None:
+    """The source columns the conform can read, in source order; None when it may read any of them.
+
+    Reading only these is much faster for wide files. Every column matching a referenced name
+    case-insensitively is kept, so the lookup of §7.3 (exact, then the first case-insensitive match in column order)
+    finds the same column as over the full row; so is a column named like a chain variable, which the chain reads
+    (§7.6).
+
+    :param conform: the entry's conform object
+    :param layer_type: the entry's layer type
+    :param available: the source's column names, in order
+    """
+    names = esri_field_names(conform, layer_type)
+    if not names or not isinstance(conform, Mapping):
+        return None
+    wanted = {name.lower() for name in names}
+    for key, value in conform.items():
+        if key in ATTRIBUTES.get(layer_type, ()):
+            wanted |= {name.lower() for name in _chain_variables(value, key)}
+    return [column for column in available if column.lower() in wanted]

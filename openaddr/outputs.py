@@ -11,7 +11,10 @@ import io
 import json
 import math
 import os
+import re
+import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import date
 from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C version when available
@@ -20,7 +23,13 @@ from typing import IO, TYPE_CHECKING, Any
 from openaddr.canonical import ADDRESS_COLUMNS, OUTPUT_COLUMNS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from openaddr.canonical import AddressColumns
+
+# Plain decimal numbers, as Arrow parses them (blanks, "nan", "inf" and other texts are invalid coordinates).
+_NUMBER = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
 #: Keys of the state record, in order (processing.md §9.7).
@@ -68,6 +77,37 @@ def encode_address_csv(rows: Sequence[Sequence[str | None]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+_CSV_SPECIAL = re.compile(r'[",\r\n]')
+
+
+def encode_address_csv_columns(columns: Sequence[Sequence[str | None]]) -> bytes:
+    """:func:`encode_address_csv` over columns, byte for byte the same.
+
+    The csv module quotes a cell only when it holds a delimiter, quote, CR or LF (excel dialect, minimal quoting);
+    columns without any such character are joined as they are, which is several times faster than the writer.
+    Columns that need quoting (rare: streets with commas) go through the writer's own rules.
+    """
+    if not columns or not columns[0]:
+        return b""
+    cells: list[Sequence[str]] = []
+    for column in columns:
+        texts = [v or "" for v in column] if None in column else column
+        joined = "\x00".join(texts)  # type: ignore[arg-type]
+        if _CSV_SPECIAL.search(joined):
+            texts = [_csv_cell(v) for v in texts]  # type: ignore[arg-type]
+        cells.append(texts)  # type: ignore[arg-type]
+    template = ",".join(["%s"] * len(cells)) + "\r\n"
+    return "".join([template % row for row in zip(*cells, strict=True)]).encode("utf-8")
+
+
+def _csv_cell(value: str) -> str:
+    if not value:
+        return ""  # the writer quotes a lone empty field, but not an empty cell in a longer row
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow([value])
+    return buf.getvalue()[:-2]
+
+
 def _finite(text: str | None) -> bool:
     try:
         return math.isfinite(float(text))  # type: ignore[arg-type]
@@ -75,35 +115,48 @@ def _finite(text: str | None) -> bool:
         return False
 
 
-def encode_address_geojson(
-    rows: Sequence[Sequence[str | None]], accuracy: Sequence[str | None] | None
-) -> bytes:
+def _json_texts(column: Sequence[str | None]) -> list[str]:
+    """Each value as a JSON string literal without ASCII escaping, ``""`` for null; repeats encoded once."""
+    if len(column) >= 64:
+        distinct = set(column)
+        if len(distinct) * 2 <= len(column):
+            table = {v: encode_basestring(v or "") for v in distinct}
+            return list(map(table.__getitem__, column))
+    return [encode_basestring(v) if v else '""' for v in column]
+
+
+_ACCURACY = {str(n): str(n) for n in range(1, 6)}
+_ADDRESS_FEATURE = (
+    '{"type":"Feature","geometry":%s,"properties":{"hash":%s,"number":%s,"street":%s,"unit":%s,"city":%s,'
+    '"district":%s,"region":%s,"postcode":%s,"id":%s,"accuracy":%s}}\n'
+)
+
+
+def encode_address_geojson(address: AddressColumns, accuracy: Sequence[str | None] | None) -> bytes:
     """Line-delimited GeoJSON of address rows: one Feature a line, same values and HASH as the CSV (§9.3).
 
-    :param rows: 11-tuples ``LON, LAT, NUMBER, STREET, UNIT, CITY, DISTRICT, REGION, POSTCODE, ID, HASH``
+    :param address: the batch's canonical columns (:func:`openaddr.canonical.address_columns`)
     :param accuracy: the ``accuracy`` attribute per row (text of an integer or None), or None when absent
     """
-    out: list[str] = []
-    append = out.append
-    for i, row in enumerate(rows):
-        lon, lat, number, street, unit, city, district, region, postcode, id_, hash_ = row
-        if _finite(lon) and _finite(lat):
-            # Canonical coordinate texts are "%.12g" numbers, valid JSON as they are.
-            geometry = f'{{"type":"Point","coordinates":[{float(lon)!r},{float(lat)!r}]}}'  # type: ignore[arg-type]
-        else:
-            geometry = "null"
-        acc = "null"
-        if accuracy is not None:
-            value = accuracy[i]
-            if value is not None and value.strip() in ("1", "2", "3", "4", "5"):
-                acc = value.strip()
-        append(
-            f'{{"type":"Feature","geometry":{geometry},"properties":{{"hash":{_text(hash_)},'
-            f'"number":{_text(number)},"street":{_text(street)},"unit":{_text(unit)},"city":{_text(city)},'
-            f'"district":{_text(district)},"region":{_text(region)},"postcode":{_text(postcode)},'
-            f'"id":{_text(id_)},"accuracy":{acc}}}}}\n'
-        )
-    return "".join(out).encode("utf-8")
+    lon, lat, number, street, unit, city, district, region, postcode, id_, hashes = address.columns
+    if address.plain_coordinates:
+        # Canonical plain decimal texts are valid JSON numbers as they are.
+        geometry = [f'{{"type":"Point","coordinates":[{x},{y}]}}' for x, y in zip(lon, lat, strict=True)]
+    else:
+        geometry = [
+            f'{{"type":"Point","coordinates":[{float(x)!r},{float(y)!r}]}}'  # type: ignore[arg-type]
+            if _finite(x) and _finite(y)
+            else "null"
+            for x, y in zip(lon, lat, strict=True)
+        ]
+    if accuracy is None:
+        acc: Sequence[str] = ["null"] * len(lon)
+    else:
+        acc = [_ACCURACY.get((v or "").strip(), "null") for v in accuracy]
+    quoted = [f'"{h}"' for h in hashes]
+    texts = [_json_texts(c) for c in (number, street, unit, city, district, region, postcode, id_)]
+    template = _ADDRESS_FEATURE
+    return "".join([template % t for t in zip(geometry, quoted, *texts, acc, strict=True)]).encode("utf-8")
 
 
 def encode_feature_geojson(
@@ -147,25 +200,30 @@ class Stats:
     invalid_coordinates: int = 0
     null_island: int = 0
 
-    def add_coordinates(self, lons: Iterable[str | None], lats: Iterable[str | None]) -> None:
+    def add_coordinates(self, lons: Sequence[str | None], lats: Sequence[str | None]) -> None:
         """Fold one batch's coordinate texts into the bounds and counters."""
-        for lon_text, lat_text in zip(lons, lats, strict=True):
-            try:
-                lon, lat = float(lon_text), float(lat_text)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                self.invalid_coordinates += 1
-                continue
-            if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-                self.invalid_coordinates += 1  # NaN fails the comparisons too
-                continue
-            if lon == 0.0 and lat == 0.0:
-                self.null_island += 1
-            self.west, self.east = min(self.west, lon), max(self.east, lon)
-            self.south, self.north = min(self.south, lat), max(self.north, lat)
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-    def add_filled(self, name: str, values: Iterable[str | None]) -> None:
+        def parse(texts: Sequence[str | None]) -> np.ndarray:
+            array = pc.utf8_trim_whitespace(pa.array(texts, type=pa.string()))
+            numeric = pc.match_substring_regex(array, _NUMBER)
+            return pc.cast(pc.if_else(numeric, array, None), pa.float64()).to_numpy(zero_copy_only=False)
+
+        lon, lat = parse(lons), parse(lats)
+        valid = (np.abs(lon) <= 180.0) & (np.abs(lat) <= 90.0)  # NaN (unparsable, empty) compares False
+        self.invalid_coordinates += int(len(lon) - valid.sum())
+        if not valid.any():
+            return
+        lon, lat = lon[valid], lat[valid]
+        self.null_island += int(((lon == 0.0) & (lat == 0.0)).sum())
+        self.west, self.east = min(self.west, float(lon.min())), max(self.east, float(lon.max()))
+        self.south, self.north = min(self.south, float(lat.min())), max(self.north, float(lat.max()))
+
+    def add_filled(self, name: str, values: list[str | None]) -> None:
         """Count the non-empty values of one attribute in a batch."""
-        self.filled[name] = self.filled.get(name, 0) + sum(1 for v in values if v)
+        self.filled[name] = self.filled.get(name, 0) + len(values) - values.count("") - values.count(None)
 
     def merge(self, other: Stats) -> None:
         """Add another batch's statistics."""
@@ -207,6 +265,22 @@ class AtomicFile:
     def write(self, data: bytes) -> None:
         """Append bytes."""
         self.fh.write(data)
+
+    def append_file(self, path: Path) -> None:
+        """Append another file's bytes (copied in the kernel where the platform allows)."""
+        self.fh.flush()
+        with path.open("rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            offset = 0
+            try:
+                while offset < size:
+                    sent = os.sendfile(self.fh.fileno(), src.fileno(), offset, size - offset)
+                    if sent == 0:
+                        break
+                    offset += sent
+            except (AttributeError, OSError):  # no sendfile here: copy through user space
+                src.seek(offset)
+                shutil.copyfileobj(src, self.fh, 1 << 20)
 
     def commit(self) -> Path:
         """Close and move into place; return the final path."""
@@ -309,6 +383,16 @@ def readme_text(website: str | None, license_text: str | None, today: date | Non
     )
 
 
+def _deflate_compressor() -> Any:
+    """A raw-deflate compressor: ISA-L's when installed (about ten times as fast as zlib level 6, standard
+    deflate output, slightly larger), else zlib's default."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - isal is a dependency; keep working without it
+        return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    return isal_zlib.compressobj(2, isal_zlib.DEFLATED, -15)
+
+
 def write_package(
     path: Path, name: str, csv_path: Path, website: str | None, license_text: str | None
 ) -> Path:
@@ -318,7 +402,14 @@ def write_package(
         with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
             zf.writestr("README.txt", readme_text(website, license_text))
             zf.writestr(f"{name}.vrt", vrt_document(name))
-            zf.write(csv_path, f"{name}.csv")
+            info = zipfile.ZipInfo.from_file(csv_path, f"{name}.csv")
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with csv_path.open("rb") as src, zf.open(info, "w", force_zip64=True) as dst:
+                # zipfile has no hook for another deflate implementation; its writer only calls compress() and
+                # flush() on this attribute, so a compatible compressor can take its place.
+                if hasattr(dst, "_compressor"):
+                    dst._compressor = _deflate_compressor()
+                shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(part, path)
     except BaseException:
         part.unlink(missing_ok=True)

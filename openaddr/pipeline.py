@@ -13,13 +13,14 @@ import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openaddr.outputs import (
     AtomicFile,
     Stats,
     csv_header,
-    encode_address_csv,
+    encode_address_csv_columns,
     encode_address_geojson,
     encode_feature_geojson,
     package_name,
@@ -29,15 +30,15 @@ from openaddr.outputs import (
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
-    from openaddr.readers.base import Batch
     from openaddr.sources import LayerEntry
 
 log = logging.getLogger(__name__)
 
-#: Below this many rows in the first batch, a worker pool costs more than it saves.
-PARALLEL_THRESHOLD = 20_000
+#: Below this many expected rows, a worker pool costs more than it saves.
+PARALLEL_THRESHOLD = 50_000
+#: Records per batch: large enough to amortise the per-batch work, small enough to keep memory flat.
+BATCH_SIZE = 20_000
 
 
 @dataclass
@@ -62,6 +63,8 @@ class BatchTransformer:
         from openaddr.conform import Conform
 
         self.conform = Conform(conform, layer_type, label=label)
+        self.conform_object = dict(conform)
+        self.label = label
         self.layer_type = layer_type
         self.seed = seed
 
@@ -72,14 +75,16 @@ class BatchTransformer:
         attrs = self.conform.apply(columns, size)
         stats = Stats(count=size)
         if self.layer_type == "addresses":
-            from openaddr.canonical import ADDRESS_COLUMNS, address_rows
+            from openaddr.canonical import ADDRESS_COLUMNS, address_columns
 
-            rows = address_rows(columns[OA_X], columns[OA_Y], attrs, self.seed)
-            for i, name in enumerate(ADDRESS_COLUMNS[2:], start=2):
-                stats.add_filled(name.lower(), [row[i] for row in rows])
-            stats.add_coordinates([row[0] for row in rows], [row[1] for row in rows])
+            address = address_columns(columns[OA_X], columns[OA_Y], attrs, self.seed)
+            for name, values in zip(ADDRESS_COLUMNS[2:], address.columns[2:], strict=False):
+                stats.add_filled(name.lower(), values)
+            stats.add_coordinates(address.columns[0], address.columns[1])
             return BatchResult(
-                encode_address_csv(rows), encode_address_geojson(rows, attrs.get("accuracy")), stats
+                encode_address_csv_columns(address.columns),
+                encode_address_geojson(address, attrs.get("accuracy")),
+                stats,
             )
 
         from openaddr.canonical import feature_hashes
@@ -126,6 +131,18 @@ def _work(columns: dict[str, list[str]], size: int, geometries: list[Any] | None
     return _worker(columns, size, geometries)
 
 
+def _expected_rows(reader: Any) -> int:
+    """The feature count GDAL reports, else a guess from the file size (about 100 bytes a record)."""
+    count = getattr(reader, "feature_count", 0)
+    if count:
+        return int(count)
+    path = getattr(reader, "path", None)
+    try:
+        return int(path.stat().st_size // 100) if path is not None and path.is_file() else 0
+    except OSError:
+        return 0
+
+
 def worker_count() -> int:
     """Worker processes to use: ``OPENADDR_WORKERS`` or the number of usable cores (0 → in-process)."""
     env = os.environ.get("OPENADDR_WORKERS")
@@ -138,6 +155,129 @@ def worker_count() -> int:
     return cores if cores > 1 else 0
 
 
+def _fork_pool(workers: int, initializer: Any = None, initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
+    """A pool of forked workers, all started now.
+
+    Forking happens before the reader starts any thread, so the children copy a quiet process and share its
+    imported libraries copy-on-write (a pool of fresh interpreters would import pyarrow, GDAL and PROJ again).
+    """
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=initializer,
+        initargs=initargs,
+    )
+    pool.submit(int).result()  # a fork pool starts every worker at its first task: now, not later
+    log.debug("Conforming with %d worker processes", workers)
+    return pool
+
+
+def _run_streamed(
+    reader: Any,
+    transform: BatchTransformer,
+    columns: list[str] | None,
+    workers: int,
+    csv_out: AtomicFile | None,
+    geo_out: AtomicFile,
+) -> Stats:
+    """Read in this process; transform here, or in ``workers`` processes with results written back in order."""
+    stats = Stats()
+
+    def emit(result: BatchResult) -> None:
+        if csv_out is not None:
+            csv_out.write(result.csv)
+        geo_out.write(result.geojson)
+        stats.merge(result.stats)
+
+    if not workers:
+        for batch in reader.batches(BATCH_SIZE, columns=columns):
+            emit(transform(batch.columns, batch.size, batch.geometries))
+        return stats
+    pool = _fork_pool(
+        workers,
+        _init_worker,
+        (transform.conform_object, transform.layer_type, transform.label, transform.seed),
+    )
+    try:
+        in_flight: deque[Future[BatchResult]] = deque()
+        for batch in reader.batches(BATCH_SIZE, columns=columns):
+            in_flight.append(pool.submit(_work, batch.columns, batch.size, batch.geometries))
+            del batch
+            while len(in_flight) > 2 * workers:  # keeps every worker busy while the oldest is written
+                emit(in_flight.popleft().result())
+        while in_flight:
+            emit(in_flight.popleft().result())
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return stats
+
+
+# The job of the forked slice workers: they inherit it, so nothing but slice bounds crosses the pipe.
+_slice_job: tuple[Any, BatchTransformer, list[str] | None, Path] | None = None
+
+
+def _conform_slice(index: int, skip: int, limit: int) -> tuple[Stats, int]:
+    """Read, transform and write one slice of the layer into part files (runs in a forked worker)."""
+    assert _slice_job is not None
+    reader, transform, columns, parts = _slice_job
+    reader.restrict(skip, limit)
+    stats = Stats()
+    with (parts / f"{index}.csv").open("wb") as csv_part, (parts / f"{index}.geojson").open("wb") as geo_part:
+        for batch in reader.batches(BATCH_SIZE, columns=columns):
+            result = transform(batch.columns, batch.size, batch.geometries)
+            csv_part.write(result.csv)
+            geo_part.write(result.geojson)
+            stats.merge(result.stats)
+    return stats, reader.skipped
+
+
+def _run_sliced(
+    reader: Any,
+    transform: BatchTransformer,
+    columns: list[str] | None,
+    workers: int,
+    csv_out: AtomicFile | None,
+    geo_out: AtomicFile,
+    state_dir: Path,
+) -> tuple[Stats, int]:
+    """Each worker reads, transforms and writes its own slices of a seekable layer; parts are joined in order.
+
+    Only slice bounds and statistics cross process boundaries, so the work scales with the cores.
+    """
+    global _slice_job
+    import math
+    import shutil
+    import tempfile
+
+    count = reader.feature_count
+    size = max(BATCH_SIZE, math.ceil(count / (workers * 4)))  # several slices per worker balance the load
+    slices = [(i, skip, min(size, count - skip)) for i, skip in enumerate(range(0, count, size))]
+    parts = Path(tempfile.mkdtemp(prefix=".parts-", dir=state_dir))
+    stats, skipped = Stats(), 0
+    _slice_job = (reader, transform, columns, parts)
+    try:
+        pool = _fork_pool(workers)
+        try:
+            futures = [pool.submit(_conform_slice, *bounds) for bounds in slices]
+            for (index, _, _), future in zip(slices, futures, strict=True):
+                slice_stats, slice_skipped = future.result()
+                stats.merge(slice_stats)
+                skipped += slice_skipped
+                if csv_out is not None:
+                    csv_out.append_file(parts / f"{index}.csv")
+                geo_out.append_file(parts / f"{index}.geojson")
+                for suffix in (".csv", ".geojson"):
+                    (parts / f"{index}{suffix}").unlink()
+        finally:
+            pool.shutdown(cancel_futures=True)
+    finally:
+        _slice_job = None
+        shutil.rmtree(parts, ignore_errors=True)
+    return stats, skipped
+
+
 def run_pipeline(
     entry: LayerEntry, reader: Any, transform: BatchTransformer, state_dir: Path, state: dict[str, Any]
 ) -> int:
@@ -145,54 +285,29 @@ def run_pipeline(
 
     Nothing is left under a final name unless the whole entry succeeded with at least one row.
     """
+    from openaddr.conform import source_columns
+
     addresses = entry.layer == "addresses"
     conform = entry.conform or {}
     csv_out = AtomicFile(state_dir / "out.csv") if addresses else None
     geo_out = AtomicFile(state_dir / "out.geojson")
     outputs = [f for f in (csv_out, geo_out) if f is not None]
-    stats = Stats()
-    pool: ProcessPoolExecutor | None = None
+    columns = source_columns(conform, entry.layer, reader.columns)
+    workers = worker_count()
     try:
         if csv_out is not None:
             csv_out.write(csv_header())
-
-        def emit(result: BatchResult) -> None:
-            if csv_out is not None:
-                csv_out.write(result.csv)
-            geo_out.write(result.geojson)
-            stats.merge(result.stats)
-
-        workers = worker_count()
-        in_flight: deque[Future[BatchResult]] = deque()
-        for batch in reader.batches():
-            batch_: Batch = batch
-            if pool is None and workers and batch_.size >= PARALLEL_THRESHOLD:
-                import multiprocessing
-
-                pool = ProcessPoolExecutor(
-                    max_workers=workers,
-                    mp_context=multiprocessing.get_context("forkserver"),
-                    initializer=_init_worker,
-                    initargs=(dict(conform), entry.layer, entry.label, transform.seed),
-                )
-                log.debug("Conforming with %d worker processes", workers)
-            if pool is None:
-                emit(transform(batch_.columns, batch_.size, batch_.geometries))
-                continue
-            in_flight.append(pool.submit(_work, batch_.columns, batch_.size, batch_.geometries))
-            while len(in_flight) > workers:
-                emit(in_flight.popleft().result())
-        while in_flight:
-            emit(in_flight.popleft().result())
+        if workers and getattr(reader, "seekable", False) and reader.feature_count >= PARALLEL_THRESHOLD:
+            stats, skipped = _run_sliced(reader, transform, columns, workers, csv_out, geo_out, state_dir)
+        else:
+            use_pool = workers > 0 and _expected_rows(reader) >= PARALLEL_THRESHOLD
+            stats = _run_streamed(reader, transform, columns, workers if use_pool else 0, csv_out, geo_out)
+            skipped = getattr(reader, "skipped", 0)
     except BaseException:
         for f in outputs:
             f.discard()
         raise
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
 
-    skipped = getattr(reader, "skipped", 0)
     if skipped:
         log.warning("Skipped %d records of %s", skipped, entry.label)
     if stats.count == 0:

@@ -123,6 +123,7 @@ class GdalReader(Reader):
         self.geometry_type = geometry_type_name(info["geometry_type"])
         self.feature_count = int(info.get("features") or 0)
         self.driver = str(info.get("driver") or "")
+        self._skip, self._limit = 0, None
         # OLCStringsAsUTF8 (shapefiles with .cpg or language id, FileGDB, GeoPackage, GML): GDAL decodes.
         self._decode: str | None = None
         if info.get("encoding") != "UTF-8":
@@ -151,6 +152,18 @@ class GdalReader(Reader):
             crs.to_string(),
         )
 
+    #: Drivers that seek to a feature index without reading the features before it.
+    SEEKABLE_DRIVERS = frozenset({"ESRI Shapefile", "OpenFileGDB", "GPKG"})
+
+    @property
+    def seekable(self) -> bool:
+        """Whether :meth:`restrict` is cheap: a slice of the layer can be read without reading what precedes it."""
+        return self.driver in self.SEEKABLE_DRIVERS and self.feature_count > 0
+
+    def restrict(self, skip: int, limit: int) -> None:
+        """Read only ``limit`` features after the first ``skip`` (one slice of the layer, for a worker process)."""
+        self._skip, self._limit = skip, limit
+
     def close(self) -> None:
         """Remove the temporary lower-case links, if any were made."""
         remove_paths(self._cleanup)
@@ -170,11 +183,12 @@ class GdalReader(Reader):
                 layer=self._layer,
                 columns=wanted,
                 batch_size=batch_size,
+                skip_features=self._skip,
                 use_pyarrow=True,
                 **self._options,
             ) as (meta, stream):
                 geometry_name = meta.get("geometry_name") or "wkb_geometry"
-                record_batches = _threaded(_record_batches(stream), _identity, "gdal-read")
+                record_batches = _threaded(_record_batches(stream, self._limit), _identity, "gdal-read")
                 yield from _threaded(
                     record_batches, lambda rb: self._convert(rb, wanted, geometry_name), "gdal-convert"
                 )
@@ -349,12 +363,18 @@ class _Failed:
 _DONE = object()
 
 
-def _record_batches(stream: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-    while True:
+def _record_batches(stream: pa.RecordBatchReader, limit: int | None = None) -> Iterator[pa.RecordBatch]:
+    """The stream's batches, cut after ``limit`` rows when given (GDAL's Arrow stream has no row limit)."""
+    remaining = limit
+    while remaining is None or remaining > 0:
         try:
-            yield stream.read_next_batch()
+            batch = stream.read_next_batch()
         except StopIteration:
             return
+        if remaining is not None:
+            batch = batch.slice(0, remaining)
+            remaining -= batch.num_rows
+        yield batch
 
 
 def _threaded(items: Iterator[_In], work: Callable[[_In], _Out], name: str, depth: int = 2) -> Iterator[_Out]:

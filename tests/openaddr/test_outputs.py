@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import zipfile
 from datetime import date
 from pathlib import Path
@@ -13,12 +14,14 @@ import pyogrio
 import pytest
 import shapely
 
+from openaddr.canonical import AddressColumns
 from openaddr.outputs import (
     STATE_KEYS,
     AtomicFile,
     Stats,
     csv_header,
     encode_address_csv,
+    encode_address_csv_columns,
     encode_address_geojson,
     encode_feature_geojson,
     package_name,
@@ -26,6 +29,11 @@ from openaddr.outputs import (
     write_package,
     write_state,
 )
+
+
+def _address(rows, plain=False):
+    return AddressColumns([list(column) for column in zip(*rows, strict=True)], plain)
+
 
 ROW = ("-122.2", "37.8", "12", 'Main "St", N', "", "Cité", None, None, "94704", None, "0123456789abcdef")
 
@@ -39,7 +47,7 @@ def test_csv_is_excel_dialect_with_crlf_and_minimal_quoting():
 
 
 def test_address_geojson_carries_the_csv_values():
-    line = encode_address_geojson([ROW], ["3"]).decode("utf-8")
+    line = encode_address_geojson(_address([ROW]), ["3"]).decode("utf-8")
     assert line.endswith("\n")
     assert line.count("\n") == 1
     feature = json.loads(line)
@@ -67,7 +75,7 @@ def test_address_geojson_carries_the_csv_values():
 @pytest.mark.parametrize(("lon", "lat"), [("", "37.8"), ("nan", "1"), ("abc", "1"), ("1", "inf")])
 def test_address_geojson_geometry_is_null_without_finite_coordinates(lon, lat):
     row = (lon, lat, *ROW[2:])
-    feature = json.loads(encode_address_geojson([row], None))
+    feature = json.loads(encode_address_geojson(_address([row]), None))
     assert feature["geometry"] is None
     assert feature["properties"]["accuracy"] is None
 
@@ -76,7 +84,7 @@ def test_address_geojson_geometry_is_null_without_finite_coordinates(lon, lat):
     ("value", "expected"), [("5", 5), ("0", None), ("6", None), ("x", None), (None, None)]
 )
 def test_accuracy_is_an_integer_from_1_to_5_or_null(value, expected):
-    feature = json.loads(encode_address_geojson([ROW], [value]))
+    feature = json.loads(encode_address_geojson(_address([ROW]), [value]))
     assert feature["properties"]["accuracy"] == expected
 
 
@@ -187,3 +195,20 @@ def test_readme_text():
         "Data packaged around 2026-01-02 by OpenAddresses (http://openaddresses.io).\n\n"
         "Website: http://x\nLicense: Unknown\n"
     )
+
+
+def test_address_geojson_plain_coordinates_take_the_fast_path_to_the_same_features():
+    rows = [ROW, ("-0", "12", *ROW[2:])]
+    fast = encode_address_geojson(_address(rows, plain=True), None).decode().splitlines()
+    slow = encode_address_geojson(_address(rows), None).decode().splitlines()
+    assert [json.loads(line) for line in fast] == [json.loads(line) for line in slow]
+    assert '"coordinates":[-0,12]' in fast[1]
+
+
+def test_column_csv_encoder_writes_the_csv_modules_bytes():
+    values = ["", "a", "a,b", 'q"x', "line\nbreak", "cr\r", " sp ", "é", None, '""', ",", "\r\n", "\t", "'"]
+    rng = random.Random(7)
+    for _ in range(5000):
+        rows = [tuple(rng.choice(values) for _ in range(11)) for _ in range(rng.randint(1, 4))]
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        assert encode_address_csv_columns(columns) == encode_address_csv(rows), rows
