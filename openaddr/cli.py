@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fingerprint")
     p.add_argument("--out", required=True)
     p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("process-one", help="download and conform every layer entry of one source")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layer", choices=["addresses", "parcels", "buildings", "centerlines"])
+    p.add_argument("--name")
+    p.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
@@ -74,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             fingerprint=args.fingerprint,
             out=args.out,
             verbose=args.verbose,
+        )
+    if args.command == "process-one":
+        from openaddr.process_one import process_one_command
+
+        return process_one_command(
+            args.source, args.out, layer=args.layer, name=args.name, verbose=args.verbose
         )
     parser.error(f"unknown command {args.command}")
     return 2

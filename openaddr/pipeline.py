@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openaddr.errors import ConformError
 from openaddr.outputs import (
     AtomicFile,
     Stats,
@@ -29,7 +32,7 @@ from openaddr.outputs import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from openaddr.sources import LayerEntry
 
@@ -181,6 +184,7 @@ def _run_streamed(
     workers: int,
     csv_out: AtomicFile | None,
     geo_out: AtomicFile,
+    tick: Callable[[int], None],
 ) -> Stats:
     """Read in this process; transform here, or in ``workers`` processes with results written back in order."""
     stats = Stats()
@@ -190,6 +194,7 @@ def _run_streamed(
             csv_out.write(result.csv)
         geo_out.write(result.geojson)
         stats.merge(result.stats)
+        tick(result.stats.count)
 
     if not workers:
         for batch in reader.batches(BATCH_SIZE, columns=columns):
@@ -241,6 +246,7 @@ def _run_sliced(
     csv_out: AtomicFile | None,
     geo_out: AtomicFile,
     state_dir: Path,
+    tick: Callable[[int], None],
 ) -> tuple[Stats, int]:
     """Each worker reads, transforms and writes its own slices of a seekable layer; parts are joined in order.
 
@@ -264,6 +270,7 @@ def _run_sliced(
             for (index, _, _), future in zip(slices, futures, strict=True):
                 slice_stats, slice_skipped = future.result()
                 stats.merge(slice_stats)
+                tick(slice_stats.count)
                 skipped += slice_skipped
                 if csv_out is not None:
                     csv_out.append_file(parts / f"{index}.csv")
@@ -278,13 +285,46 @@ def _run_sliced(
     return stats, skipped
 
 
+class ConformTimeout(ConformError):
+    """The run's deadline passed while conforming (processing.md §13)."""
+
+
+class _Progress:
+    """Checks the deadline between batches and reports the records read so far."""
+
+    def __init__(self, deadline: float | None, callback: Callable[[int], None] | None) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.started = time.time()
+        self.count = 0
+
+    def __call__(self, rows: int) -> None:
+        self.count += rows
+        if self.callback is not None:
+            self.callback(self.count)
+        if self.deadline is not None and time.time() > self.deadline:
+            elapsed = timedelta(seconds=round(time.time() - self.started))
+            raise ConformTimeout(f"Timed out after {elapsed}")
+
+
 def run_pipeline(
-    entry: LayerEntry, reader: Any, transform: BatchTransformer, state_dir: Path, state: dict[str, Any]
+    entry: LayerEntry,
+    reader: Any,
+    transform: BatchTransformer,
+    state_dir: Path,
+    state: dict[str, Any],
+    *,
+    deadline: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write ``out.csv`` (address layers), ``out.geojson``, ``stats.json`` and the zip; return the row count.
 
     Nothing is left under a final name unless the whole entry succeeded with at least one row.
+
+    :param deadline: ``time.time()`` after which the entry fails with "Timed out after …" (checked per batch)
+    :param progress: called with the number of records conformed so far
     """
+    tick = _Progress(deadline, progress)
     from openaddr.conform import source_columns
 
     addresses = entry.layer == "addresses"
@@ -298,10 +338,14 @@ def run_pipeline(
         if csv_out is not None:
             csv_out.write(csv_header())
         if workers and getattr(reader, "seekable", False) and reader.feature_count >= PARALLEL_THRESHOLD:
-            stats, skipped = _run_sliced(reader, transform, columns, workers, csv_out, geo_out, state_dir)
+            stats, skipped = _run_sliced(
+                reader, transform, columns, workers, csv_out, geo_out, state_dir, tick
+            )
         else:
             use_pool = workers > 0 and _expected_rows(reader) >= PARALLEL_THRESHOLD
-            stats = _run_streamed(reader, transform, columns, workers if use_pool else 0, csv_out, geo_out)
+            stats = _run_streamed(
+                reader, transform, columns, workers if use_pool else 0, csv_out, geo_out, tick
+            )
             skipped = getattr(reader, "skipped", 0)
     except BaseException:
         for f in outputs:

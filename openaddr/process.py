@@ -11,14 +11,21 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import openaddr
-from openaddr.errors import ConformError, OpenaddrError, SourceFileError, SourceProblem, UnknownFormatError
+from openaddr.errors import (
+    ConformError,
+    DownloadError,
+    OpenaddrError,
+    SourceFileError,
+    SourceProblem,
+    UnknownFormatError,
+)
 from openaddr.sources import LayerEntry, Source, load_source
 
 log = logging.getLogger(__name__)
@@ -93,6 +100,10 @@ def file_md5(path: Path) -> str:
 
 def _elapsed(start: float) -> str:
     return str(timedelta(seconds=time.monotonic() - start))
+
+
+def _elapsed_since(start: float) -> str:
+    return str(timedelta(seconds=round(time.time() - start)))
 
 
 def _has_coverage(source: Source) -> bool:
@@ -187,37 +198,50 @@ def check_conform(entry: LayerEntry) -> Mapping[str, Any]:
     return conform
 
 
-def conform_entry(
-    entry: LayerEntry,
-    input_path: Path,
-    state_dir: Path,
-    *,
-    fingerprint: str | None = None,
-    scratch: Path | None = None,
-) -> EntryResult:
-    """Conform one layer entry from downloaded data (a file, a folder or an archive) into ``state_dir``.
+#: Prepares the input of one entry in its work directory: returns the data path and its fingerprint, and may
+#: record cache keys in the state. Raises an :class:`OpenaddrError` to end the entry.
+Fetch = Callable[[Path, dict[str, Any]], tuple[Path, str | None]]
 
-    Writes ``out.csv`` (address layers), ``out.geojson``, ``sample.json``, ``stats.json``, ``output.txt``,
-    ``index.json``/``index.txt`` and, for address layers, the packaged zip. Every exit path writes the state.
+
+def run_entry(
+    entry: LayerEntry,
+    state_dir: Path,
+    fetch: Fetch,
+    *,
+    scratch: Path | None = None,
+    deadline: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EntryResult:
+    """Process one layer entry into ``state_dir``: checks, ``fetch``, then the conform steps (§1.2).
+
+    Every exit path writes the state; a failed entry leaves no outputs but its state, sample and log.
 
     :param entry: the layer entry
-    :param input_path: the downloaded data
     :param state_dir: where the outputs go (created)
-    :param fingerprint: seed of every HASH (§8.2); None → a random seed, as for rows processed outside a download
+    :param fetch: gets the entry's data into the work directory (a download, or an already downloaded file)
     :param scratch: parent of the work directory (default: the system temporary folder)
+    :param deadline: ``time.time()`` after which the entry ends with "Timed out after …"
+    :param progress: called with the number of records read so far
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     state = initial_state(entry)
-    state["fingerprint"] = fingerprint
     problem: SourceProblem | None = None
+    started = time.time()
     with entry_log(state_dir / "output.txt"):
-        log.info("Processing %s from %s", entry.label, input_path)
+        log.info("Processing %s (%s)", entry.label, entry.source.path)
         work = Path(tempfile.mkdtemp(prefix="process_one-", dir=scratch))
         try:
             check_entry(entry, state)
-            _conform_steps(entry, input_path, work, state_dir, state, fingerprint)
+            input_path, fingerprint = fetch(work, state)
+            state["fingerprint"] = fingerprint
+            _conform_steps(entry, input_path, work, state_dir, state, fingerprint, deadline, progress)
         except _EntryFailed as failed:
             problem = failed.problem
+        except DownloadError as exc:
+            problem = exc.problem or SourceProblem.download_source_failed
+            # The ESRI client writes its own token line, which must not come with the generic one (§10.2).
+            if problem is not SourceProblem.no_esri_token:
+                log.warning("Could not download source data: %s", exc)
         except OpenaddrError as exc:
             log.warning("Error doing conform; skipping: %s: %s", entry.label, exc)
             problem = exc.problem or SourceProblem.conform_source_failed
@@ -231,18 +255,53 @@ def conform_entry(
         if problem is not None and problem not in (SourceProblem.skip_source, SourceProblem.no_coverage):
             _discard_outputs(state_dir, state)
         state["source problem"] = problem.value if problem else None
-        log.info("Finished %s: %s", entry.label, state["source problem"] or "success")
+        log.info(
+            "Finished %s in %s: %s",
+            entry.label,
+            _elapsed_since(started),
+            state["source problem"] or "success",
+        )
     from openaddr.outputs import write_state
 
     write_state(state_dir, state)
     return EntryResult(state_dir, state, problem)
 
 
+def conform_entry(
+    entry: LayerEntry,
+    input_path: Path,
+    state_dir: Path,
+    *,
+    fingerprint: str | None = None,
+    scratch: Path | None = None,
+    deadline: float | None = None,
+) -> EntryResult:
+    """Conform one layer entry from downloaded data (a file, a folder or an archive) into ``state_dir``.
+
+    Writes ``out.csv`` (address layers), ``out.geojson``, ``sample.json``, ``stats.json``, ``output.txt``,
+    ``index.json``/``index.txt`` and, for address layers, the packaged zip. Every exit path writes the state.
+
+    :param entry: the layer entry
+    :param input_path: the downloaded data
+    :param state_dir: where the outputs go (created)
+    :param fingerprint: seed of every HASH (§8.2); None → a random seed, as for rows processed outside a download
+    :param scratch: parent of the work directory (default: the system temporary folder)
+    :param deadline: ``time.time()`` after which the entry ends with "Timed out after …"
+    """
+
+    def given(work: Path, state: dict[str, Any]) -> tuple[Path, str | None]:
+        log.info("Conforming %s", input_path)
+        return input_path, fingerprint
+
+    return run_entry(entry, state_dir, given, scratch=scratch, deadline=deadline)
+
+
 def _discard_outputs(state_dir: Path, state: dict[str, Any]) -> None:
     for name in ("out.csv", "out.geojson", "stats.json"):
         (state_dir / name).unlink(missing_ok=True)
     for zipped in state_dir.glob("*.zip"):
-        zipped.unlink()
+        if zipped.name != "cache.zip":  # the download stays: it is what a maintainer debugs with
+            zipped.unlink()
     if state.get("address count"):
         state["address count"] = 0
     state["processed"] = None
@@ -255,6 +314,8 @@ def _conform_steps(
     state_dir: Path,
     state: dict[str, Any],
     fingerprint: str | None,
+    deadline: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Steps 6–10 of §1.2."""
     from openaddr.canonical import random_seed
@@ -267,7 +328,12 @@ def _conform_steps(
     conform = entry.conform or {}
     protocol = str(entry.data.get("protocol") or "").lower()
     compression = entry.data.get("compression")
-    paths = prepare_input(input_path, work / "unzipped", compression=compression, file=conform.get("file"))
+    from openaddr.settings import Settings
+
+    limits = Settings.from_env().archive_limits()
+    paths = prepare_input(
+        input_path, work / "unzipped", compression=compression, file=conform.get("file"), limits=limits
+    )
     root = work / "unzipped" if (work / "unzipped").exists() else input_path.parent
 
     try:
@@ -297,7 +363,9 @@ def _conform_steps(
         ) as reader:
             if reader.geometry_type and not state["geometry type"]:
                 state["geometry type"] = reader.geometry_type
-            count = run_pipeline(entry, reader, transform, state_dir, state)
+            count = run_pipeline(
+                entry, reader, transform, state_dir, state, deadline=deadline, progress=progress
+            )
     except UnknownFormatError as exc:
         raise _fail(SourceProblem.unknown_conform_format, "Unknown source conform format: %s", exc) from exc
     except ConformError as exc:

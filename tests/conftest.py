@@ -31,3 +31,6 @@ def corpus_sources(shared: Path) -> Path:
 def fixtures() -> Path:
     """The original Machine's real data excerpts."""
     return FIXTURES
+
+
+pytest_plugins = ["tests.servers"]

@@ -1,0 +1,168 @@
+"""``openaddr process-one``: acceptance tests, download, conform and outputs for every layer entry of one source.
+
+The successor of the original Machine's ``openaddr-process-one``: one source file in, one state directory per
+layer entry out (``<out>/<layer>/<name>/``), each holding the conform outputs plus ``cache.*`` and ``output.txt``
+(processing.md §1.1, §1.2).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openaddr.errors import SourceFileError
+from openaddr.process import LOG_FORMAT, EntryResult, run_entry
+from openaddr.sources import LayerEntry, load_source
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from openaddr.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Hours one entry may run unless it says otherwise (``timeout``; machine-ci.md).
+DEFAULT_TIMEOUT_HOURS = 3.0
+
+
+def entry_deadline(entry: LayerEntry, start: float | None = None) -> float:
+    """``time.time()`` by which the entry must be done: its ``timeout`` in hours, else 3 hours."""
+    hours = entry.data.get("timeout")
+    try:
+        limit = float(hours) if hours is not None else DEFAULT_TIMEOUT_HOURS
+    except (TypeError, ValueError):
+        limit = DEFAULT_TIMEOUT_HOURS
+    if limit <= 0:
+        limit = DEFAULT_TIMEOUT_HOURS
+    return (start if start is not None else time.time()) + limit * 3600.0
+
+
+def process_entry(
+    entry: LayerEntry,
+    state_dir: Path,
+    *,
+    settings: Settings | None = None,
+    scratch: Path | None = None,
+    deadline: float | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> EntryResult:
+    """Download and conform one layer entry into ``state_dir``.
+
+    The raw download is kept as the run's cache (``cache.zip`` or ``cache.gz``, §3.5) and its MD5 seeds every HASH;
+    an entry whose legacy ``cache`` URL and ``fingerprint`` match the new download keeps that URL instead.
+
+    :param entry: the layer entry
+    :param state_dir: where its outputs go
+    :param settings: limits and switches (default: from the environment)
+    :param scratch: parent of the work directory
+    :param deadline: ``time.time()`` by which the entry must end (default: :func:`entry_deadline`)
+    :param progress: called with ``("bytes", n)`` while downloading and ``("records", n)`` while conforming
+    """
+    from openaddr.download import download
+    from openaddr.download.cache import legacy_cache_url, store_cache
+
+    deadline = deadline if deadline is not None else entry_deadline(entry)
+
+    def fetch(work: Path, state: dict[str, Any]) -> tuple[Path, str | None]:
+        started = time.monotonic()
+        result = download(
+            entry,
+            work / "download",
+            settings=settings,
+            deadline=deadline,
+            progress=(lambda n: progress("bytes", n)) if progress else None,
+        )
+        state["cache time"] = str(timedelta(seconds=time.monotonic() - started))
+        legacy = legacy_cache_url(entry.data, result.fingerprint)
+        if legacy is not None:
+            log.info("Keeping the legacy cache %s: same fingerprint %s", legacy, result.fingerprint)
+            state["cache"] = legacy
+        else:
+            state["cache"], _ = store_cache(result.path, state_dir, fingerprint=result.fingerprint)
+        return result.path, result.fingerprint
+
+    return run_entry(
+        entry,
+        state_dir,
+        fetch,
+        scratch=scratch,
+        deadline=deadline,
+        progress=(lambda n: progress("records", n)) if progress else None,
+    )
+
+
+def process_one(
+    source_path: str | Path,
+    out: str | Path,
+    *,
+    layer: str | None = None,
+    name: str | None = None,
+    settings: Settings | None = None,
+    scratch: Path | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> list[EntryResult]:
+    """Process every selected layer entry of a source file, each into ``<out>/<layer>/<name>/``.
+
+    :raises SourceFileError: the source file cannot be read
+    """
+    source = load_source(source_path)
+    results = []
+    for entry in source.entries(layer=layer, name=name):
+        state_dir = Path(out) / entry.layer / entry.name
+        results.append(process_entry(entry, state_dir, settings=settings, scratch=scratch, progress=progress))
+    return results
+
+
+class _TerminalProgress:
+    """One self-overwriting status line on a terminal: bytes downloaded, then records conformed."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last = 0.0
+
+    def __call__(self, kind: str, count: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        text = f"{count / 2**20:,.1f} MiB downloaded" if kind == "bytes" else f"{count:,} records conformed"
+        self.stream.write(f"\r\x1b[K{text}")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.last:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def process_one_command(
+    source: str, out: str, *, layer: str | None, name: str | None, verbose: bool = False
+) -> int:
+    """``openaddr process-one``: exit 0 when every entry succeeded, 1 when one failed, 2 on bad usage."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
+    )
+    try:
+        loaded = load_source(source)
+    except SourceFileError as exc:
+        sys.stderr.write(f"openaddr process-one: {exc}\n")
+        return 2
+    if not loaded.entries(layer=layer, name=name):
+        sys.stderr.write(f"openaddr process-one: {source} has no matching layer entry\n")
+        return 2
+    progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        results = process_one(source, out, layer=layer, name=name, progress=progress)
+    finally:
+        if progress is not None:
+            progress.done()
+    for result in results:
+        state = result.state
+        sys.stdout.write(
+            f"{result.directory}: {state['source problem'] or 'success'}, {state['address count'] or 0} rows\n"
+        )
+    return 0 if all(result.ok for result in results) else 1
