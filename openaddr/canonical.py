@@ -127,6 +127,14 @@ def _json_strings(column: Sequence[str | None]) -> list[str]:
     return [encode_basestring_ascii(value) if value is not None else "null" for value in column]
 
 
+def is_constant(column: Sequence[object]) -> bool:
+    """Whether a non-empty column holds one value throughout (cheap checks first: most columns vary early)."""
+    if not column:
+        return False
+    first = column[0]
+    return column[-1] == first and column[len(column) // 2] == first and column.count(first) == len(column)
+
+
 def _hashes(seed: str, pieces: list[str | list[str]], size: int) -> list[str]:
     """HASH of each row: the first 16 hex digits of SHA-1 over the seed and the row's payload.
 
@@ -138,7 +146,7 @@ def _hashes(seed: str, pieces: list[str | list[str]], size: int) -> list[str]:
     for piece in pieces:
         if isinstance(piece, str):
             template.append(piece.replace("%", "%%"))
-        elif piece and piece.count(piece[0]) == len(piece):
+        elif is_constant(piece):
             template.append(piece[0].replace("%", "%%"))
         else:
             template.append("%s")
@@ -168,6 +176,9 @@ class AddressColumns:
 
     columns: list[list[str | None]]
     plain_coordinates: bool
+    #: NUMBER … ID (indexes 2–9) as JSON string literals with ASCII escaping, ``null`` for null: the HASH
+    #: payload's pieces, which the GeoJSON encoder reuses for columns without non-ASCII text
+    encoded: list[list[str]] | None = None
 
     @property
     def rows(self) -> list[tuple[str | None, ...]]:
@@ -195,27 +206,31 @@ def address_columns(
     unit = [(v or "").strip() for v in attrs.get("unit", nulls)]
     city, district, region, postcode, id_ = (attrs.get(name, nulls) for name in _PASS_THROUGH)
     # Pairs sorted by key, as 7.5.5's json.dumps(sorted(row.items())) wrote them.
+    encoded = [
+        _json_strings(column) for column in (number, street, unit, city, district, region, postcode, id_)
+    ]
+    e_number, e_street, e_unit, e_city, e_district, e_region, e_postcode, e_id = encoded
     pieces: list[str | list[str]] = [
         '[["CITY",',
-        _json_strings(city),
+        e_city,
         '],["DISTRICT",',
-        _json_strings(district),
+        e_district,
         '],["ID",',
-        _json_strings(id_),
+        e_id,
         '],["LAT","',
         _quoted_inner(lat_c, lat_safe),
         '"],["LON","',
         _quoted_inner(lon_c, lon_safe),
         '"],["NUMBER",',
-        _json_strings(number),
+        e_number,
         '],["POSTCODE",',
-        _json_strings(postcode),
+        e_postcode,
         '],["REGION",',
-        _json_strings(region),
+        e_region,
         '],["STREET",',
-        _json_strings(street),
+        e_street,
         '],["UNIT",',
-        _json_strings(unit),
+        e_unit,
         "]]",
     ]
     hashes = _hashes(seed, pieces, size)
@@ -223,7 +238,7 @@ def address_columns(
         lon_c, lat_c, number, street, unit, list(city), list(district), list(region), list(postcode), list(id_),
         hashes,
     ]  # fmt: skip
-    return AddressColumns(columns, lon_safe and lat_safe)
+    return AddressColumns(columns, lon_safe and lat_safe, encoded)
 
 
 def address_rows(

@@ -6,6 +6,7 @@ half-written is ever where the publishing step looks (§1.3).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -13,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from datetime import date
 from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C version when available
 from typing import IO, TYPE_CHECKING, Any
 
-from openaddr.canonical import ADDRESS_COLUMNS, OUTPUT_COLUMNS
+from openaddr.canonical import ADDRESS_COLUMNS, OUTPUT_COLUMNS, is_constant
 
 if TYPE_CHECKING:
     from openaddr.canonical import AddressColumns
@@ -97,7 +99,7 @@ def encode_address_csv_columns(columns: Sequence[Sequence[str | None]]) -> bytes
             texts = [_csv_cell(v) for v in texts]  # type: ignore[arg-type]
         cells.append(texts)  # type: ignore[arg-type]
     template = ",".join(["%s"] * len(cells)) + "\r\n"
-    return "".join([template % row for row in zip(*cells, strict=True)]).encode("utf-8")
+    return "".join(_fill(template, cells)).encode("utf-8")
 
 
 def _csv_cell(value: str) -> str:
@@ -127,9 +129,39 @@ def _json_texts(column: Sequence[str | None]) -> list[str]:
 
 _ACCURACY = {str(n): str(n) for n in range(1, 6)}
 _ADDRESS_FEATURE = (
-    '{"type":"Feature","geometry":%s,"properties":{"hash":%s,"number":%s,"street":%s,"unit":%s,"city":%s,'
+    '{"type":"Feature","geometry":%s,"properties":{"hash":"%s","number":%s,"street":%s,"unit":%s,"city":%s,'
     '"district":%s,"region":%s,"postcode":%s,"id":%s,"accuracy":%s}}\n'
 )
+
+
+def _geojson_texts(column: Sequence[str | None], ascii_encoded: list[str] | None) -> list[str]:
+    """JSON string literals for GeoJSON properties (null → ``""``).
+
+    For a column of ASCII text the HASH payload's literals are the same bytes (only non-ASCII characters are
+    escaped differently), so they are reused instead of encoding every value twice.
+    """
+    if ascii_encoded is not None and "".join([v for v in column if v]).isascii():
+        return [t if t != "null" else '""' for t in ascii_encoded] if None in column else ascii_encoded
+    return _json_texts(column)
+
+
+def _fill(template: str, columns: list[Sequence[str]]) -> list[str]:
+    """``template % row`` for every row of ``columns``, with columns holding one value throughout folded into the
+    template first (null attributes, a constant region), so each row formats only what varies."""
+    parts = template.split("%s")
+    varying: list[Sequence[str]] = []
+    folded = [parts[0].replace("%", "%%")]
+    for column, after in zip(columns, parts[1:], strict=True):
+        if is_constant(column):
+            folded.append(column[0].replace("%", "%%"))
+        else:
+            folded.append("%s")
+            varying.append(column)
+        folded.append(after.replace("%", "%%"))
+    text = "".join(folded)
+    if not varying:
+        return [text % ()] * (len(columns[0]) if columns else 0)
+    return [text % row for row in zip(*varying, strict=True)]
 
 
 def encode_address_geojson(address: AddressColumns, accuracy: Sequence[str | None] | None) -> bytes:
@@ -138,7 +170,7 @@ def encode_address_geojson(address: AddressColumns, accuracy: Sequence[str | Non
     :param address: the batch's canonical columns (:func:`openaddr.canonical.address_columns`)
     :param accuracy: the ``accuracy`` attribute per row (text of an integer or None), or None when absent
     """
-    lon, lat, number, street, unit, city, district, region, postcode, id_, hashes = address.columns
+    lon, lat, *texts, hashes = address.columns
     if address.plain_coordinates:
         # Canonical plain decimal texts are valid JSON numbers as they are.
         geometry = [f'{{"type":"Point","coordinates":[{x},{y}]}}' for x, y in zip(lon, lat, strict=True)]
@@ -153,10 +185,10 @@ def encode_address_geojson(address: AddressColumns, accuracy: Sequence[str | Non
         acc: Sequence[str] = ["null"] * len(lon)
     else:
         acc = [_ACCURACY.get((v or "").strip(), "null") for v in accuracy]
-    quoted = [f'"{h}"' for h in hashes]
-    texts = [_json_texts(c) for c in (number, street, unit, city, district, region, postcode, id_)]
-    template = _ADDRESS_FEATURE
-    return "".join([template % t for t in zip(geometry, quoted, *texts, acc, strict=True)]).encode("utf-8")
+    encoded = address.encoded or [None] * len(texts)
+    properties = [_geojson_texts(c, e) for c, e in zip(texts, encoded, strict=True)]
+    lines = _fill(_ADDRESS_FEATURE, [geometry, hashes, *properties, acc])  # type: ignore[list-item]
+    return "".join(lines).encode("utf-8")
 
 
 def encode_feature_geojson(
@@ -393,28 +425,68 @@ def _deflate_compressor() -> Any:
     return isal_zlib.compressobj(2, isal_zlib.DEFLATED, -15)
 
 
+class PackageWriter:
+    """The published zip (§9.2), written while the CSV is produced: ``README.txt``, ``<name>.vrt``, then the CSV
+    member, streamed through the compressor batch by batch, so no second pass over ``out.csv`` is needed.
+
+    Written under a temporary name; :meth:`commit` renames it into place, :meth:`discard` removes it.
+
+    :param path: the final zip path
+    :param name: ``<source>`` of §9.2 (e.g. ``us/ca/alameda``)
+    """
+
+    def __init__(self, path: Path, name: str, website: str | None, license_text: str | None) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.part")
+        self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+        try:
+            self.zip.writestr("README.txt", readme_text(website, license_text))
+            self.zip.writestr(f"{name}.vrt", vrt_document(name))
+            info = zipfile.ZipInfo(f"{name}.csv", date_time=time.localtime()[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            self.member = self.zip.open(info, "w", force_zip64=True)
+            # zipfile has no hook for another deflate implementation; its writer only calls compress() and
+            # flush() on this attribute, so a compatible compressor can take its place.
+            if hasattr(self.member, "_compressor"):
+                self.member._compressor = _deflate_compressor()
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, data: bytes) -> None:
+        """Append CSV bytes to the member."""
+        self.member.write(data)
+
+    def append_file(self, path: Path) -> None:
+        """Append a file's bytes to the member."""
+        with path.open("rb") as src:
+            shutil.copyfileobj(src, self.member, 1 << 20)
+
+    def commit(self) -> Path:
+        """Finish the archive and move it into place."""
+        self.member.close()
+        self.zip.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Abandon the archive."""
+        with contextlib.suppress(Exception):
+            self.zip.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_package(
     path: Path, name: str, csv_path: Path, website: str | None, license_text: str | None
 ) -> Path:
     """Write the published zip: README.txt, ``<name>.vrt``, ``<name>.csv`` (deflated, in that order)."""
-    part = path.with_name(f".{path.name}.part")
+    package = PackageWriter(path, name, website, license_text)
     try:
-        with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            zf.writestr("README.txt", readme_text(website, license_text))
-            zf.writestr(f"{name}.vrt", vrt_document(name))
-            info = zipfile.ZipInfo.from_file(csv_path, f"{name}.csv")
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with csv_path.open("rb") as src, zf.open(info, "w", force_zip64=True) as dst:
-                # zipfile has no hook for another deflate implementation; its writer only calls compress() and
-                # flush() on this attribute, so a compatible compressor can take its place.
-                if hasattr(dst, "_compressor"):
-                    dst._compressor = _deflate_compressor()
-                shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(part, path)
+        package.append_file(csv_path)
     except BaseException:
-        part.unlink(missing_ok=True)
+        package.discard()
         raise
-    return path
+    return package.commit()
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openaddr
 from openaddr.errors import (
@@ -27,6 +27,9 @@ from openaddr.errors import (
     UnknownFormatError,
 )
 from openaddr.sources import LayerEntry, Source, load_source
+
+if TYPE_CHECKING:
+    from openaddr.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +214,7 @@ def run_entry(
     scratch: Path | None = None,
     deadline: float | None = None,
     progress: Callable[[int], None] | None = None,
+    settings: Settings | None = None,
 ) -> EntryResult:
     """Process one layer entry into ``state_dir``: checks, ``fetch``, then the conform steps (§1.2).
 
@@ -222,6 +226,7 @@ def run_entry(
     :param scratch: parent of the work directory (default: the system temporary folder)
     :param deadline: ``time.time()`` after which the entry ends with "Timed out after …"
     :param progress: called with the number of records read so far
+    :param settings: decompression caps and the conform stage's time limit (default: from the environment)
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     state = initial_state(entry)
@@ -234,7 +239,9 @@ def run_entry(
             check_entry(entry, state)
             input_path, fingerprint = fetch(work, state)
             state["fingerprint"] = fingerprint
-            _conform_steps(entry, input_path, work, state_dir, state, fingerprint, deadline, progress)
+            _conform_steps(
+                entry, input_path, work, state_dir, state, fingerprint, deadline, progress, settings
+            )
         except _EntryFailed as failed:
             problem = failed.problem
         except DownloadError as exc:
@@ -316,8 +323,9 @@ def _conform_steps(
     fingerprint: str | None,
     deadline: float | None = None,
     progress: Callable[[int], None] | None = None,
+    settings: Settings | None = None,
 ) -> None:
-    """Steps 6–10 of §1.2."""
+    """Steps 6–10 of §1.2; the stage ends at ``deadline`` or after ``settings.conform_time_limit``."""
     from openaddr.canonical import random_seed
     from openaddr.readers import open_reader
     from openaddr.readers.archives import prepare_input
@@ -330,7 +338,11 @@ def _conform_steps(
     compression = entry.data.get("compression")
     from openaddr.settings import Settings
 
-    limits = Settings.from_env().archive_limits()
+    settings = settings or Settings.from_env()
+    if settings.conform_time_limit:
+        stage_end = time.time() + settings.conform_time_limit
+        deadline = stage_end if deadline is None else min(deadline, stage_end)
+    limits = settings.archive_limits()
     paths = prepare_input(
         input_path, work / "unzipped", compression=compression, file=conform.get("file"), limits=limits
     )

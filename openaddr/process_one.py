@@ -92,6 +92,7 @@ def process_entry(
         scratch=scratch,
         deadline=deadline,
         progress=(lambda n: progress("records", n)) if progress else None,
+        settings=settings,
     )
 
 
