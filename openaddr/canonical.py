@@ -88,17 +88,24 @@ def _round7(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rounded, fast
 
 
-def _coordinates(column: list[str]) -> tuple[list[str], bool]:
+def _coordinates(
+    column: list[str], values: np.ndarray | None = None
+) -> tuple[list[str], bool, np.ndarray | None]:
     """:func:`canonical_coordinate` over a column.
 
     Texts of the plain decimal form are parsed by Arrow (correctly rounded, like ``float``), rounded by
     :func:`_round7` and formatted by Arrow's shortest round-trip formatting, which for the values of the fast path
     prints the same digits as ``%.12g``; every other row goes through :func:`canonical_coordinate`.
 
-    :return: the canonical texts, and whether all of them took the fast path (they then need no JSON escaping)
+    :param values: the column's texts already parsed (NaN for an empty text), when the reader has them
+    :return: the canonical texts, whether all of them took the fast path (they then need no JSON escaping), and
+        then the rounded values
     """
     if not column:
-        return [], True
+        return [], True, None
+    if values is not None:
+        rounded, fast = _round7(values)
+        return _formatted(column, rounded, fast & ~np.isnan(values))
     try:
         texts = pa.array(column, type=pa.string())
         plain = pc.match_substring_regex(texts, _PLAIN_NUMBER)
@@ -106,15 +113,22 @@ def _coordinates(column: list[str]) -> tuple[list[str], bool]:
         numbers = pc.cast(texts if all_plain else pc.if_else(plain, texts, "0"), pa.float64())
     except (pa.ArrowException, UnicodeError):
         # Lone surrogates from a lenient decoder, or a number Arrow will not parse ("1e400"): the slow way.
-        return [canonical_coordinate(value) for value in column], False
+        return [canonical_coordinate(value) for value in column], False, None
     rounded, fast = _round7(numbers.to_numpy())
-    result: list[str] = pc.cast(pa.array(rounded), pa.string()).to_pylist()
     if not all_plain:
         fast &= plain.to_numpy(zero_copy_only=False)
+    return _formatted(column, rounded, fast)
+
+
+def _formatted(
+    column: list[str], rounded: np.ndarray, fast: np.ndarray
+) -> tuple[list[str], bool, np.ndarray | None]:
+    """Texts of the rounded values where ``fast``, :func:`canonical_coordinate` of the text elsewhere."""
+    result: list[str] = pc.cast(pa.array(rounded), pa.string()).to_pylist()
     slow = np.flatnonzero(~fast).tolist()
     for index in slow:
         result[index] = canonical_coordinate(column[index])
-    return result, not slow
+    return result, not slow, None if slow else rounded
 
 
 def _json_strings(column: Sequence[str | None]) -> list[str]:
@@ -176,6 +190,8 @@ class AddressColumns:
 
     columns: list[list[str | None]]
     plain_coordinates: bool
+    #: LON and LAT as numbers, when every row's coordinates are plain finite numbers (else None)
+    lonlat: tuple[np.ndarray, np.ndarray] | None = None
     #: NUMBER … ID (indexes 2–9) as JSON string literals with ASCII escaping, ``null`` for null: the HASH
     #: payload's pieces, which the GeoJSON encoder reuses for columns without non-ASCII text
     encoded: list[list[str]] | None = None
@@ -187,7 +203,11 @@ class AddressColumns:
 
 
 def address_columns(
-    lon: list[str], lat: list[str], attrs: Mapping[str, list[str | None]], seed: str
+    lon: list[str],
+    lat: list[str],
+    attrs: Mapping[str, list[str | None]],
+    seed: str,
+    xy: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AddressColumns:
     """Canonical address values with their HASH, column-wise over one batch (§8.1, §8.2).
 
@@ -196,11 +216,12 @@ def address_columns(
     :param attrs: the result of :meth:`openaddr.conform.Conform.apply` (``accuracy`` is ignored); a missing
         attribute is null
     :param seed: the run's fingerprint, or :func:`random_seed`
+    :param xy: ``lon`` and ``lat`` already parsed (:attr:`openaddr.readers.base.Batch.xy`), when known
     """
     size = len(lon)
     nulls: list[str | None] = [None] * size
-    lon_c, lon_safe = _coordinates(lon)
-    lat_c, lat_safe = _coordinates(lat)
+    lon_c, lon_safe, lon_v = _coordinates(lon, xy[0] if xy is not None else None)
+    lat_c, lat_safe, lat_v = _coordinates(lat, xy[1] if xy is not None else None)
     number = [s[:-2] if (s := (v or "").strip()).endswith(".0") else s for v in attrs.get("number", nulls)]
     street = [(v or "").strip() for v in attrs.get("street", nulls)]
     unit = [(v or "").strip() for v in attrs.get("unit", nulls)]
@@ -238,7 +259,8 @@ def address_columns(
         lon_c, lat_c, number, street, unit, list(city), list(district), list(region), list(postcode), list(id_),
         hashes,
     ]  # fmt: skip
-    return AddressColumns(columns, lon_safe and lat_safe, encoded)
+    lonlat = (lon_v, lat_v) if lon_v is not None and lat_v is not None else None
+    return AddressColumns(columns, lon_safe and lat_safe, lonlat, encoded)
 
 
 def address_rows(

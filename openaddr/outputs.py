@@ -234,16 +234,20 @@ class Stats:
 
     def add_coordinates(self, lons: Sequence[str | None], lats: Sequence[str | None]) -> None:
         """Fold one batch's coordinate texts into the bounds and counters."""
-        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        def parse(texts: Sequence[str | None]) -> np.ndarray:
+        def parse(texts: Sequence[str | None]) -> Any:
             array = pc.utf8_trim_whitespace(pa.array(texts, type=pa.string()))
             numeric = pc.match_substring_regex(array, _NUMBER)
             return pc.cast(pc.if_else(numeric, array, None), pa.float64()).to_numpy(zero_copy_only=False)
 
-        lon, lat = parse(lons), parse(lats)
+        self.add_values(parse(lons), parse(lats))
+
+    def add_values(self, lon: Any, lat: Any) -> None:
+        """Fold one batch's coordinates (float arrays, NaN for an invalid one) into the bounds and counters."""
+        import numpy as np
+
         valid = (np.abs(lon) <= 180.0) & (np.abs(lat) <= 90.0)  # NaN (unparsable, empty) compares False
         self.invalid_coordinates += int(len(lon) - valid.sum())
         if not valid.any():

@@ -73,7 +73,13 @@ class BatchTransformer:
         self.layer_type = layer_type
         self.seed = seed
 
-    def __call__(self, columns: dict[str, list[str]], size: int, geometries: list[Any] | None) -> BatchResult:
+    def __call__(
+        self,
+        columns: dict[str, list[str]],
+        size: int,
+        geometries: list[Any] | None,
+        xy: tuple[Any, Any] | None = None,
+    ) -> BatchResult:
         """Transform one batch (the fields of :class:`~openaddr.readers.base.Batch`)."""
         from openaddr.readers.base import OA_X, OA_Y
 
@@ -82,10 +88,13 @@ class BatchTransformer:
         if self.layer_type == "addresses":
             from openaddr.canonical import ADDRESS_COLUMNS, address_columns
 
-            address = address_columns(columns[OA_X], columns[OA_Y], attrs, self.seed)
+            address = address_columns(columns[OA_X], columns[OA_Y], attrs, self.seed, xy)
             for name, values in zip(ADDRESS_COLUMNS[2:], address.columns[2:], strict=False):
                 stats.add_filled(name.lower(), values)
-            stats.add_coordinates(address.columns[0], address.columns[1])
+            if address.lonlat is not None:
+                stats.add_values(*address.lonlat)
+            else:
+                stats.add_coordinates(address.columns[0], address.columns[1])
             return BatchResult(
                 encode_address_csv_columns(address.columns),
                 encode_address_geojson(address, attrs.get("accuracy")),
@@ -131,9 +140,11 @@ def _init_worker(conform: Mapping[str, Any], layer_type: str, label: str, seed: 
     _worker = BatchTransformer(conform, layer_type, label, seed)
 
 
-def _work(columns: dict[str, list[str]], size: int, geometries: list[Any] | None) -> BatchResult:
+def _work(
+    columns: dict[str, list[str]], size: int, geometries: list[Any] | None, xy: tuple[Any, Any] | None
+) -> BatchResult:
     assert _worker is not None
-    return _worker(columns, size, geometries)
+    return _worker(columns, size, geometries, xy)
 
 
 def _expected_rows(reader: Any) -> int:
@@ -200,7 +211,7 @@ def _run_streamed(
 
     if not workers:
         for batch in reader.batches(BATCH_SIZE, columns=columns):
-            emit(transform(batch.columns, batch.size, batch.geometries))
+            emit(transform(batch.columns, batch.size, batch.geometries, batch.xy))
         return stats
     pool = _fork_pool(
         workers,
@@ -210,7 +221,7 @@ def _run_streamed(
     try:
         in_flight: deque[Future[BatchResult]] = deque()
         for batch in reader.batches(BATCH_SIZE, columns=columns):
-            in_flight.append(pool.submit(_work, batch.columns, batch.size, batch.geometries))
+            in_flight.append(pool.submit(_work, batch.columns, batch.size, batch.geometries, batch.xy))
             del batch
             while len(in_flight) > 2 * workers:  # keeps every worker busy while the oldest is written
                 emit(in_flight.popleft().result())
@@ -233,7 +244,7 @@ def _conform_slice(index: int, skip: int, limit: int) -> tuple[Stats, int]:
     stats = Stats()
     with (parts / f"{index}.csv").open("wb") as csv_part, (parts / f"{index}.geojson").open("wb") as geo_part:
         for batch in reader.batches(BATCH_SIZE, columns=columns):
-            result = transform(batch.columns, batch.size, batch.geometries)
+            result = transform(batch.columns, batch.size, batch.geometries, batch.xy)
             csv_part.write(result.csv)
             geo_part.write(result.geojson)
             stats.merge(result.stats)
@@ -260,7 +271,8 @@ def _run_sliced(
     import tempfile
 
     count = reader.feature_count
-    size = max(BATCH_SIZE, math.ceil(count / (workers * 4)))  # several slices per worker balance the load
+    # Many slices per worker: they finish at nearly the same time, so no core idles at the end.
+    size = max(BATCH_SIZE, math.ceil(count / (workers * 8)))
     slices = [(i, skip, min(size, count - skip)) for i, skip in enumerate(range(0, count, size))]
     parts = Path(tempfile.mkdtemp(prefix=".parts-", dir=state_dir))
     stats, skipped = Stats(), 0

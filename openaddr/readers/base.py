@@ -22,8 +22,11 @@ class Batch:
     :param size: number of records
     :param geometries: non-address layers only: the full geometry of each record in EPSG:4326 as a shapely
         geometry (None when missing), for the GeoJSON output
+    :param xy: optionally, ``OA:x``/``OA:y`` as float64 arrays, NaN where the text is empty; parsing the texts
+        gives exactly these values (they are their ``repr``), so canonicalisation may skip the parsing
     """
 
     columns: dict[str, list[str]]
     size: int
     geometries: list[Any] | None = None
+    xy: tuple[Any, Any] | None = None

@@ -216,11 +216,14 @@ class GdalReader(Reader):
             geoms = reproject(geoms, self._transformer)
             x, y = centroids(geoms, broken)
         columns[OA_X], columns[OA_Y] = coordinate_texts(x, y)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(x) & np.isfinite(y)
+        xy = (np.where(ok, x, np.nan), np.where(ok, y, np.nan))
         if not self.addresses:
             assert geoms is not None
             columns[OA_GEOM] = wkt_texts(geoms)
             geometries = geoms.tolist()
-        return Batch(columns=columns, size=n, geometries=geometries)
+        return Batch(columns=columns, size=n, geometries=geometries, xy=xy)
 
     def _texts(self, column: pa.Array, name: str) -> list[str]:
         if self._decode is not None and (

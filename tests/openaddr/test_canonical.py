@@ -13,6 +13,7 @@ import pytest
 from openaddr.canonical import (
     ADDRESS_COLUMNS,
     OUTPUT_COLUMNS,
+    address_columns,
     address_rows,
     canonical_coordinate,
     canonical_number,
@@ -265,3 +266,20 @@ def test_random_seed_is_a_uuid4() -> None:
     seed = random_seed()
     assert uuid.UUID(seed).version == 4
     assert seed != random_seed()
+
+
+def test_parsed_coordinates_give_the_same_rows_as_their_texts() -> None:
+    """A reader may hand over OA:x/OA:y already parsed (Batch.xy); the rows must not change."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-180, 180, 500), [0.0, -0.0, 1e-9, 123456.5, 0.12345675, np.nan]])
+    y = np.concatenate([rng.uniform(-90, 90, 500), [0.0, 0.0, 2.5, 1.0, np.nan, 3.0]])
+    ok = np.isfinite(x) & np.isfinite(y)
+    lon = [repr(float(v)) if k else "" for v, k in zip(x, ok, strict=True)]
+    lat = [repr(float(v)) if k else "" for v, k in zip(y, ok, strict=True)]
+    attrs = {"number": ["1"] * len(lon), "street": ["Main St"] * len(lon)}
+    xy = (np.where(ok, x, np.nan), np.where(ok, y, np.nan))
+    parsed = address_columns(lon, lat, attrs, "seed", xy)
+    assert parsed.columns == address_columns(lon, lat, attrs, "seed").columns
+    assert parsed.columns[0][-2:] == ["", ""]
