@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -388,6 +389,30 @@ def _conform_steps(
         raise _fail(SourceProblem.no_addresses_found, "Found no addresses in source data")
 
 
+class UsageError(Exception):
+    """Bad usage of a command: exit status 2 with this message."""
+
+
+def command_entries(
+    command: str, source: str, layer: str | None, name: str | None, verbose: bool
+) -> list[LayerEntry]:
+    """Set up logging to stderr and load the layer entries a command works on.
+
+    :raises UsageError: the source cannot be read or has no matching entry
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
+    )
+    try:
+        entries = load_source(source).entries(layer=layer, name=name)
+    except SourceFileError as exc:
+        raise UsageError(f"openaddr {command}: {exc}") from None
+    if not entries:
+        which = " ".join(filter(None, [layer, f"named {name!r}" if name else None])) or "layer"
+        raise UsageError(f"openaddr {command}: {source} has no {which} entry")
+    return entries
+
+
 def conform_command(
     source: str,
     input: str,
@@ -399,20 +424,10 @@ def conform_command(
     verbose: bool = False,
 ) -> int:
     """``openaddr conform``: exit 0 on success, 1 on a recorded failure, 2 on bad usage."""
-    import sys
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
-    )
     try:
-        loaded = load_source(source)
-    except SourceFileError as exc:
-        sys.stderr.write(f"openaddr conform: {exc}\n")
-        return 2
-    entries = loaded.entries(layer=layer, name=name)
-    if not entries:
-        which = f"{layer} entry named {name!r}" if name else f"{layer} entry"
-        sys.stderr.write(f"openaddr conform: {source} has no {which}\n")
+        entries = command_entries("conform", source, layer, name, verbose)
+    except UsageError as exc:
+        sys.stderr.write(f"{exc}\n")
         return 2
     input_path = Path(input)
     if not input_path.exists():

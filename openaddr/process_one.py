@@ -14,8 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openaddr.errors import SourceFileError
-from openaddr.process import LOG_FORMAT, EntryResult, run_entry
+from openaddr.process import EntryResult, UsageError, command_entries, run_entry
 from openaddr.sources import LayerEntry, load_source
 
 if TYPE_CHECKING:
@@ -144,16 +143,10 @@ def process_one_command(
     source: str, out: str, *, layer: str | None, name: str | None, verbose: bool = False
 ) -> int:
     """``openaddr process-one``: exit 0 when every entry succeeded, 1 when one failed, 2 on bad usage."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
-    )
     try:
-        loaded = load_source(source)
-    except SourceFileError as exc:
-        sys.stderr.write(f"openaddr process-one: {exc}\n")
-        return 2
-    if not loaded.entries(layer=layer, name=name):
-        sys.stderr.write(f"openaddr process-one: {source} has no matching layer entry\n")
+        command_entries("process-one", source, layer, name, verbose)
+    except UsageError as exc:
+        sys.stderr.write(f"{exc}\n")
         return 2
     progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:

@@ -40,6 +40,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from openaddr.conform import FUNCTIONS as CONFORM_FUNCTIONS
 from openaddr.errors import SourceFileError
 from openaddr.sources import iter_source_files, load_source
 
@@ -55,24 +56,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 ROOT_SCHEMA = SCHEMA_DIR / "source_schema_v2.json"
 
 #: Every conform function this system knows (processing.md §7.5, §7.6, §14).
-FUNCTIONS = frozenset(
-    {
-        "join",
-        "regexp",
-        "format",
-        "prefixed_number",
-        "postfixed_street",
-        "postfixed_unit",
-        "remove_prefix",
-        "remove_postfix",
-        "first_non_empty",
-        "constant",
-        "map",
-        "mph_to_kph",
-        "get",
-        "chain",
-    }
-)
+FUNCTIONS = CONFORM_FUNCTIONS
 
 #: Entry keys old files legitimately carry although v2 forbids them (processing.md §2.4, §3.5).
 LEGACY_ENTRY_KEYS = ("cache", "fingerprint", "version", "processed")
