@@ -33,4 +33,4 @@ def fixtures() -> Path:
     return FIXTURES
 
 
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.db_fixtures", "tests.s3_server"]

@@ -1,6 +1,6 @@
 """Pytest fixtures for a real S3 API: moto's server on loopback (style.md point 13, integration layer).
 
-Load as a plugin (``pytest_plugins = ["s3_server"]``; ``tests/`` is on ``sys.path`` through the root conftest).
+Loaded as a plugin by ``tests/conftest.py``.
 The server runs in a thread of the test process for the whole session; every test gets its own bucket and fake
 credentials, so nothing reaches AWS and a developer's ``~/.aws`` is never read.
 """

@@ -22,3 +22,16 @@ def test_demo_conforms_the_bundled_source(tmp_path: Path):
         dbf = zf.read("ParkCountyADDRESS_POINTS_point.dbf")
     assert len(rows) == int.from_bytes(dbf[4:8], "little") == 346
     assert all(r["LON"] and r["LAT"] for r in rows)
+    # …and the run is recorded in the Machine database, successful, with its state.
+    from openaddr.db import make_engine
+    from openaddr.db.runs import get_run
+
+    run = get_run(make_engine(f"sqlite:///{tmp_path / 'machine.db'}"), 1)
+    assert run is not None
+    assert (run["source_path"], run["source_layer"], run["layer_name"]) == (
+        "sources/us/wy/park.json",
+        "addresses",
+        "county",
+    )
+    assert run["status"] is True
+    assert run["state"]["address count"] == 346

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 # moto's S3 server fixtures (tests/ is on sys.path through the root conftest)
-pytest_plugins = ["s3_server"]
 
 SOURCE = "fr/la-réunion.json"
 DATA = "BAN_licence_gratuite_repartage_974.zip"
