@@ -462,6 +462,13 @@ class _Chain(_Node):
 
 def _regexp_search(pattern: re.Pattern[str]) -> Callable[[str], str]:
     search = pattern.search
+    if pattern.groups == 1:  # the common case (`^(\S+)\s`): no tuple of groups to join
+
+        def first(value: str) -> str:
+            match = search(value)
+            return (match.group(1) or "") if match else ""
+
+        return first
 
     def fn(value: str) -> str:
         match = search(value)
