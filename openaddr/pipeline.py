@@ -1,9 +1,15 @@
 """Stream a reader's batches through the conform into the output files, on one or more cores.
 
-Reading (GDAL, CSV parsing, reprojection) happens in the calling process; the per-row Python work (attribute
-functions, canonicalisation, HASH, encoding) runs in :class:`BatchTransformer`, either in-process or in a pool of
-worker processes when the machine has cores to spare. Batches are written back in input order, and the number of
-batches in flight is bounded, so memory stays flat whatever the input size (processing.md §13).
+The per-row Python work (attribute functions, canonicalisation, HASH, encoding) is :class:`BatchTransformer`. Three
+strategies, chosen by :func:`run_pipeline`:
+
+* small inputs, or one core: read and transform in this process;
+* seekable GDAL layers (shapefile, FileGDB, GeoPackage) on several cores: forked workers each read, transform and
+  write their own slices of the layer into part files, joined in order here (only slice bounds cross processes);
+* other large inputs (CSV, GeoJSON, ESRI caches): read here, transform in forked workers, write back in order.
+
+Output is always in input order, and the batches in flight are bounded, so memory stays flat whatever the input
+size (processing.md §13).
 """
 
 from __future__ import annotations
