@@ -109,12 +109,25 @@ def process_one(
 
     :raises SourceFileError: the source file cannot be read
     """
-    source = load_source(source_path)
-    results = []
-    for entry in source.entries(layer=layer, name=name):
-        state_dir = Path(out) / entry.layer / entry.name
-        results.append(process_entry(entry, state_dir, settings=settings, scratch=scratch, progress=progress))
-    return results
+    entries = load_source(source_path).entries(layer=layer, name=name)
+    return process_entries(entries, out, settings=settings, scratch=scratch, progress=progress)
+
+
+def process_entries(
+    entries: list[LayerEntry],
+    out: str | Path,
+    *,
+    settings: Settings | None = None,
+    scratch: Path | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> list[EntryResult]:
+    """Process layer entries, each into ``<out>/<layer>/<name>/``."""
+    return [
+        process_entry(
+            entry, Path(out) / entry.layer / entry.name, settings=settings, scratch=scratch, progress=progress
+        )
+        for entry in entries
+    ]
 
 
 class _TerminalProgress:
@@ -144,13 +157,13 @@ def process_one_command(
 ) -> int:
     """``openaddr process-one``: exit 0 when every entry succeeded, 1 when one failed, 2 on bad usage."""
     try:
-        command_entries("process-one", source, layer, name, verbose)
+        entries = command_entries("process-one", source, layer, name, verbose)
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
     progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
-        results = process_one(source, out, layer=layer, name=name, progress=progress)
+        results = process_entries(entries, out, progress=progress)
     finally:
         if progress is not None:
             progress.done()

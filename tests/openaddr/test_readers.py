@@ -43,6 +43,7 @@ from openaddr.readers.geometry import (
     wkt_texts,
 )
 from openaddr.readers.reader import float_texts, parse_srs, resolve_encoding
+from tests.dbf import dbf_records
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,17 +56,9 @@ LABEL = "test addresses/primary"
 
 def read_dbf(path: Path, encoding: str) -> tuple[list[str], list[dict[str, str]]]:
     """Field names and records of a DBF, each value as OGR's text form (§6.1), from the file format itself."""
-    data = path.read_bytes()
-    count, header_length, record_length = struct.unpack("<IHH", data[4:12])
-    fields = []
-    offset = 32
-    while data[offset] != 0x0D:
-        name = data[offset : offset + 11].split(b"\0")[0].decode("ascii")
-        fields.append((name, chr(data[offset + 11]), data[offset + 16], data[offset + 17]))
-        offset += 32
+    fields, raw_records = dbf_records(path)
     records = []
-    for i in range(count):
-        record = data[header_length + i * record_length : header_length + (i + 1) * record_length]
+    for record in raw_records:
         if record[:1] == b"*":
             continue
         position = 1

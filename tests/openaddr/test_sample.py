@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import shutil
-import struct
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,14 @@ import pytest
 
 from openaddr.readers.archives import prepare_input
 from openaddr.readers.sample import EXCERPT_WARNING, take_sample
+from tests.dbf import dbf_records
 
 
 def dbf_native(path: Path) -> tuple[list[str], list[list[Any]]]:
     """Field names and records of a DBF as native values: integers, floats, text, None for blanks."""
-    data = path.read_bytes()
-    count, header_length, record_length = struct.unpack("<IHH", data[4:12])
-    fields = []
-    offset = 32
-    while data[offset] != 0x0D:
-        name = data[offset : offset + 11].split(b"\0")[0].decode("ascii")
-        fields.append((name, chr(data[offset + 11]), data[offset + 16], data[offset + 17]))
-        offset += 32
+    fields, raw_records = dbf_records(path)
     records = []
-    for i in range(count):
-        record = data[header_length + i * record_length : header_length + (i + 1) * record_length]
+    for record in raw_records:
         position = 1
         values: list[Any] = []
         for _, kind, width, decimals in fields:
