@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install -q -e . --group dev --group bench
+	$(BIN)/python -m pip install -q -c requirements.lock -e . --group dev --group bench
 	touch $@
 
 ## The Machine on its embedded default. Until the Airflow DAGs land this runs the conform demo.
@@ -33,6 +33,14 @@ format: $(STAMP)
 ## Conform speed and memory (never part of the tests).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_conform.py
+
+## Re-pin requirements.lock from a fresh resolution of pyproject.toml (commit the result).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade "pip>=25.1"
+	.venv-lock/bin/python -m pip install -q -e . --group dev --group bench
+	{ head -2 requirements.lock; .venv-lock/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) var bench-out .pytest_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""
+### OpenAddresses batch: process every source, every night
+
+1. **create_set** lists the sources at one commit of the configured location (variable `openaddr_sources`: a
+   checkout folder, or `github:owner/repository[@ref]` read as one tarball), records the set and stores the files
+   under `sets/<set id>/sources/`.
+2. **list_sources** expands them into layer entries, slowest first by the previous set's times; invalid files are
+   recorded as failed runs (`invalid_source`).
+3. **process_source**, one mapped instance per entry, named `source/layer/name`: copies a successful run of the
+   last 6 days of the same entry, or downloads and conforms it in a subprocess (3-hour deadline), publishes
+   `runs/<run id>/` and records the run. Low priority in pool `oa_sources`: a free slot always goes to CI first, and
+   two slots are kept for CI alone.
+4. **complete_set** marks the set complete once every entry has finished, and emits the asset
+   `openaddr://sets/latest` for the collection DAG.
+
+Owner: the OpenAddresses Machine maintainers.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from openaddr_airflow.operators import ProcessSourceOperator
+from openaddr_airflow.settings import BATCH_MAX_ACTIVE_TASKS
+from openaddr_airflow.tags import Tag
+
+LATEST_SET = Asset("openaddr://sets/latest")
+
+
+@task
+def create_set(**context) -> int:
+    from openaddr.machine import create_batch_set
+    from openaddr.sources_repo import list_sources
+    from openaddr_airflow import config
+
+    listing = list_sources(config.sources_location(), client_factory=config.github_client)
+    return create_batch_set(
+        config.machine_engine(), config.machine_storage(), listing, dag_run_id=context["run_id"]
+    )
+
+
+@task
+def list_sources(set_id: int) -> list[dict]:
+    from openaddr.machine import plan_batch_set
+    from openaddr_airflow import config
+
+    owner = {"kind": "batch", "set_id": set_id}
+    return [
+        {"entry": entry, "run_owner": owner}
+        for entry in plan_batch_set(config.machine_engine(), config.machine_storage(), set_id)
+    ]
+
+
+@task(trigger_rule="all_done", outlets=[LATEST_SET])
+def complete_set(set_id: int) -> dict[str, int]:
+    from openaddr.machine import complete_batch_set
+    from openaddr_airflow import config
+
+    return complete_batch_set(config.machine_engine(), set_id)
+
+
+@dag(
+    schedule="@daily",
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=[Tag.KIND_BATCH, Tag.TIER_2, Tag.DATA_SOURCES],
+    max_active_runs=1,
+    max_active_tasks=BATCH_MAX_ACTIVE_TASKS,
+    default_args={
+        "owner": "openaddresses",
+        "retries": 2,
+        "retry_delay": pendulum.duration(minutes=5),
+        "retry_exponential_backoff": 2.0,
+    },
+)
+def openaddr_batch():
+    set_id = create_set()
+    processed = ProcessSourceOperator.partial(
+        task_id="process_source",
+        pool="oa_sources",
+        priority_weight=1,
+        weight_rule="absolute",
+        map_index_template="{{ task.entry['label'] }}",
+    ).expand_kwargs(list_sources(set_id))
+    processed >> complete_set(set_id)
+
+
+openaddr_batch()

@@ -1,0 +1,89 @@
+"""
+### OpenAddresses CI: check the source files a GitHub push or pull request changed
+
+Triggered by the webhook (no schedule) with the conf
+
+```json
+{"job_id": "…", "commit_sha": "…", "rerun": false,
+ "sources": [{"path": "sources/us/wy/park.json", "blob_sha": "…", "content_b64": "…"}],
+ "github": {"status_url": "…", "comments_url": "…", "owner": "…", "repository": "…"}}
+```
+
+(`content` may replace `content_b64`; `github` is optional.)
+
+1. **plan_job** records the job (unless the webhook did), stores the files under `jobs/<job id>/sources/` and expands
+   them into layer entries; invalid files are recorded as failed runs (`invalid_source`).
+2. **process_source**, one mapped instance per entry, named `source/layer/name`: reuses a run of the last 10 days
+   of the same entry, or downloads and conforms it in a subprocess (3-hour deadline), publishes `runs/<run id>/` and
+   records the run. Source failures are recorded, not raised. High priority: CI always starts before the batch.
+3. **finish_job** (runs whatever happened upstream) computes the job status; the DAG run fails when a file failed.
+
+The run listener posts the GitHub commit statuses (pending, failure, success). Extra links on each instance lead to
+the run's outputs and its results page. Owner: the OpenAddresses Machine maintainers.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+
+from openaddr_airflow.operators import ProcessSourceOperator
+from openaddr_airflow.tags import Tag
+
+
+@task
+def plan_job(**context) -> list[dict]:
+    from openaddr.machine import ci_owner, plan_ci_job
+    from openaddr_airflow import config
+
+    conf = context["dag_run"].conf or {}
+    entries = plan_ci_job(
+        config.machine_engine(), config.machine_storage(), conf, dag_run_id=context["run_id"]
+    )
+    owner = vars(ci_owner(conf, context["run_id"]))
+    return [{"entry": entry, "run_owner": owner} for entry in entries]
+
+
+@task(trigger_rule="all_done")
+def finish_job(**context) -> bool | None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from openaddr.machine import ci_owner, finish_ci_job
+    from openaddr_airflow import config
+
+    job = finish_ci_job(
+        config.machine_engine(), ci_owner(context["dag_run"].conf or {}, context["run_id"]).job_id
+    )
+    if job["status"] is False:
+        failed = sorted(path for path, state in job["file_states"].items() if state is False)
+        raise AirflowFailException(f"Job {job['id']} failed on {', '.join(failed)}")
+    return job["status"]
+
+
+@dag(
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=[Tag.KIND_CI, Tag.TIER_1, Tag.DATA_SOURCES],
+    max_active_runs=16,
+    default_args={
+        "owner": "openaddresses",
+        "retries": 2,
+        "retry_delay": pendulum.duration(minutes=5),
+        "retry_exponential_backoff": 2.0,
+    },
+)
+def openaddr_ci():
+    planned = plan_job()
+    processed = ProcessSourceOperator.partial(
+        task_id="process_source",
+        pool="oa_sources",
+        priority_weight=1000,
+        weight_rule="absolute",
+        map_index_template="{{ task.entry['label'] }}",
+    ).expand_kwargs(planned)
+    processed >> finish_job()
+
+
+openaddr_ci()

@@ -1,0 +1,156 @@
+"""Where the Machine's tasks find their database, storage, GitHub and settings (machine-ci.md §1.1).
+
+Read inside tasks and listeners only, never while a DAG file is parsed (style guide point 3).
+
+| what | Airflow | environment fallback | embedded default |
+|---|---|---|---|
+| Machine database | connection ``openaddr_machine_db`` (``postgres`` through the Postgres provider's hook, or ``sqlite`` with the file in ``host``) | ``OPENADDR_DATABASE_URL`` | ``$OPENADDR_HOME/machine.db`` |
+| run storage | variable ``openaddr_results`` (a folder, ``file://`` or ``s3://bucket/prefix`` URL; S3 goes through the Amazon provider's ``aws_default``) | ``OPENADDR_RESULTS`` | ``$OPENADDR_HOME/storage`` |
+| public URL of the storage | variable ``openaddr_results_public_url`` | ``OPENADDR_RESULTS_PUBLIC_URL`` | the backend's own |
+| results site | variable ``openaddr_base_url`` | ``OPENADDR_BASE_URL`` | none |
+| sources location | variable ``openaddr_sources`` (a checkout folder or ``github:owner/repository[@ref]``) | ``OPENADDR_SOURCES`` | ``github:openaddresses/openaddresses`` |
+| GitHub | connection ``github_openaddresses`` (token as password, API URL as host) | | |
+| status gag | variable ``openaddr_gag_github_status`` | ``OPENADDR_GAG_GITHUB_STATUS`` | off |
+| status context | variable ``openaddr_github_status_context`` | | ``openaddresses/hooked`` |
+| CloudWatch namespace | variable ``openaddr_cloudwatch_namespace`` | ``OPENADDR_CLOUDWATCH_NAMESPACE`` | none: the metric is logged |
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from openaddr.storage import Storage
+
+log = logging.getLogger(__name__)
+
+MACHINE_DB_CONN_ID = "openaddr_machine_db"
+GITHUB_CONN_ID = "github_openaddresses"
+AWS_CONN_ID = "aws_default"
+DEFAULT_SOURCES = "github:openaddresses/openaddresses"
+DEFAULT_STATUS_CONTEXT = "openaddresses/hooked"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
+    """An Airflow variable, else the environment variable ``env``, else ``default``."""
+    from airflow.sdk import Variable
+
+    try:
+        value = Variable.get(key, default=None)
+    except Exception:  # no metadata access (plain Python tests): fall back
+        log.debug("Variable %s not readable here", key, exc_info=True)
+        value = None
+    if value is None and env:
+        value = os.environ.get(env) or None
+    return value if value is not None else default
+
+
+def openaddr_home() -> Path:
+    """``$OPENADDR_HOME``, else ``./var``."""
+    return Path(os.environ.get("OPENADDR_HOME") or "var").resolve()
+
+
+def _connection(conn_id: str) -> Any:
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception:  # AirflowNotFoundException, or no way to look it up
+        return None
+
+
+def machine_database_url() -> str:
+    """The Machine database URL from ``openaddr_machine_db``, else ``OPENADDR_DATABASE_URL``, else the SQLite file."""
+    from openaddr.db import default_database_url
+
+    conn = _connection(MACHINE_DB_CONN_ID)
+    if conn is None:
+        return default_database_url()
+    if conn.conn_type == "sqlite":
+        return f"sqlite:///{conn.host}"
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return str(
+        PostgresHook(postgres_conn_id=MACHINE_DB_CONN_ID).sqlalchemy_url.render_as_string(hide_password=False)
+    )
+
+
+@functools.cache
+def _engine(url: str) -> sa.Engine:
+    from openaddr.db import make_engine
+
+    return make_engine(url)
+
+
+def machine_engine() -> sa.Engine:
+    """A (cached) engine of the Machine database."""
+    return _engine(machine_database_url())
+
+
+def machine_storage() -> Storage:
+    """The run storage (``openaddr_results``)."""
+    from openaddr.storage import open_storage
+
+    url = variable("openaddr_results", "OPENADDR_RESULTS") or str(openaddr_home() / "storage")
+    public_url = variable("openaddr_results_public_url", "OPENADDR_RESULTS_PUBLIC_URL")
+    if url.startswith("s3://"):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return open_storage(url, public_url=public_url, client=S3Hook(aws_conn_id=AWS_CONN_ID).get_conn())
+    return open_storage(url, public_url=public_url)
+
+
+def base_url() -> str | None:
+    """The results site (links in statuses and the UI), without a trailing slash."""
+    value = variable("openaddr_base_url", "OPENADDR_BASE_URL")
+    return value.rstrip("/") if value else None
+
+
+def sources_location() -> str:
+    """Where the batch lists its sources."""
+    return variable("openaddr_sources", "OPENADDR_SOURCES") or DEFAULT_SOURCES
+
+
+def scratch_folder() -> Path:
+    """Parent of the tasks' work folders (``OPENADDR_SCRATCH``, else the system temporary folder)."""
+    folder = Path(os.environ.get("OPENADDR_SCRATCH") or Path(tempfile.gettempdir()) / "openaddr-scratch")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def github_gagged() -> bool:
+    """Whether commit statuses are never posted (``openaddr_gag_github_status``)."""
+    value = variable("openaddr_gag_github_status", "OPENADDR_GAG_GITHUB_STATUS") or ""
+    return value.strip().lower() in _TRUE
+
+
+def github_status_context() -> str:
+    """The commit-status context."""
+    return variable("openaddr_github_status_context") or DEFAULT_STATUS_CONTEXT
+
+
+def github_client() -> Any:
+    """A PyGithub client for ``github_openaddresses`` (the GitHub provider's connection: token as password, the API
+    URL as host), or None when the connection is not configured."""
+    from openaddr.github import github_client as make_client
+
+    conn = _connection(GITHUB_CONN_ID)
+    if conn is None:
+        return None
+    host = conn.host or None
+    if host and "://" not in host:
+        host = f"https://{host}"
+    return make_client(conn.password or None, host)
+
+
+def cloudwatch_namespace() -> str | None:
+    """CloudWatch namespace of the Machine-task metric, or None to log it only."""
+    return variable("openaddr_cloudwatch_namespace", "OPENADDR_CLOUDWATCH_NAMESPACE")

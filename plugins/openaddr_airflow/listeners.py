@@ -1,0 +1,165 @@
+"""The dequeuer as an Airflow listener (machine-ci.md §3): keeps runs, jobs and GitHub statuses right whatever
+happens to a Machine task.
+
+Task-instance events run in the task's own process on the worker, after the task body. For ``process_source``:
+
+* **success / skipped**: the task recorded its run; the job is recomputed and its status posted;
+* **failed, will retry**: the run stays pending (the next attempt resets it); nothing is posted;
+* **failed for good**: the run fails with "Something went wrong in openaddr-process-one";
+* **timed out**: the run fails with "Timed out after H:MM:SS", state null, and is never retried; a result that
+  arrives later is dropped (:func:`openaddr.db.runs.finish_run`), so a late success never turns it green.
+
+Every step is recomputed from the Machine database, so repeating it is harmless. A listener must never fail the
+task: errors are logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from airflow.listeners import hookimpl
+
+log = logging.getLogger(__name__)
+
+MACHINE_DAGS = ("openaddr_ci", "openaddr_batch")
+PROCESS_TASK = "process_source"
+#: Tasks whose end may change a job's status.
+JOB_TASKS = ("plan_job", PROCESS_TASK, "finish_job")
+
+
+def timeout_of(error: Any) -> bool:
+    """Whether a task error is (or was caused by) Airflow's execution timeout."""
+    seen = 0
+    while error is not None and seen < 5:
+        if type(error).__name__ == "AirflowTaskTimeout" or str(error).startswith("Timed out after"):
+            return True
+        error = getattr(error, "__cause__", None)
+        seen += 1
+    return False
+
+
+class RunListener:
+    """Task-instance listener of the Machine DAGs: records failures and timeouts, updates jobs, posts statuses and
+    publishes the Machine-task metric."""
+
+    @hookimpl
+    def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
+        """A Machine task started: publish the metric."""
+        if task_instance.dag_id in MACHINE_DAGS and task_instance.task_id == PROCESS_TASK:
+            self._publish_metric()
+
+    @hookimpl
+    def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+        """The task recorded its run: recompute the job and post its status."""
+        self._after(task_instance)
+
+    @hookimpl
+    def on_task_instance_skipped(self, previous_state: Any, task_instance: Any) -> None:
+        """A skipped entry recorded its run too."""
+        self._after(task_instance)
+
+    @hookimpl
+    def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
+        """Record a timeout or a final failure of ``process_source``; recompute the job and post its status."""
+        if task_instance.dag_id not in MACHINE_DAGS:
+            return
+        if task_instance.task_id == PROCESS_TASK:
+            try:
+                self.record_failure(task_instance, error)
+            except Exception:
+                log.exception("Could not record the failure of %s", task_instance)
+        self._after(task_instance)
+
+    # -- the steps, each usable on its own ----------------------------------------------------------------------
+
+    def record_failure(self, task_instance: Any, error: Any) -> dict[str, Any] | None:
+        """Record what a failed ``process_source`` attempt means for its run; return the run."""
+        from openaddr.db.runs import AirflowTask
+        from openaddr.machine import record_task_failure
+        from openaddr_airflow import config
+        from openaddr_airflow.operators import EXECUTION_TIMEOUT
+
+        task = AirflowTask(
+            dag_id=task_instance.dag_id,
+            dag_run_id=task_instance.run_id,
+            task_id=task_instance.task_id,
+            map_index=task_instance.map_index if task_instance.map_index is not None else -1,
+            try_number=task_instance.try_number or 1,
+        )
+        timed_out = timeout_of(error)
+        limit = getattr(getattr(task_instance, "task", None), "execution_timeout", None) or EXECUTION_TIMEOUT
+        final = str(getattr(task_instance, "state", "failed")) != "up_for_retry"
+        log.info("%s failed (timeout: %s, final: %s): %s", task, timed_out, final, error)
+        return record_task_failure(
+            config.machine_engine(),
+            task,
+            timeout=limit if timed_out else None,
+            final=final or timed_out,
+            now=dt.datetime.now(dt.UTC),
+        )
+
+    def _after(self, task_instance: Any) -> None:
+        if task_instance.dag_id not in MACHINE_DAGS:
+            return
+        if task_instance.task_id == PROCESS_TASK:
+            self._publish_metric()
+        if task_instance.dag_id == "openaddr_ci" and task_instance.task_id in JOB_TASKS:
+            try:
+                self.post_job_status(_job_id(task_instance))
+            except Exception:
+                log.exception("Could not update the job of %s", task_instance)
+
+    def post_job_status(self, job_id: str | None) -> bool:
+        """Recompute a job and post its commit status when it has a status URL and statuses are not gagged.
+
+        :return: whether a status was posted
+        """
+        from openaddr.db.jobs import update_job
+        from openaddr.github import job_commit_status, post_commit_status
+        from openaddr_airflow import config
+
+        if not job_id:
+            return False
+        job = update_job(config.machine_engine(), job_id)
+        if not job.get("github_status_url") or config.github_gagged():
+            return False
+        client = config.github_client()
+        if client is None:
+            log.warning(
+                "Job %s has a status URL but connection %s is not configured", job_id, config.GITHUB_CONN_ID
+            )
+            return False
+        site = config.base_url()
+        status = job_commit_status(job, f"{site}/jobs/{job_id}" if site else None)
+        return post_commit_status(
+            client, job["github_status_url"], status, context=config.github_status_context()
+        )
+
+    def _publish_metric(self) -> None:
+        from openaddr_airflow import config
+        from openaddr_airflow.metrics import count_machine_tasks, publish_machine_tasks
+
+        try:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+            count = count_machine_tasks(RuntimeTaskInstance)
+        except Exception:
+            log.debug("Machine-task count not available here", exc_info=True)
+            return
+        publish_machine_tasks(count, namespace=config.cloudwatch_namespace())
+
+
+def _job_id(task_instance: Any) -> str | None:
+    """The job of a CI DAG run: its conf's ``job_id``, else the run id without ``ci__``."""
+    conf: dict[str, Any] = {}
+    try:
+        context = task_instance.get_template_context()
+        conf = dict(context["dag_run"].conf or {})
+    except Exception:
+        log.debug("No DAG-run conf for %s", task_instance, exc_info=True)
+    return str(conf.get("job_id") or task_instance.run_id.removeprefix("ci__"))[:40]
+
+
+run_listener = RunListener()

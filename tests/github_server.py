@@ -1,0 +1,517 @@
+"""A fake GitHub REST API on loopback, as pytest fixtures.
+
+Fixtures (load with ``pytest_plugins = ["tests.github_server"]``):
+
+* ``github_server`` (session): a :class:`FakeGitHub` on ``127.0.0.1``; its :attr:`~FakeGitHub.base_url` is what a
+  client takes as ``base_url`` (every URL it answers with is absolute on that origin, as GitHub's are);
+* ``fake_github``: the same server, :meth:`~FakeGitHub.reset` before the test, so no test sees another's
+  repositories, statuses or knobs.
+
+Endpoints (JSON shaped like GitHub's, reduced to the fields the Machine and PyGithub read):
+
+* ``GET /repos/{owner}/{repo}``: the repository, with ``default_branch`` and the URL templates of webhook payloads;
+* ``GET /repos/{owner}/{repo}/branches/{branch}`` and ``GET /repos/{owner}/{repo}/commits/{ref}`` (a branch, a
+  full sha or a prefix of at least 7 digits; unknown → 422 "No commit found for SHA: …", as GitHub answers);
+* ``GET /repos/{owner}/{repo}/tarball[/{ref}]``: 302 to ``/_codeload/{owner}/{repo}/legacy.tar.gz/{sha}`` on the same
+  server (github.com sends codeload.github.com), which serves a gzipped pax tarball of the registered folder under
+  ``<owner>-<repo>-<sha7>/``, with the sha in the global header, like GitHub's;
+* ``POST /repos/{owner}/{repo}/statuses/{sha}``: recorded in :attr:`FakeGitHub.statuses` (with the Authorization
+  header) and answered 201 with the status; without Authorization 401; an unknown state or a description over 140
+  characters 422, as GitHub validates.
+
+Knobs: :meth:`~FakeGitHub.fail_next` (the next N requests to a path answer 500 or another status),
+:attr:`~FakeGitHub.max_statuses` (statuses per sha and context before GitHub's 422 "maximum number of statuses"),
+:meth:`~FakeGitHub.echo_state_next` (answer a status post with another state). More endpoints (compare, contents,
+pull-request files) are added with :meth:`FakeGitHub.route` at class level, or :meth:`FakeGitHub.add_route` in a test.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import gzip
+import io
+import json
+import re
+import tarfile
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+
+from tests.servers import send
+
+MAXIMUM_STATUSES = "This SHA and context has reached the maximum number of statuses."
+STATES = ("pending", "success", "failure", "error")
+DOCS = "https://docs.github.com/rest"
+
+
+@dataclass(frozen=True)
+class GitHubRequest:
+    """One request the fake GitHub received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeRepository:
+    """A repository: branches pointing at commits, each commit a local folder.
+
+    :param owner: the owner login
+    :param name: the repository name
+    :param default_branch: the default branch
+    """
+
+    owner: str
+    name: str
+    default_branch: str = "master"
+    branches: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, Path] = field(default_factory=dict)
+    _tarballs: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def add_commit(self, sha: str, folder: Path, branch: str | None = None) -> None:
+        """Register commit ``sha`` with the content of ``folder``; move ``branch`` to it when given."""
+        if not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise ValueError(f"not a commit sha: {sha!r}")
+        self.commits[sha] = Path(folder)
+        self._tarballs.pop(sha, None)
+        if branch is not None:
+            self.branches[branch] = sha
+
+    def resolve(self, ref: str) -> str | None:
+        """The commit sha of a branch, a full sha or an unambiguous prefix of 7 digits or more."""
+        if ref in self.branches:
+            return self.branches[ref]
+        ref = ref.removeprefix("refs/heads/")
+        if ref in self.branches:
+            return self.branches[ref]
+        if re.fullmatch(r"[0-9a-f]{7,40}", ref):
+            matches = [sha for sha in self.commits if sha.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+        return None
+
+    def tarball(self, sha: str) -> bytes:
+        """The gzipped tarball GitHub would serve for ``sha`` (built once, members sorted)."""
+        if sha not in self._tarballs:
+            top = f"{self.owner}-{self.name}-{sha[:7]}"
+            buffer = io.BytesIO()
+            with tarfile.open(
+                fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": sha}
+            ) as tar:
+                folder = self.commits[sha]
+                directory = tarfile.TarInfo(top + "/")
+                directory.type, directory.mode = tarfile.DIRTYPE, 0o775
+                tar.addfile(directory)
+                for path in sorted(folder.rglob("*")):
+                    name = f"{top}/{path.relative_to(folder).as_posix()}"
+                    if path.is_dir():
+                        info = tarfile.TarInfo(name + "/")
+                        info.type, info.mode = tarfile.DIRTYPE, 0o775
+                        tar.addfile(info)
+                    elif path.is_file():
+                        content = path.read_bytes()
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mode = len(content), 0o664
+                        tar.addfile(info, io.BytesIO(content))
+            self._tarballs[sha] = gzip.compress(buffer.getvalue(), mtime=0)
+        return self._tarballs[sha]
+
+
+Route = Callable[["FakeGitHub", "_Handler", GitHubRequest, dict[str, str]], None]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        request = GitHubRequest(
+            self.command,
+            parts.path,
+            dict(parse_qsl(parts.query)),
+            {key: value for key, value in self.headers.items()},
+            body,
+        )
+        self.server.owner.dispatch(self, request)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test output is not the place for access logs."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: FakeGitHub
+
+
+class FakeGitHub:
+    """A fake GitHub REST API on ``127.0.0.1`` (port chosen by the system)."""
+
+    #: Routes of every instance: (method, compiled path pattern, handler); see :meth:`route`.
+    routes: ClassVar[list[tuple[str, re.Pattern[str], Route]]] = []
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        self.reset()
+
+    def close(self) -> None:
+        """Stop serving and close the socket."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5)
+
+    def reset(self) -> None:
+        """Forget repositories, recorded requests and statuses, extra routes and knobs."""
+        with self._lock:
+            self.repositories: dict[tuple[str, str], FakeRepository] = {}
+            self.requests: list[GitHubRequest] = []
+            self.statuses: list[dict[str, Any]] = []
+            self.hits: collections.Counter[str] = collections.Counter()
+            self.extra_routes: list[tuple[str, re.Pattern[str], Route]] = []
+            #: GitHub's limit of statuses per sha and context (1000 on github.com).
+            self.max_statuses = 1000
+            self._failures: dict[str, collections.deque[int]] = {}
+            self._echo_states: collections.deque[str] = collections.deque()
+            self._next_status_id = 1
+
+    # Registration and knobs ---------------------------------------------------------------------------------
+
+    def add_repository(
+        self, owner: str, repo: str, folder: Path, sha: str, default_branch: str = "master"
+    ) -> FakeRepository:
+        """Register ``owner/repo`` whose default branch points at commit ``sha`` holding ``folder``."""
+        repository = FakeRepository(owner, repo, default_branch)
+        repository.add_commit(sha, folder, branch=default_branch)
+        with self._lock:
+            self.repositories[(owner, repo)] = repository
+        return repository
+
+    def fail_next(self, path: str, times: int = 1, status: int = 500) -> None:
+        """Answer the next ``times`` requests to ``path`` (any method, no query) with ``status``."""
+        with self._lock:
+            self._failures.setdefault(path, collections.deque()).extend([status] * times)
+
+    def echo_state_next(self, state: str, times: int = 1) -> None:
+        """Answer the next ``times`` status posts (still recorded) with ``state`` instead of the posted one."""
+        with self._lock:
+            self._echo_states.extend([state] * times)
+
+    def url(self, path: str) -> str:
+        """The absolute URL of ``path`` on this server."""
+        return f"{self.base_url}{path}"
+
+    def status_url(self, owner: str, repo: str, sha: str) -> str:
+        """The ``statuses_url`` a webhook payload would carry for ``sha``."""
+        return self.url(f"/repos/{owner}/{repo}/statuses/{sha}")
+
+    def add_route(self, method: str, pattern: str, handler: Route) -> None:
+        """Serve ``method`` requests whose path fully matches ``pattern`` (until :meth:`reset`); tried first."""
+        with self._lock:
+            self.extra_routes.insert(0, (method, re.compile(pattern), handler))
+
+    @classmethod
+    def route(cls, method: str, pattern: str) -> Callable[[Route], Route]:
+        """Decorator registering a handler for every instance (named groups become its keyword ``params``)."""
+
+        def register(handler: Route) -> Route:
+            cls.routes.append((method, re.compile(pattern), handler))
+            return handler
+
+        return register
+
+    # Serving ------------------------------------------------------------------------------------------------
+
+    def dispatch(self, handler: _Handler, request: GitHubRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+            self.hits[request.path] += 1
+            failures = self._failures.get(request.path)
+            failure = failures.popleft() if failures else None
+            routes = [*self.extra_routes, *self.routes]
+        if failure is not None:
+            self.json(
+                handler, {"message": "Server Error"} if failure >= 500 else {"message": "Failed"}, failure
+            )
+            return
+        path_matched = False
+        for method, pattern, route in routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            path_matched = True
+            if method == request.method:
+                params = {
+                    key: unquote(value) for key, value in match.groupdict().items() if value is not None
+                }
+                route(self, handler, request, params)
+                return
+        if path_matched:
+            self.json(handler, {"message": "Method Not Allowed"}, 405)
+        else:
+            self.not_found(handler)
+
+    def json(self, handler: BaseHTTPRequestHandler, data: Any, status: int = 200, **headers: str) -> None:
+        """Answer ``data`` as JSON."""
+        body = json.dumps(data).encode()
+        send(
+            handler,
+            body,
+            status=status,
+            headers={"Content-Type": "application/json; charset=utf-8", **headers},
+        )
+
+    def not_found(self, handler: BaseHTTPRequestHandler) -> None:
+        """GitHub's 404."""
+        self.json(handler, {"message": "Not Found", "documentation_url": DOCS, "status": "404"}, 404)
+
+    def repository(self, params: dict[str, str]) -> FakeRepository | None:
+        """The registered repository of a route's ``owner`` and ``repo`` parameters."""
+        with self._lock:
+            return self.repositories.get((params["owner"], params["repo"]))
+
+    # JSON shapes --------------------------------------------------------------------------------------------
+
+    def user_json(self, login: str) -> dict[str, Any]:
+        return {
+            "login": login,
+            "id": zlib.crc32(login.encode()),
+            "type": "Organization",
+            "url": self.url(f"/users/{login}"),
+            "html_url": f"https://github.com/{login}",
+        }
+
+    def repository_json(self, repository: FakeRepository) -> dict[str, Any]:
+        api = self.url(f"/repos/{repository.owner}/{repository.name}")
+        return {
+            "id": zlib.crc32(f"{repository.owner}/{repository.name}".encode()),
+            "name": repository.name,
+            "full_name": f"{repository.owner}/{repository.name}",
+            "private": False,
+            "owner": self.user_json(repository.owner),
+            "html_url": f"https://github.com/{repository.owner}/{repository.name}",
+            "url": api,
+            "default_branch": repository.default_branch,
+            "archive_url": api + "/{archive_format}{/ref}",
+            "branches_url": api + "/branches{/branch}",
+            "commits_url": api + "/commits{/sha}",
+            "compare_url": api + "/compare/{base}...{head}",
+            "contents_url": api + "/contents/{+path}",
+            "pulls_url": api + "/pulls{/number}",
+            "statuses_url": api + "/statuses/{sha}",
+        }
+
+    def commit_json(self, repository: FakeRepository, sha: str) -> dict[str, Any]:
+        api = self.url(f"/repos/{repository.owner}/{repository.name}")
+        person = {"name": "Open Addresses", "email": "oa@example.com", "date": "2025-01-01T00:00:00Z"}
+        return {
+            "sha": sha,
+            "node_id": f"C_{sha[:12]}",
+            "url": f"{api}/commits/{sha}",
+            "html_url": f"https://github.com/{repository.owner}/{repository.name}/commit/{sha}",
+            "commit": {
+                "message": f"Commit {sha[:7]}",
+                "url": f"{api}/git/commits/{sha}",
+                "tree": {"sha": "0" * 40, "url": f"{api}/git/trees/{'0' * 40}"},
+                "author": person,
+                "committer": person,
+            },
+            "author": None,
+            "committer": None,
+            "parents": [],
+        }
+
+
+# Routes -----------------------------------------------------------------------------------------------------
+
+_REPO = r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)"
+
+
+@FakeGitHub.route("GET", _REPO)
+def _get_repository(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    if repository is None:
+        server.not_found(handler)
+        return
+    server.json(handler, server.repository_json(repository))
+
+
+@FakeGitHub.route("GET", _REPO + r"/branches/(?P<branch>.+)")
+def _get_branch(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    sha = repository.branches.get(params["branch"]) if repository else None
+    if repository is None or sha is None:
+        server.json(handler, {"message": "Branch not found", "documentation_url": DOCS, "status": "404"}, 404)
+        return
+    api = server.url(f"/repos/{repository.owner}/{repository.name}")
+    server.json(
+        handler,
+        {
+            "name": params["branch"],
+            "commit": server.commit_json(repository, sha),
+            "_links": {"self": f"{api}/branches/{params['branch']}", "html": ""},
+            "protected": False,
+        },
+    )
+
+
+@FakeGitHub.route("GET", _REPO + r"/commits/(?P<ref>.+)")
+def _get_commit(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    if repository is None:
+        server.not_found(handler)
+        return
+    sha = repository.resolve(params["ref"])
+    if sha is None:
+        server.json(
+            handler, {"message": f"No commit found for SHA: {params['ref']}", "documentation_url": DOCS}, 422
+        )
+        return
+    server.json(handler, {**server.commit_json(repository, sha), "stats": {}, "files": []})
+
+
+@FakeGitHub.route("GET", _REPO + r"/tarball(?:/(?P<ref>.+))?")
+def _get_tarball(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    if repository is None:
+        server.not_found(handler)
+        return
+    sha = repository.resolve(params.get("ref") or repository.default_branch)
+    if sha is None:
+        server.not_found(handler)
+        return
+    location = server.url(f"/_codeload/{repository.owner}/{repository.name}/legacy.tar.gz/{sha}")
+    send(handler, b"", status=302, headers={"Location": location})
+
+
+@FakeGitHub.route("GET", r"/_codeload/(?P<owner>[^/]+)/(?P<repo>[^/]+)/legacy\.tar\.gz/(?P<sha>[0-9a-f]{40})")
+def _get_codeload(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    if repository is None or params["sha"] not in repository.commits:
+        send(handler, b"404: Not Found", status=404, headers={"Content-Type": "text/plain"})
+        return
+    filename = f"{repository.owner}-{repository.name}-{params['sha'][:7]}.tar.gz"
+    send(
+        handler,
+        repository.tarball(params["sha"]),
+        headers={
+            "Content-Type": "application/x-gzip",
+            "Content-Disposition": f"attachment; filename={filename}",
+        },
+    )
+
+
+@FakeGitHub.route("POST", _REPO + r"/statuses/(?P<sha>[^/]+)")
+def _post_status(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    authorization = request.headers.get("Authorization")
+    if not authorization:
+        server.json(handler, {"message": "Requires authentication", "documentation_url": DOCS}, 401)
+        return
+    try:
+        body = json.loads(request.body or b"null")
+    except ValueError:
+        server.json(handler, {"message": "Problems parsing JSON", "documentation_url": DOCS}, 400)
+        return
+    if not isinstance(body, dict) or body.get("state") not in STATES:
+        server.json(handler, {"message": "Validation Failed", "documentation_url": DOCS}, 422)
+        return
+    if len(body.get("description") or "") > 140:
+        error = {"resource": "Status", "field": "description", "code": "custom"}
+        error["message"] = "description is too long (maximum is 140 characters)"
+        server.json(
+            handler, {"message": "Validation Failed", "errors": [error], "documentation_url": DOCS}, 422
+        )
+        return
+    context = body.get("context") or "default"
+    with server._lock:
+        record = {
+            "owner": params["owner"],
+            "repository": params["repo"],
+            "sha": params["sha"],
+            "state": body["state"],
+            "description": body.get("description"),
+            "context": context,
+            "target_url": body.get("target_url"),
+            "body": body,
+            "authorization": authorization,
+        }
+        previous = [s for s in server.statuses if (s["sha"], s["context"]) == (params["sha"], context)]
+        if len(previous) >= server.max_statuses:
+            error = {"resource": "Status", "code": "custom", "message": MAXIMUM_STATUSES}
+            server.json(
+                handler, {"message": "Validation Failed", "errors": [error], "documentation_url": DOCS}, 422
+            )
+            return
+        server.statuses.append(record)
+        state = server._echo_states.popleft() if server._echo_states else body["state"]
+        status_id = server._next_status_id
+        server._next_status_id += 1
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    server.json(
+        handler,
+        {
+            "url": server.url(f"/repos/{params['owner']}/{params['repo']}/statuses/{params['sha']}"),
+            "id": status_id,
+            "node_id": f"SC_{status_id}",
+            "state": state,
+            "description": body.get("description"),
+            "target_url": body.get("target_url"),
+            "context": context,
+            "created_at": now,
+            "updated_at": now,
+            "creator": server.user_json("openaddr-bot"),
+        },
+        201,
+    )
+
+
+# Fixtures ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def github_server() -> Iterator[FakeGitHub]:
+    """The fake GitHub for the whole session (use ``fake_github`` for a clean one)."""
+    server = FakeGitHub()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_github(github_server: FakeGitHub) -> Iterator[FakeGitHub]:
+    """The fake GitHub, emptied for this test."""
+    github_server.reset()
+    yield github_server
+    github_server.reset()

@@ -1,0 +1,56 @@
+"""requirements.lock is the working set: it pins every dependency pyproject.toml names, and the installed
+environment is exactly it (style guide point 19)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import tomllib
+
+from tests.conftest import ROOT
+
+_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[normalise(name)] = version.strip()
+    return pins
+
+
+def declared() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    requirements = list(project["project"]["dependencies"])
+    for group in project["dependency-groups"].values():
+        requirements += [item for item in group if isinstance(item, str)]
+    return {normalise(_NAME.match(item).group(1)) for item in requirements}
+
+
+def test_every_declared_dependency_is_pinned() -> None:
+    missing = sorted(declared() - set(lock()))
+    assert not missing, f"not in requirements.lock (run make lock): {missing}"
+
+
+def test_the_environment_is_the_lock() -> None:
+    wrong = {}
+    for name, version in lock().items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            wrong[name] = (version, installed)
+    assert not wrong, f"installed versions differ from requirements.lock (locked, installed): {wrong}"
+
+
+def test_celery_stays_below_5_7() -> None:
+    # celery 5.7 removed celery.backends.database.retry, which the celery provider imports (airflow.md).
+    major, minor = (int(part) for part in lock()["celery"].split(".")[:2])
+    assert (major, minor) < (5, 7)
