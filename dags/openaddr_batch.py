@@ -21,7 +21,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from openaddr_airflow.operators import ProcessSourceOperator
+from openaddr_airflow.operators import EXECUTION_TIMEOUT, ProcessSourceOperator
 from openaddr_airflow.settings import BATCH_MAX_ACTIVE_TASKS
 from openaddr_airflow.tags import Tag
 
@@ -80,6 +80,7 @@ def openaddr_batch():
     processed = ProcessSourceOperator.partial(
         task_id="process_source",
         pool="oa_sources",
+        execution_timeout=EXECUTION_TIMEOUT,
         priority_weight=1,
         weight_rule="absolute",
         map_index_template="{{ task.entry['label'] }}",

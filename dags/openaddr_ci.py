@@ -27,7 +27,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from openaddr_airflow.operators import ProcessSourceOperator
+from openaddr_airflow.operators import EXECUTION_TIMEOUT, ProcessSourceOperator
 from openaddr_airflow.tags import Tag
 
 
@@ -79,6 +79,7 @@ def openaddr_ci():
     processed = ProcessSourceOperator.partial(
         task_id="process_source",
         pool="oa_sources",
+        execution_timeout=EXECUTION_TIMEOUT,
         priority_weight=1000,
         weight_rule="absolute",
         map_index_template="{{ task.entry['label'] }}",

@@ -17,7 +17,6 @@ Read inside tasks and listeners only, never while a DAG file is parsed (style gu
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import tempfile
@@ -83,16 +82,25 @@ def machine_database_url() -> str:
     )
 
 
-@functools.cache
-def _engine(url: str) -> sa.Engine:
-    from openaddr.db import make_engine
-
-    return make_engine(url)
+_ENGINES: dict[str, sa.Engine] = {}
 
 
 def machine_engine() -> sa.Engine:
-    """A (cached) engine of the Machine database."""
-    return _engine(machine_database_url())
+    """An engine of the Machine database, one per URL and process (a task process makes several calls)."""
+    from openaddr.db import make_engine
+
+    url = machine_database_url()
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = make_engine(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's connections and forget the engines."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()
 
 
 def machine_storage() -> Storage:

@@ -152,14 +152,15 @@ class RunListener:
 
 
 def _job_id(task_instance: Any) -> str | None:
-    """The job of a CI DAG run: its conf's ``job_id``, else the run id without ``ci__``."""
+    """The job of a CI DAG run (:func:`openaddr.machine.ci_owner` of its conf)."""
+    from openaddr.machine import ci_owner
+
     conf: dict[str, Any] = {}
     try:
-        context = task_instance.get_template_context()
-        conf = dict(context["dag_run"].conf or {})
+        conf = dict(task_instance.get_template_context()["dag_run"].conf or {})
     except Exception:
         log.debug("No DAG-run conf for %s", task_instance, exc_info=True)
-    return str(conf.get("job_id") or task_instance.run_id.removeprefix("ci__"))[:40]
+    return ci_owner(conf, task_instance.run_id).job_id
 
 
 run_listener = RunListener()

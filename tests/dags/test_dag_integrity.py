@@ -1,0 +1,114 @@
+"""DAG integrity: every DAG file parses cleanly and follows the project's policies (style guide point 12)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import BaseHook
+
+from openaddr_airflow.tags import Tag
+from tests.conftest import ROOT
+
+DAGS = ROOT / "dags"
+DAG_FILES = sorted(DAGS.glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def dagbag(monkeypatch_module: pytest.MonkeyPatch) -> DagBag:
+    calls: list[str] = []
+
+    def no_connections(conn_id: str) -> None:
+        calls.append(conn_id)
+        raise AssertionError(f"connection {conn_id!r} looked up while parsing")
+
+    monkeypatch_module.setattr(BaseHook, "get_connection", no_connections)
+    bag = DagBag(dag_folder=str(DAGS))
+    assert not calls, f"DAG files looked up connections while parsing: {calls}"
+    return bag
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> pytest.MonkeyPatch:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_dag_files_import_without_errors(dagbag: DagBag) -> None:
+    assert DAG_FILES, "no DAG files"
+    assert not dagbag.import_errors, dagbag.import_errors
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_each_file_holds_the_dag_named_like_it(dagbag: DagBag, path: Path) -> None:
+    dag = dagbag.dags.get(path.stem)
+    assert dag is not None, f"{path.name}: no DAG with id {path.stem!r}"
+    assert Path(dag.fileloc).name == path.name
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_policies(dagbag: DagBag, path: Path) -> None:
+    dag = dagbag.dags[path.stem]
+    vocabulary = {tag.value for tag in Tag}
+    assert dag.tags, f"{path.name}: no tags"
+    assert set(dag.tags) <= vocabulary, f"{path.name}: tags {dag.tags} outside {vocabulary}"
+    assert any(tag.startswith("kind/") for tag in dag.tags), f"{path.name}: needs a kind/ tag"
+    assert dag.catchup is False, f"{path.name}: catchup must be explicit and off"
+    assert len(dag.doc_md or "") > 200, f"{path.name}: doc_md must describe the DAG"
+    assert dag.start_date == dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    for task in dag.tasks:
+        assert task.owner == "openaddresses", f"{path.name}:{task.task_id}: owner"
+        assert task.retries >= 1, f"{path.name}:{task.task_id}: retries"
+
+
+@pytest.mark.parametrize(("dag_id", "weight"), [("openaddr_ci", 1000), ("openaddr_batch", 1)])
+def test_process_source_is_pooled_timed_and_named(dagbag: DagBag, dag_id: str, weight: int) -> None:
+    task = dagbag.dags[dag_id].get_task("process_source")
+    assert task.pool == "oa_sources"
+    assert task.priority_weight == weight
+    assert str(task.weight_rule).endswith("absolute")
+    assert task.execution_timeout == dt.timedelta(hours=3, minutes=5)
+    assert task.retries == 2
+    assert task.retry_delay == dt.timedelta(minutes=5)
+    assert task.retry_exponential_backoff
+    assert "label" in task.map_index_template
+
+
+def test_schedules(dagbag: DagBag) -> None:
+    assert dagbag.dags["openaddr_ci"].schedule is None
+    assert dagbag.dags["openaddr_batch"].schedule == "@daily"
+    batch = dagbag.dags["openaddr_batch"]
+    assert batch.max_active_runs == 1
+    # Two pool slots stay free for CI (machine-ci.md §3.3).
+    from openaddr_airflow.settings import POOL_SLOTS
+
+    assert batch.max_active_tasks == POOL_SLOTS - 2
+
+
+def test_finishing_tasks_run_whatever_happened_upstream(dagbag: DagBag) -> None:
+    assert dagbag.dags["openaddr_ci"].get_task("finish_job").trigger_rule == "all_done"
+    assert dagbag.dags["openaddr_batch"].get_task("complete_set").trigger_rule == "all_done"
+
+
+def test_parsing_imports_no_gdal_proj_or_conform_code() -> None:
+    # A fresh interpreter: what parsing the DAG files pulls in, and nothing a test imported before.
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
+        "heavy = ('fiona', 'pyogrio', 'pyproj', 'osgeo', 'shapely', 'openaddr.conform', 'openaddr.readers')\n"
+        "print(json.dumps({'errors': list(bag.import_errors), 'dags': sorted(bag.dags),\n"
+        "    'loaded': sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy)}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == []
+    assert result["dags"] == ["openaddr_batch", "openaddr_ci"]
+    assert result["loaded"] == []

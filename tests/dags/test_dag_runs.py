@@ -1,0 +1,233 @@
+"""The CI and batch DAGs end to end with ``dag.test()``: real sources over loopback HTTP, the real listener, the
+Machine database on SQLite and on PostgreSQL, storage in a folder, GitHub on loopback."""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zipfile
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from openaddr.db.jobs import get_job, latest_completed_set
+from openaddr.db.runs import job_runs, set_runs
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.dags.conftest import Machine
+    from tests.github_server import FakeGitHub
+    from tests.servers import LoopbackHTTPServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARK = "sources/us-wy-park.json"
+SAN_FRANCISCO = "sources/us-ca-san_francisco.json"
+SKIPPED = "sources/us-ca-oakland-skip.json"
+MISSING = "sources/us-ca-berkeley-404.json"
+BROKEN = "sources/broken.json"
+
+
+def fixture_source(fixtures: Path, name: str, url: str) -> bytes:
+    """A fixture source with its data URL pointing at the loopback server."""
+    document = json.loads((fixtures / "sources" / name).read_text(encoding="utf-8"))
+    entry = document["layers"]["addresses"][0] if "layers" in document else document
+    entry["data"] = url
+    return json.dumps(document, ensure_ascii=False, indent=4).encode()
+
+
+@pytest.fixture
+def sources(fixtures: Path, http_server: LoopbackHTTPServer) -> dict[str, bytes]:
+    """Source files as a sources repository holds them, their data served locally."""
+    missing = http_server.add(f"/dags/{uuid.uuid4().hex}/missing.zip", b"gone\n", status=404)
+    return {
+        PARK: fixture_source(fixtures, "us-wy-park.json", http_server.url("/data/us-wy-park.zip")),
+        SAN_FRANCISCO: fixture_source(
+            fixtures, "us-ca-san_francisco.json", http_server.url("/data/us-ca-san_francisco-excerpt.zip")
+        ),
+        SKIPPED: fixture_source(
+            fixtures, "us-ca-oakland-skip.json", http_server.url("/data/us-ca-oakland-excerpt.zip")
+        ),
+        MISSING: fixture_source(fixtures, "us-ca-berkeley-404.json", missing),
+        BROKEN: b'{"schema": 2, "layers": ',
+    }
+
+
+def park_points(fixtures: Path) -> int:
+    """Features with a geometry in the Park County shapefile, read with fiona."""
+    import fiona
+
+    with zipfile.ZipFile(fixtures / "data" / "us-wy-park.zip") as archive:
+        shp = next(name for name in archive.namelist() if name.lower().endswith(".shp"))
+    with fiona.open(f"zip://{fixtures / 'data' / 'us-wy-park.zip'}!{shp}") as layer:
+        return sum(1 for feature in layer if feature.geometry is not None)
+
+
+def ci_conf(job_id: str, files: dict[str, bytes], github: FakeGitHub | None = None, **extra: Any) -> dict:
+    conf = {
+        "job_id": job_id,
+        "commit_sha": "c0ffee" * 6 + "abcd",
+        "sources": [
+            {"path": path, "blob_sha": f"blob-{i}", "content": content.decode()}
+            for i, (path, content) in enumerate(files.items())
+        ],
+        **extra,
+    }
+    if github is not None:
+        conf["github"] = {
+            "status_url": github.status_url("openaddresses", "openaddresses", conf["commit_sha"]),
+            "owner": "openaddresses",
+            "repository": "openaddresses",
+        }
+    return conf
+
+
+def task_instances(dag_run: Any) -> dict[tuple[str, int], Any]:
+    return {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
+
+
+def test_ci_job_records_every_file_and_posts_the_failure(
+    machine_dags: DagBag,
+    machine: Machine,
+    sources: dict[str, bytes],
+    fake_github: FakeGitHub,
+    fixtures: Path,
+) -> None:
+    files = {path: sources[path] for path in (PARK, MISSING, BROKEN)}
+    job_id = str(uuid.uuid4())
+    dag_run = machine_dags.dags["openaddr_ci"].test(run_conf=ci_conf(job_id, files, fake_github))
+
+    # Source failures are recorded, not raised: process_source succeeds; finish_job fails the DAG run.
+    assert dag_run.state == "failed"
+    tis = task_instances(dag_run)
+    assert tis[("plan_job", -1)].state == "success"
+    processed = {ti.rendered_map_index: ti.state for key, ti in tis.items() if key[0] == "process_source"}
+    assert processed == {
+        "us-wy-park/addresses/primary": "success",
+        "us-ca-berkeley-404/addresses/primary": "success",
+    }
+    assert tis[("finish_job", -1)].state == "failed"
+
+    job = get_job(machine.engine, job_id)
+    assert job["status"] is False
+    assert job["file_states"] == {PARK: True, MISSING: False, BROKEN: False}
+    runs = {run["source_path"]: run for run in job_runs(machine.engine, job_id)}
+    park = runs[PARK]
+    assert park["status"] is True
+    assert park["message"] == "Everything is fine"
+    assert park["address_count"] == park_points(fixtures)
+    assert park["airflow_ti"].startswith(f"openaddr_ci/{dag_run.run_id}/process_source/")
+    assert runs[MISSING]["status"] is False
+    assert runs[MISSING]["source_problem"] == "Could not download source data"
+    assert runs[BROKEN]["status"] is False
+    assert runs[BROKEN]["source_problem"] == "Source does not match the schema"
+    assert runs[BROKEN]["message"].startswith("Invalid source: ")
+
+    # Outputs published under runs/<id>/, the recorded state pointing at them.
+    index = machine.storage / "runs" / str(park["id"]) / "index.json"
+    keys, values = json.loads(index.read_text())
+    state = dict(zip(keys, values, strict=True))
+    assert state["processed"].endswith(f"runs/{park['id']}/us-wy-park.zip")
+    assert (machine.storage / "runs" / str(park["id"]) / "us-wy-park.zip").is_file()
+    assert park["state"]["processed"] == state["processed"]
+
+    # The broken file failed at planning: GitHub saw the failure from the start, with the job URL and the token.
+    posted = fake_github.statuses
+    assert {status["state"] for status in posted} == {"failure"}
+    # Cut to GitHub's 140 characters.
+    assert posted[-1]["description"] == f"Failed on {BROKEN}, {MISSING} from {BROKEN}, {MISSING}, {PARK}"[:140]
+    assert posted[-1]["target_url"] == f"http://results.test/jobs/{job_id}"
+    assert posted[-1]["context"] == "openaddresses/hooked"
+    assert all("ci-token" in status["authorization"] for status in posted)
+
+
+def test_ci_job_success_then_reuse_then_rerun(
+    machine_dags: DagBag,
+    machine: Machine,
+    sources: dict[str, bytes],
+    fake_github: FakeGitHub,
+    http_server: LoopbackHTTPServer,
+) -> None:
+    dag = machine_dags.dags["openaddr_ci"]
+    files = {PARK: sources[PARK]}
+    first = str(uuid.uuid4())
+    hits = http_server.hits["/data/us-wy-park.zip"]
+    assert dag.test(run_conf=ci_conf(first, files, fake_github)).state == "success"
+    assert http_server.hits["/data/us-wy-park.zip"] == hits + 1
+    assert get_job(machine.engine, first)["status"] is True
+    assert fake_github.statuses[0]["state"] == "pending"
+    assert fake_github.statuses[0]["description"] == f"Checking {PARK}"
+    assert fake_github.statuses[-1]["state"] == "success"
+    assert fake_github.statuses[-1]["description"] == f"Succeeded on {PARK}"
+    (original,) = job_runs(machine.engine, first)
+
+    # Same entry within 10 days: copied, not downloaded again.
+    second = str(uuid.uuid4())
+    assert dag.test(run_conf=ci_conf(second, files)).state == "success"
+    (copy,) = job_runs(machine.engine, second)
+    assert copy["copy_of"] == original["id"]
+    assert copy["state"] == original["state"]
+    assert http_server.hits["/data/us-wy-park.zip"] == hits + 1
+
+    # A re-run request processes again.
+    third = str(uuid.uuid4())
+    assert dag.test(run_conf=ci_conf(third, files, rerun=True)).state == "success"
+    (rerun,) = job_runs(machine.engine, third)
+    assert rerun["copy_of"] is None
+    assert rerun["status"] is True
+    assert http_server.hits["/data/us-wy-park.zip"] == hits + 2
+
+
+def test_batch_set_processes_every_entry_then_reuses_successes(
+    machine_dags: DagBag,
+    machine: Machine,
+    sources: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    http_server: LoopbackHTTPServer,
+) -> None:
+    checkout = tmp_path / "checkout"
+    for path in (PARK, SAN_FRANCISCO, SKIPPED, MISSING):
+        (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / path).write_bytes(sources[path])
+    monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_SOURCES", str(checkout))
+    dag = machine_dags.dags["openaddr_batch"]
+
+    dag_run = dag.test()
+    assert dag_run.state == "success"
+    record = latest_completed_set(machine.engine, "openaddresses", "openaddresses")
+    assert record is not None
+    assert record["airflow_dag_run_id"] == dag_run.run_id
+    runs = {run["source_path"]: run for run in set_runs(machine.engine, record["id"])}
+    assert set(runs) == {PARK, SAN_FRANCISCO, SKIPPED, MISSING}
+    assert runs[PARK]["status"] is True
+    assert runs[SAN_FRANCISCO]["status"] is True
+    assert runs[SAN_FRANCISCO]["address_count"] > 0
+    assert runs[SKIPPED]["status"] is True  # a skipped source is fine (7.5.5)
+    assert runs[SKIPPED]["state"]["skipped"] is True
+    assert runs[MISSING]["status"] is False
+    states = {
+        ti.rendered_map_index: ti.state
+        for ti in dag_run.get_task_instances()
+        if ti.task_id == "process_source"
+    }
+    assert states["us-ca-oakland-skip/addresses/primary"] == "skipped"
+    assert states["us-wy-park/addresses/primary"] == "success"
+    snapshot = json.loads((machine.storage / "sets" / str(record["id"]) / "sources.json").read_text())
+    assert set(snapshot) == set(runs)
+
+    # The next night: successes of the last 6 days are copied, the failure is tried again.
+    hits = http_server.hits["/data/us-wy-park.zip"]
+    second = dag.test()
+    assert second.state == "success"
+    record2 = latest_completed_set(machine.engine, "openaddresses", "openaddresses")
+    assert record2["id"] != record["id"]
+    again = {run["source_path"]: run for run in set_runs(machine.engine, record2["id"])}
+    assert again[PARK]["copy_of"] == runs[PARK]["id"]
+    assert again[SAN_FRANCISCO]["copy_of"] == runs[SAN_FRANCISCO]["id"]
+    assert again[MISSING]["copy_of"] is None
+    assert again[MISSING]["status"] is False
+    assert http_server.hits["/data/us-wy-park.zip"] == hits
