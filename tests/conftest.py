@@ -19,12 +19,22 @@ ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="openaddr-test-airflow-"))
 
 
+def _dags_folder() -> Path:
+    """The DAG bundle of the test session: the project's DAG files plus the listener tests' DAGs
+    (``dag.test()`` only runs DAGs of a bundle)."""
+    folder = AIRFLOW_HOME / "dags"
+    folder.mkdir()
+    for path in [*sorted((ROOT / "dags").glob("*.py")), ROOT / "tests" / "dags" / "listener_dags.py"]:
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
 def _airflow_environment() -> None:
     os.environ.update(
         {
             "AIRFLOW_HOME": str(AIRFLOW_HOME),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(_dags_folder()),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -62,4 +72,10 @@ def fixtures() -> Path:
     return FIXTURES
 
 
-pytest_plugins = ["tests.servers", "tests.db_fixtures", "tests.s3_server", "tests.github_server"]
+pytest_plugins = [
+    "tests.servers",
+    "tests.db_fixtures",
+    "tests.s3_server",
+    "tests.github_server",
+    "tests.airflow_fixtures",
+]

@@ -23,10 +23,23 @@ from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
 
-MACHINE_DAGS = ("openaddr_ci", "openaddr_batch")
-PROCESS_TASK = "process_source"
-#: Tasks whose end may change a job's status.
-JOB_TASKS = ("plan_job", PROCESS_TASK, "finish_job")
+#: Tasks of CI DAGs (tag ``kind/ci``) whose end may change a job's status, besides ``process_source``.
+JOB_TASKS = ("plan_job", "finish_job")
+
+
+def is_process_task(task_instance: Any) -> bool:
+    """Whether the task instance runs :class:`~openaddr_airflow.operators.ProcessSourceOperator`."""
+    from openaddr_airflow.operators import ProcessSourceOperator
+
+    return isinstance(getattr(task_instance, "task", None), ProcessSourceOperator)
+
+
+def is_ci_task(task_instance: Any) -> bool:
+    """Whether the task belongs to a CI DAG (tagged ``kind/ci``): its end may change a job's status."""
+    from openaddr_airflow.tags import Tag
+
+    dag = getattr(getattr(task_instance, "task", None), "dag", None)
+    return Tag.KIND_CI.value in set(getattr(dag, "tags", None) or ())
 
 
 def timeout_of(error: Any) -> bool:
@@ -47,8 +60,8 @@ class RunListener:
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
         """A Machine task started: publish the metric."""
-        if task_instance.dag_id in MACHINE_DAGS and task_instance.task_id == PROCESS_TASK:
-            self._publish_metric()
+        if is_process_task(task_instance):
+            self._publish_metric(task_instance)
 
     @hookimpl
     def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
@@ -63,9 +76,7 @@ class RunListener:
     @hookimpl
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
         """Record a timeout or a final failure of ``process_source``; recompute the job and post its status."""
-        if task_instance.dag_id not in MACHINE_DAGS:
-            return
-        if task_instance.task_id == PROCESS_TASK:
+        if is_process_task(task_instance):
             try:
                 self.record_failure(task_instance, error)
             except Exception:
@@ -90,7 +101,8 @@ class RunListener:
         )
         timed_out = timeout_of(error)
         limit = getattr(getattr(task_instance, "task", None), "execution_timeout", None) or EXECUTION_TIMEOUT
-        final = str(getattr(task_instance, "state", "failed")) != "up_for_retry"
+        state = getattr(task_instance, "state", None)
+        final = getattr(state, "value", state) != "up_for_retry"
         log.info("%s failed (timeout: %s, final: %s): %s", task, timed_out, final, error)
         return record_task_failure(
             config.machine_engine(),
@@ -101,11 +113,10 @@ class RunListener:
         )
 
     def _after(self, task_instance: Any) -> None:
-        if task_instance.dag_id not in MACHINE_DAGS:
-            return
-        if task_instance.task_id == PROCESS_TASK:
-            self._publish_metric()
-        if task_instance.dag_id == "openaddr_ci" and task_instance.task_id in JOB_TASKS:
+        process = is_process_task(task_instance)
+        if process:
+            self._publish_metric(task_instance)
+        if is_ci_task(task_instance) and (process or task_instance.task_id in JOB_TASKS):
             try:
                 self.post_job_status(_job_id(task_instance))
             except Exception:
@@ -137,14 +148,14 @@ class RunListener:
             client, job["github_status_url"], status, context=config.github_status_context()
         )
 
-    def _publish_metric(self) -> None:
+    def _publish_metric(self, task_instance: Any) -> None:
         from openaddr_airflow import config
         from openaddr_airflow.metrics import count_machine_tasks, publish_machine_tasks
 
         try:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-            count = count_machine_tasks(RuntimeTaskInstance)
+            count = count_machine_tasks(RuntimeTaskInstance, [task_instance.dag_id])
         except Exception:
             log.debug("Machine-task count not available here", exc_info=True)
             return

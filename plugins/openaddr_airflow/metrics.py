@@ -9,7 +9,10 @@ configured, else to the log.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +26,16 @@ METRIC_NAME = "MachineTasks"
 ACTIVE_STATES = ("scheduled", "queued", "running")
 
 
-def count_machine_tasks(ti_class: Any) -> int:
-    """Queued plus running ``process_source`` instances over :data:`MACHINE_DAGS`, through the Execution API.
+def count_machine_tasks(ti_class: Any, extra_dag_ids: Iterable[str] = ()) -> int:
+    """Queued plus running ``process_source`` instances over :data:`MACHINE_DAGS` (and ``extra_dag_ids``), through
+    the Execution API.
 
     :param ti_class: the task SDK's ``RuntimeTaskInstance`` (its ``get_ti_count``)
+    :param extra_dag_ids: other DAGs that run ``process_source`` (the DAG of the task reporting)
     """
     return sum(
         ti_class.get_ti_count(dag_id=dag_id, task_ids=[TASK_ID], states=list(ACTIVE_STATES))
-        for dag_id in MACHINE_DAGS
+        for dag_id in sorted({*MACHINE_DAGS, *extra_dag_ids})
     )
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from tests.dags.conftest import Machine
+    from tests.airflow_fixtures import Machine
     from tests.github_server import FakeGitHub
     from tests.servers import LoopbackHTTPServer
 
@@ -138,7 +138,9 @@ def test_ci_job_records_every_file_and_posts_the_failure(
     posted = fake_github.statuses
     assert {status["state"] for status in posted} == {"failure"}
     # Cut to GitHub's 140 characters.
-    assert posted[-1]["description"] == f"Failed on {BROKEN}, {MISSING} from {BROKEN}, {MISSING}, {PARK}"[:140]
+    assert (
+        posted[-1]["description"] == f"Failed on {BROKEN}, {MISSING} from {BROKEN}, {MISSING}, {PARK}"[:140]
+    )
     assert posted[-1]["target_url"] == f"http://results.test/jobs/{job_id}"
     assert posted[-1]["context"] == "openaddresses/hooked"
     assert all("ci-token" in status["authorization"] for status in posted)

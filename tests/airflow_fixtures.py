@@ -1,4 +1,4 @@
-"""Fixtures for running the Machine's DAGs in-process with ``dag.test()``.
+"""Fixtures for running the Machine's DAGs in-process with ``dag.test()`` (loaded by ``tests/conftest.py``).
 
 Airflow's metadata database is a throwaway SQLite file (``tests/conftest.py`` points Airflow at it), created once
 per session. The Machine database is a fresh one per test on each backend (SQLite and the real PostgreSQL), and the
