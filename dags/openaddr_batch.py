@@ -45,11 +45,7 @@ def list_sources(set_id: int) -> list[dict]:
     from openaddr.machine import plan_batch_set
     from openaddr_airflow import config
 
-    owner = {"kind": "batch", "set_id": set_id}
-    return [
-        {"entry": entry, "run_owner": owner}
-        for entry in plan_batch_set(config.machine_engine(), config.machine_storage(), set_id)
-    ]
+    return plan_batch_set(config.machine_engine(), config.machine_storage(), set_id)
 
 
 @task(trigger_rule="all_done", outlets=[LATEST_SET])

@@ -33,15 +33,11 @@ from openaddr_airflow.tags import Tag
 
 @task
 def plan_job(**context) -> list[dict]:
-    from openaddr.machine import ci_owner, plan_ci_job
+    from openaddr.machine import plan_ci_job
     from openaddr_airflow import config
 
     conf = context["dag_run"].conf or {}
-    entries = plan_ci_job(
-        config.machine_engine(), config.machine_storage(), conf, dag_run_id=context["run_id"]
-    )
-    owner = vars(ci_owner(conf, context["run_id"]))
-    return [{"entry": entry, "run_owner": owner} for entry in entries]
+    return plan_ci_job(config.machine_engine(), config.machine_storage(), conf, dag_run_id=context["run_id"])
 
 
 @task(trigger_rule="all_done")

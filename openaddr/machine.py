@@ -346,7 +346,8 @@ def ci_owner(conf: Mapping[str, Any], dag_run_id: str) -> RunOwner:
 def plan_ci_job(
     engine: sa.Engine, storage: Storage, conf: Mapping[str, Any], *, dag_run_id: str
 ) -> list[dict[str, Any]]:
-    """``plan_job``: record the job unless the webhook did, plan its entries, return them as dicts.
+    """``plan_job``: record the job unless the webhook did, plan its entries; return the ``process_source``
+    arguments (:func:`task_arguments`).
 
     :param conf: the DAG run's conf (see :func:`ci_sources`; ``job_id``, ``commit_sha``, ``rerun``, ``github``:
         ``{status_url, comments_url, owner, repository}`` or the webhook's flat ``status_url``/``owner``/… keys)
@@ -374,7 +375,13 @@ def plan_ci_job(
     entries = plan_sources(engine, storage, files, prefix=f"jobs/{owner.job_id}/sources", owner=owner)
     db_jobs.update_job(engine, owner.job_id, planned=_planned_by_path(files, entries))
     log.info("Job %s: %d files, %d entries to process", owner.job_id, len(files), len(entries))
-    return [entry.to_dict() for entry in entries]
+    return task_arguments(entries, owner)
+
+
+def task_arguments(entries: Iterable[PlannedEntry], owner: RunOwner) -> list[dict[str, Any]]:
+    """The keyword arguments of the mapped ``process_source`` tasks: ``{"entry": …, "run_owner": …}`` each."""
+    run_owner = dataclasses.asdict(owner)
+    return [{"entry": entry.to_dict(), "run_owner": run_owner} for entry in entries]
 
 
 def finish_ci_job(engine: sa.Engine, job_id: str) -> dict[str, Any]:
@@ -416,7 +423,8 @@ def create_batch_set(
 
 
 def plan_batch_set(engine: sa.Engine, storage: Storage, set_id: int) -> list[dict[str, Any]]:
-    """``list_sources``: expand the set's source files into entries, slowest first (§6).
+    """``list_sources``: expand the set's source files into entries, slowest first (§6); return the
+    ``process_source`` arguments (:func:`task_arguments`).
 
     Order: paths without a previous time first, alphabetically, then by the previous set's cache + process time,
     descending. Mapped task instances are scheduled in map-index order among equal priority weights, so this order
@@ -436,7 +444,7 @@ def plan_batch_set(engine: sa.Engine, storage: Storage, set_id: int) -> list[dic
     owner = RunOwner("batch", set_id=set_id, commit_sha=record["commit_sha"])
     entries = plan_sources(engine, storage, files, prefix=prefix, owner=owner)
     log.info("Set %d: %d entries of %d files to process", set_id, len(entries), len(files))
-    return [entry.to_dict() for entry in entries]
+    return task_arguments(entries, owner)
 
 
 def complete_batch_set(engine: sa.Engine, set_id: int) -> dict[str, int]:

@@ -85,6 +85,23 @@ def ci_conf(job_id: str, files: dict[str, bytes], github: FakeGitHub | None = No
     return conf
 
 
+def extra_links(dag_run: Any, map_index: int) -> dict[str, Any]:
+    """The extra links the worker stored for one ``process_source`` instance (Airflow 3 keeps them as XComs)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(
+            XComModel.get_many(
+                run_id=dag_run.run_id,
+                dag_ids=dag_run.dag_id,
+                task_ids="process_source",
+                map_indexes=map_index,
+            )
+        ).all()
+        return {row.key: XComModel.deserialize_value(row) for row in rows if row.key.startswith("_link_")}
+
+
 def task_instances(dag_run: Any) -> dict[tuple[str, int], Any]:
     return {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
 
@@ -133,6 +150,14 @@ def test_ci_job_records_every_file_and_posts_the_failure(
     assert state["processed"].endswith(f"runs/{park['id']}/us-wy-park.zip")
     assert (machine.storage / "runs" / str(park["id"]) / "us-wy-park.zip").is_file()
     assert park["state"]["processed"] == state["processed"]
+
+    # The task instance links to the run's published state and to its page on the results site.
+    park_index = next(
+        key[1] for key, ti in tis.items() if ti.rendered_map_index == "us-wy-park/addresses/primary"
+    )
+    links = extra_links(dag_run, park_index)
+    assert links["_link_RunOutputsLink"] == index.as_uri()
+    assert links["_link_ResultsSiteLink"] == f"http://results.test/runs/{park['id']}/"
 
     # The broken file failed at planning: GitHub saw the failure from the start, with the job URL and the token.
     posted = fake_github.statuses
@@ -233,3 +258,30 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     assert again[MISSING]["copy_of"] is None
     assert again[MISSING]["status"] is False
     assert http_server.hits["/data/us-wy-park.zip"] == hits
+
+
+def test_batch_set_reads_the_sources_from_github_at_one_commit(
+    machine_dags: DagBag,
+    machine: Machine,
+    sources: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_github: FakeGitHub,
+) -> None:
+    checkout = tmp_path / "repository"
+    for path in (PARK, MISSING):
+        (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / path).write_bytes(sources[path])
+    (checkout / "README.md").write_text("not a source\n")
+    sha = "5eed" * 10
+    fake_github.add_repository("openaddresses", "openaddresses", checkout, sha)
+    monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_SOURCES", "github:openaddresses/openaddresses")
+
+    assert machine_dags.dags["openaddr_batch"].test().state == "success"
+    record = latest_completed_set(machine.engine, "openaddresses", "openaddresses")
+    assert record["commit_sha"] == sha
+    runs = {run["source_path"]: run for run in set_runs(machine.engine, record["id"])}
+    assert {path: run["status"] for path, run in runs.items()} == {PARK: True, MISSING: False}
+    assert runs[PARK]["commit_sha"] == sha
+    # One archive download, not one request per file (machine-ci.md §6).
+    assert sum(1 for request in fake_github.requests if "/tarball/" in request.path) == 1
