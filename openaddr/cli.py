@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", choices=["addresses", "parcels", "buildings", "centerlines"])
     p.add_argument("--name")
     p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("db-upgrade", help="create or upgrade the Machine database to the newest schema")
+    p.add_argument(
+        "url", nargs="?", help="SQLAlchemy URL (default: OPENADDR_DATABASE_URL, else var/machine.db)"
+    )
     return parser
 
 
@@ -92,6 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return process_one_command(
             args.source, args.out, layer=args.layer, name=args.name, verbose=args.verbose
         )
+    if args.command == "db-upgrade":
+        import sqlalchemy.exc
+
+        from openaddr.db import default_database_url, head_revision, upgrade
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        url = args.url or default_database_url()
+        try:
+            upgrade(url)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            sys.stderr.write(f"Cannot upgrade the Machine database: {str(exc).splitlines()[0]}\n")
+            return 1
+        sys.stdout.write(f"Machine database at revision {head_revision()}\n")
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 

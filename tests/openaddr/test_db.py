@@ -1066,3 +1066,23 @@ def test_real_states_are_recorded_and_read_back(db: sa.Connection, park_results:
     job = update_job(db, job_id, planned={"sources/us-wy-park.json": [(entry.layer, entry.name)]})
     assert [run["id"] for run in job_runs(db, job_id)] == [first, second]
     assert job["status"] is True  # the newest run of the entry stands
+
+
+def test_db_upgrade_command_migrates_and_reports(
+    empty_db_url: sa.URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from openaddr.cli import main
+    from openaddr.db import current_revision, head_revision
+
+    assert main(["db-upgrade", empty_db_url.render_as_string(hide_password=False)]) == 0
+    assert capsys.readouterr().out == f"Machine database at revision {head_revision()}\n"
+    assert current_revision(empty_db_url) == head_revision()
+
+
+def test_db_upgrade_command_names_an_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
+    from openaddr.cli import main
+
+    assert (
+        main(["db-upgrade", "postgresql+psycopg2://postgres@127.0.0.1:5432/openaddr_no_such_database"]) == 1
+    )
+    assert "openaddr_no_such_database" in capsys.readouterr().err
