@@ -76,7 +76,16 @@ KILL_GRACE_SECONDS = 60.0
 #: Largest CI trigger accepted, as the webhook caps it (§2.1 step 10).
 MAX_CI_FILES = 200
 
-_OOM_MARKERS = (b"MemoryError", b"std::bad_alloc", b"Cannot allocate memory", b"out of memory")
+#: How running out of address space shows in a child's log, in lower case: Python, C++, libc, the dynamic loader
+#: (a shared library that cannot be mapped while importing), thread creation.
+_OOM_MARKERS = (
+    b"memoryerror",
+    b"std::bad_alloc",
+    b"cannot allocate memory",
+    b"out of memory",
+    b"failed to map segment from shared object",
+    b"can't start new thread",
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -165,13 +174,14 @@ def worker_id() -> str:
 
 
 def _check_source_path(path: str) -> str:
-    parts = PurePosixPath(path).parts
+    # Split by hand: PurePosixPath would hide "//" and "." segments, which become odd storage keys.
+    parts = path.split("/")
     if (
-        not parts
+        len(parts) < 2
         or parts[0] != "sources"
         or not path.endswith(".json")
-        or ".." in parts
-        or path.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or "\\" in path
     ):
         raise ValueError(f"not a source file path: {path!r} (expected sources/….json)")
     return path
@@ -247,19 +257,26 @@ def _plan_file(
         entries = source.entries()
     except SourceFileError as exc:
         errors, entries, source = [str(exc)], [], None
+    except Exception as exc:  # a document too malformed to expand must fail alone, not stop the whole job
+        log.warning("%s: cannot read its layers", path, exc_info=True)
+        errors, entries, source = [f"{path}: cannot read its layers: {exc!r}"], [], None
     finally:
         local.unlink(missing_ok=True)
     if errors:
         first = errors[0].replace(str(local), path)
         log.warning("%s is invalid (%d errors): %s", path, len(errors), first)
         targets = [(entry.layer, entry.name, entry.data) for entry in entries] or [(None, None, {})]
-        for layer, name, data in targets:
+        recorded = _recorded_entries(engine, owner, path)
+        for layer, name, _data in targets:
+            if (layer, name) in recorded:  # a retried planning task: recorded already
+                continue
             db_runs.insert_run(
                 engine,
                 source_path=path,
                 source_layer=layer,
                 layer_name=name,
-                layer_digest=db_runs.layer_digest(source.document.get("coverage"), data) if source else None,
+                # No digest: a run of an invalid file must never be reused once the file is fixed.
+                layer_digest=None,
                 source_id=snapshot.blob_sha,
                 source_data=snapshot.content,
                 job_id=owner.job_id,
@@ -294,6 +311,26 @@ def _plan_file(
     return planned
 
 
+def _recorded_entries(engine: sa.Engine, owner: RunOwner, path: str) -> set[tuple[str | None, str | None]]:
+    """(layer, name) of the runs the job or set already has for ``path``."""
+    import sqlalchemy as sa
+
+    from openaddr.db.schema import runs
+
+    if owner.job_id is None and owner.set_id is None:
+        return set()
+    column, value = (
+        (runs.c.job_id, owner.job_id) if owner.job_id is not None else (runs.c.set_id, owner.set_id)
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(runs.c.source_layer, runs.c.layer_name).where(
+                column == value, runs.c.source_path == path
+            )
+        ).all()
+    return {(row.source_layer, row.layer_name) for row in rows}
+
+
 def _planned_by_path(
     files: Iterable[SourceSnapshot], entries: Sequence[PlannedEntry]
 ) -> dict[str, list[Any]]:
@@ -321,7 +358,8 @@ def ci_sources(conf: Mapping[str, Any]) -> list[SourceSnapshot]:
         path = _check_source_path(str(item["path"]))
         if item.get("content_b64") is not None:
             try:
-                content = base64.b64decode(item["content_b64"], validate=True)
+                # GitHub's contents API wraps base64 at 60 characters.
+                content = base64.b64decode("".join(str(item["content_b64"]).split()), validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise ValueError(f"{path}: content_b64 is not base64: {exc}") from exc
         elif isinstance(item.get("content"), str):
@@ -527,6 +565,10 @@ def run_process_one(
         if limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
+    # The child's temporary files go inside the work folder, which the caller removes even after a kill.
+    child_env = dict(os.environ if env is None else env)
+    child_env["TMPDIR"] = str(log_path.parent / "tmp")
+    (log_path.parent / "tmp").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with log_path.open("wb") as stream:
         child = subprocess.Popen(
@@ -536,7 +578,7 @@ def run_process_one(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=set_limit,
-            env=dict(os.environ if env is None else env),
+            env=child_env,
         )
         timed_out = False
         try:
@@ -549,8 +591,10 @@ def run_process_one(
             _kill_group(child)
             raise
     tail = _tail(log_path)
-    out_of_memory = bool(returncode) and (
-        any(marker in tail for marker in _OOM_MARKERS) or returncode == -signal.SIGKILL and not timed_out
+    # Looked for whatever the exit status: the child may catch the error and record it as a conform failure.
+    tail = tail.lower()
+    out_of_memory = not timed_out and (
+        any(marker in tail for marker in _OOM_MARKERS) or returncode == -signal.SIGKILL
     )
     return ChildResult(returncode, timed_out, out_of_memory, time.monotonic() - started)
 
@@ -665,7 +709,7 @@ def process_source(
         message = None
         if child.timed_out:
             state = None
-        elif child.out_of_memory:
+        elif child.out_of_memory and (crashed or (state or {}).get("source problem")):
             message = f"Ran out of memory (limit {format_bytes(limit)})" if limit else "Ran out of memory"
         db_runs.finish_run(
             engine,
