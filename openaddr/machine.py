@@ -608,6 +608,8 @@ def _kill_group(child: subprocess.Popen[bytes]) -> None:
 
 
 def _tail(path: Path, size: int = 16384) -> bytes:
+    if not path.is_file():
+        return b""
     with path.open("rb") as stream:
         stream.seek(max(0, path.stat().st_size - size))
         return stream.read()
@@ -707,7 +709,14 @@ def process_source(
             else None
         )
         message = None
-        if child.timed_out:
+        # The child stops itself at the entry's deadline and records a failure whose log says so; machine-ci.md
+        # §5 names that run "Timed out after …" like one the parent killed.
+        timed_out = child.timed_out or (
+            state is not None
+            and bool(state.get("source problem"))
+            and b"Timed out after" in _tail(state_dir / "output.txt")
+        )
+        if timed_out:
             state = None
         elif child.out_of_memory and (crashed or (state or {}).get("source problem")):
             message = f"Ran out of memory (limit {format_bytes(limit)})" if limit else "Ran out of memory"
@@ -719,7 +728,7 @@ def process_source(
             try_number=task.try_number if task else None,
             message=message,
             crashed=crashed,
-            timed_out=dt.timedelta(seconds=entry.timeout) if child.timed_out else None,
+            timed_out=dt.timedelta(seconds=entry.timeout) if timed_out else None,
             process_hash=_package_md5(state_dir) if not crashed else None,
             stats=_read_json(state_dir / "stats.json"),
             worker_id=worker_id(),

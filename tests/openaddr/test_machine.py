@@ -860,7 +860,8 @@ def test_the_entrys_own_deadline_ends_the_child_first(
     uid: str,
 ) -> None:
     """A source's ``timeout`` (hours) is the child's deadline too: the child stops itself there, a download failure
-    whose log says "Timed out after …" (processing.md §13), long before the parent's kill (60 s after it)."""
+    whose log says "Timed out after …" (processing.md §13), long before the parent's kill (60 s after it); the run
+    is recorded as timed out (machine-ci.md §5), its log kept."""
     url = http_server.add_hanging(f"/machine/{uid}/hang.zip")
     document = park_document(fixtures, url, timeout=0.0003)  # about a second; v1: schema lines are warnings
     [argument] = plan(engine, storage, ci_conf(f"job-{uid}", source_item(PARK_PATH, json.dumps(document))))
@@ -873,9 +874,10 @@ def test_the_entrys_own_deadline_ends_the_child_first(
     assert time.monotonic() - started < 30
     assert (result["status"], result["message"], result["source_problem"]) == (
         False,
-        CACHE_FAILED,
-        DOWNLOAD_FAILED,
+        "Timed out after 0:00:01",
+        None,
     )
+    assert db_runs.get_run(engine, result["run_id"])["state"] is None
     log = storage.get_bytes(f"runs/{result['run_id']}/output.txt").decode("utf-8")
     assert re.search(r"WARNING: Could not download source data: Timed out after \d+:\d\d:\d\d", log), log
     assert "index.json" in published(storage, result["run_id"])
