@@ -21,7 +21,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from openaddr_airflow.operators import EXECUTION_TIMEOUT, ProcessSourceOperator
+from openaddr_airflow.operators import DEFAULT_ARGS, process_sources
 from openaddr_airflow.settings import BATCH_MAX_ACTIVE_TASKS
 from openaddr_airflow.tags import Tag
 
@@ -64,23 +64,11 @@ def complete_set(set_id: int) -> dict[str, int]:
     tags=[Tag.KIND_BATCH, Tag.TIER_2, Tag.DATA_SOURCES],
     max_active_runs=1,
     max_active_tasks=BATCH_MAX_ACTIVE_TASKS,
-    default_args={
-        "owner": "openaddresses",
-        "retries": 2,
-        "retry_delay": pendulum.duration(minutes=5),
-        "retry_exponential_backoff": 2.0,
-    },
+    default_args=DEFAULT_ARGS,
 )
 def openaddr_batch():
     set_id = create_set()
-    processed = ProcessSourceOperator.partial(
-        task_id="process_source",
-        pool="oa_sources",
-        execution_timeout=EXECUTION_TIMEOUT,
-        priority_weight=1,
-        weight_rule="absolute",
-        map_index_template="{{ task.entry['label'] }}",
-    ).expand_kwargs(list_sources(set_id))
+    processed = process_sources(list_sources(set_id), priority_weight=1)
     processed >> complete_set(set_id)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from openaddr_airflow.operators import EXECUTION_TIMEOUT, ProcessSourceOperator
+from openaddr_airflow.operators import DEFAULT_ARGS, process_sources
 from openaddr_airflow.tags import Tag
 
 
@@ -63,23 +63,11 @@ def finish_job(**context) -> bool | None:
     doc_md=__doc__,
     tags=[Tag.KIND_CI, Tag.TIER_1, Tag.DATA_SOURCES],
     max_active_runs=16,
-    default_args={
-        "owner": "openaddresses",
-        "retries": 2,
-        "retry_delay": pendulum.duration(minutes=5),
-        "retry_exponential_backoff": 2.0,
-    },
+    default_args=DEFAULT_ARGS,
 )
 def openaddr_ci():
     planned = plan_job()
-    processed = ProcessSourceOperator.partial(
-        task_id="process_source",
-        pool="oa_sources",
-        execution_timeout=EXECUTION_TIMEOUT,
-        priority_weight=1000,
-        weight_rule="absolute",
-        map_index_template="{{ task.entry['label'] }}",
-    ).expand_kwargs(planned)
+    processed = process_sources(planned, priority_weight=1000)
     processed >> finish_job()
 
 

@@ -17,6 +17,17 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+#: Attempt settings of every Machine task (machine-ci.md §3.2: infrastructure errors are retried twice, 5 min apart,
+#: with exponential back-off).
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "openaddresses",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=5),
+    "retry_exponential_backoff": 2.0,
+}
+#: Pool of every ``process_source`` task: as many slots as the workers run tasks at once.
+POOL = "oa_sources"
+
 #: The hard stop of one attempt: the entries' 3-hour deadline (enforced by killing the processing subprocess)
 #: plus five minutes, the delay of the original's *due* queue (machine-ci.md §3.1).
 EXECUTION_TIMEOUT = dt.timedelta(hours=3, minutes=5)
@@ -34,6 +45,23 @@ def airflow_task(context: Mapping[str, Any]) -> Any:
         map_index=ti.map_index if ti.map_index is not None else -1,
         try_number=ti.try_number or 1,
     )
+
+
+def process_sources(arguments: Any, *, priority_weight: int) -> Any:
+    """``process_source`` mapped over the planned arguments (``{"entry", "run_owner"}`` each), in pool
+    :data:`POOL` with an absolute priority weight, each instance named by its entry's label in the UI.
+
+    :param arguments: the XCom of a planning task
+    :param priority_weight: 1000 for CI, 1 for the batch: a free slot always goes to CI first (machine-ci.md §3.3)
+    """
+    return ProcessSourceOperator.partial(
+        task_id="process_source",
+        pool=POOL,
+        execution_timeout=EXECUTION_TIMEOUT,
+        priority_weight=priority_weight,
+        weight_rule="absolute",
+        map_index_template="{{ task.entry['label'] }}",
+    ).expand_kwargs(arguments)
 
 
 class ProcessSourceOperator(BaseOperator):
