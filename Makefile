@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench lock clean
+.PHONY: run test lint format bench bench-batch lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,9 +12,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -c requirements.lock -e . --group dev --group bench
 	touch $@
 
-## The Machine on its embedded default. Until the Airflow DAGs land this runs the conform demo.
+## The Machine on its embedded default: Airflow (SQLite, LocalExecutor) from var/, the demo set once, then on
+## until Ctrl-C (openaddr/embedded.py; options: make run ARGS="--port 8081 --once").
 run: $(STAMP)
-	$(BIN)/python -m openaddr.demo var/demo
+	$(BIN)/python -m openaddr.embedded $(ARGS)
+
+## Stop a stack `make run` left behind (its launcher, else its processes).
+.PHONY: stop
+stop:
+	$(BIN)/python -m openaddr.embedded --stop $(ARGS)
 
 ## Lint, then the whole test suite.
 test: $(STAMP)
@@ -33,6 +39,10 @@ format: $(STAMP)
 ## Conform speed and memory (never part of the tests).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_conform.py
+
+## The batch DAG over 1,000 generated tiny sources on the embedded stack: Airflow overhead per source.
+bench-batch: $(STAMP)
+	$(BIN)/python benchmarks/bench_batch.py
 
 ## Re-pin requirements.lock from a fresh resolution of pyproject.toml (commit the result).
 lock:

@@ -1,0 +1,210 @@
+"""The embedded default (``make run``): the whole stack on free ports in a temporary home, demo set once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from openaddr.embedded import (
+    DEMO,
+    DEMO_URL,
+    ROOT,
+    SECRET_KEYS,
+    StackError,
+    demo_sources,
+    free_port,
+    load_secrets,
+    processes_of,
+    set_report,
+    stop_home,
+)
+from openaddr.sources import load_source
+
+#: The launcher's whole run: ~25 s to healthy, ~35 s for the demo set (a scheduled run, then ours), ~15 s to
+#: stop; up to twice that on a busy 2-core machine.
+RUN_TIMEOUT = 200
+
+
+def _clean_environment() -> dict[str, str]:
+    """This process's environment without the Airflow and Machine settings ``conftest.py`` made for in-process
+    tests: the launcher must build everything itself, as from a fresh shell."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "OPENADDR"))}
+
+
+#: Runs a command as a child subreaper (Linux): whatever the command leaves running is re-parented to this
+#: wrapper instead of init, listed on stderr as ``LEFT [pids]`` once the command has exited, and killed.
+SUBREAPER = r"""
+import ctypes, json, os, signal, subprocess, sys, time
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+child = subprocess.Popen(sys.argv[1:])
+signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+code = child.wait()
+time.sleep(1)
+left = []
+for entry in os.listdir("/proc"):
+    try:
+        fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        continue
+    if int(fields[1]) == os.getpid() and fields[0] != "Z":
+        left.append(int(entry))
+for pid in left:
+    os.kill(pid, signal.SIGKILL)
+sys.stderr.write("LEFT " + json.dumps(left) + "\n")
+sys.exit(code)
+"""
+
+
+def _left_running(stderr: str) -> list[int]:
+    """The PIDs :data:`SUBREAPER` found still running after the launcher exited."""
+    match = re.search(r"^LEFT (\[.*\])$", stderr, re.MULTILINE)
+    assert match, stderr[-2000:]
+    return json.loads(match.group(1))
+
+
+def _launch(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", SUBREAPER, sys.executable, "-m", "openaddr.embedded", *arguments]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # the launcher stops its stack on SIGTERM
+        stdout, stderr = process.communicate(timeout=90)
+        pytest.fail(f"the launcher took more than {timeout} s:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _demo_entries() -> dict[tuple[str, str, str], dict]:
+    """``(source path, layer, name) → entry`` of every layer entry of the demo sources."""
+    entries = {}
+    for path in sorted((DEMO / "sources").rglob("*.json")):
+        for entry in load_source(path).entries():
+            key = (path.relative_to(DEMO).as_posix(), entry.layer, entry.name)
+            entries[key] = entry.data
+    return entries
+
+
+def _features(entry: dict) -> int:
+    """Records in an entry's bundled data file (its URL's name in ``demo/data``), read with GDAL."""
+    import pyogrio
+
+    archive = DEMO / "data" / Path(urlparse(entry["data"]).path).name
+    names = zipfile.ZipFile(archive).namelist()
+    member = next(
+        name.split(".gdb/")[0] + ".gdb" if ".gdb/" in name else name
+        for name in names
+        if ".gdb/" in name or name.endswith((".shp", ".csv", ".geojson", ".json"))
+    )
+    layer = entry.get("conform", {}).get("layer")
+    return int(pyogrio.read_info(f"/vsizip/{archive}/{member}", layer=layer)["features"])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One ``python -m openaddr.embedded --once`` on free ports (not 8765: the demo sources are rewritten)."""
+    home = tmp_path_factory.mktemp("embedded") / "var"
+    config = (ROOT / "airflow.cfg").read_bytes()
+    result = _launch(
+        "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()), "--once",
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    left = _left_running(result.stderr) + processes_of(home / "airflow")
+    if left:
+        stop_home(home)
+    return {
+        "home": home,
+        "result": result,
+        "left": left,
+        "config_unchanged": config == (ROOT / "airflow.cfg").read_bytes(),
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_demo_batch_run_succeeds_and_everything_stops(demo_run: dict):
+    result, home = demo_run["result"], demo_run["home"]
+    assert result.returncode == 0, result.stderr[-4000:]
+    match = re.search(r"Demo batch run (\S+): success", result.stdout)
+    assert match, result.stdout
+    with sqlite3.connect(home / "airflow" / "airflow.db") as metadata:
+        states = metadata.execute(
+            "SELECT state FROM dag_run WHERE dag_id = 'openaddr_batch' AND run_id = ?", (match.group(1),)
+        ).fetchall()
+    assert states == [("success",)]
+    assert "(login admin / " in result.stdout
+    assert demo_run["left"] == [], "processes of the stack outlived the launcher"
+    assert not list((home / "airflow").glob("*.pid"))
+    assert demo_run["config_unchanged"], "Airflow rewrote airflow.cfg"
+    assert (home / "airflow" / "secrets.env").stat().st_mode & 0o777 == 0o600
+    for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        assert (home / "airflow" / "logs" / f"{component}.log").stat().st_size > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_set_has_one_successful_run_per_demo_entry(demo_run: dict):
+    result, home = demo_run["result"], demo_run["home"]
+    run_id = re.search(r"Demo batch run (\S+):", result.stdout).group(1)
+    report = set_report(f"sqlite:///{home / 'machine.db'}", run_id)
+    assert report is not None
+    assert report["set"]["datetime_end"] is not None, "the set was not completed"
+    runs = {(run["source_path"], run["source_layer"], run["layer_name"]): run for run in report["runs"]}
+    expected = _demo_entries()
+    assert len(expected) >= 4
+    assert set(runs) == set(expected)
+    for key, run in runs.items():
+        assert run["status"] is True, (key, run["message"])
+        # Records without a number or a street are dropped: never more addresses than records, never none.
+        assert 0 < run["address_count"] <= _features(expected[key]), key
+        assert run["copy_of"] is None, "the demo set must process its sources, not copy an earlier run"
+        published = home / "storage" / "runs" / str(run["id"]) / "index.json"
+        assert published.is_file(), key
+        assert json.loads(published.read_text())
+
+
+def test_a_taken_port_fails_clearly_before_starting_anything(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _launch("--home", str(tmp_path / "var"), "--port", str(port), "--once", timeout=60)
+    assert result.returncode == 1
+    assert f"port {port} (Airflow api-server) is already in use" in result.stderr
+    assert _left_running(result.stderr) == []
+    assert not (tmp_path / "var").exists()
+
+
+def test_secrets_are_generated_once_private_and_complete(tmp_path: Path):
+    path = tmp_path / "airflow" / "secrets.env"
+    first = load_secrets(path)
+    assert set(first) == set(SECRET_KEYS)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_secrets(path) == first
+    path.write_text("AIRFLOW__CORE__FERNET_KEY=x\n")
+    with pytest.raises(StackError, match="AIRFLOW__API_AUTH__JWT_SECRET"):
+        load_secrets(path)
+
+
+def test_demo_sources_name_the_demo_port(tmp_path: Path):
+    assert demo_sources(tmp_path, 8765) == DEMO
+    for path in (DEMO / "sources").rglob("*.json"):
+        assert all(entry.data["data"].startswith(DEMO_URL) for entry in load_source(path).entries()), path
+    copy = demo_sources(tmp_path, 9999)
+    copied = sorted(path.relative_to(copy) for path in copy.rglob("*.json"))
+    assert copied == sorted(path.relative_to(DEMO) for path in (DEMO / "sources").rglob("*.json"))
+    for path in copy.rglob("*.json"):
+        for entry in load_source(path).entries():
+            assert entry.data["data"].startswith("http://127.0.0.1:9999/"), path
