@@ -36,6 +36,10 @@ AWS_CONN_ID = "aws_default"
 DEFAULT_SOURCES = "github:openaddresses/openaddresses"
 DEFAULT_STATUS_CONTEXT = "openaddresses/hooked"
 _TRUE = ("1", "true", "yes", "on")
+#: Extras of ``openaddr_machine_db`` passed on to libpq.
+LIBPQ_OPTIONS = frozenset(
+    ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name", "options")
+)
 
 
 def variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
@@ -77,9 +81,11 @@ def machine_database_url() -> str:
         return f"sqlite:///{conn.host}"
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    return str(
-        PostgresHook(postgres_conn_id=MACHINE_DB_CONN_ID).sqlalchemy_url.render_as_string(hide_password=False)
-    )
+    url = PostgresHook(postgres_conn_id=MACHINE_DB_CONN_ID).sqlalchemy_url
+    # The hook's URL leaves the connection's extras out; libpq options such as sslmode (required by managed
+    # databases) must reach psycopg2.
+    options = {key: str(value) for key, value in conn.extra_dejson.items() if key in LIBPQ_OPTIONS}
+    return str(url.update_query_dict(options).render_as_string(hide_password=False))
 
 
 _ENGINES: dict[str, sa.Engine] = {}
