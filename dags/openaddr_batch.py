@@ -9,7 +9,8 @@
 3. **process_source**, one mapped instance per entry, named `source/layer/name`: copies a successful run of the
    last 6 days of the same entry, or downloads and conforms it in a subprocess (3-hour deadline), publishes
    `runs/<run id>/` and records the run. Low priority in pool `oa_sources`: a free slot always goes to CI first, and
-   two slots are kept for CI alone.
+   two slots are kept for CI alone. Entries with `conform.size: large` run as **process_large_source** on the
+   large workers (pool `oa_large`, queue `large`).
 4. **complete_set** marks the set complete once every entry has finished, and emits the asset
    `openaddr://sets/latest` for the collection DAG.
 
@@ -22,7 +23,7 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 
 from openaddr_airflow.operators import DEFAULT_ARGS, process_sources
-from openaddr_airflow.settings import BATCH_MAX_ACTIVE_TASKS
+from openaddr_airflow.settings import BATCH_MAX_ACTIVE_DAG_TASKS, BATCH_MAX_ACTIVE_TASKS
 from openaddr_airflow.tags import Tag
 
 LATEST_SET = Asset("openaddr://sets/latest")
@@ -41,11 +42,14 @@ def create_set(**context) -> int:
 
 
 @task
-def list_sources(set_id: int) -> list[dict]:
+def list_sources(set_id: int, **context) -> list[dict]:
     from openaddr.machine import plan_batch_set
     from openaddr_airflow import config
+    from openaddr_airflow.operators import split_tiers
 
-    return plan_batch_set(config.machine_engine(), config.machine_storage(), set_id)
+    return split_tiers(
+        context["ti"], plan_batch_set(config.machine_engine(), config.machine_storage(), set_id)
+    )
 
 
 @task(trigger_rule="all_done", outlets=[LATEST_SET])
@@ -63,12 +67,14 @@ def complete_set(set_id: int) -> dict[str, int]:
     doc_md=__doc__,
     tags=[Tag.KIND_BATCH, Tag.TIER_2, Tag.DATA_SOURCES],
     max_active_runs=1,
-    max_active_tasks=BATCH_MAX_ACTIVE_TASKS,
+    max_active_tasks=BATCH_MAX_ACTIVE_DAG_TASKS,
     default_args=DEFAULT_ARGS,
 )
 def openaddr_batch():
     set_id = create_set()
-    processed = process_sources(list_sources(set_id), priority_weight=1)
+    processed = process_sources(
+        list_sources(set_id), priority_weight=1, max_active_standard=BATCH_MAX_ACTIVE_TASKS
+    )
     processed >> complete_set(set_id)
 
 

@@ -16,6 +16,7 @@ Triggered by the webhook (no schedule) with the conf
 2. **process_source**, one mapped instance per entry, named `source/layer/name`: reuses a run of the last 10 days
    of the same entry, or downloads and conforms it in a subprocess (3-hour deadline), publishes `runs/<run id>/` and
    records the run. Source failures are recorded, not raised. High priority: CI always starts before the batch.
+   Entries with `conform.size: large` run as **process_large_source** on the large workers (pool `oa_large`).
 3. **finish_job** (runs whatever happened upstream) computes the job status; the DAG run fails when a file failed.
 
 The run listener posts the GitHub commit statuses (pending, failure, success). Extra links on each instance lead to
@@ -35,9 +36,13 @@ from openaddr_airflow.tags import Tag
 def plan_job(**context) -> list[dict]:
     from openaddr.machine import plan_ci_job
     from openaddr_airflow import config
+    from openaddr_airflow.operators import split_tiers
 
     conf = context["dag_run"].conf or {}
-    return plan_ci_job(config.machine_engine(), config.machine_storage(), conf, dag_run_id=context["run_id"])
+    planned = plan_ci_job(
+        config.machine_engine(), config.machine_storage(), conf, dag_run_id=context["run_id"]
+    )
+    return split_tiers(context["ti"], planned)
 
 
 @task(trigger_rule="all_done")

@@ -107,6 +107,9 @@ MACHINE_DB_KEYS = ("AIRFLOW_CONN_OPENADDR_MACHINE_DB", "OPENADDR_DATABASE_URL")
 HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 DAG_IDS = ("openaddr_batch", "openaddr_ci")
 POOL = "oa_sources"
+#: The large tier's pool (``conform.size: large``); one slot here, where one machine serves both tiers.
+LARGE_POOL = "oa_large"
+LARGE_POOL_SLOTS = 1
 FINAL_STATES = frozenset({"success", "failed"})
 #: The keys of ``secrets.env``: the same values must reach every component, or tasks fail to authenticate.
 SECRET_KEYS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
@@ -557,6 +560,7 @@ class Stack:
                 "OPENADDR_RESULTS": str(self.storage),
                 "OPENADDR_SCRATCH": str(self.home / "scratch"),
                 "OPENADDR_POOL_SLOTS": str(self.pool_slots),
+                "OPENADDR_LARGE_POOL_SLOTS": str(LARGE_POOL_SLOTS),
                 # The demo data is served on 127.0.0.1; the rest of loopback and private ranges stay refused.
                 "OPENADDR_ALLOWED_PRIVATE_NETWORKS": "127.0.0.1/32",
             }
@@ -620,6 +624,8 @@ class Stack:
             CELERY_WORKER: [
                 "celery", "worker", "--skip-serve-logs",
                 "--concurrency", str(self.worker_concurrency),
+                # One worker serves both tiers here; production runs the large queue on its own hosts.
+                "--queues", "default,large",
                 "--celery-hostname", self.worker_node,
             ],
         }  # fmt: skip
@@ -633,6 +639,7 @@ class Stack:
         self.set_pool(
             POOL, self.pool_slots, "Source processing: the total worker concurrency (machine-ci.md §3.3)"
         )
+        self.set_pool(LARGE_POOL, LARGE_POOL_SLOTS, "Large sources (conform.size: large), machine-ci.md §3.3")
         self.wait_for_dags(self.dag_ids, timeout)
         self.timings["ready"] = time.monotonic() - began
 

@@ -44,7 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import openaddr
 from openaddr.db import jobs as db_jobs, runs as db_runs
@@ -65,11 +65,20 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["ci", "batch"]
 
-#: Environment variable: bytes of address space the processing subprocess may use; 0 turns the limit off.
+#: Resource tiers of a layer entry (``conform.size``, processing.md §2): ``large`` entries run in their own pool
+#: and Celery queue, on workers with more memory and disk, under a higher memory limit (machine-ci.md §3.3).
+STANDARD: Final = "standard"
+LARGE: Final = "large"
+TIERS: Final = (STANDARD, LARGE)
+#: Environment variables: bytes of address space the processing subprocess of each tier may use; 0 turns the limit
+#: off.
 MEMORY_LIMIT_VARIABLE = "OPENADDR_MEMORY_LIMIT"
+LARGE_MEMORY_LIMIT_VARIABLE = "OPENADDR_LARGE_MEMORY_LIMIT"
 #: Default memory limit of one processing subprocess. Address space, not resident memory: GDAL, PROJ and Arrow
 #: reserve far more than they touch, so this is a guard against runaway growth, not a budget.
 DEFAULT_MEMORY_LIMIT = 16 * 2**30
+#: The same for a ``large`` entry (nationwide FileGDBs: GDAL's indexes and caches grow with the layer).
+DEFAULT_LARGE_MEMORY_LIMIT = 64 * 2**30
 #: Seconds the processing subprocess may outlive its own deadline (it stops itself at the deadline; this is the
 #: hard stop for a child stuck in C code).
 KILL_GRACE_SECONDS = 60.0
@@ -104,6 +113,7 @@ class PlannedEntry:
     :param blob_sha: git blob sha of the source file
     :param digest: :func:`openaddr.db.runs.layer_digest` of the entry
     :param timeout: seconds the entry may take (its ``timeout`` hours, else 3 hours)
+    :param size: resource tier, :data:`STANDARD` or :data:`LARGE` (``conform.size``)
     """
 
     path: str
@@ -113,6 +123,7 @@ class PlannedEntry:
     blob_sha: str | None
     digest: str
     timeout: float
+    size: str = STANDARD
 
     @property
     def label(self) -> str:
@@ -306,9 +317,17 @@ def _plan_file(
                 blob_sha=snapshot.blob_sha,
                 digest=db_runs.layer_digest(coverage, entry.data),
                 timeout=timeout or DEFAULT_TIMEOUT_HOURS * 3600.0,
+                size=entry_size(entry.data),
             )
         )
     return planned
+
+
+def entry_size(data: Mapping[str, Any]) -> str:
+    """The resource tier of a layer entry: :data:`LARGE` when its ``conform.size`` says so, else :data:`STANDARD`."""
+    conform = data.get("conform")
+    size = conform.get("size") if isinstance(conform, dict) else None
+    return LARGE if isinstance(size, str) and size.strip().lower() == LARGE else STANDARD
 
 
 def _recorded_entries(engine: sa.Engine, owner: RunOwner, path: str) -> set[tuple[str | None, str | None]]:
@@ -422,6 +441,15 @@ def task_arguments(entries: Iterable[PlannedEntry], owner: RunOwner) -> list[dic
     return [{"entry": entry.to_dict(), "run_owner": run_owner} for entry in entries]
 
 
+def by_tier(arguments: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Task arguments (:func:`task_arguments`) split by their entry's tier, order kept: ``{"standard": […],
+    "large": […]}``, every tier present (an empty list maps to no task instance)."""
+    tiers: dict[str, list[dict[str, Any]]] = {tier: [] for tier in TIERS}
+    for argument in arguments:
+        tiers[argument["entry"].get("size") or STANDARD].append(dict(argument))
+    return tiers
+
+
 def finish_ci_job(engine: sa.Engine, job_id: str) -> dict[str, Any]:
     """``finish_job``: recompute the job's file states and status from its runs; return the job row."""
     return db_jobs.update_job(engine, job_id)
@@ -519,10 +547,16 @@ class ChildResult:
     seconds: float
 
 
-def memory_limit(env: Mapping[str, str] | None = None) -> int | None:
-    """Bytes of address space a processing subprocess may use (``OPENADDR_MEMORY_LIMIT``), or None for no limit."""
-    raw = (os.environ if env is None else env).get(MEMORY_LIMIT_VARIABLE, "").strip()
-    value = int(raw) if raw else DEFAULT_MEMORY_LIMIT
+def memory_limit(env: Mapping[str, str] | None = None, size: str = STANDARD) -> int | None:
+    """Bytes of address space a processing subprocess of the tier may use (``OPENADDR_MEMORY_LIMIT``, for
+    ``large`` entries ``OPENADDR_LARGE_MEMORY_LIMIT``), or None for no limit."""
+    variable, default = (
+        (LARGE_MEMORY_LIMIT_VARIABLE, DEFAULT_LARGE_MEMORY_LIMIT)
+        if size == LARGE
+        else (MEMORY_LIMIT_VARIABLE, DEFAULT_MEMORY_LIMIT)
+    )
+    raw = (os.environ if env is None else env).get(variable, "").strip()
+    value = int(raw) if raw else default
     return value if value > 0 else None
 
 
@@ -636,7 +670,7 @@ def process_source(
     :param owner: the job or set
     :param scratch: a folder for this attempt's work (deleted afterwards)
     :param task: the Airflow task instance and attempt
-    :param limit: memory limit of the subprocess (default: :func:`memory_limit`)
+    :param limit: memory limit of the subprocess (default: :func:`memory_limit` of the entry's tier)
     :param env: environment of the subprocess
     :param started: when the attempt started (default: now)
     :return: ``{run_id, status, message, skipped, copy_of, source_problem, address_count, seconds, label}``
@@ -680,7 +714,7 @@ def process_source(
         source_file.parent.mkdir(parents=True)
         source_file.write_bytes(content)
         out, log_path = work / "out", work / "process-one.log"
-        limit = memory_limit() if limit is None else limit
+        limit = memory_limit(size=entry.size) if limit is None else limit
         child = run_process_one(
             source_file,
             out,

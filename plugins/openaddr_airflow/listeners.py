@@ -155,11 +155,11 @@ class RunListener:
         try:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-            count = count_machine_tasks(RuntimeTaskInstance, [task_instance.dag_id])
+            counts = count_machine_tasks(RuntimeTaskInstance, [task_instance.dag_id])
         except Exception:
             log.debug("Machine-task count not available here", exc_info=True)
             return
-        publish_machine_tasks(count, namespace=config.cloudwatch_namespace())
+        publish_machine_tasks(counts, namespace=config.cloudwatch_namespace())
 
 
 def _job_id(task_instance: Any) -> str | None:

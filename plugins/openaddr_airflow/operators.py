@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, task
 
 from openaddr_airflow.links import ResultsSiteLink, RunOutputsLink
 
@@ -27,10 +27,21 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 #: Pool of every ``process_source`` task: as many slots as the workers run tasks at once.
 POOL = "oa_sources"
+#: Pool and Celery queue of ``process_large_source``, the entries whose ``conform.size`` is ``large``: served by
+#: workers with more memory and disk (``airflow celery worker --queues large``), as the original's large queue
+#: (machine-ci.md §3.3).
+LARGE_POOL = "oa_large"
+LARGE_QUEUE = "large"
+#: The mapped tasks, by entry tier.
+TASK_IDS = {"standard": "process_source", "large": "process_large_source"}
+#: The XCom key under which a planning task sets the large-tier arguments apart.
+LARGE_XCOM = "large"
 
-#: The hard stop of one attempt: the entries' 3-hour deadline (enforced by killing the processing subprocess)
-#: plus five minutes, the delay of the original's *due* queue (machine-ci.md §3.1).
-EXECUTION_TIMEOUT = dt.timedelta(hours=3, minutes=5)
+#: Added to an entry's own deadline (enforced by killing the processing subprocess) for the hard stop of one
+#: attempt: the delay of the original's *due* queue (machine-ci.md §3.1).
+DEADLINE_GRACE = dt.timedelta(minutes=5)
+#: The hard stop of an entry without its own ``timeout``: 3 hours plus the grace.
+EXECUTION_TIMEOUT = dt.timedelta(hours=3) + DEADLINE_GRACE
 
 
 def airflow_task(context: Mapping[str, Any]) -> Any:
@@ -47,21 +58,55 @@ def airflow_task(context: Mapping[str, Any]) -> Any:
     )
 
 
-def process_sources(arguments: Any, *, priority_weight: int) -> Any:
-    """``process_source`` mapped over the planned arguments (``{"entry", "run_owner"}`` each), in pool
-    :data:`POOL` with an absolute priority weight, each instance named by its entry's label in the UI.
+def split_tiers(ti: Any, arguments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """In a planning task: push the ``large`` entries' arguments as the XCom ``large`` and return the standard
+    ones, the task's return value that ``process_source`` maps over (Airflow maps over return values only).
 
-    :param arguments: the XCom of a planning task
-    :param priority_weight: 1000 for CI, 1 for the batch: a free slot always goes to CI first (machine-ci.md §3.3)
+    :param ti: the planning task's instance (``context["ti"]``)
+    :param arguments: :func:`openaddr.machine.task_arguments`
     """
-    return ProcessSourceOperator.partial(
-        task_id="process_source",
-        pool=POOL,
-        execution_timeout=EXECUTION_TIMEOUT,
-        priority_weight=priority_weight,
-        weight_rule="absolute",
-        map_index_template="{{ task.entry['label'] }}",
-    ).expand_kwargs(arguments)
+    from openaddr.machine import by_tier
+
+    tiers = by_tier(arguments)
+    ti.xcom_push(key=LARGE_XCOM, value=tiers["large"])
+    return tiers["standard"]
+
+
+def process_sources(
+    planned: Any, *, priority_weight: int, max_active_standard: int | None = None
+) -> list[Any]:
+    """The mapped processing tasks over a planning task's output (:func:`split_tiers`): ``process_source`` over the
+    standard entries in pool :data:`POOL`; ``process_large_source`` over the large ones in pool :data:`LARGE_POOL`
+    and queue :data:`LARGE_QUEUE`, by way of ``large_sources``, which returns the planning task's XCom ``large``.
+    Both have an absolute priority weight and name each instance by its entry's label in the UI; a tier without
+    entries maps to no instance (the task is skipped).
+
+    :param planned: the XCom of a planning task
+    :param priority_weight: 1000 for CI, 1 for the batch: a free slot always goes to CI first (machine-ci.md §3.3)
+    :param max_active_standard: ``process_source`` instances one DAG run may run at once (the batch keeps two
+        slots of :data:`POOL` for CI)
+    :return: both mapped tasks
+    """
+    common = {
+        "priority_weight": priority_weight,
+        "weight_rule": "absolute",
+        "execution_timeout": EXECUTION_TIMEOUT,
+        "map_index_template": "{{ task.entry['label'] }}",
+    }
+    return [
+        ProcessSourceOperator.partial(
+            task_id=TASK_IDS["standard"], pool=POOL, max_active_tis_per_dagrun=max_active_standard, **common
+        ).expand_kwargs(planned),
+        ProcessSourceOperator.partial(
+            task_id=TASK_IDS["large"], pool=LARGE_POOL, queue=LARGE_QUEUE, **common
+        ).expand_kwargs(large_sources(planned[LARGE_XCOM])),
+    ]
+
+
+@task(task_id="large_sources", priority_weight=1000, weight_rule="absolute")
+def large_sources(arguments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The large-tier arguments a planning task set apart, as a return value ``process_large_source`` can map."""
+    return list(arguments or [])
 
 
 class ProcessSourceOperator(BaseOperator):
@@ -85,6 +130,14 @@ class ProcessSourceOperator(BaseOperator):
         self.entry = entry
         self.run_owner = run_owner
         self.run_links: dict[str, str] = {}
+
+    def pre_execute(self, context: Context) -> None:
+        """The hard stop of this attempt follows the entry's own deadline (its ``timeout`` hours, else 3 hours),
+        plus :data:`DEADLINE_GRACE`: the task runner reads it after this hook, once the entry is rendered."""
+        seconds = self.entry.get("timeout") if isinstance(self.entry, dict) else None
+        # An execution_timeout the DAG gave explicitly wins.
+        if self.execution_timeout == EXECUTION_TIMEOUT and isinstance(seconds, (int, float)) and seconds > 0:
+            self.execution_timeout = dt.timedelta(seconds=seconds) + DEADLINE_GRACE
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Process the entry; return the run's summary (:func:`openaddr.machine.process_source`)."""

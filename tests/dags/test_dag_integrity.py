@@ -67,9 +67,16 @@ def test_dag_policies(dagbag: DagBag, path: Path) -> None:
 
 
 @pytest.mark.parametrize(("dag_id", "weight"), [("openaddr_ci", 1000), ("openaddr_batch", 1)])
-def test_process_source_is_pooled_timed_and_named(dagbag: DagBag, dag_id: str, weight: int) -> None:
-    task = dagbag.dags[dag_id].get_task("process_source")
-    assert task.pool == "oa_sources"
+@pytest.mark.parametrize(
+    ("task_id", "pool", "queue"),
+    [("process_source", "oa_sources", "default"), ("process_large_source", "oa_large", "large")],
+)
+def test_process_source_is_pooled_timed_and_named(
+    dagbag: DagBag, dag_id: str, weight: int, task_id: str, pool: str, queue: str
+) -> None:
+    task = dagbag.dags[dag_id].get_task(task_id)
+    assert task.pool == pool
+    assert task.queue == queue
     assert task.priority_weight == weight
     assert str(task.weight_rule).endswith("absolute")
     assert task.execution_timeout == dt.timedelta(hours=3, minutes=5)
@@ -84,10 +91,28 @@ def test_schedules(dagbag: DagBag) -> None:
     assert dagbag.dags["openaddr_batch"].schedule == "@daily"
     batch = dagbag.dags["openaddr_batch"]
     assert batch.max_active_runs == 1
-    # Two pool slots stay free for CI (machine-ci.md §3.3).
-    from openaddr_airflow.settings import POOL_SLOTS
+    # Two slots of oa_sources stay free for CI (machine-ci.md §3.3); large entries never take one of them.
+    from openaddr_airflow.settings import LARGE_POOL_SLOTS, POOL_SLOTS
 
-    assert batch.max_active_tasks == POOL_SLOTS - 2
+    assert batch.get_task("process_source").max_active_tis_per_dagrun == POOL_SLOTS - 2
+    assert batch.get_task("process_large_source").max_active_tis_per_dagrun is None
+    assert batch.max_active_tasks == POOL_SLOTS - 2 + LARGE_POOL_SLOTS
+    assert dagbag.dags["openaddr_ci"].get_task("process_source").max_active_tis_per_dagrun is None
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "planner", "finish"),
+    [("openaddr_ci", "plan_job", "finish_job"), ("openaddr_batch", "list_sources", "complete_set")],
+)
+def test_both_tiers_map_over_their_share_of_the_plan(
+    dagbag: DagBag, dag_id: str, planner: str, finish: str
+) -> None:
+    dag = dagbag.dags[dag_id]
+    assert dag.get_task("process_source").upstream_task_ids == {planner}
+    assert dag.get_task("large_sources").upstream_task_ids == {planner}
+    assert dag.get_task("process_large_source").upstream_task_ids == {"large_sources"}
+    for task_id in ("process_source", "process_large_source"):
+        assert finish in dag.get_task(task_id).downstream_task_ids
 
 
 def test_finishing_tasks_run_whatever_happened_upstream(dagbag: DagBag) -> None:

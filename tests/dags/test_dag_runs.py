@@ -217,9 +217,13 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     http_server: LoopbackHTTPServer,
 ) -> None:
     checkout = tmp_path / "checkout"
+    # San Francisco says it is large: it runs as process_large_source (pool oa_large, queue large).
+    large = json.loads(sources[SAN_FRANCISCO])
+    large["conform"]["size"] = "large"
+    files = {**sources, SAN_FRANCISCO: json.dumps(large, indent=4).encode()}
     for path in (PARK, SAN_FRANCISCO, SKIPPED, MISSING):
         (checkout / path).parent.mkdir(parents=True, exist_ok=True)
-        (checkout / path).write_bytes(sources[path])
+        (checkout / path).write_bytes(files[path])
     monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_SOURCES", str(checkout))
     dag = machine_dags.dags["openaddr_batch"]
 
@@ -237,12 +241,19 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     assert runs[SKIPPED]["state"]["skipped"] is True
     assert runs[MISSING]["status"] is False
     states = {
-        ti.rendered_map_index: ti.state
+        (ti.task_id, ti.rendered_map_index): ti.state
         for ti in dag_run.get_task_instances()
-        if ti.task_id == "process_source"
+        if ti.task_id in ("process_source", "process_large_source")
     }
-    assert states["us-ca-oakland-skip/addresses/primary"] == "skipped"
-    assert states["us-wy-park/addresses/primary"] == "success"
+    assert states == {
+        ("process_source", "us-ca-oakland-skip/addresses/primary"): "skipped",
+        ("process_source", "us-wy-park/addresses/primary"): "success",
+        ("process_source", "us-ca-berkeley-404/addresses/primary"): "success",
+        ("process_large_source", "us-ca-san_francisco/addresses/primary"): "success",
+    }
+    assert runs[SAN_FRANCISCO]["airflow_ti"].startswith(
+        f"openaddr_batch/{dag_run.run_id}/process_large_source/"
+    )
     snapshot = json.loads((machine.storage / "sets" / str(record["id"]) / "sources.json").read_text())
     assert set(snapshot) == set(runs)
 

@@ -173,6 +173,7 @@ def expected_entries(path: str, document: dict[str, Any], *, prefix: str, blob_s
                     "blob_sha": blob_sha,
                     "digest": digest(coverage, data),
                     "timeout": data["timeout"] * 3600.0 if "timeout" in data else 3 * 3600.0,
+                    "size": "large" if data.get("conform", {}).get("size") == "large" else "standard",
                     "label": f"{source}/{layer}/{name}",
                 }
             )
@@ -328,6 +329,40 @@ def test_plan_ci_job_records_the_job_and_expands_real_multi_layer_files(
             (e["layer"], e["name"], None) for e in expected if e["path"] == path
         ]
     assert db_runs.job_runs(engine, job_id) == []
+
+
+def test_large_entries_are_planned_into_their_own_tier(
+    engine: sa.Engine, storage: LocalStorage, corpus_sources: Path, uid: str
+) -> None:
+    # us/countrywide.json is the corpus's one nationwide FileGDB marked ``conform.size: large``.
+    names = ("us/countrywide.json", MULTI_LAYER[0])
+    items = [
+        source_item(f"sources/{name}", read_corpus(corpus_sources, name)[0], f"blob{i}")
+        for i, name in enumerate(names)
+    ]
+    planned = plan(engine, storage, ci_conf(f"job-{uid}", *items))
+
+    tiers = machine.by_tier(planned)
+    assert list(tiers) == ["standard", "large"]
+    assert [a["entry"]["label"] for a in tiers["large"]] == ["us/countrywide/addresses/country"]
+    assert {a["entry"]["path"] for a in tiers["standard"]} == {f"sources/{MULTI_LAYER[0]}"}
+    assert len(tiers["standard"]) + 1 == len(planned)
+    assert {a["entry"]["size"] for a in tiers["standard"]} == {"standard"}
+    assert machine.by_tier([]) == {"standard": [], "large": []}
+    # An entry planned before tiers existed (no ``size`` in its XCom) is standard.
+    legacy = {
+        "entry": {k: v for k, v in tiers["standard"][0]["entry"].items() if k != "size"},
+        "run_owner": {},
+    }
+    assert machine.by_tier([legacy])["standard"] == [legacy]
+
+
+@pytest.mark.parametrize(
+    ("conform", "size"),
+    [({"size": "large"}, "large"), ({"size": "standard"}, "standard"), ({}, "standard"), (None, "standard")],
+)
+def test_entry_size(conform: Any, size: str) -> None:
+    assert machine.entry_size({"conform": conform} if conform is not None else {}) == size
 
 
 def test_plan_ci_job_leaves_a_job_the_webhook_recorded_alone(
@@ -922,6 +957,31 @@ def test_a_tiny_memory_limit_ends_as_out_of_memory(
     assert "MemoryError" in storage.get_bytes(f"runs/{result['run_id']}/output.txt").decode("utf-8")
 
 
+def test_a_large_entry_runs_under_the_large_tier_limit(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    scratch: Path,
+    child_env: dict[str, str],
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    uid: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    route, url = serve_park(http_server, fixtures, uid)
+    document = park_document(fixtures, url)
+    document["conform"]["size"] = "large"
+    [argument] = plan(engine, storage, ci_conf(f"job-{uid}", source_item(PARK_PATH, json.dumps(document))))
+    assert argument["entry"]["size"] == "large"
+    # Only the large tier's setting applies: 16 MiB, so the child cannot even start.
+    monkeypatch.delenv(machine.MEMORY_LIMIT_VARIABLE, raising=False)
+    monkeypatch.setenv(machine.LARGE_MEMORY_LIMIT_VARIABLE, str(16 * 2**20))
+
+    result = process(engine, storage, argument, scratch, child_env)
+
+    assert (result["status"], result["message"]) == (False, "Ran out of memory (limit 16 MiB)")
+    assert http_server.hits[route] == 0
+
+
 @SQLITE_ONLY
 @pytest.mark.integration
 @pytest.mark.parametrize("mib", [64, 350])
@@ -951,6 +1011,10 @@ def test_memory_limit_setting() -> None:
     assert machine.memory_limit({}) == 16 * 2**30
     assert machine.memory_limit({machine.MEMORY_LIMIT_VARIABLE: " 536870912 "}) == 512 * 2**20
     assert machine.memory_limit({machine.MEMORY_LIMIT_VARIABLE: "0"}) is None
+    # The large tier has its own limit, set apart from the standard one.
+    assert machine.memory_limit({machine.MEMORY_LIMIT_VARIABLE: "536870912"}, size="large") == 64 * 2**30
+    assert machine.memory_limit({machine.LARGE_MEMORY_LIMIT_VARIABLE: "1073741824"}, size="large") == 2**30
+    assert machine.memory_limit({machine.LARGE_MEMORY_LIMIT_VARIABLE: "0"}, size="large") is None
     assert [machine.format_bytes(n) for n in (16 * 2**30, 512 * 2**20, 1536, 100)] == [
         "16 GiB",
         "512 MiB",

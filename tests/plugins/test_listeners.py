@@ -175,7 +175,7 @@ def test_metric_goes_to_cloudwatch(
         aws_secret_access_key="testing",
     )
     metrics = client.list_metrics(Namespace=namespace)["Metrics"]
-    assert {metric["MetricName"] for metric in metrics} == {"MachineTasks"}
+    assert {metric["MetricName"] for metric in metrics} == {"MachineTasks", "MachineLargeTasks"}
     stats = client.get_metric_statistics(
         Namespace=namespace,
         MetricName="MachineTasks",
