@@ -602,6 +602,8 @@ class AirflowResult:
     task_logs: dict[int, list[dict[str, Any]]]
     workloads: dict[str, dt.datetime]
     api_calls: dict[str, tuple[int, float]]
+    night: int = 1
+    copies: int = 0
 
 
 def read_task_logs(logs: Path, dag_id: str, run_id: str) -> dict[int, list[dict[str, Any]]]:
@@ -645,12 +647,14 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _ACCESS = re.compile(r"duration_us=(\d+).*?method=([A-Z]+) path=(/execution/\S+)")
 
 
-def read_api_calls(api_log: Path, run_id: str) -> dict[str, tuple[int, float]]:
-    """Execution API calls the tasks made, from the api-server's access log: endpoint (ids and the run id
-    replaced by placeholders) → (count, mean milliseconds)."""
+def read_api_calls(api_log: Path, run_id: str, *, offset: int = 0) -> dict[str, tuple[int, float]]:
+    """Execution API calls the tasks made, from the api-server's access log after byte ``offset``: endpoint (ids
+    and the run id replaced by placeholders) → (count, mean milliseconds)."""
     totals: dict[str, list[float]] = {}
     try:
-        text = api_log.read_text(errors="replace")
+        with api_log.open("rb") as stream:
+            stream.seek(offset)
+            text = stream.read().decode(errors="replace")
     except OSError:
         return {}
     for match in _ACCESS.finditer(text):
@@ -672,8 +676,13 @@ def run_airflow(
     group: int = 1,
     extra_env: dict[str, str] | None = None,
     preimport: bool = False,
-) -> AirflowResult:
-    """Start the embedded stack in a fresh home, run the batch DAG once over the checkout and read it back.
+    nights: int = 1,
+) -> list[AirflowResult]:
+    """Start the embedded stack in a fresh home, run the batch DAG over the checkout and read each run back.
+
+    :param nights: DAG runs one after the other; before each but the first, the Machine database is aged by a
+        week (:func:`age_machine_database`), so a night knows the previous set's times (and groups the small
+        entries) but reuses nothing
 
     :param group: 1 for the real ``openaddr_batch``; K > 1 for :data:`GROUPED_DAG` with K entries per task
     :param extra_env: more environment for the stack (``--airflow-env``), applied last
@@ -711,54 +720,116 @@ def run_airflow(
     port = free_port()
     stack = Stack(work, port, env=env, parallelism=parallelism, dag_ids=(dag_id,))
     started = time.perf_counter()
+    measured: list[dict[str, Any]] = []
     try:
         stack.start()
         startup = time.perf_counter() - started
         stack.unpause(dag_id)
-        print(
-            f"  stack healthy after {startup:.1f} s (api-server on port {port}); triggering {dag_id} …",
-            flush=True,
-        )
-        components0, busy0, own0 = component_cpu(), busy_cpu_seconds(), own_cpu_seconds()
-        trigger_time = dt.datetime.now(dt.UTC)
-        t0 = time.perf_counter()
-        run_id = stack.trigger(dag_id, run_id=f"bench-{count}-p{parallelism}-g{group}-{int(time.time())}")
-        state = stack.wait(dag_id, run_id, timeout)
-        wait_wall = time.perf_counter() - t0
-        busy = busy_cpu_seconds() - busy0
-        own = own_cpu_seconds() - own0
-        components1 = component_cpu()
-        components = {name: components1.get(name, 0.0) - components0.get(name, 0.0) for name in components1}
-        dag_run = stack.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
-        tis = task_instances(stack, dag_id, run_id)
+        print(f"  stack healthy after {startup:.1f} s (api-server on port {port})", flush=True)
+        for night in range(1, nights + 1):
+            if night > 1:
+                age_machine_database(stack.machine_database_url, dt.timedelta(days=7))
+            print(f"  night {night} of {nights}: triggering {dag_id} …", flush=True)
+            api_offset = _size(stack.logs / "api-server.log")
+            components0, busy0, own0 = component_cpu(), busy_cpu_seconds(), own_cpu_seconds()
+            trigger_time = dt.datetime.now(dt.UTC)
+            t0 = time.perf_counter()
+            run_id = stack.trigger(
+                dag_id, run_id=f"bench-{count}-p{parallelism}-g{group}-n{night}-{int(time.time())}"
+            )
+            state = stack.wait(dag_id, run_id, timeout)
+            wait_wall = time.perf_counter() - t0
+            busy = busy_cpu_seconds() - busy0
+            own = own_cpu_seconds() - own0
+            components1 = component_cpu()
+            components = {
+                name: components1.get(name, 0.0) - components0.get(name, 0.0) for name in components1
+            }
+            dag_run = stack.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
+            measured.append(
+                {
+                    "night": night,
+                    "run_id": run_id,
+                    "state": state,
+                    "wait_wall": wait_wall,
+                    "busy": busy,
+                    "own": own,
+                    "components": components,
+                    "dag_run": dag_run,
+                    "tis": task_instances(stack, dag_id, run_id),
+                    "trigger_time": trigger_time,
+                    "api_offset": api_offset,
+                }
+            )
+            if state != "success":
+                break
     finally:
         stack.stop()
-    end = parse_time(dag_run.get("end_date"))
-    wall = (end - trigger_time).total_seconds() if end else wait_wall
-    recorded = set_report(stack.machine_database_url, run_id)
-    machine_runs = recorded["runs"] if recorded else []
-    if recorded is None or recorded["set"]["datetime_end"] is None:
-        state += " (set not completed)"
-    return AirflowResult(
-        count=count,
-        parallelism=parallelism,
-        group=group,
-        dag_id=dag_id,
-        state=state,
-        startup=startup,
-        wall=wall,
-        succeeded=sum(1 for run in machine_runs if run["status"] is True),
-        runs=len(machine_runs),
-        busy_cpu=busy,
-        components=components,
-        bench_cpu=own,
-        tis=tis,
-        machine_runs=machine_runs,
-        trigger_time=trigger_time,
-        task_logs=read_task_logs(stack.logs, dag_id, run_id),
-        workloads=read_workload_ends(stack.logs / "scheduler.log"),
-        api_calls=read_api_calls(stack.logs / "api-server.log", run_id),
-    )
+    results = []
+    for m in measured:
+        end = parse_time(m["dag_run"].get("end_date"))
+        wall = (end - m["trigger_time"]).total_seconds() if end else m["wait_wall"]
+        recorded = set_report(stack.machine_database_url, m["run_id"])
+        machine_runs = recorded["runs"] if recorded else []
+        state = m["state"]
+        if recorded is None or recorded["set"]["datetime_end"] is None:
+            state += " (set not completed)"
+        results.append(
+            AirflowResult(
+                count=count,
+                parallelism=parallelism,
+                group=group,
+                dag_id=dag_id,
+                state=state,
+                startup=startup,
+                wall=wall,
+                succeeded=sum(1 for run in machine_runs if run["status"] is True),
+                runs=len(machine_runs),
+                busy_cpu=m["busy"],
+                components=m["components"],
+                bench_cpu=m["own"],
+                tis=m["tis"],
+                machine_runs=machine_runs,
+                trigger_time=m["trigger_time"],
+                task_logs=read_task_logs(stack.logs, dag_id, m["run_id"]),
+                workloads=read_workload_ends(stack.logs / "scheduler.log"),
+                api_calls=read_api_calls(stack.logs / "api-server.log", m["run_id"], offset=m["api_offset"]),
+                night=m["night"],
+                copies=sum(1 for run in machine_runs if run["copy_of"] is not None),
+            )
+        )
+    return results
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def age_machine_database(database_url: str, by: dt.timedelta) -> None:
+    """Move every set and run of the Machine database ``by`` into the past: the next night finds the previous
+    set's times but nothing young enough to reuse, as a week later with every source changed."""
+    import sqlalchemy as sa
+
+    from openaddr.db import make_engine
+    from openaddr.db.schema import runs, sets
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            for table, columns in (
+                (runs, ("datetime_tz", "datetime_start")),
+                (sets, ("datetime_start", "datetime_end")),
+            ):
+                rows = connection.execute(sa.select(table.c.id, *(table.c[c] for c in columns))).all()
+                for row in rows:
+                    values = {c: row._mapping[c] - by for c in columns if row._mapping[c] is not None}
+                    if values:
+                        connection.execute(sa.update(table).where(table.c.id == row.id).values(values))
+    finally:
+        engine.dispose()
 
 
 def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
@@ -821,11 +892,11 @@ def log_steps(r: AirflowResult, procs: list[dict[str, Any]]) -> dict[str, list[f
 def report(r: AirflowResult, b: Baseline | None, cores: int) -> dict[str, Any]:
     """Print one Airflow run's figures; return its line of the summary."""
     n, p, k = r.count, r.parallelism, r.group
-    what = "openaddr_batch" if k == 1 else f"{r.dag_id} ({k} sources per task)"
+    what = f"openaddr_batch, night {r.night}" if k == 1 else f"{r.dag_id} ({k} sources per task)"
     print(f"\nAirflow run: {what}, {n:,} sources, LocalExecutor parallelism {p}, {cores} CPUs")
     print(
         f"  DAG run state: {r.state}; Machine set: {r.succeeded:,} successful runs of {r.runs:,}"
-        f" (expected {n:,})"
+        f" (expected {n:,}; {r.copies:,} reused)"
     )
     print(f"  stack start-up (not counted): {r.startup:.1f} s")
     print(f"  DAG-run wall (trigger → end): {r.wall:.1f} s = {r.wall / 60:.1f} min")
@@ -948,9 +1019,10 @@ def report(r: AirflowResult, b: Baseline | None, cores: int) -> dict[str, Any]:
 
     ok = r.succeeded == n and r.state == "success"
     row: dict[str, Any] = {
+        "night": r.night,
         "sources": n,
         "P": p,
-        "per task": k,
+        "per task": round(n / max(1, len([ti for ti in r.tis if ti["task_id"] in PROCESS_TASKS])), 1),
         "wall s": round(r.wall, 1),
         "s/source": round(r.wall / n, 3),
         "sources/min": round(n / r.wall * 60),
@@ -1050,6 +1122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="experiment: import the Machine's modules in the scheduler before it forks its workers",
     )
+    parser.add_argument(
+        "--nights",
+        type=int,
+        default=2,
+        help="runs of the real openaddr_batch, the Machine database aged a week between them (default 2: the "
+        "first night has no previous times and runs a task per entry; the second groups the small entries)",
+    )
     parser.add_argument("--sample", type=int, default=50, help="sources of the baseline sample (default 50)")
     parser.add_argument(
         "--rows", type=int, nargs=2, default=(10, 50), metavar=("MIN", "MAX"), help="rows per CSV"
@@ -1098,7 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k in args.group:
                 work = out / "runs" / f"airflow-{args.sources}-p{p}-g{k}"
                 print(f"\nAirflow: the embedded stack with parallelism {p} in {work} …", flush=True)
-                result = run_airflow(
+                results = run_airflow(
                     checkout,
                     work,
                     count=args.sources,
@@ -1107,9 +1186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     group=k,
                     extra_env=extra_env,
                     preimport=args.preimport,
+                    nights=args.nights if k == 1 else 1,
                 )
-                rows.append(report(result, baseline, cores))
-                ok = result.succeeded == args.sources and result.state == "success"
+                ok = bool(results)
+                for result in results:
+                    rows.append(report(result, baseline, cores))
+                    ok &= result.succeeded == args.sources and result.state == "success"
                 failed |= not ok
                 if not args.keep and ok:
                     shutil.rmtree(work, ignore_errors=True)

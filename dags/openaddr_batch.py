@@ -6,7 +6,9 @@
    under `sets/<set id>/sources/`.
 2. **list_sources** expands them into layer entries, slowest first by the previous set's times; invalid files are
    recorded as failed runs (`invalid_source`).
-3. **process_source**, one mapped instance per entry, named `source/layer/name`: copies a successful run of the
+3. **process_source**, one mapped instance per entry, named `source/layer/name`, except that entries which took
+   under a minute in the previous set are grouped, up to 10 and 5 minutes a task (named `first label + N more`),
+   because a task costs Airflow more than a small source takes. For each entry: copies a successful run of the
    last 6 days of the same entry, or downloads and conforms it in a subprocess (3-hour deadline), publishes
    `runs/<run id>/` and records the run. Low priority in pool `oa_sources`: a free slot always goes to CI first, and
    two slots are kept for CI alone. Entries with `conform.size: large` run as **process_large_source** on the
@@ -43,13 +45,13 @@ def create_set(**context) -> int:
 
 @task
 def list_sources(set_id: int, **context) -> list[dict]:
-    from openaddr.machine import plan_batch_set
+    from openaddr.machine import batch_task_groups, plan_batch_set
     from openaddr_airflow import config
-    from openaddr_airflow.operators import split_tiers
+    from openaddr_airflow.operators import push_tiers
 
-    return split_tiers(
-        context["ti"], plan_batch_set(config.machine_engine(), config.machine_storage(), set_id)
-    )
+    engine = config.machine_engine()
+    planned = plan_batch_set(engine, config.machine_storage(), set_id)
+    return push_tiers(context["ti"], batch_task_groups(engine, set_id, planned))
 
 
 @task(trigger_rule="all_done", outlets=[LATEST_SET])

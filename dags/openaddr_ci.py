@@ -34,15 +34,15 @@ from openaddr_airflow.tags import Tag
 
 @task
 def plan_job(**context) -> list[dict]:
-    from openaddr.machine import plan_ci_job
+    from openaddr.machine import by_tier, plan_ci_job
     from openaddr_airflow import config
-    from openaddr_airflow.operators import split_tiers
+    from openaddr_airflow.operators import push_tiers
 
     conf = context["dag_run"].conf or {}
     planned = plan_ci_job(
         config.machine_engine(), config.machine_storage(), conf, dag_run_id=context["run_id"]
     )
-    return split_tiers(context["ti"], planned)
+    return push_tiers(context["ti"], by_tier(planned))
 
 
 @task(trigger_rule="all_done")

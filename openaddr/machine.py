@@ -79,6 +79,14 @@ LARGE_MEMORY_LIMIT_VARIABLE = "OPENADDR_LARGE_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = 16 * 2**30
 #: The same for a ``large`` entry (nationwide FileGDBs: GDAL's indexes and caches grow with the layer).
 DEFAULT_LARGE_MEMORY_LIMIT = 64 * 2**30
+#: Grouping of the nightly batch: a task instance costs Airflow about 1.9 s of worker time on the 2-core
+#: development machine (benchmarks/README.md), more than a small source takes to process. So entries whose
+#: previous run took less than :data:`SMALL_ENTRY_SECONDS` are processed up to :data:`GROUP_SIZE` to a task, up to
+#: :data:`GROUP_BUDGET_SECONDS` of previous run time per task. Entries without a previous time, slower ones and
+#: large ones keep a task each; CI never groups (one task, one status line, per entry).
+SMALL_ENTRY_SECONDS = 60.0
+GROUP_SIZE = 10
+GROUP_BUDGET_SECONDS = 300.0
 #: Seconds the processing subprocess may outlive its own deadline (it stops itself at the deadline; this is the
 #: hard stop for a child stuck in C code).
 KILL_GRACE_SECONDS = 60.0
@@ -441,6 +449,59 @@ def task_arguments(entries: Iterable[PlannedEntry], owner: RunOwner) -> list[dic
     return [{"entry": entry.to_dict(), "run_owner": run_owner} for entry in entries]
 
 
+def group_entries(
+    arguments: Iterable[Mapping[str, Any]],
+    times: Mapping[str, float],
+    *,
+    size: int = GROUP_SIZE,
+    budget: float = GROUP_BUDGET_SECONDS,
+    small: float = SMALL_ENTRY_SECONDS,
+) -> list[dict[str, Any]]:
+    """Batch task arguments ``{"entries": [entry, …], "run_owner": …}``, in the order given.
+
+    Consecutive entries whose path took less than ``small`` seconds in the previous set (``times``, as
+    :func:`openaddr.db.runs.previous_run_times`) share a task: up to ``size`` of them and ``budget`` seconds of
+    previous time. Any other entry (no previous time, slower, or large) has a task of its own.
+
+    :param arguments: :func:`task_arguments` of one owner, slowest first
+    """
+    groups: list[dict[str, Any]] = []
+    current: list[Mapping[str, Any]] = []
+    spent = 0.0
+
+    def close() -> None:
+        nonlocal current, spent
+        if current:
+            groups.append({"entries": [a["entry"] for a in current], "run_owner": current[0]["run_owner"]})
+        current, spent = [], 0.0
+
+    for argument in arguments:
+        seconds = times.get(argument["entry"]["path"])
+        if seconds is None or seconds >= small or argument["entry"].get("size") == LARGE:
+            close()
+            current = [argument]
+            close()
+            continue
+        if current and (len(current) >= size or spent + seconds > budget):
+            close()
+        current.append(argument)
+        spent += seconds
+    close()
+    return groups
+
+
+def batch_task_groups(
+    engine: sa.Engine, set_id: int, arguments: Iterable[Mapping[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """``list_sources``'s result: the planned entries by tier (:func:`by_tier`), the standard ones grouped by the
+    previous set's times (:func:`group_entries`), the large ones a task each."""
+    tiers = by_tier(arguments)
+    return {
+        STANDARD: group_entries(tiers[STANDARD], db_runs.previous_run_times(engine, set_id)),
+        LARGE: group_entries(tiers[LARGE], {}),
+    }
+
+
 def by_tier(arguments: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Task arguments (:func:`task_arguments`) split by their entry's tier, order kept: ``{"standard": […],
     "large": […]}``, every tier present (an empty list maps to no task instance)."""
@@ -772,6 +833,38 @@ def process_source(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def process_entries(
+    engine: sa.Engine,
+    storage: Storage,
+    entries: Sequence[PlannedEntry | Mapping[str, Any]],
+    owner: RunOwner,
+    *,
+    scratch: Path,
+    task: db_runs.AirflowTask | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """A batch task's group: :func:`process_source` for each entry in turn, entry *i* in slot *i* of the task.
+
+    A retried attempt keeps what an earlier attempt finished (its runs are not processed again) and goes on from
+    the first entry without a result; an infrastructure error stops the group and propagates, as for one entry.
+
+    :return: one summary per entry (:func:`process_source`)
+    """
+    results = []
+    for slot, entry in enumerate(entries):
+        planned = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
+        slot_task = dataclasses.replace(task, slot=slot) if task is not None else None
+        if slot_task is not None and slot_task.try_number > 1:
+            earlier = db_runs.task_run(engine, slot_task)
+            if earlier is not None and earlier["status"] is not None:
+                results.append(_finish(engine, owner, planned, earlier["id"], seconds=0.0))
+                continue
+        results.append(
+            process_source(engine, storage, planned, owner, scratch=scratch, task=slot_task, **kwargs)
+        )
+    return results
+
+
 def _finish(
     engine: sa.Engine, owner: RunOwner, entry: PlannedEntry, run_id: int, *, seconds: float
 ) -> dict[str, Any]:
@@ -823,30 +916,61 @@ def record_task_failure(
     timeout: dt.timedelta | None = None,
     final: bool = True,
     now: dt.datetime | None = None,
-) -> dict[str, Any] | None:
-    """Record what a failed ``process_source`` attempt leaves behind; return the run, or None if it made none.
+    entries: Sequence[PlannedEntry | Mapping[str, Any]] = (),
+    owner: RunOwner | None = None,
+) -> list[dict[str, Any]]:
+    """Record what a failed ``process_source`` attempt leaves behind; return the task instance's runs.
 
-    * a timeout (``timeout`` given): the run fails with "Timed out after H:MM:SS" and state null, whatever comes
-      later (§3.2: like the original's due task);
+    * a timeout (``timeout`` given): each unfinished run fails with "Timed out after H:MM:SS" and state null,
+      whatever comes later (§3.2: like the original's due task);
     * a final failure: "Something went wrong in openaddr-process-one";
-    * an attempt that will be retried: the run stays pending; the next attempt resets it.
+    * an attempt that will be retried: the runs stay pending; the next attempt resets them.
 
-    A run that already has a result of this attempt is left alone. The run's job is recomputed.
+    A run that already has a result is left alone. For a group (``entries``, ``owner``), a final
+    failure or a timeout also records the entries the task never reached, so the set accounts for every entry. The
+    runs' job is recomputed.
+
+    :param entries: the task's entries, in slot order (a group of the batch); empty: only the runs made
+    :param owner: their job or set (with ``entries``)
     """
-    run = db_runs.task_run(engine, task)
-    if run is None:
-        return None
-    if timeout is not None or final:
-        db_runs.finish_run(
-            engine,
-            run["id"],
-            state=None,
-            attempt_started=run["datetime_start"],
-            try_number=task.try_number,
-            crashed=timeout is None,
-            timed_out=timeout,
-            now=now,
-        )
-    if run["job_id"] is not None:
-        db_jobs.update_job(engine, run["job_id"])
-    return db_runs.get_run(engine, run["id"])
+    if (timeout is not None or final) and entries and owner is not None:
+        for slot, entry in enumerate(entries):
+            slot_task = dataclasses.replace(task, slot=slot)
+            if db_runs.task_run(engine, slot_task) is None:
+                planned = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
+                db_runs.insert_run(
+                    engine,
+                    source_path=planned.path,
+                    source_layer=planned.layer,
+                    layer_name=planned.name,
+                    layer_digest=planned.digest,
+                    source_id=planned.blob_sha,
+                    job_id=owner.job_id,
+                    set_id=owner.set_id,
+                    commit_sha=owner.commit_sha,
+                    task=slot_task,
+                    worker_id=worker_id(),
+                    code_version=openaddr.__version__,
+                    started=now,
+                )
+    recorded = []
+    jobs = set()
+    for run in db_runs.task_runs(engine, task):
+        # A run with a result (this attempt's, a copy, or a group entry an earlier attempt finished) stands.
+        if (timeout is not None or final) and run["status"] is None:
+            db_runs.finish_run(
+                engine,
+                run["id"],
+                state=None,
+                attempt_started=run["datetime_start"],
+                try_number=task.try_number,
+                crashed=timeout is None,
+                timed_out=timeout,
+                now=now,
+            )
+        if run["job_id"] is not None:
+            jobs.add(run["job_id"])
+        recorded.append(run["id"])
+    for job_id in sorted(jobs):
+        db_jobs.update_job(engine, job_id)
+    return [run for run_id in recorded if (run := db_runs.get_run(engine, run_id)) is not None]

@@ -71,6 +71,7 @@ class AirflowTask:
     :param task_id: e.g. ``process_source``
     :param map_index: index of the mapped task instance, -1 when not mapped (Airflow's convention)
     :param try_number: the attempt, from 1
+    :param slot: the entry's position in the task instance (a batch task may process several small entries)
     """
 
     dag_id: str
@@ -78,6 +79,7 @@ class AirflowTask:
     task_id: str
     map_index: int = -1
     try_number: int = 1
+    slot: int = 0
 
     @property
     def ti(self) -> str:
@@ -241,26 +243,40 @@ def _task_values(task: AirflowTask | None) -> dict[str, Any]:
         "airflow_task_id": task.task_id,
         "airflow_map_index": task.map_index,
         "airflow_try_number": task.try_number,
+        "airflow_slot": task.slot,
         "airflow_ti": task.ti,
     }
 
 
+def _task_instance_filter(task: AirflowTask) -> list[Any]:
+    return [
+        runs.c.airflow_dag_id == task.dag_id,
+        runs.c.airflow_dag_run_id == task.dag_run_id,
+        runs.c.airflow_task_id == task.task_id,
+        runs.c.airflow_map_index == task.map_index,
+    ]
+
+
 def _task_run_id(connection: sa.Connection, task: AirflowTask) -> int | None:
     return connection.execute(
-        sa.select(runs.c.id).where(
-            runs.c.airflow_dag_id == task.dag_id,
-            runs.c.airflow_dag_run_id == task.dag_run_id,
-            runs.c.airflow_task_id == task.task_id,
-            runs.c.airflow_map_index == task.map_index,
-        )
+        sa.select(runs.c.id).where(*_task_instance_filter(task), runs.c.airflow_slot == task.slot)
     ).scalar_one_or_none()
 
 
 def task_run(bind: Bind, task: AirflowTask) -> dict[str, Any] | None:
-    """The run a task instance made (any attempt), or None."""
+    """The run of a task instance's entry (``task.slot``; any attempt), or None."""
     with transaction(bind) as connection:
         run_id = _task_run_id(connection, task)
         return get_run(connection, run_id) if run_id is not None else None
+
+
+def task_runs(bind: Bind, task: AirflowTask) -> list[dict[str, Any]]:
+    """Every run a task instance made (all its slots, any attempt), in slot order."""
+    with transaction(bind) as connection:
+        ids = connection.execute(
+            sa.select(runs.c.id).where(*_task_instance_filter(task)).order_by(runs.c.airflow_slot)
+        ).scalars()
+        return [run for run_id in ids.all() if (run := get_run(connection, run_id)) is not None]
 
 
 def insert_run(

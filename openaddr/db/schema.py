@@ -12,7 +12,8 @@ Columns beyond 7.5.5's ``ci/schema.pgsql``:
 * ``sets``: ``airflow_dag_run_id`` (§7.2, unique: a retried ``create_set`` finds its set again);
 * ``runs``: ``source_layer``, ``layer_name``, ``layer_digest``, ``stats``, ``warning``, ``accepted``,
   ``airflow_ti`` (§7.2); the task instance that made the run (``airflow_dag_id``, ``airflow_dag_run_id``,
-  ``airflow_task_id``, ``airflow_map_index``, ``airflow_try_number``, unique together) and when its latest attempt
+  ``airflow_task_id``, ``airflow_map_index``, ``airflow_try_number``, and ``airflow_slot``, the entry's position
+  in a task that runs several; unique together but for the try number) and when its latest attempt
   started (``datetime_start``); the result message (``message``: timeouts and crashes have no state to derive it
   from); and copies of state values that queries filter or sort on (``source_problem``, ``address_count``,
   ``cache_seconds``, ``process_seconds``);
@@ -178,6 +179,8 @@ runs = sa.Table(
     sa.Column("airflow_task_id", sa.Text),
     sa.Column("airflow_map_index", sa.Integer),
     sa.Column("airflow_try_number", sa.Integer),
+    # The entry's position in its task instance: 0, or 0…K-1 when the batch groups K small entries per task.
+    sa.Column("airflow_slot", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("datetime_start", UTCDateTime),  # when the latest attempt started
     sa.Column("message", sa.Text),  # Everything is fine, Failed to produce … data, Timed out after …
     # Copies of state values, for queries.
@@ -186,13 +189,14 @@ runs = sa.Table(
     sa.Column("cache_seconds", sa.Float),
     sa.Column("process_seconds", sa.Float),
     _one_of("source_layer", LAYER_TYPES, "source_layer"),
-    # One run per task instance: a retried attempt finds its run again.
+    # One run per entry of a task instance: a retried attempt finds its runs again.
     sa.UniqueConstraint(
         "airflow_dag_id",
         "airflow_dag_run_id",
         "airflow_task_id",
         "airflow_map_index",
-        name="uq_runs_airflow_task_instance",
+        "airflow_slot",
+        name="uq_runs_airflow_task_entry",
     ),
     sa.Index("runs_set_ids", "set_id"),
     sa.Index("runs_source_paths", "source_path"),

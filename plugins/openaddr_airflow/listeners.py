@@ -85,10 +85,11 @@ class RunListener:
 
     # -- the steps, each usable on its own ----------------------------------------------------------------------
 
-    def record_failure(self, task_instance: Any, error: Any) -> dict[str, Any] | None:
-        """Record what a failed ``process_source`` attempt means for its run; return the run."""
+    def record_failure(self, task_instance: Any, error: Any) -> list[dict[str, Any]]:
+        """Record what a failed ``process_source`` attempt means for its runs (every entry of a batch group);
+        return them."""
         from openaddr.db.runs import AirflowTask
-        from openaddr.machine import record_task_failure
+        from openaddr.machine import RunOwner, record_task_failure
         from openaddr_airflow import config
         from openaddr_airflow.operators import EXECUTION_TIMEOUT
 
@@ -99,10 +100,14 @@ class RunListener:
             map_index=task_instance.map_index if task_instance.map_index is not None else -1,
             try_number=task_instance.try_number or 1,
         )
+        operator = getattr(task_instance, "task", None)
         timed_out = timeout_of(error)
-        limit = getattr(getattr(task_instance, "task", None), "execution_timeout", None) or EXECUTION_TIMEOUT
+        limit = getattr(operator, "execution_timeout", None) or EXECUTION_TIMEOUT
         state = getattr(task_instance, "state", None)
         final = getattr(state, "value", state) != "up_for_retry"
+        entries = getattr(operator, "entries", None) or []
+        run_owner = getattr(operator, "run_owner", None)
+        owner = RunOwner(**run_owner) if entries and isinstance(run_owner, dict) else None
         log.info("%s failed (timeout: %s, final: %s): %s", task, timed_out, final, error)
         return record_task_failure(
             config.machine_engine(),
@@ -110,6 +115,8 @@ class RunListener:
             timeout=limit if timed_out else None,
             final=final or timed_out,
             now=dt.datetime.now(dt.UTC),
+            entries=entries if isinstance(entries, list) else [],
+            owner=owner,
         )
 
     def _after(self, task_instance: Any) -> None:

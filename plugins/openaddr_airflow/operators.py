@@ -58,24 +58,22 @@ def airflow_task(context: Mapping[str, Any]) -> Any:
     )
 
 
-def split_tiers(ti: Any, arguments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """In a planning task: push the ``large`` entries' arguments as the XCom ``large`` and return the standard
+def push_tiers(ti: Any, tiers: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """In a planning task: push the ``large`` tier's task arguments as the XCom ``large`` and return the standard
     ones, the task's return value that ``process_source`` maps over (Airflow maps over return values only).
 
     :param ti: the planning task's instance (``context["ti"]``)
-    :param arguments: :func:`openaddr.machine.task_arguments`
+    :param tiers: task arguments by tier (:func:`openaddr.machine.by_tier`,
+        :func:`openaddr.machine.batch_task_groups`)
     """
-    from openaddr.machine import by_tier
-
-    tiers = by_tier(arguments)
-    ti.xcom_push(key=LARGE_XCOM, value=tiers["large"])
-    return tiers["standard"]
+    ti.xcom_push(key=LARGE_XCOM, value=list(tiers["large"]))
+    return list(tiers["standard"])
 
 
 def process_sources(
     planned: Any, *, priority_weight: int, max_active_standard: int | None = None
 ) -> list[Any]:
-    """The mapped processing tasks over a planning task's output (:func:`split_tiers`): ``process_source`` over the
+    """The mapped processing tasks over a planning task's output (:func:`push_tiers`): ``process_source`` over the
     standard entries in pool :data:`POOL`; ``process_large_source`` over the large ones in pool :data:`LARGE_POOL`
     and queue :data:`LARGE_QUEUE`, by way of ``large_sources``, which returns the planning task's XCom ``large``.
     Both have an absolute priority weight and name each instance by its entry's label in the UI; a tier without
@@ -91,7 +89,7 @@ def process_sources(
         "priority_weight": priority_weight,
         "weight_rule": "absolute",
         "execution_timeout": EXECUTION_TIMEOUT,
-        "map_index_template": "{{ task.entry['label'] }}",
+        "map_index_template": "{{ task.label }}",
     }
     return [
         ProcessSourceOperator.partial(
@@ -110,60 +108,101 @@ def large_sources(arguments: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class ProcessSourceOperator(BaseOperator):
-    """Reuse or process one planned layer entry, publish its outputs and record its run.
+    """Reuse or process one planned layer entry (CI), or a group of small ones in turn (the batch), publish the
+    outputs and record one run per entry.
 
     Source failures are recorded and the task succeeds, so the DAG run's colour shows orchestration health; a
-    skipped entry ends the task as *skipped* after recording; infrastructure errors raise and are retried. A
-    timeout is not retried: it is recorded as "Timed out after …" by the run listener.
+    task whose entries were all skipped ends as *skipped* after recording; infrastructure errors raise and are
+    retried (a retried group keeps the entries an earlier attempt finished). A timeout is not retried: it is
+    recorded as "Timed out after …" by the run listener.
 
     :param entry: a planned entry (:meth:`openaddr.machine.PlannedEntry.to_dict`)
-    :param run_owner: the run's job or set: ``{"kind": "ci"|"batch", "job_id", "set_id", "commit_sha", "rerun"}``
+    :param entries: instead of ``entry``, several, processed in turn (:func:`openaddr.machine.group_entries`)
+    :param run_owner: the runs' job or set: ``{"kind": "ci"|"batch", "job_id", "set_id", "commit_sha", "rerun"}``
     """
 
-    template_fields = ("entry", "run_owner")
+    template_fields = ("entry", "entries", "run_owner")
     operator_extra_links = (RunOutputsLink(), ResultsSiteLink())
     ui_color = "#d8f0e0"
 
-    def __init__(self, *, entry: Mapping[str, Any], run_owner: Mapping[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        run_owner: Mapping[str, Any],
+        entry: Mapping[str, Any] | None = None,
+        entries: list[Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("execution_timeout", EXECUTION_TIMEOUT)
         super().__init__(**kwargs)
+        if (entry is None) == (entries is None):
+            raise ValueError(f"{self.task_id}: give either entry or entries")
         self.entry = entry
+        self.entries = entries
         self.run_owner = run_owner
         self.run_links: dict[str, str] = {}
 
+    @property
+    def planned(self) -> list[Mapping[str, Any]]:
+        """The entries of this task instance, in slot order (rendered)."""
+        if self.entries is not None:
+            return list(self.entries)
+        return [self.entry] if isinstance(self.entry, dict) else []
+
+    @property
+    def label(self) -> str:
+        """How the UI names the mapped instance: the entry's label, or the first one's and how many follow."""
+        labels = [str(entry.get("label", "?")) for entry in self.planned if isinstance(entry, dict)]
+        if not labels:
+            return ""
+        return labels[0] if len(labels) == 1 else f"{labels[0]} + {len(labels) - 1} more"
+
     def pre_execute(self, context: Context) -> None:
-        """The hard stop of this attempt follows the entry's own deadline (its ``timeout`` hours, else 3 hours),
-        plus :data:`DEADLINE_GRACE`: the task runner reads it after this hook, once the entry is rendered."""
-        seconds = self.entry.get("timeout") if isinstance(self.entry, dict) else None
+        """The hard stop of this attempt follows the entries' own deadlines (their ``timeout`` hours, else
+        3 hours; summed for a group), plus :data:`DEADLINE_GRACE`: the task runner reads it after this hook, once
+        the entries are rendered."""
+        seconds = [entry.get("timeout") for entry in self.planned if isinstance(entry, dict)]
+        valid = [value for value in seconds if isinstance(value, (int, float)) and value > 0]
         # An execution_timeout the DAG gave explicitly wins.
-        if self.execution_timeout == EXECUTION_TIMEOUT and isinstance(seconds, (int, float)) and seconds > 0:
-            self.execution_timeout = dt.timedelta(seconds=seconds) + DEADLINE_GRACE
+        if self.execution_timeout == EXECUTION_TIMEOUT and valid and len(valid) == len(seconds):
+            self.execution_timeout = dt.timedelta(seconds=sum(valid)) + DEADLINE_GRACE
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Process the entry; return the run's summary (:func:`openaddr.machine.process_source`)."""
+        """Process the entries; return the run's summary (:func:`openaddr.machine.process_source`), or for a
+        group ``{"runs": [summary, …], "succeeded": n, "failed": n, "skipped": n}``."""
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 
-        from openaddr.machine import RunOwner, process_source
+        from openaddr.machine import RunOwner, process_entries
         from openaddr.storage import run_prefix
         from openaddr_airflow import config
 
         storage = config.machine_storage()
         try:
-            result = process_source(
+            results = process_entries(
                 config.machine_engine(),
                 storage,
-                self.entry,
+                self.planned,
                 RunOwner(**self.run_owner),
                 scratch=config.scratch_folder(),
                 task=airflow_task(context),
             )
         except AirflowTaskTimeout as exc:
             raise AirflowFailException(f"Timed out after {self.execution_timeout}") from exc
-        self.run_links = {"outputs": storage.url(f"{run_prefix(result['run_id'])}/index.json")}
+        for result in results:
+            self.log.info("%s: run %s, %s", result["label"], result["run_id"], result["message"])
+        first = results[0]["run_id"]
+        self.run_links = {"outputs": storage.url(f"{run_prefix(first)}/index.json")}
         site = config.base_url()
         if site:
-            self.run_links["site"] = f"{site}/runs/{result['run_id']}/"
-        self.log.info("%s: run %s, %s", result["label"], result["run_id"], result["message"])
-        if result["skipped"]:
-            raise AirflowSkipException(f"{result['label']}: source says to skip (run {result['run_id']})")
-        return result
+            self.run_links["site"] = f"{site}/runs/{first}/"
+        if all(result["skipped"] for result in results):
+            runs = ", ".join(str(result["run_id"]) for result in results)
+            raise AirflowSkipException(f"{self.label}: source says to skip (runs {runs})")
+        if self.entries is None:
+            return results[0]
+        return {
+            "runs": results,
+            "succeeded": sum(1 for result in results if result["status"] is True and not result["skipped"]),
+            "failed": sum(1 for result in results if result["status"] is False),
+            "skipped": sum(1 for result in results if result["skipped"]),
+        }

@@ -43,7 +43,9 @@ class CrashingProcessSource(ProcessSourceOperator):
         raise RuntimeError("storage unreachable")
 
 
-def one_task_dag(dag_id: str, operator: type[ProcessSourceOperator], tags: list[str], **kwargs: Any) -> None:
+def one_task_dag(
+    dag_id: str, operator: type[ProcessSourceOperator], tags: list[str], *, group: bool = False, **kwargs: Any
+) -> None:
     with DAG(
         dag_id,
         schedule=None,
@@ -52,12 +54,12 @@ def one_task_dag(dag_id: str, operator: type[ProcessSourceOperator], tags: list[
         tags=tags,
         render_template_as_native_obj=True,
     ):
-        operator(
-            task_id="process_source",
-            entry="{{ dag_run.conf['entry'] }}",
-            run_owner="{{ dag_run.conf['run_owner'] }}",
-            **kwargs,
+        planned = (
+            {"entries": "{{ dag_run.conf['entries'] }}"}
+            if group
+            else {"entry": "{{ dag_run.conf['entry'] }}"}
         )
+        operator(task_id="process_source", run_owner="{{ dag_run.conf['run_owner'] }}", **planned, **kwargs)
 
 
 one_task_dag(
@@ -65,6 +67,15 @@ one_task_dag(
     ProcessSourceOperator,
     ["kind/batch"],
     execution_timeout=dt.timedelta(seconds=4),
+    retries=2,
+    retry_delay=dt.timedelta(0),
+)
+one_task_dag(
+    "listener_group_timeout",
+    ProcessSourceOperator,
+    ["kind/batch"],
+    group=True,
+    execution_timeout=dt.timedelta(seconds=20),
     retries=2,
     retry_delay=dt.timedelta(0),
 )

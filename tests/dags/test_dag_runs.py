@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PARK = "sources/us-wy-park.json"
+PARK_AGAIN = "sources/us-wy-park-again.json"
 SAN_FRANCISCO = "sources/us-ca-san_francisco.json"
 SKIPPED = "sources/us-ca-oakland-skip.json"
 MISSING = "sources/us-ca-berkeley-404.json"
@@ -221,7 +222,8 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     large = json.loads(sources[SAN_FRANCISCO])
     large["conform"]["size"] = "large"
     files = {**sources, SAN_FRANCISCO: json.dumps(large, indent=4).encode()}
-    for path in (PARK, SAN_FRANCISCO, SKIPPED, MISSING):
+    files[PARK_AGAIN] = sources[PARK]  # a second small source, for night 2's grouping
+    for path in (PARK, PARK_AGAIN, SAN_FRANCISCO, SKIPPED, MISSING):
         (checkout / path).parent.mkdir(parents=True, exist_ok=True)
         (checkout / path).write_bytes(files[path])
     monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_SOURCES", str(checkout))
@@ -233,8 +235,9 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     assert record is not None
     assert record["airflow_dag_run_id"] == dag_run.run_id
     runs = {run["source_path"]: run for run in set_runs(machine.engine, record["id"])}
-    assert set(runs) == {PARK, SAN_FRANCISCO, SKIPPED, MISSING}
+    assert set(runs) == {PARK, PARK_AGAIN, SAN_FRANCISCO, SKIPPED, MISSING}
     assert runs[PARK]["status"] is True
+    assert runs[PARK_AGAIN]["status"] is True
     assert runs[SAN_FRANCISCO]["status"] is True
     assert runs[SAN_FRANCISCO]["address_count"] > 0
     assert runs[SKIPPED]["status"] is True  # a skipped source is fine (7.5.5)
@@ -248,6 +251,7 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     assert states == {
         ("process_source", "us-ca-oakland-skip/addresses/primary"): "skipped",
         ("process_source", "us-wy-park/addresses/primary"): "success",
+        ("process_source", "us-wy-park-again/addresses/primary"): "success",
         ("process_source", "us-ca-berkeley-404/addresses/primary"): "success",
         ("process_large_source", "us-ca-san_francisco/addresses/primary"): "success",
     }
@@ -265,10 +269,37 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     assert record2["id"] != record["id"]
     again = {run["source_path"]: run for run in set_runs(machine.engine, record2["id"])}
     assert again[PARK]["copy_of"] == runs[PARK]["id"]
+    assert again[PARK_AGAIN]["copy_of"] == runs[PARK_AGAIN]["id"]
+    # Slowest first: the Park file that took longer on night 1 leads the group.
+    first_park = max(
+        (PARK, PARK_AGAIN), key=lambda path: runs[path]["cache_seconds"] + runs[path]["process_seconds"]
+    )
+    first_park = first_park.removeprefix("sources/").removesuffix(".json") + "/addresses/primary"
     assert again[SAN_FRANCISCO]["copy_of"] == runs[SAN_FRANCISCO]["id"]
     assert again[MISSING]["copy_of"] is None
     assert again[MISSING]["status"] is False
     assert http_server.hits["/data/us-wy-park.zip"] == hits
+    # Night 1's times are known now: the small entries share one task, each with its own run and slot.
+    # Both Park files took well under a minute (read off night 1) and come last, slowest first: one task.
+    assert runs[PARK]["process_seconds"] < 60
+    assert runs[PARK_AGAIN]["process_seconds"] < 60
+    names = {
+        ti.rendered_map_index: ti.map_index
+        for ti in second.get_task_instances()
+        if ti.task_id == "process_source"
+    }
+    assert set(names) == {
+        "us-ca-berkeley-404/addresses/primary",
+        "us-ca-oakland-skip/addresses/primary",
+        f"{first_park} + 1 more",
+    }
+    slots = {
+        path: (again[path]["airflow_map_index"], again[path]["airflow_slot"]) for path in (PARK, PARK_AGAIN)
+    }
+    assert sorted(slots.values()) == [
+        (names[f"{first_park} + 1 more"], 0),
+        (names[f"{first_park} + 1 more"], 1),
+    ]
 
 
 def test_batch_set_reads_the_sources_from_github_at_one_commit(

@@ -14,6 +14,7 @@ files, the address count from the data with pyogrio, the process hash from the p
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -982,6 +983,104 @@ def test_a_large_entry_runs_under_the_large_tier_limit(
     assert http_server.hits[route] == 0
 
 
+@pytest.mark.integration
+def test_a_group_is_processed_entry_by_entry_and_a_retry_keeps_what_was_done(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    scratch: Path,
+    child_env: dict[str, str],
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    uid: str,
+) -> None:
+    route, url = serve_park(http_server, fixtures, uid)
+    missing = http_server.add(f"/machine/{uid}/missing.zip", b"gone", status=404)
+    set_id = db_jobs.create_set(engine, owner=f"oa-{uid}", repository="openaddresses", commit_sha=None)
+    owner = machine.RunOwner("batch", set_id=set_id)
+    files = [
+        machine.SourceSnapshot(PARK_PATH, "blob-park", json.dumps(park_document(fixtures, url)).encode()),
+        machine.SourceSnapshot(
+            "sources/us/wy/gone.json", "blob-gone", json.dumps(park_document(fixtures, missing)).encode()
+        ),
+    ]
+    entries = [
+        e.to_dict() for e in machine.plan_sources(engine, storage, files, prefix="sets/x", owner=owner)
+    ]
+    task = db_runs.AirflowTask("openaddr_batch", f"batch-{uid}", "process_source", 7, 1)
+
+    first = machine.process_entries(
+        engine, storage, entries, owner, scratch=scratch, task=task, env=child_env
+    )
+
+    assert [(r["label"], r["status"]) for r in first] == [
+        (PARK_LABEL, True),
+        ("us/wy/gone/addresses/primary", False),
+    ]
+    runs = db_runs.task_runs(engine, task)
+    assert [(run["id"], run["airflow_slot"], run["airflow_ti"]) for run in runs] == [
+        (first[0]["run_id"], 0, f"openaddr_batch/batch-{uid}/process_source/7"),
+        (first[1]["run_id"], 1, f"openaddr_batch/batch-{uid}/process_source/7"),
+    ]
+    assert http_server.hits[route] == 1
+
+    # A retried attempt keeps the finished runs: nothing is downloaded again.
+    again = machine.process_entries(
+        engine,
+        storage,
+        entries,
+        owner,
+        scratch=scratch,
+        task=dataclasses.replace(task, try_number=2),
+        env=child_env,
+    )
+    assert [(r["run_id"], r["status"]) for r in again] == [(r["run_id"], r["status"]) for r in first]
+    assert http_server.hits[route] == 1
+    assert len(db_runs.set_runs(engine, set_id)) == 2
+
+
+def test_a_failed_group_accounts_for_every_entry(
+    engine: sa.Engine, storage: LocalStorage, corpus_sources: Path, uid: str
+) -> None:
+    raw, _ = read_corpus(corpus_sources, MULTI_LAYER[0])
+    set_id = db_jobs.create_set(engine, owner=f"oa-{uid}", repository="openaddresses", commit_sha=None)
+    owner = machine.RunOwner("batch", set_id=set_id)
+    snapshot = machine.SourceSnapshot(f"sources/{MULTI_LAYER[0]}", "blob", raw)
+    entries = machine.plan_sources(engine, storage, [snapshot], prefix="sets/y", owner=owner)
+    assert len(entries) == 4
+    task = db_runs.AirflowTask("openaddr_batch", f"batch-{uid}", "process_source", 3, 2)
+    started = db_runs.utcnow() - dt.timedelta(minutes=5)
+
+    def reserve(slot: int) -> int:
+        entry = entries[slot]
+        return db_runs.insert_run(
+            engine,
+            source_path=entry.path,
+            source_layer=entry.layer,
+            layer_name=entry.name,
+            set_id=set_id,
+            task=dataclasses.replace(task, slot=slot),
+            started=started,
+        )
+
+    # Slot 0 finished, slot 1 was running when the task failed for good, slots 2 and 3 never started.
+    done = reserve(0)
+    assert db_runs.finish_run(engine, done, state=state_of(**GOOD), attempt_started=started, try_number=2)
+    reserve(1)
+
+    runs = machine.record_task_failure(
+        engine, task, final=True, entries=[e.to_dict() for e in entries], owner=owner
+    )
+
+    assert [(run["airflow_slot"], run["layer_name"], run["status"], run["message"]) for run in runs] == [
+        (0, entries[0].name, True, db_runs.OK_MESSAGE),
+        (1, entries[1].name, False, db_runs.CRASH_MESSAGE),
+        (2, entries[2].name, False, db_runs.CRASH_MESSAGE),
+        (3, entries[3].name, False, db_runs.CRASH_MESSAGE),
+    ]
+    assert {run["source_layer"] for run in runs[2:]} == {entries[2].layer, entries[3].layer}
+    assert len(db_runs.set_runs(engine, set_id)) == 4
+
+
 @SQLITE_ONLY
 @pytest.mark.integration
 @pytest.mark.parametrize("mib", [64, 350])
@@ -1053,8 +1152,7 @@ def test_record_task_failure(
     run_ids = [reserve(index) for index in range(4)]
 
     # A final failure: the subprocess (or the task) crashed.
-    crashed = machine.record_task_failure(engine, ti(job_id, 0))
-    assert crashed is not None
+    [crashed] = machine.record_task_failure(engine, ti(job_id, 0))
     assert (crashed["id"], crashed["status"], crashed["message"], crashed["state"]) == (
         run_ids[0],
         False,
@@ -1063,16 +1161,13 @@ def test_record_task_failure(
     )
 
     # An attempt that will be retried: pending, then the retry takes the same run over.
-    retried = machine.record_task_failure(engine, ti(job_id, 1), final=False)
-    assert retried is not None
+    [retried] = machine.record_task_failure(engine, ti(job_id, 1), final=False)
     assert (retried["id"], retried["status"], retried["message"]) == (run_ids[1], None, None)
     assert reserve(1, try_number=2, at=started + dt.timedelta(minutes=10)) == run_ids[1]
     # The first attempt's failure arriving late is dropped: a later attempt has begun.
-    stale = machine.record_task_failure(engine, ti(job_id, 1, try_number=1))
-    assert stale is not None
+    [stale] = machine.record_task_failure(engine, ti(job_id, 1, try_number=1))
     assert stale["status"] is None
-    final = machine.record_task_failure(engine, ti(job_id, 1, try_number=2))
-    assert final is not None
+    [final] = machine.record_task_failure(engine, ti(job_id, 1, try_number=2))
     assert (final["status"], final["message"], final["airflow_try_number"]) == (
         False,
         db_runs.CRASH_MESSAGE,
@@ -1080,8 +1175,7 @@ def test_record_task_failure(
     )
 
     # A timeout: failed with the limit, and a late success of the same attempt never turns it green.
-    timed_out = machine.record_task_failure(engine, ti(job_id, 2), timeout=dt.timedelta(hours=3))
-    assert timed_out is not None
+    [timed_out] = machine.record_task_failure(engine, ti(job_id, 2), timeout=dt.timedelta(hours=3))
     assert (timed_out["status"], timed_out["message"], timed_out["state"]) == (
         False,
         "Timed out after 3:00:00",
@@ -1099,11 +1193,10 @@ def test_record_task_failure(
     assert db_runs.finish_run(
         engine, run_ids[3], state=state_of(**GOOD), attempt_started=started, try_number=1
     )
-    kept = machine.record_task_failure(engine, ti(job_id, 3))
-    assert kept is not None
+    [kept] = machine.record_task_failure(engine, ti(job_id, 3))
     assert (kept["status"], kept["message"], kept["address_count"]) == (True, db_runs.OK_MESSAGE, 346)
 
-    assert machine.record_task_failure(engine, ti(job_id, 99)) is None  # no run made
+    assert machine.record_task_failure(engine, ti(job_id, 99)) == []  # no run made
     job = db_jobs.get_job(engine, job_id)
     assert job is not None
     assert (job["status"], job["file_states"]) == (False, {path: False})
@@ -1142,6 +1235,39 @@ def test_create_batch_set_records_the_set_and_its_snapshot(
     assert manifest == {path: git_blob_sha(raw) for path, raw in files.items()}
     # A retried task finds its set.
     assert machine.create_batch_set(engine, storage, listing, dag_run_id=f"batch__{uid}") == set_id
+
+
+def test_group_entries_packs_small_entries_up_to_a_size_and_a_time_budget() -> None:
+    owner = {"kind": "batch", "set_id": 1}
+
+    def argument(path: str, size: str = "standard") -> dict[str, Any]:
+        return {"entry": {"path": path, "label": path, "size": size}, "run_owner": owner}
+
+    times = {f"p{i}": 10.0 for i in range(30)} | {"slow": 61.0, "large": 1.0, "almost": 59.0}
+    arguments = [
+        argument("new"),  # no previous time: alone
+        argument("slow"),  # a minute or more: alone
+        *(argument(f"p{i}") for i in range(12)),  # 12 × 10 s: 10, then 2
+        argument("large", "large"),  # never grouped
+        *(argument(f"p{i}") for i in range(12, 15)),
+        argument("almost"),  # 3 × 10 + 59 = 89 s: fits the default budget
+    ]
+
+    groups = machine.group_entries(arguments, times)
+
+    assert [[entry["path"] for entry in group["entries"]] for group in groups] == [
+        ["new"],
+        ["slow"],
+        [f"p{i}" for i in range(10)],
+        ["p10", "p11"],
+        ["large"],
+        ["p12", "p13", "p14", "almost"],
+    ]
+    assert all(group["run_owner"] == owner for group in groups)
+    # The time budget closes a group before the size does.
+    budgeted = machine.group_entries([argument(f"p{i}") for i in range(6)], times, budget=25.0)
+    assert [len(group["entries"]) for group in budgeted] == [2, 2, 2]
+    assert machine.group_entries([], times) == []
 
 
 def test_plan_batch_set_puts_the_slowest_sources_first(
@@ -1193,6 +1319,18 @@ def test_plan_batch_set_puts_the_slowest_sources_first(
     ]
     owner_args = {"kind": "batch", "job_id": None, "set_id": set_id, "commit_sha": COMMIT, "rerun": False}
     assert planned == [{"entry": entry, "run_owner": owner_args} for entry in expected]
+
+    # The tasks: entries without a previous time and slow ones (Mississauga, 100 s) alone; the small ones (Tshwane
+    # 50 s, Perrysburg 15 s: 7 entries, 3 × 50 + 4 × 15 = 210 s of previous time) share one task.
+    tasks = machine.batch_task_groups(engine, set_id, planned)
+    assert tasks["large"] == []
+    small = [entry for entry in expected if entry["path"] in (tshwane, perrysburg)]
+    assert len(small) == 7
+    alone = [entry for entry in expected if entry["path"] not in (tshwane, perrysburg)]
+    assert tasks["standard"] == [
+        *({"entries": [entry], "run_owner": owner_args} for entry in alone),
+        {"entries": small, "run_owner": owner_args},
+    ]
     [broken] = db_runs.set_runs(engine, set_id)
     assert (broken["source_path"], broken["status"], broken["source_problem"]) == (
         "sources/zz/broken.json",

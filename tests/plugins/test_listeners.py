@@ -124,6 +124,38 @@ def test_final_failure_fails_the_run_and_the_job(
     assert fake_github.statuses[-1]["description"] == f"Failed on {PARK} from {PARK}"
 
 
+def test_a_group_that_times_out_accounts_for_every_entry(
+    listener_dags: dict[str, Any], machine: Machine, fixtures: Path, http_server: LoopbackHTTPServer
+) -> None:
+    set_id = create_set(machine.engine, owner="openaddresses", repository="openaddresses", commit_sha=None)
+    owner = RunOwner("batch", set_id=set_id)
+    fine = planned_park(machine, fixtures, http_server.url("/data/us-wy-park.zip"), owner)
+    # Another file (each snapshot is stored under its path), its data never arriving.
+    hanging = http_server.add_hanging(f"/listener/{uuid.uuid4().hex}/h.zip")
+    snapshot = SourceSnapshot(
+        "sources/us-wy-park-hangs.json", "blob-hangs", fixture_source(fixtures, "us-wy-park.json", hanging)
+    )
+    (planned,) = plan_sources(
+        machine.engine, LocalStorage(machine.storage), [snapshot], prefix="tests/sources", owner=owner
+    )
+    hangs = planned.to_dict()
+    never = {**fine, "label": "us-wy-park/addresses/never-reached"}
+    dag_run = listener_dags["listener_group_timeout"].test(
+        run_conf={"entries": [fine, hangs, never], "run_owner": vars(owner)}
+    )
+    ti = only_ti(dag_run)
+    assert ti.state == "failed"
+    assert ti.try_number == 1  # a timeout is not retried
+    assert ti.rendered_map_index is None or "+ 2 more" in ti.rendered_map_index
+    runs = sorted(set_runs(machine.engine, set_id), key=lambda run: run["airflow_slot"])
+    # The first entry finished; the one running at the deadline and the one never reached fail with the timeout.
+    assert [(run["airflow_slot"], run["status"], run["message"]) for run in runs] == [
+        (0, True, "Everything is fine"),
+        (1, False, "Timed out after 0:00:20"),
+        (2, False, "Timed out after 0:00:20"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
