@@ -32,7 +32,7 @@ _CHUNK = 1 << 20
 #: change how GDAL decodes text (``fixtures/machine/data/be-wa-brussels.zip`` has one).
 _SHAPEFILE_COMPANIONS = (".shx", ".dbf", ".prj")
 #: Companions that get a lower-case link next to a shapefile with an upper- or mixed-case extension (§4.4).
-_LINKED_COMPANIONS = (".shx", ".dbf", ".prj")
+_LINKED_COMPANIONS = (".shx", ".dbf", ".prj", ".cpg")
 
 
 class ArchiveError(ConformError):
@@ -331,7 +331,7 @@ def lowercase_extension(path: Path) -> tuple[Path, Path | None]:
 
     GDAL looks for ``x.dbf`` or ``x.DBF`` beside ``x.Shp``, never ``x.Dbf``
     (``fixtures/machine/data/us-ca-alameda_county-excerpt-mixedcase.zip``). The file, and for shapefiles its
-    ``.shx``, ``.dbf`` and ``.prj`` companions, get lower-case links (symbolic, else hard, else copies) in a
+    ``.shx``, ``.dbf``, ``.prj`` and ``.cpg`` companions, get lower-case links (symbolic, else hard, else copies) in a
     temporary folder, so nothing is written beside the input, which may be read-only.
 
     :return: the path to open, and the temporary folder the caller removes afterwards (None when no link was

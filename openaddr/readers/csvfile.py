@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bytes Arrow parses at a time (its unit of parallel work).
-ARROW_BLOCK_SIZE = 4 << 20
+#: Bytes Arrow parses at a time. Arrow's streaming reader keeps a few dozen blocks alive, so the block size sets
+#: the reader's memory: 1 MiB keeps a conform's main process under 300 MiB (4 MiB: ~380 MiB) for a 5 % longer run
+#: (benchmarks/README.md). A record longer than a block is read by the csv module instead.
+ARROW_BLOCK_SIZE = 1 << 20
 
 _GROUP_REF = re.compile(r"\$\{(\d+)\}|\$(\d+)(?!\d)")
 
@@ -257,7 +259,10 @@ class _Utf8Stream(io.RawIOBase):
 def arrow_tables(
     source: Any, width: int, include: list[int], delimiter: str, batch_size: int, long_rows: list[int]
 ) -> Iterator[pa.Table]:
-    """Parse CSV records with Arrow's multi-threaded reader into tables of ``batch_size`` rows.
+    """Parse CSV records with Arrow's reader into tables of ``batch_size`` rows.
+
+    Single-threaded: the conform's worker processes already use every core, and Arrow's parsing threads only
+    added blocks in memory.
 
     Every column is text (no type inference, empty stays ``''``); blank lines are ignored, quoted values may
     span lines. Records longer than ``width`` are skipped and noted in ``long_rows``.
@@ -274,7 +279,7 @@ def arrow_tables(
             return "skip"
         return "error"  # short records are padded, which only the Python path does
 
-    read = pacsv.ReadOptions(column_names=names, block_size=ARROW_BLOCK_SIZE, use_threads=True)
+    read = pacsv.ReadOptions(column_names=names, block_size=ARROW_BLOCK_SIZE, use_threads=False)
     parse = pacsv.ParseOptions(
         delimiter=delimiter,
         quote_char='"',

@@ -41,6 +41,7 @@ from openaddr.readers.reader import (
     transform_xy,
     transformer_to_wgs84,
 )
+from openaddr.readers.shapefile_points import PointRecords
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Mapping
@@ -104,15 +105,37 @@ class GdalReader(Reader):
     :raises ConformError: unreadable data source, unknown layer, no projection, unknown encoding
     """
 
-    def __init__(self, path: Path, conform: Mapping[str, Any], *, layer_type: str, label: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        conform: Mapping[str, Any],
+        *,
+        layer_type: str,
+        label: str,
+        point_records: bool = True,
+    ) -> None:
         super().__init__(path, label)
         self.addresses = layer_type == "addresses"
         self._open_path, tmp = lowercase_extension(path)
         self._cleanup = [tmp]
         self._options = open_options(path)
+        # 2D point shapefiles: points from the .shp records, attributes from the .dbf alone, so no process holds
+        # GDAL's whole .shx index (shapefile_points.py); GDAL must not even open the .shp to describe it.
+        self._points: PointRecords | None = None
+        if (
+            point_records
+            and self.addresses
+            and self._open_path.suffix == ".shp"
+            and conform.get("layer") in (None, 0, self._open_path.stem)
+        ):
+            self._points = PointRecords.open(self._open_path)
         try:
-            self._layer, self.layer_name = resolve_layer(self._open_path, conform.get("layer"), label)
-            info = pyogrio.read_info(self._open_path, layer=self._layer, **self._options)
+            if self._points is not None:
+                self._layer, self.layer_name = 0, self._open_path.stem
+                info = self._points.info
+            else:
+                self._layer, self.layer_name = resolve_layer(self._open_path, conform.get("layer"), label)
+                info = pyogrio.read_info(self._open_path, layer=self._layer, **self._options)
         except _GDAL_ERRORS as exc:
             self.close()
             raise self.fail(f"cannot read {path.name}: {exc}") from None
@@ -166,6 +189,10 @@ class GdalReader(Reader):
 
     def close(self) -> None:
         """Remove the temporary lower-case links, if any were made."""
+        points = getattr(self, "_points", None)
+        if points is not None:
+            points.close()
+            self._points = None
         remove_paths(self._cleanup)
         self._cleanup = []
 
@@ -177,35 +204,45 @@ class GdalReader(Reader):
         :raises ConformError: GDAL fails while reading, or a text does not decode
         """
         wanted = self.wanted(columns)
+        points = self._points
         try:
             with pyogrio.raw.open_arrow(
-                self._open_path,
-                layer=self._layer,
+                points.dbf if points is not None else self._open_path,
+                layer=None if points is not None else self._layer,
                 columns=wanted,
+                read_geometry=points is None,
+                return_fids=points is not None,
                 batch_size=batch_size,
                 skip_features=self._skip,
                 use_pyarrow=True,
                 **self._options,
             ) as (meta, stream):
                 geometry_name = meta.get("geometry_name") or "wkb_geometry"
+                fid_name = meta.get("fid_column") or "OGC_FID"
                 record_batches = _threaded(_record_batches(stream, self._limit), _identity, "gdal-read")
                 yield from _threaded(
-                    record_batches, lambda rb: self._convert(rb, wanted, geometry_name), "gdal-convert"
+                    record_batches,
+                    lambda rb: self._convert(rb, wanted, geometry_name, fid_name),
+                    "gdal-convert",
                 )
         except _GDAL_ERRORS as exc:
             raise self.fail(f"error reading {self.path.name}: {exc}") from None
 
-    def _convert(self, rb: pa.RecordBatch, wanted: list[str], geometry_name: str) -> Batch:
+    def _convert(self, rb: pa.RecordBatch, wanted: list[str], geometry_name: str, fid_name: str) -> Batch:
         names = rb.schema.names
         columns: dict[str, list[str]] = {}
-        for i, name in enumerate(wanted):
-            # GDAL returns the attribute columns in layer order, then the geometry
+        first = 1 if self._points is not None and names and names[0] == fid_name else 0
+        for i, name in enumerate(wanted, start=first):
+            # GDAL returns the attribute columns in layer order (after the FID when asked), then the geometry
             column = rb.column(i) if i < len(names) and names[i] == name else rb.column(name)
             columns[name] = self._texts(column, name)
         n = rb.num_rows
         geometry = rb.column(geometry_name) if geometry_name in names else None
         geometries: list[Any] | None = None
-        if geometry is None:
+        if self._points is not None:
+            x, y = transform_xy(self._transformer, *self._points.xy(rb.column(fid_name).to_numpy()))
+            geoms = None
+        elif geometry is None:
             x = y = np.full(n, np.nan)
             geoms = np.full(n, None, dtype=object)
         elif self.addresses and (points := points_from_wkb(geometry)) is not None:

@@ -27,6 +27,7 @@ from openaddr.readers.gdal import NO_ENCODING_WARNING, open_options, resolve_lay
 from openaddr.readers.geojson import iter_features
 from openaddr.readers.geometry import geometry_type_name
 from openaddr.readers.reader import resolve_encoding
+from openaddr.readers.shapefile_points import PointRecords
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -157,10 +158,17 @@ def gdal_sample(path: Path, conform: Mapping[str, Any], label: str, size: int) -
     from openaddr.readers.archives import lowercase_extension, remove_paths
 
     open_path, tmp = lowercase_extension(path)
+    points = None
     try:
+        if open_path.suffix == ".shp" and conform.get("layer") in (None, 0, open_path.stem):
+            # A point shapefile's attributes come from its .dbf alone: GDAL would load the whole .shx.
+            points = PointRecords.open(open_path, check_records=False)
         options = open_options(path)
-        layer, _ = resolve_layer(open_path, conform.get("layer"), label)
-        info = pyogrio.read_info(open_path, layer=layer, **options)
+        if points is not None:
+            layer, info = None, points.info
+        else:
+            layer, _ = resolve_layer(open_path, conform.get("layer"), label)
+            info = pyogrio.read_info(open_path, layer=layer, **options)
         decode = None
         if info.get("encoding") != "UTF-8":
             if conform.get("encoding") is not None:
@@ -168,8 +176,12 @@ def gdal_sample(path: Path, conform: Mapping[str, Any], label: str, size: int) -
             else:
                 log.debug(NO_ENCODING_WARNING)
                 decode = "iso8859-1"
+        if points is not None:
+            return _gdal_rows(points.dbf, None, {}, size, decode)[0], points.info["geometry_type"]
         return _gdal_rows(open_path, layer, options, size, decode)
     finally:
+        if points is not None:
+            points.close()
         remove_paths([tmp])
 
 

@@ -709,6 +709,23 @@ def test_csv_fallback_after_batches_were_delivered(
     assert all(b.size == 500 for b in batches[:-1])
 
 
+def test_csv_record_longer_than_an_arrow_block(tmp_path: Path) -> None:
+    """A record larger than Arrow's block (a big polygon's WKT in an ESRI cache) is read whole by the csv module."""
+    import openaddr.readers.csvfile as csvfile
+
+    big = "POLYGON ((" + ", ".join(f"{i} {i}" for i in range(csvfile.ARROW_BLOCK_SIZE // 8)) + "))"
+    assert len(big) > csvfile.ARROW_BLOCK_SIZE
+    lines = ["x,y,n,wkt"] + [f"{i},{i},row{i},POINT ({i} {i})" for i in range(12000)]
+    lines[6001] = f'6000,6000,row6000,"{big}"'
+    path = write_csv(tmp_path, "\n".join(lines) + "\n")
+
+    reader = CsvReader(path, {"format": "csv", "lon": "x", "lat": "y"}, label=LABEL)
+    batches = list(reader.batches(batch_size=5000))
+
+    assert [v for b in batches for v in b.columns["n"]] == [f"row{i}" for i in range(12000)]
+    assert [len(v) for b in batches for v in b.columns["wkt"] if len(v) > 100] == [len(big)]
+
+
 def test_csv_in_another_encoding_goes_through_arrow_too(tmp_path: Path) -> None:
     text = "x;y;straße\n" + "".join(f"{i};{i};Hauptstraße {i}\n" for i in range(1000))
     path = write_csv(tmp_path, text, "cp1252")
