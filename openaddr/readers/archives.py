@@ -348,7 +348,7 @@ def lowercase_extension(path: Path) -> tuple[Path, Path | None]:
                 names.append(sibling.name)
     tmp = Path(tempfile.mkdtemp(prefix="openaddr-links-"))
     for name in names:
-        _link(path.parent / name, tmp / _lower_suffix(name))
+        link_file(path.parent / name, tmp / _lower_suffix(name))
     log.debug("Linked %s as %s for GDAL", path.name, _lower_suffix(path.name))
     return tmp / _lower_suffix(path.name), tmp
 
@@ -358,7 +358,8 @@ def _lower_suffix(name: str) -> str:
     return f"{stem}{dot}{ext.lower()}"
 
 
-def _link(src: Path, dst: Path) -> None:
+def link_file(src: Path, dst: Path) -> None:
+    """``dst`` as a symbolic link to ``src``, else a hard link, else a copy (nothing when it exists)."""
     if dst.exists():
         return
     try:

@@ -122,13 +122,8 @@ class GdalReader(Reader):
         # 2D point shapefiles: points from the .shp records, attributes from the .dbf alone, so no process holds
         # GDAL's whole .shx index (shapefile_points.py); GDAL must not even open the .shp to describe it.
         self._points: PointRecords | None = None
-        if (
-            point_records
-            and self.addresses
-            and self._open_path.suffix == ".shp"
-            and conform.get("layer") in (None, 0, self._open_path.stem)
-        ):
-            self._points = PointRecords.open(self._open_path)
+        if point_records and self.addresses:
+            self._points = PointRecords.for_layer(self._open_path, conform.get("layer"))
         try:
             if self._points is not None:
                 self._layer, self.layer_name = 0, self._open_path.stem

@@ -158,15 +158,13 @@ def gdal_sample(path: Path, conform: Mapping[str, Any], label: str, size: int) -
     from openaddr.readers.archives import lowercase_extension, remove_paths
 
     open_path, tmp = lowercase_extension(path)
-    points = None
+    # A point shapefile's attributes come from its .dbf alone: GDAL would load the whole .shx.
+    points = PointRecords.for_layer(open_path, conform.get("layer"), check_records=False)
     try:
-        if open_path.suffix == ".shp" and conform.get("layer") in (None, 0, open_path.stem):
-            # A point shapefile's attributes come from its .dbf alone: GDAL would load the whole .shx.
-            points = PointRecords.open(open_path, check_records=False)
-        options = open_options(path)
         if points is not None:
-            layer, info = None, points.info
+            source, layer, options, info = points.dbf, None, {}, points.info
         else:
+            source, options = open_path, open_options(path)
             layer, _ = resolve_layer(open_path, conform.get("layer"), label)
             info = pyogrio.read_info(open_path, layer=layer, **options)
         decode = None
@@ -176,9 +174,8 @@ def gdal_sample(path: Path, conform: Mapping[str, Any], label: str, size: int) -
             else:
                 log.debug(NO_ENCODING_WARNING)
                 decode = "iso8859-1"
-        if points is not None:
-            return _gdal_rows(points.dbf, None, {}, size, decode)[0], points.info["geometry_type"]
-        return _gdal_rows(open_path, layer, options, size, decode)
+        rows, geometry_type = _gdal_rows(source, layer, options, size, decode)
+        return rows, info["geometry_type"] if points is not None else geometry_type
     finally:
         if points is not None:
             points.close()

@@ -7,8 +7,8 @@ the layer (80 MB at 10 million records; benchmarks/README.md), so a conform's me
 Technical Description, 1998: a 100-byte header, then per record an 8-byte big-endian header and a 20-byte Point
 — type 1, x, y as little-endian doubles), so record *i* is at byte ``100 + 28 i`` and needs no index. This module
 checks that a file is exactly that, record by record, without GDAL ever opening it, and then GDAL reads only the
-``.dbf`` (opened alone, through a link in a temporary folder) while the points of each batch are read from the ``.shp`` with one positioned read
-(not a memory map: mapped pages would count in the process's resident memory). Anything else — null shapes,
+``.dbf`` (opened alone, through a link in a temporary folder) while the points of each batch are read from the
+``.shp`` with one positioned read (not a memory map: mapped pages would count in the process's resident memory). Anything else — null shapes,
 PointZ/M, multipoints, a record count that disagrees — is left to GDAL's normal reading.
 """
 
@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pyogrio
+
+from openaddr.readers.archives import link_file
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class PointRecords:
     :param shp: the ``.shp`` file
     :param dbf: a path GDAL opens as the attribute table alone
     :param count: records
+    :param info: the layer as :func:`pyogrio.read_info` would describe it (see :meth:`open`)
     """
 
     def __init__(self, shp: Path, dbf: Path, count: int, info: dict[str, Any]) -> None:
@@ -60,6 +63,14 @@ class PointRecords:
         if len(data) != (stop - start) * size:
             raise OSError(f"{self.shp.name}: short read at record {start + len(data) // size}")
         return np.frombuffer(data, dtype=RECORD)
+
+    @classmethod
+    def for_layer(cls, path: Path, layer: object, *, check_records: bool = True) -> PointRecords | None:
+        """:meth:`open` when ``path`` (lower-case extension, as GDAL opens it) is a shapefile and the conform's
+        ``layer`` names its only layer (absent, 0 or the file's stem); else None."""
+        if path.suffix != ".shp" or layer not in (None, 0, path.stem):
+            return None
+        return cls.open(path, check_records=check_records)
 
     @classmethod
     def open(cls, shp: Path, *, check_records: bool = True) -> PointRecords | None:
@@ -95,10 +106,10 @@ class PointRecords:
         folder = Path(tempfile.mkdtemp(prefix="openaddr-dbf-"))
         try:
             alone = folder / "attributes.dbf"
-            _link(dbf, alone)
+            link_file(dbf, alone)
             cpg = _sibling(shp, ".cpg")
             if cpg is not None:
-                _link(cpg, folder / "attributes.cpg")
+                link_file(cpg, folder / "attributes.cpg")
             info = pyogrio.read_info(alone)
             if int(info.get("features") or 0) != count:
                 raise ValueError("the .dbf alone reads differently")
@@ -158,7 +169,7 @@ def _layer_info(
         empty[24:28] = (HEADER_BYTES // 2).to_bytes(4, "big")
         (folder / "projection.shp").write_bytes(empty)
         (folder / "projection.shx").write_bytes(empty)
-        _link(prj, folder / "projection.prj")
+        link_file(prj, folder / "projection.prj")
         crs = pyogrio.read_info(folder / "projection.shp").get("crs")
     return {
         "fields": dbf_info["fields"],
@@ -176,10 +187,3 @@ def _sibling(shp: Path, suffix: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _link(source: Path, target: Path) -> None:
-    try:
-        os.symlink(source.resolve(), target)
-    except OSError:
-        shutil.copyfile(source, target)
