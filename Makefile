@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install -q -c requirements.lock -e . --group dev --group bench
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $@
 
 ## The Machine on its embedded default: Airflow (SQLite, LocalExecutor) from var/, the demo set once, then on
@@ -44,13 +46,21 @@ bench: $(STAMP)
 bench-batch: $(STAMP)
 	$(BIN)/python benchmarks/bench_batch.py
 
-## Re-pin requirements.lock from a fresh resolution of pyproject.toml (commit the result).
+## Re-pin requirements.lock (every pin with its sha256 hashes) from pyproject.toml, keeping the current pins where they
+## still satisfy it (uv reads the existing file); commit the result. Upgrade one: make lock ARGS="-P NAME".
+UV_VERSION := 0.13.9
+define LOCK_HEADER
+# The working set of every install (developer, CI, image), installed with hash checking:
+#   pip install --require-hashes --no-deps -r requirements.lock && pip install --no-deps -e .
+# Regenerate with 'make lock' after changing pyproject.toml; tests/test_lock.py checks it is current.
+endef
+export LOCK_HEADER
 lock:
-	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install -q --upgrade "pip>=25.1"
-	.venv-lock/bin/python -m pip install -q -e . --group dev --group bench
-	{ head -2 requirements.lock; .venv-lock/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
-	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
+	test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q uv==$(UV_VERSION); }
+	cp requirements.lock requirements.lock.new
+	.venv-lock/bin/uv pip compile pyproject.toml --group dev --group bench --generate-hashes --no-header -q \
+	  --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') $(ARGS) -o requirements.lock.new
+	{ printf '%s\n' "$$LOCK_HEADER"; cat requirements.lock.new; } > requirements.lock && rm requirements.lock.new
 
 clean:
-	rm -rf $(VENV) var bench-out .pytest_cache .ruff_cache
+	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache

@@ -10,19 +10,26 @@ import tomllib
 from tests.conftest import ROOT
 
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 
 
 def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock() -> dict[str, str]:
-    pins = {}
+def entries() -> list[tuple[str, str, list[str]]]:
+    """(name, version, sha256 hashes) of every pin, in the format uv's `pip compile --generate-hashes` writes."""
+    pins: list[tuple[str, str, list[str]]] = []
     for line in (ROOT / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[normalise(name)] = version.strip()
+        if match := _PIN.match(line):
+            pins.append((normalise(match.group(1)), match.group(2), []))
+        elif line.strip().startswith("--hash=sha256:"):
+            pins[-1][2].append(line.strip().removeprefix("--hash=sha256:").rstrip(" \\"))
     return pins
+
+
+def lock() -> dict[str, str]:
+    return {name: version for name, version, _ in entries()}
 
 
 def declared() -> set[str]:
@@ -36,6 +43,14 @@ def declared() -> set[str]:
 def test_every_declared_dependency_is_pinned() -> None:
     missing = sorted(declared() - set(lock()))
     assert not missing, f"not in requirements.lock (run make lock): {missing}"
+
+
+def test_every_pin_carries_its_hashes() -> None:
+    # make test installs with pip's --require-hashes: a pin without a hash would fail there, one with a malformed
+    # hash would only fail on the machine that downloads that file.
+    bad = [name for name, _, hashes in entries() if not hashes or any(len(h) != 64 for h in hashes)]
+    assert len(lock()) > 100
+    assert not bad, f"pins without valid sha256 hashes: {bad}"
 
 
 def test_the_environment_is_the_lock() -> None:
