@@ -270,16 +270,6 @@ def address_rows(
     return address_columns(lon, lat, attrs, seed).rows
 
 
-def address_hash(row: Mapping[str, str | None], seed: str) -> str:
-    """HASH of one canonical address row given as a mapping of the ten keys (§8.2); reference implementation.
-
-    :param row: ``LON`` … ``ID`` → canonical value or None
-    :param seed: the run's fingerprint
-    """
-    payload = json.dumps(sorted((key, row.get(key)) for key in ADDRESS_COLUMNS), separators=(",", ":"))
-    return hashlib.sha1((seed + payload).encode()).digest()[:8].hex()
-
-
 def feature_hash(seed: str, properties: Mapping[str, str], wkt: str | None) -> str:
     """HASH of a non-address feature (§8.3).
 
