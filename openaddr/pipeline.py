@@ -411,7 +411,10 @@ def run_pipeline(
         return 0
     for f in outputs:
         f.commit()
-    write_json(state_dir / "stats.json", stats.as_dict())
+    document = stats.as_dict()
+    reprojection = getattr(reader, "reprojection", None)
+    document["reprojection"] = reprojection.as_dict() if reprojection is not None else None
+    write_json(state_dir / "stats.json", document)
     if csv_out is not None:
         state["processed"] = "out.csv"
     else:
