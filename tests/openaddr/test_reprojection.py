@@ -61,7 +61,7 @@ def _source_crss() -> dict[str, pyproj.CRS]:
 def _gdal_crss(path: str, label: str) -> dict[str, pyproj.CRS]:
     """The CRS GDAL reads for each layer of a dataset that has one, keyed ``label`` or ``label:layer``."""
     layers = [str(name) for name, _ in pyogrio.list_layers(path)]
-    found = {}
+    found: dict[str, pyproj.CRS] = {}
     for layer in layers:
         info = pyogrio.read_info(path, layer=layer)
         if info.get("crs"):
@@ -115,7 +115,7 @@ def current_listing() -> dict[str, dict[str, Any]]:
     """Every CRS of the corpus and the fixtures with the operation to EPSG:4326 it gets here."""
     with tempfile.TemporaryDirectory(prefix="proj-listing-") as work:
         crss = {**_source_crss(), **_fixture_file_crss(Path(work))}
-    listing = {}
+    listing: dict[str, dict[str, Any]] = {}
     for key, crs in sorted(crss.items()):
         described = describe_reprojection(crs)
         listing[key] = {
