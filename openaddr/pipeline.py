@@ -370,6 +370,7 @@ def run_pipeline(
     """
     tick = _Progress(deadline, progress)
     from openaddr.conform import source_columns
+    from openaddr.readers.projection import report_reprojection
 
     addresses = entry.layer == "addresses"
     conform = entry.conform or {}
@@ -412,7 +413,7 @@ def run_pipeline(
     for f in outputs:
         f.commit()
     document = stats.as_dict()
-    reprojection = getattr(reader, "reprojection", None)
+    reprojection = report_reprojection(getattr(reader, "reprojection", None), document["bounds"], entry.label)
     document["reprojection"] = reprojection.as_dict() if reprojection is not None else None
     write_json(state_dir / "stats.json", document)
     if csv_out is not None:

@@ -6,14 +6,16 @@ pyproj says so only in a Python warning. This module
 
 * adds the grids shipped in ``openaddr/proj-grids`` (see its ``NOTICE.md``: origin and licence of each) to PROJ's
   search path when it is imported;
-* describes, for a CRS, the operation PROJ uses (the best one whose grids are here), its accuracy, and every more
-  accurate operation PROJ knows for the CRS's area whose grid is missing (:class:`Reprojection`);
-* logs that description for each layer entry: INFO when nothing better is known, a WARNING naming the missing grids
-  and the accuracy used otherwise, so it lands in ``output.txt``; the reader hands it to ``stats.json``.
+* describes, for a CRS and an extent, the operation PROJ uses (the best one whose grids are here), its accuracy, and
+  every more accurate operation PROJ knows there whose grid is missing (:class:`Reprojection`);
+* logs it for each layer entry: when the reader opens, over the CRS's area of use (INFO); when the entry's rows are
+  written, over the extent of its coordinates, as a WARNING naming the missing grids and the accuracy used when a
+  better operation is known but not to be had (INFO otherwise), so it lands in ``output.txt``; that last
+  description is the ``reprojection`` of ``stats.json``.
 
-"Best" is PROJ's own order (:class:`pyproj.transformer.TransformerGroup` over the CRS's area of use). The transformer
-itself is built by :meth:`pyproj.Transformer.from_crs`, which picks per point among the available operations, so a
-point outside a grid's extent gets the next operation; the one reported is the best for the CRS's area.
+"Best" is PROJ's own order (:class:`pyproj.transformer.TransformerGroup`). The transformer itself is built by
+:meth:`pyproj.Transformer.from_crs`, which picks per point among the available operations, so a point outside a
+grid's extent gets the next operation; the one reported is the best over the extent described.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyproj
 import pyproj.datadir
-from pyproj.transformer import TransformerGroup
+from pyproj.transformer import AreaOfInterest, TransformerGroup
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,12 @@ class Reprojection:
     """How a CRS is transformed to EPSG:4326 here (see the module text).
 
     :ivar crs: the source CRS, as ``EPSG:n`` when PROJ identifies it, else its name
-    :ivar operation: the operation used over the CRS's area (PROJ's description)
+    :ivar operation: the operation used over the extent (PROJ's description)
     :ivar accuracy: its accuracy in metres, None when PROJ does not know it (a ballpark offset)
     :ivar grids: the grids it uses (file names as PROJ found them)
     :ivar missing: more accurate operations whose grid is missing, most accurate first
+    :ivar extent: west, south, east, north in degrees; None for the CRS's area of use
+    :ivar source: the CRS itself
     """
 
     crs: str
@@ -75,6 +82,8 @@ class Reprojection:
     accuracy: float | None
     grids: tuple[str, ...] = ()
     missing: tuple[MissingGrid, ...] = ()
+    extent: tuple[float, float, float, float] | None = None
+    source: pyproj.CRS | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def degraded(self) -> bool:
@@ -89,13 +98,21 @@ class Reprojection:
             "accuracy": self.accuracy,
             "grids": list(self.grids),
             "missing grids": [dataclasses.asdict(m) for m in self.missing],
+            "extent": list(self.extent) if self.extent is not None else None,
         }
+
+    def within(self, bounds: Sequence[float] | None) -> Reprojection:
+        """The same CRS described over ``bounds`` (west, south, east, north in degrees); self when None."""
+        if bounds is None or self.source is None:
+            return self
+        return describe_reprojection(self.source, bounds)
 
     def message(self) -> str:
         """One log line: the CRS, the operation and its accuracy, and the missing grids if any."""
         accuracy = "unknown accuracy" if self.accuracy is None else f"accuracy {_metres(self.accuracy)}"
         grids = f", grid {', '.join(self.grids)}" if self.grids else ""
-        text = f"Reprojecting {self.crs} to {_WGS84} with {self.operation} ({accuracy}{grids})"
+        where = " over the CRS's area of use" if self.extent is None else " over the extent of the data"
+        text = f"Reprojecting {self.crs} to {_WGS84}{where} with {self.operation} ({accuracy}{grids})"
         if self.missing:
             best = self.missing[0].accuracy
             names = ", ".join(f"{m.grid} ({_metres(m.accuracy)})" for m in self.missing)
@@ -120,14 +137,15 @@ def _crs_name(crs: pyproj.CRS) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _describe(wkt: str) -> Reprojection:
+def _describe(wkt: str, extent: tuple[float, float, float, float] | None) -> Reprojection:
     crs = pyproj.CRS.from_wkt(wkt)
+    area = AreaOfInterest(*extent) if extent is not None else None
     with warnings.catch_warnings():
         # The same fact is reported by Reprojection, in the entry's log and its stats.
         warnings.filterwarnings("ignore", _PYPROJ_MISSING_GRID, UserWarning)
-        group = TransformerGroup(crs, _WGS84, always_xy=True)
+        group = TransformerGroup(crs, _WGS84, always_xy=True, area_of_interest=area)
     if not group.transformers:
-        return Reprojection(_crs_name(crs), "none", None)
+        return Reprojection(_crs_name(crs), "none", None, extent=extent, source=crs)
     best = group.transformers[0]
     accuracy = best.accuracy if best.accuracy >= 0 else None
     used = tuple(
@@ -141,12 +159,16 @@ def _describe(wkt: str) -> Reprojection:
             if not grid.available and grid.short_name not in missing:
                 missing[grid.short_name] = MissingGrid(grid.short_name, op.name, op.accuracy)
     ordered = tuple(sorted(missing.values(), key=lambda m: (m.accuracy, m.grid)))
-    return Reprojection(_crs_name(crs), best.description, accuracy, used, ordered)
+    return Reprojection(_crs_name(crs), best.description, accuracy, used, ordered, extent, crs)
 
 
-def describe_reprojection(crs: pyproj.CRS) -> Reprojection:
-    """How ``crs`` is transformed to EPSG:4326 with the grids this process has (cached per CRS)."""
-    return _describe(crs.to_wkt())
+def describe_reprojection(crs: pyproj.CRS, bounds: Sequence[float] | None = None) -> Reprojection:
+    """How ``crs`` is transformed to EPSG:4326 with the grids this process has (cached).
+
+    :param bounds: west, south, east, north in degrees of the data; None: over the CRS's area of use
+    """
+    extent = None if bounds is None else (bounds[0], bounds[1], bounds[2], bounds[3])
+    return _describe(crs.to_wkt(), extent)
 
 
 def transformer_to_wgs84(
@@ -154,8 +176,8 @@ def transformer_to_wgs84(
 ) -> tuple[pyproj.Transformer | None, Reprojection | None]:
     """A transformer from ``crs`` to EPSG:4326 in traditional GIS order (x = longitude), and its description.
 
-    Both are None for EPSG:4326 itself. The description is logged (:meth:`Reprojection.message`): as a WARNING
-    when a more accurate operation needs a grid that is missing, or when the accuracy is unknown.
+    Both are None for EPSG:4326 itself. The description, over the CRS's area of use, is logged at INFO
+    (:meth:`Reprojection.message`); :func:`report_reprojection` tells, once the rows are written, what the data got.
 
     Readers build one per run and reuse it for every batch (pyproj ≥ 3.1 transformers may be used from a
     helper thread). ``always_xy=True`` keeps x/y = longitude/latitude whatever the CRS axis order says (GDAL ≥ 3
@@ -164,10 +186,27 @@ def transformer_to_wgs84(
     if crs == _wgs84():
         return None, None
     reprojection = describe_reprojection(crs)
-    log.log(
-        logging.WARNING if reprojection.degraded else logging.INFO, "%s: %s", label, reprojection.message()
-    )
+    log.info("%s: %s", label, reprojection.message())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", _PYPROJ_MISSING_GRID, UserWarning)  # in the line just logged
         transformer = pyproj.Transformer.from_crs(crs, _WGS84, always_xy=True)
     return transformer, reprojection
+
+
+def report_reprojection(
+    reprojection: Reprojection | None, bounds: Sequence[float] | None, label: str
+) -> Reprojection | None:
+    """Describe the transformation over the extent of the written coordinates and log it.
+
+    A WARNING names the missing grids and the accuracy used when a more accurate operation is known there but not
+    available, or when the accuracy is unknown; an INFO line otherwise.
+
+    :param reprojection: the reader's, None when the data needed no transformation
+    :param bounds: west, south, east, north in degrees (``stats.json``), None when no coordinate was valid
+    :return: the description for ``stats.json``
+    """
+    if reprojection is None:
+        return None
+    final = reprojection.within(bounds)
+    log.log(logging.WARNING if final.degraded else logging.INFO, "%s: %s", label, final.message())
+    return final

@@ -26,7 +26,12 @@ import pytest
 from pyproj.transformer import TransformerGroup
 
 from openaddr.cli import main
-from openaddr.readers.projection import GRIDS_DIR, describe_reprojection, transformer_to_wgs84
+from openaddr.readers.projection import (
+    GRIDS_DIR,
+    describe_reprojection,
+    report_reprojection,
+    transformer_to_wgs84,
+)
 from openaddr.readers.reader import crs_from_user_input, parse_srs
 from tests.conftest import CORPUS, FIXTURES, SHARED
 
@@ -181,9 +186,18 @@ def test_a_ballpark_operation_is_reported_as_of_unknown_accuracy(caplog: pytest.
     assert transformer is not None
     assert described is not None
     assert (described.accuracy, described.degraded) == (None, True)
-    assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert "unknown accuracy" in caplog.text
-    assert "Ballpark" in caplog.text
+    final = report_reprojection(described, [8.5, 50.0, 8.8, 50.2], LABEL)  # Frankfurt am Main uses it
+    assert final is not None
+    assert (final.accuracy, final.extent) == (None, (8.5, 50.0, 8.8, 50.2))
+    assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]
+    assert "unknown accuracy" in caplog.records[1].getMessage()
+    assert "Ballpark" in caplog.records[1].getMessage()
+
+
+def test_an_entry_without_valid_coordinates_is_described_over_the_crs_area() -> None:
+    _, described = transformer_to_wgs84(parse_srs("EPSG:3347", LABEL), LABEL)
+    assert report_reprojection(described, None, LABEL) is described
+    assert report_reprojection(None, [0, 0, 1, 1], LABEL) is None
 
 
 def test_wgs84_needs_no_transformer() -> None:
@@ -206,7 +220,11 @@ def test_berlin_is_conformed_with_the_beta2007_grid(shared: Path, tmp_path: Path
     assert stats["reprojection"]["grids"] == ["BETA2007.gsb"]
     assert (stats["reprojection"]["accuracy"], stats["reprojection"]["missing grids"]) == (1.0, [])
     log = (out / "output.txt").read_text()
-    assert "Reprojecting EPSG:3068 to EPSG:4326 with" in log
+    final = next(
+        line for line in log.splitlines() if "Reprojecting EPSG:3068 to EPSG:4326 over the extent" in line
+    )
+    assert " INFO: " in final
+    assert "(accuracy 1 m, grid BETA2007.gsb)" in final
     assert "missing grid" not in log
 
     # The first row against the grid operation alone, and against the Helmert shift used without the grid.
@@ -231,15 +249,24 @@ def test_berlin_is_conformed_with_the_beta2007_grid(shared: Path, tmp_path: Path
 
 def test_a_missing_grid_is_named_in_the_log_and_the_stats(shared: Path, tmp_path: Path) -> None:
     out, _ = _conform(shared, tmp_path, "us/oh/trumbull.json", "TRU_ADDS-excerpt.zip")
-    stats = json.loads((out / "stats.json").read_text())["reprojection"]
-    assert (stats["crs"], stats["accuracy"]) == ("EPSG:3734", 4.0)
-    assert {"grid": "us_noaa_ohhpgn.tif", "accuracy": 2.0} in [
-        {k: m[k] for k in ("grid", "accuracy")} for m in stats["missing grids"]
+    stats = json.loads((out / "stats.json").read_text())
+    reprojection = stats["reprojection"]
+    assert (reprojection["crs"], reprojection["accuracy"], reprojection["extent"]) == (
+        "EPSG:3734",
+        4.0,
+        stats["bounds"],
+    )
+    # Over Ohio North's whole area five state grids would do better; over Trumbull County's points, Ohio's.
+    assert [(m["grid"], m["accuracy"]) for m in reprojection["missing grids"]] == [
+        ("us_noaa_ohhpgn.tif", 2.0)
     ]
-    warnings = [line for line in (out / "output.txt").read_text().splitlines() if " WARNING: " in line]
-    line = next(w for w in warnings if "Reprojecting" in w)
-    assert "(accuracy 4 m)" in line
-    assert "us_noaa_ohhpgn.tif (2 m)" in line
+    lines = [line for line in (out / "output.txt").read_text().splitlines() if "Reprojecting" in line]
+    assert len(lines) == 2
+    assert " INFO: " in lines[0]
+    assert "us_noaa_inhpgn.tif" in lines[0]
+    assert " WARNING: " in lines[1]
+    assert "(accuracy 4 m)" in lines[1]
+    assert "missing grids us_noaa_ohhpgn.tif (2 m)" in lines[1]
 
 
 if __name__ == "__main__":
