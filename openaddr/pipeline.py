@@ -370,6 +370,7 @@ def run_pipeline(
     """
     tick = _Progress(deadline, progress)
     from openaddr.conform import source_columns
+    from openaddr.readers.projection import report_reprojection
 
     addresses = entry.layer == "addresses"
     conform = entry.conform or {}
@@ -411,7 +412,10 @@ def run_pipeline(
         return 0
     for f in outputs:
         f.commit()
-    write_json(state_dir / "stats.json", stats.as_dict())
+    document = stats.as_dict()
+    reprojection = report_reprojection(getattr(reader, "reprojection", None), document["bounds"], entry.label)
+    document["reprojection"] = reprojection.as_dict() if reprojection is not None else None
+    write_json(state_dir / "stats.json", document)
     if csv_out is not None:
         state["processed"] = "out.csv"
     else:

@@ -24,13 +24,13 @@ import pyarrow.csv as pacsv
 
 from openaddr.errors import ConformError
 from openaddr.readers.base import DEFAULT_BATCH_SIZE, OA_X, OA_Y, Batch
+from openaddr.readers.projection import transformer_to_wgs84
 from openaddr.readers.reader import (
     Reader,
     is_utf8,
     parse_srs,
     resolve_encoding,
     transform_xy,
-    transformer_to_wgs84,
 )
 
 if TYPE_CHECKING:
@@ -484,7 +484,9 @@ class CsvReader(CsvBase):
         lon, self._lon_regexp = coordinate_spec(conform.get("lon"), "lon", label)
         lat, self._lat_regexp = coordinate_spec(conform.get("lat"), "lat", label)
         srs = conform.get("srs")
-        self._transformer = transformer_to_wgs84(parse_srs(srs, label, allow_integer=True)) if srs else None
+        self._transformer, self.reprojection = (
+            transformer_to_wgs84(parse_srs(srs, label, allow_integer=True), label) if srs else (None, None)
+        )
         self._reproject = srs is not None
         rows = self._open()
         try:

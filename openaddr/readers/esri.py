@@ -17,7 +17,8 @@ import shapely
 from openaddr.readers.base import OA_GEOM, OA_X, OA_Y, Batch
 from openaddr.readers.csvfile import CsvBase, csv_dialect, reproject_texts
 from openaddr.readers.geometry import reproject, wkt_texts
-from openaddr.readers.reader import parse_srs, transformer_to_wgs84
+from openaddr.readers.projection import transformer_to_wgs84
+from openaddr.readers.reader import parse_srs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -43,7 +44,9 @@ class EsriReader(CsvBase):
         self.addresses = layer_type == "addresses"
         self.dialect = csv_dialect(",", label)
         srs = conform.get("srs")
-        self._transformer = transformer_to_wgs84(parse_srs(srs, label, allow_integer=True)) if srs else None
+        self._transformer, self.reprojection = (
+            transformer_to_wgs84(parse_srs(srs, label, allow_integer=True), label) if srs else (None, None)
+        )
         self._reproject = srs is not None
         rows = self._open()
         try:

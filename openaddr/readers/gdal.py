@@ -30,6 +30,7 @@ from openaddr.readers.geometry import (
     reproject,
     wkt_texts,
 )
+from openaddr.readers.projection import transformer_to_wgs84
 from openaddr.readers.reader import (
     Reader,
     coordinate_texts,
@@ -39,7 +40,6 @@ from openaddr.readers.reader import (
     resolve_encoding,
     texts_or_empty,
     transform_xy,
-    transformer_to_wgs84,
 )
 from openaddr.readers.shapefile_points import PointRecords
 
@@ -159,7 +159,7 @@ class GdalReader(Reader):
             self.close()
             raise self.fail("No projection found")
         self.crs = crs
-        self._transformer = transformer_to_wgs84(crs)
+        self._transformer, self.reprojection = transformer_to_wgs84(crs, label)
         log.info(
             "Reading %s layer %r (%s, %s, %d features, %s)",
             path.name,

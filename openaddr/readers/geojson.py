@@ -19,12 +19,12 @@ import shapely.geometry
 
 from openaddr.readers.base import DEFAULT_BATCH_SIZE, OA_GEOM, OA_X, OA_Y, Batch
 from openaddr.readers.geometry import centroids, reproject, wkt_texts
+from openaddr.readers.projection import transformer_to_wgs84
 from openaddr.readers.reader import (
     Reader,
     coordinate_texts,
     parse_srs,
     transform_xy,
-    transformer_to_wgs84,
 )
 
 if TYPE_CHECKING:
@@ -88,7 +88,9 @@ class GeoJsonReader(Reader):
         super().__init__(path, label)
         self.addresses = layer_type == "addresses"
         srs = conform.get("srs")
-        self._transformer = transformer_to_wgs84(parse_srs(srs, label)) if srs else None
+        self._transformer, self.reprojection = (
+            transformer_to_wgs84(parse_srs(srs, label), label) if srs else (None, None)
+        )
         features = iter_features(path, label)
         try:
             first = next(features, None)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from openaddr.readers.base import Batch
+    from openaddr.readers.projection import Reprojection
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Reader(abc.ABC):
     :ivar columns: the source's column names, in source order, without the synthetic ``OA:*`` columns
     :ivar geometry_type: the GDAL geometry type name of the layer (§9.4 form), or None when not known
     :ivar skipped: records skipped so far (CSV rows too long, GeoJSON features without geometry)
+    :ivar reprojection: how the coordinates are transformed to EPSG:4326, None when they are not (stats.json)
     """
 
     def __init__(self, path: Path, label: str) -> None:
@@ -52,6 +54,7 @@ class Reader(abc.ABC):
         self.columns: list[str] = []
         self.geometry_type: str | None = None
         self.skipped = 0
+        self.reprojection: Reprojection | None = None
 
     @abc.abstractmethod
     def batches(
@@ -155,20 +158,6 @@ def crs_from_user_input(text: str, label: str) -> pyproj.CRS:
 @functools.lru_cache(maxsize=64)
 def _crs(text: str) -> pyproj.CRS:
     return pyproj.CRS.from_user_input(text)
-
-
-def transformer_to_wgs84(crs: pyproj.CRS) -> pyproj.Transformer | None:
-    """A transformer from ``crs`` to EPSG:4326 in traditional GIS order (x = longitude), None for EPSG:4326.
-
-    Readers build one per run and reuse it for every batch (pyproj ≥ 3.1 transformers may be used from a
-    helper thread).
-
-    ``always_xy=True`` keeps x/y = longitude/latitude whatever the CRS axis order says (GDAL ≥ 3 otherwise
-    follows the authority order; the original Machine ran on GDAL 2, where this was implicit).
-    """
-    if crs == _crs("EPSG:4326"):
-        return None
-    return pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
 
 
 def transform_xy(
