@@ -23,6 +23,7 @@ byte-count checks of a streamed body are the caller's (:class:`openaddr.download
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -234,7 +235,7 @@ class GuardedSession:
                 self._adapter.pin = None
         if self.clock.expired():
             raise self.clock.timed_out(f"connecting to {self.shown(url)}")
-        raise DownloadConnectionError(f"Could not connect to {self.shown(url)}: {reason(failure)}")
+        raise DownloadConnectionError(f"Could not connect to {self.shown(url)}: {reason(failure)}") from failure
 
     def _verified(self, method: str, url: str, host: str, options: dict[str, Any]) -> requests.Response:
         """The request itself, with the TLS fallback of §3.2."""
@@ -298,12 +299,21 @@ def _is_connect_failure(exc: requests.ConnectionError) -> bool:
     return any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in _causes(exc))
 
 
+#: A ``token`` query parameter inside an error text (requests quotes whole URLs in its messages).
+_TOKEN = re.compile(r"(?i)\b(token=)[^&\s'\")]*")
+
+
+def scrub(text: object) -> str:
+    """``text`` with any ``token=`` value hidden (ArcGIS tokens travel in the query)."""
+    return _TOKEN.sub(r"\1***", str(text))
+
+
 def reason(exc: BaseException | None) -> str:
-    """The innermost useful text of a wrapped network error."""
+    """The innermost useful text of a wrapped network error, with any ``token=`` value hidden."""
     if exc is None:
         return "no address to connect to"
     causes = _causes(exc)
     for cause in reversed(causes):
         if isinstance(cause, (OSError, ssl.SSLError)) and str(cause):
-            return str(cause)
-    return str(exc)
+            return scrub(cause)
+    return scrub(exc)
