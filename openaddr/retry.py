@@ -104,6 +104,7 @@ class RetryPolicy:
         retry_after: Callable[[BaseException], float | None] = retry_after_of,
         deadline: Deadline | None = None,
         sleep: Callable[[float], object] | None = None,
+        log_retries: bool = True,
     ) -> T:
         """Call ``attempt`` until it returns, retrying transient failures (see the module docstring).
 
@@ -112,6 +113,8 @@ class RetryPolicy:
         :param retry_after: the wait a failure's server asked for (``Retry-After``), or None
         :param deadline: the stage's clock; a wait that would reach its deadline ends the call at once
         :param sleep: how to wait (default: :func:`time.sleep`, looked up at call time)
+        :param log_retries: log a WARNING "``<failure>``; retrying in ``<n>`` s (attempt ``<i>`` of ``<n>``)" before
+            each retry; False when the caller logs every failed attempt itself
         :return: what ``attempt`` returned
         :raises Exception: the failure that is not transient, the last one once the retries are used up, or
             ``deadline.timed_out(<last failure>)`` when the next wait would reach the deadline
@@ -151,9 +154,9 @@ class RetryPolicy:
             retry=tenacity.retry_if_exception(transient),
             wait=wait,
             stop=stop,
-            before_sleep=announce,
+            before_sleep=announce if log_retries else None,
             retry_error_callback=give_up,
-            sleep=sleep or _sleep,
+            sleep=sleep if sleep is not None else _sleep,
             reraise=True,
         )
         return retrying(attempt)

@@ -235,7 +235,9 @@ class GuardedSession:
                 self._adapter.pin = None
         if self.clock.expired():
             raise self.clock.timed_out(f"connecting to {self.shown(url)}")
-        raise DownloadConnectionError(f"Could not connect to {self.shown(url)}: {reason(failure)}") from failure
+        raise DownloadConnectionError(
+            f"Could not connect to {self.shown(url)}: {reason(failure)}"
+        ) from failure
 
     def _verified(self, method: str, url: str, host: str, options: dict[str, Any]) -> requests.Response:
         """The request itself, with the TLS fallback of §3.2."""
