@@ -150,13 +150,18 @@ class RetryPolicy:
                 self.attempts,
             )
 
+        wait_for = sleep if sleep is not None else _sleep
+
+        def pause(seconds: float) -> None:
+            wait_for(seconds)
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(transient),
             wait=wait,
             stop=stop,
             before_sleep=announce if log_retries else None,
             retry_error_callback=give_up,
-            sleep=sleep if sleep is not None else _sleep,
+            sleep=pause,
             reraise=True,
         )
         return retrying(attempt)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import urllib3
 
 from openaddr.download import (
-    DownloadError,
     DownloadResult,
     HTTPStatusError,
     IncompleteDownloadError,
@@ -25,6 +24,7 @@ from openaddr.download import (
 from openaddr.download.cache import CacheWriter, choose_extension
 from openaddr.download.session import GuardedSession
 from openaddr.download.urls import redact_url
+from openaddr.errors import DownloadError
 from openaddr.retry import retry_after_seconds
 
 if TYPE_CHECKING:

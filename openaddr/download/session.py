@@ -36,13 +36,13 @@ from requests.utils import select_proxy
 
 from openaddr.download import (
     DownloadConnectionError,
-    DownloadError,
     IncompleteDownloadError,
     ResponseTimeoutError,
     UnsupportedURLError,
 )
 from openaddr.download.guard import check_host
 from openaddr.download.urls import clean_url, host_header, redact_url
+from openaddr.errors import DownloadError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
