@@ -22,6 +22,7 @@ import requests
 from github import Auth, Consts, GithubException, RateLimitExceededException
 
 import openaddr
+from openaddr.retry import RetryPolicy, retry_after_seconds
 
 if TYPE_CHECKING:
     from urllib3.util import Retry
@@ -41,6 +42,10 @@ STATES = frozenset({"pending", "success", "failure", "error"})
 MAXIMUM_STATUSES_MESSAGE = "This SHA and context has reached the maximum number of statuses."
 
 USER_AGENT = f"openaddr-machine/{openaddr.__version__}"
+
+#: The longest ``Retry-After`` of GitHub that is honoured: a status post runs in a task's listener or a webhook
+#: request, which must not hang on it.
+MAX_RETRY_AFTER = 60.0
 
 
 def github_client(
@@ -175,6 +180,22 @@ def _is_permanent(error: GithubException) -> bool:
     return 400 <= error.status < 500 and error.status not in (408, 409, 429)
 
 
+class _PostFailed(Exception):
+    """One status post that did not count; retried unless :attr:`retryable` is false."""
+
+    def __init__(self, text: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
+        super().__init__(text)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def _retry_after(error: GithubException) -> float | None:
+    """The seconds GitHub asked to wait (``Retry-After``, sent with its secondary rate limits), or None."""
+    headers = error.headers or {}
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    return retry_after_seconds(str(value)) if value is not None else None
+
+
 def post_commit_status(
     client: github.Github,
     status_url: str,
@@ -189,9 +210,10 @@ def post_commit_status(
 
     A post counts when GitHub answers 2xx echoing the same state. The 4xx "maximum number of statuses" answer is
     accepted silently: that commit can take no more statuses, and asking again would not change it. Other failures
-    (5xx, connection errors, a different state echoed, rate limits) are logged with the URL and retried, waiting
-    ``backoff``, then twice that, …; client errors that cannot change (401, 404, 422 …) are logged and not retried.
-    GitHub errors never raise.
+    (5xx, connection errors, a different state echoed, rate limits) are logged with the URL and retried by the one
+    retry policy (:class:`openaddr.retry.RetryPolicy`), waiting ``backoff``, then twice that, …, or what GitHub asked
+    in ``Retry-After`` (up to :data:`MAX_RETRY_AFTER`); client errors that cannot change (401, 404, 422 …, unless
+    they carry ``Retry-After``) are logged and not retried. GitHub errors never raise.
 
     :param client: the PyGithub client; its base URL must be the origin of ``status_url``
     :param status_url: the absolute status URL (``…/repos/<owner>/<repository>/statuses/<sha>``)
@@ -208,40 +230,50 @@ def post_commit_status(
         log.error("Not posting status to %s: the GitHub client is for %s", status_url, base_url)
         return False
     body = status.payload(context)
-    for attempt in range(1, max(1, attempts) + 1):
-        if attempt > 1:
-            sleep(backoff * 2 ** (attempt - 2))
+    total = max(1, attempts)
+    tries = 0
+
+    def attempt() -> None:
+        nonlocal tries
+        tries += 1
         try:
             _, answer = client.requester.requestJsonAndCheck("POST", status_url, input=body)
         except GithubException as error:
             if _is_maximum_statuses(error):
                 log.info("Status not posted to %s: %s", status_url, MAXIMUM_STATUSES_MESSAGE)
-                return True
+                return
             log.warning(
                 "Status post %d/%d to %s failed: HTTP %s %s",
-                attempt,
-                attempts,
+                tries,
+                total,
                 status_url,
                 error.status,
                 error.data,
             )
-            if _is_permanent(error):
-                break
-            continue
+            wait = _retry_after(error)
+            retryable = wait is not None or not _is_permanent(error)
+            raise _PostFailed(f"HTTP {error.status}", retryable=retryable, retry_after=wait) from error
         except (requests.RequestException, OSError, ValueError) as error:
-            log.warning("Status post %d/%d to %s failed: %s", attempt, attempts, status_url, error)
-            continue
+            log.warning("Status post %d/%d to %s failed: %s", tries, total, status_url, error)
+            raise _PostFailed(str(error)) from error
         echoed = answer.get("state") if isinstance(answer, Mapping) else None
-        if echoed == status.state:
-            log.debug("Posted %s status to %s", status.state, status_url)
-            return True
-        log.warning(
-            "Status post %d/%d to %s answered state %r instead of %r",
-            attempt,
-            attempts,
-            status_url,
-            echoed,
-            status.state,
-        )
-    log.error("Could not post %s status %r to %s", status.state, status.description, status_url)
-    return False
+        if echoed != status.state:
+            log.warning(
+                "Status post %d/%d to %s answered state %r instead of %r",
+                tries,
+                total,
+                status_url,
+                echoed,
+                status.state,
+            )
+            raise _PostFailed(f"answered state {echoed!r}")
+        log.debug("Posted %s status to %s", status.state, status_url)
+
+    delays = tuple(backoff * 2**k for k in range(total - 1))
+    policy = RetryPolicy(delays, MAX_RETRY_AFTER, name="status post")
+    try:
+        policy.call(attempt, sleep=sleep, log_retries=False)
+    except _PostFailed:
+        log.error("Could not post %s status %r to %s", status.state, status.description, status_url)
+        return False
+    return True

@@ -52,6 +52,8 @@ class Behaviour:
     """How a scenario departs from the recording.
 
     :param page_status: feature pages answer this HTTP status (e.g. 500) with a text body
+    :param failures: with ``page_status``, only the first ``failures`` feature-page requests fail (None: all)
+    :param retry_after: with ``page_status``, the ``Retry-After`` header of the failing answers
     :param page_error: feature pages answer HTTP 200 with a JSON ``error`` object
     :param extra_count: ``returnCountOnly`` reports this many features more than the recording serves
     :param cap: a page holds at most this many features, whatever ``resultRecordCount`` asks (servers cap pages
@@ -66,6 +68,8 @@ class Behaviour:
     """
 
     page_status: int | None = None
+    failures: int | None = None
+    retry_after: str | None = None
     page_error: bool = False
     extra_count: int = 0
     cap: int | None = None
@@ -155,6 +159,7 @@ class ReplayServer(ThreadingHTTPServer):
         self.requests: list[Request] = []
         self.dropped: dict[int, int] = {}
         self.slowed: dict[int, int] = {}
+        self.failed: dict[int, int] = {}
         self.lock = threading.Lock()
 
     @property
@@ -246,8 +251,16 @@ class _Handler(BaseHTTPRequestHandler):
                     self.server.slowed[scenario] = slowed + 1
             if slowed < behaviour.slow:
                 time.sleep(behaviour.delay)
-            if behaviour.page_status is not None:
-                self._send(behaviour.page_status, b"Internal server error", "text/plain")
+            with self.server.lock:
+                failed = self.server.failed.get(scenario, 0)
+                failing = behaviour.page_status is not None and (
+                    behaviour.failures is None or failed < behaviour.failures
+                )
+                if failing:
+                    self.server.failed[scenario] = failed + 1
+            if failing and behaviour.page_status is not None:
+                headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
+                self._send(behaviour.page_status, b"Internal server error", "text/plain", headers)
                 return
             if behaviour.page_error:
                 self._json(_PAGE_ERROR)
@@ -257,8 +270,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, document: Any) -> None:
         self._send(200, json.dumps(document).encode("utf-8"), "application/json; charset=utf-8")
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

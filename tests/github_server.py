@@ -192,7 +192,7 @@ class FakeGitHub:
             self.extra_routes: list[tuple[str, re.Pattern[str], Route]] = []
             #: GitHub's limit of statuses per sha and context (1000 on github.com).
             self.max_statuses = 1000
-            self._failures: dict[str, collections.deque[int]] = {}
+            self._failures: dict[str, collections.deque[tuple[int, dict[str, str]]]] = {}
             self._echo_states: collections.deque[str] = collections.deque()
             self._next_status_id = 1
 
@@ -208,10 +208,13 @@ class FakeGitHub:
             self.repositories[(owner, repo)] = repository
         return repository
 
-    def fail_next(self, path: str, times: int = 1, status: int = 500) -> None:
-        """Answer the next ``times`` requests to ``path`` (any method, no query) with ``status``."""
+    def fail_next(
+        self, path: str, times: int = 1, status: int = 500, headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer the next ``times`` requests to ``path`` (any method, no query) with ``status`` and ``headers``
+        (e.g. ``Retry-After``)."""
         with self._lock:
-            self._failures.setdefault(path, collections.deque()).extend([status] * times)
+            self._failures.setdefault(path, collections.deque()).extend([(status, headers or {})] * times)
 
     def echo_state_next(self, state: str, times: int = 1) -> None:
         """Answer the next ``times`` status posts (still recorded) with ``state`` instead of the posted one."""
@@ -251,9 +254,9 @@ class FakeGitHub:
             failure = failures.popleft() if failures else None
             routes = [*self.extra_routes, *self.routes]
         if failure is not None:
-            self.json(
-                handler, {"message": "Server Error"} if failure >= 500 else {"message": "Failed"}, failure
-            )
+            status, headers = failure
+            message = {"message": "Server Error"} if status >= 500 else {"message": "Failed"}
+            self.json(handler, message, status, **headers)
             return
         path_matched = False
         for method, pattern, route in routes:

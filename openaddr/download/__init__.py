@@ -7,7 +7,7 @@ URL scheme and the entry's ``protocol`` and hands over to :mod:`openaddr.downloa
 is what the state's log records.
 
 This module imports no transport at import time, so the transports (and ``esri.py``) import
-:class:`DownloadResult`, the errors, :class:`StageClock` and :func:`with_retries` from here without cycles.
+:class:`DownloadResult`, the errors, :class:`StageClock` and :func:`retry_policy` from here without cycles.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from openaddr.errors import DownloadError
 
@@ -24,12 +24,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from openaddr.retry import RetryPolicy
     from openaddr.settings import Settings
     from openaddr.sources import LayerEntry
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 __all__ = [
     "DownloadConnectionError",
@@ -45,7 +44,7 @@ __all__ = [
     "StageClock",
     "UnsupportedURLError",
     "download",
-    "with_retries",
+    "retry_policy",
 ]
 
 
@@ -194,35 +193,15 @@ class StageClock:
             raise self.timed_out(detail)
 
 
-def with_retries(attempt: Callable[[], T], *, settings: Settings, clock: StageClock) -> T:
-    """Call ``attempt`` until it succeeds, retrying transient download errors (processing.md §3.2, §3.3).
-
-    An error is transient when it has a true ``retryable`` attribute. Before retry *n* the call waits
-    ``settings.retry_delays[n]`` seconds, or the server's ``Retry-After`` (the error's ``retry_after``) up to
-    ``settings.max_retry_after``. A wait that would pass the deadline ends the stage at once.
-
-    :raises DownloadError: the last error once the retries are used up, or a final one
-    :raises DownloadTimeoutError: the deadline passed
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The retry policy of downloads (processing.md §3.2, §3.3): a failure whose ``retryable`` is true (connection
+    errors, timeouts, 429, 5xx, the transient FTP replies) is retried after ``settings.retry_delays``, or after the
+    server's ``Retry-After`` up to ``settings.max_retry_after``; a wait that would reach the deadline ends the stage
+    at once ("Timed out after …"). See :class:`openaddr.retry.RetryPolicy`.
     """
-    delays = iter(settings.retry_delays)
-    while True:
-        clock.check()
-        try:
-            return attempt()
-        except DownloadError as exc:
-            if not getattr(exc, "retryable", False):
-                raise
-            delay = next(delays, None)
-            if delay is None:
-                raise
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                delay = min(retry_after, settings.max_retry_after)
-            remaining = clock.remaining()
-            if remaining is not None and delay >= remaining:
-                raise clock.timed_out(str(exc)) from exc
-            log.warning("%s; retrying in %g s", exc, delay)
-            time.sleep(delay)
+    from openaddr.retry import RetryPolicy
+
+    return RetryPolicy(settings.retry_delays, settings.max_retry_after, name="download")
 
 
 def download(

@@ -11,10 +11,11 @@ its ``EsriDumper`` where the spec asks for more than it does:
   ``maxRecordCount``), and a download that ends short of the count fails (openaddresses/openaddresses#7606: batch
   published partial downloads as successes);
 * our query parameters win over those of the source URL (esridump lets the URL's win), ``where`` is ANDed;
-* every request is checked by the private-address guard and connected to the address it checked, redirects
-  included (:class:`openaddr.download.http.PinnedAdapter`); it has a 300 s timeout, stops at the run deadline, and
-  only connection errors and timeouts are retried: a page answering non-200 or a JSON ``error`` is a failure at
-  once (esridump retries every error and sleeps between pages);
+* every request goes through the guarded session of the downloads (:class:`openaddr.download.session.GuardedSession`:
+  the private-address guard, pinned connections, redirects checked hop by hop, the TLS fallback); it has a 300 s
+  timeout, stops at the run deadline, and the one retry policy (:class:`openaddr.retry.RetryPolicy`) retries only
+  connection errors, timeouts and a 429 or 503 carrying ``Retry-After``: a page answering any other non-200 or a
+  JSON ``error`` is a failure at once (esridump retries every error and sleeps between pages);
 * envelope boxes that time out are split like boxes that hit the page size;
 * features stay in ESRI JSON so that polygon holes go to the shell that contains them (esridump gives them to
   the last shell seen) and features without geometry can fall back to the conform's ``lon``/``lat`` fields.
@@ -28,15 +29,11 @@ import logging
 import math
 import os
 import re
-import time
-import warnings
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
-import requests
 import shapely
-import urllib3
 from esridump.dumper import EsriDumper
 from esridump.errors import EsriDownloadError
 from esridump.esri2geojson import (
@@ -48,17 +45,27 @@ from esridump.esri2geojson import (
 from shapely.geometry import shape
 
 from openaddr.conform import esri_field_names
-from openaddr.download import DownloadConnectionError, DownloadResult, StageClock
-from openaddr.download.guard import check_host
-from openaddr.download.http import PinnedAdapter, request_headers
-from openaddr.download.urls import clean_url, host_header, redact_url
+from openaddr.download import (
+    DownloadConnectionError,
+    DownloadResult,
+    HTTPStatusError,
+    IncompleteDownloadError,
+    ResponseTimeoutError,
+    StageClock,
+)
+from openaddr.download.http import request_headers
+from openaddr.download.session import GuardedSession, reason
+from openaddr.download.urls import clean_url, redact_url
 from openaddr.errors import DownloadError, SourceProblem
 from openaddr.readers.base import OA_GEOM, OA_X, OA_Y
 from openaddr.readers.geometry import centroids, wkt_texts
+from openaddr.retry import RetryPolicy, is_retryable, retry_after_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
+
+    import requests
 
     from openaddr.settings import Settings
     from openaddr.sources import LayerEntry
@@ -69,9 +76,8 @@ log = logging.getLogger(__name__)
 #: ``corpus/sources/us/ca/lake.json``), optional trailing slash.
 LAYER_PATH = re.compile(r"/(?:MapServer|FeatureServer)/\d+/?$", re.IGNORECASE)
 
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-#: Headers dropped when a redirect leaves the host, as browsers and requests do.
-_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+#: §3.6.4: answers retried when they carry ``Retry-After`` (any other non-200 page is a failure at once).
+_THROTTLE_STATUSES = frozenset({429, 503})
 #: §3.6.4: pages hold at most this many features, and 500 when the metadata gives no ``maxRecordCount``.
 MAX_PAGE_SIZE = 1000
 DEFAULT_RECORD_COUNT = 500
@@ -104,6 +110,14 @@ class _ServerError(EsriDownloadError):
         super().__init__(text)
         self.code = code
         self.message = message
+
+
+class _Throttled(HTTPStatusError):
+    """A 429 or 503 answer with ``Retry-After`` (retried; :attr:`response` is returned once the retries are used up)."""
+
+    def __init__(self, response: requests.Response, url: str, retry_after: float) -> None:
+        super().__init__(response.status_code, url, retry_after)
+        self.response = response
 
 
 class _RequestFailed(EsriDownloadError):
@@ -229,15 +243,6 @@ def _loggable(params: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: "***" if k.lower() == "token" else v for k, v in (params or {}).items()}
 
 
-#: A ``token`` query parameter inside an error text (requests quotes whole URLs in its messages).
-_TOKEN = re.compile(r"(?i)\b(token=)[^&\s'\")]*")
-
-
-def _scrub(error: object) -> str:
-    """An error's text with any ``token`` value hidden."""
-    return _TOKEN.sub(r"\1***", str(error))
-
-
 def _shown(url: str) -> str:
     """A URL for messages: without its query (it may carry a ``token``) and without a password."""
     parts = urlsplit(url)
@@ -274,15 +279,16 @@ class _Dumper(EsriDumper):  # type: ignore[misc]
         )
         self._settings = settings
         self._clock = clock
-        self._retry_delays = tuple(float(d) for d in getattr(settings, "esri_retry_delays", RETRY_DELAYS))
-        self._verify = True
+        self._timeouts = (
+            min(settings.connect_timeout, self._http_timeout),
+            float(self._http_timeout),
+        )
+        delays = tuple(float(d) for d in getattr(settings, "esri_retry_delays", RETRY_DELAYS))
+        self._policy = RetryPolicy(delays, settings.max_retry_after, name="ESRI request")
         self._retry_timeouts = True
-        # Connections go to the very addresses the private-address guard checked (DNS rebinding, see
-        # openaddr.download.guard); redirects are followed here, each hop checked and pinned.
-        self._adapter = PinnedAdapter()
-        self._session = requests.Session()
-        self._session.mount("http://", self._adapter)
-        self._session.mount("https://", self._adapter)
+        # Every request is guarded and pinned, redirects included (openaddr.download.session); messages show
+        # URLs without their query, which may hold a token.
+        self._session = GuardedSession(settings, clock, shown=_shown)
         #: The paging strategy that ran: ``offset``, ``statistics``, ``oids``, ``envelope`` (or ``empty``).
         self.mode: str | None = None
 
@@ -293,117 +299,44 @@ class _Dumper(EsriDumper):  # type: ignore[misc]
     # -- requests -----------------------------------------------------------------------------------------------
 
     def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        attempts = len(self._retry_delays) + 1
-        for attempt in range(1, attempts + 1):
-            self._clock.check()
-            try:
-                return self._send(method, url, **kwargs)
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                failure: Exception = exc
-            except DownloadConnectionError as exc:  # the host name did not resolve
-                failure = exc
-            timed_out = isinstance(failure, requests.Timeout)
-            if attempt == attempts or (timed_out and not self._retry_timeouts):
-                what = "Timeout" if timed_out else "Could not connect"
-                raise _RequestFailed(f"{what} requesting {_shown(url)}: {_scrub(failure)}", timeout=timed_out)
-            pause = self._retry_delays[attempt - 1]
-            remaining = self._clock.remaining()
-            if remaining is not None and pause >= remaining:
-                raise self._clock.timed_out(_scrub(failure))
-            log.info(
-                "Retrying %s in %g s (attempt %d of %d): %s",
-                _shown(url),
-                pause,
-                attempt + 1,
-                attempts,
-                failure,
-            )
-            time.sleep(pause)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """esridump's one way to the server: the guarded session under the retry policy (§3.6.4).
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One request, following redirects (at most ``max_redirects``) as requests would."""
-        log.debug(
-            "%s %s, args %s", method, _shown(url), _loggable(kwargs.get("params") or kwargs.get("data"))
-        )
-        current = url
-        for _ in range(self._settings.max_redirects + 1):
-            response = self._pinned(method, current, **kwargs)
-            location = response.headers.get("Location")
-            if response.status_code not in _REDIRECT_STATUSES or not location:
-                return response
-            response.close()
-            target = clean_url(urljoin(current, location))
-            if urlsplit(target).scheme not in ("http", "https"):
-                raise _ServerError(
-                    f"Refusing to follow a redirect from {_shown(current)} to {_shown(target)}"
-                )
-            log.info(
-                "%s response from %s: redirected to %s", response.status_code, _shown(current), _shown(target)
-            )
-            # The Location is requested as it is; a POST turned away by 301-303 becomes a GET without its form.
-            kwargs = {k: v for k, v in kwargs.items() if k != "params"}
-            if response.status_code in (301, 302, 303) and method == "POST":
-                method = "GET"
-                kwargs.pop("data", None)
-            if urlsplit(target).hostname != urlsplit(current).hostname:
-                headers = kwargs.get("headers") or {}
-                kwargs["headers"] = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-            current = target
-        raise _ServerError(
-            f"Too many redirects (more than {self._settings.max_redirects}) from {_shown(url)}"
-        )
-
-    def _pinned(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """Send to one of the addresses the guard checked for the URL's host (the first that accepts).
-
-        :raises PrivateAddressError: the host resolves to a private address (§3.1)
+        Connection errors and timeouts are retried (timeouts not inside :meth:`_no_timeout_retries`), and so is
+        a 429 or 503 that carries ``Retry-After``, waiting as it says within the deadline; the last such answer
+        is returned for :meth:`_handle_esri_errors` to name. Any other status is returned as it is.
         """
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = check_host(host, port, settings=self._settings)
-        kwargs["headers"] = {**(kwargs.get("headers") or {}), "Host": host_header(url)}
-        failure: requests.ConnectionError | None = None
-        for address in addresses:
-            self._clock.check()
-            self._adapter.pin = (host, address)
-            try:
-                return self._once(method, url, **kwargs)
-            except requests.ConnectionError as exc:
-                if not _never_connected(exc):
-                    raise
-                log.debug("Could not connect to %s at %s: %s", host, address, exc)
-                failure = exc
-            finally:
-                self._adapter.pin = None
-        raise failure or requests.ConnectionError(f"no address to connect to for {host}")
+        shown = _shown(url)
 
-    def _once(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """The request itself, with the TLS fallback of §3.2."""
-        clock, connect = self._clock, self._settings.connect_timeout
-        options = {
-            **kwargs,
-            "allow_redirects": False,
-            "timeout": (clock.timeout(min(connect, self._http_timeout)), clock.timeout(self._http_timeout)),
-        }
-        if self._verify:
-            try:
-                return self._session.request(method, url, verify=True, **options)
-            except requests.exceptions.SSLError:
-                if not self._settings.tls_fallback:
-                    raise
-                # Many public servers have broken chains (the original's behaviour, §3.2); once is enough
-                # to know, so the rest of this layer's requests go without verification.
-                log.warning("Retrying %s without SSL verification", _shown(url))
-                self._verify = False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            return self._session.request(method, url, verify=False, **options)
+        def attempt() -> requests.Response:
+            log.debug("%s %s, args %s", method, shown, _loggable(kwargs.get("params") or kwargs.get("data")))
+            response, _ = self._session.request(
+                method,
+                url,
+                headers=kwargs.get("headers") or {},
+                timeout=self._timeouts,
+                params=kwargs.get("params"),
+                data=kwargs.get("data"),
+            )
+            if response.status_code in _THROTTLE_STATUSES:
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+                if wait is not None:
+                    raise _Throttled(response, shown, wait)
+            return response
+
+        def transient(error: BaseException) -> bool:
+            if isinstance(error, ResponseTimeoutError):
+                return self._retry_timeouts
+            return is_retryable(error)
+
+        try:
+            return self._policy.call(attempt, transient=transient, deadline=self._clock)
+        except _Throttled as exc:
+            return exc.response
+        except (DownloadConnectionError, IncompleteDownloadError) as exc:
+            timed_out = isinstance(exc, ResponseTimeoutError)
+            what = "Timeout" if timed_out else "Could not connect"
+            detail = reason(exc.__cause__ or exc)
+            raise _RequestFailed(f"{what} requesting {shown}: {detail}", timeout=timed_out) from None
 
     def _build_query_args(self, query_args: dict[str, Any] | None = None) -> dict[str, Any]:
         # §3.6.1: the URL's parameters are sent with every request, ours win on conflict (esridump lets the
@@ -590,14 +523,6 @@ class _Dumper(EsriDumper):  # type: ignore[misc]
             yield
         finally:
             self._retry_timeouts = previous
-
-
-def _never_connected(exc: requests.ConnectionError) -> bool:
-    """True when the connection was never established, so that another address of the host may be tried."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    inner = exc.args[0] if exc.args else None
-    return isinstance(getattr(inner, "reason", inner), urllib3.exceptions.NewConnectionError)
 
 
 def _supports_pagination(metadata: Mapping[str, Any]) -> bool:

@@ -21,7 +21,7 @@ from openaddr.download import (
     FTPReplyError,
     ResponseTimeoutError,
     UnsupportedURLError,
-    with_retries,
+    retry_policy,
 )
 from openaddr.download.cache import CacheWriter, choose_extension
 from openaddr.download.guard import check_host
@@ -71,7 +71,7 @@ def download_ftp(
     transfer = _Transfer(
         url, parts.hostname, parts.port or 21, user, password, path, work_dir, stem, settings, clock, progress
     )
-    return with_retries(transfer.attempt, settings=settings, clock=clock)
+    return retry_policy(settings).call(transfer.attempt, deadline=clock)
 
 
 class _Transfer:

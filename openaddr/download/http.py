@@ -1,47 +1,37 @@
 """HTTP(S) downloads (processing.md §3.2).
 
-``GET`` with the project's User-Agent and the entry's ``request.headers``; redirects followed here (at most
-``max_redirects``), each hop checked by the private-address guard and connected to the address that was checked;
-connect and read timeouts; transient failures retried (:func:`openaddr.download.with_retries`); every final status
->= 400 a failure; one retry without certificate verification when verification fails; the body streamed to disk
+``GET`` with the project's User-Agent and the entry's ``request.headers`` through the guarded session
+(:class:`openaddr.download.session.GuardedSession`: redirects, the private-address guard, pinned connections,
+timeouts, the TLS fallback); transient failures retried by the one retry policy (:class:`openaddr.retry.RetryPolicy`,
+honouring ``Retry-After`` within the deadline); every final status >= 400 a failure; the body streamed to disk
 with a size cap, the deadline checked between reads, and a byte count that differs from ``Content-Length`` refused.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import ssl
-import warnings
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from requests.utils import select_proxy
 
 from openaddr.download import (
-    DownloadConnectionError,
-    DownloadError,
     DownloadResult,
     HTTPStatusError,
     IncompleteDownloadError,
-    ResponseTimeoutError,
-    UnsupportedURLError,
-    with_retries,
+    retry_policy,
 )
 from openaddr.download.cache import CacheWriter, choose_extension
-from openaddr.download.guard import check_host
-from openaddr.download.urls import clean_url, host_header, redact_url
+from openaddr.download.session import GuardedSession
+from openaddr.download.urls import redact_url
+from openaddr.errors import DownloadError
+from openaddr.retry import retry_after_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from urllib3.connectionpool import HTTPConnectionPool
+    import requests
 
     from openaddr.download import StageClock
     from openaddr.settings import Settings
@@ -50,11 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Sent with every request (processing.md §3.2).
 USER_AGENT = "openaddresses-extract/1.0 (https://github.com/openaddresses/openaddresses)"
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Headers an entry may not set: they belong to the transport (``Host`` is how a pinned connection is named).
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-#: Headers dropped when a redirect leaves the host, as browsers and requests do.
-_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _READ_SIZE = 256 * 1024
 
 
@@ -85,39 +72,6 @@ def request_headers(data: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-class PinnedAdapter(HTTPAdapter):
-    """A transport adapter that connects to an address chosen beforehand instead of resolving the host again.
-
-    :attr:`pin` is ``(host, address)`` for the next request: the connection pool is keyed by ``address`` while SNI
-    and the certificate check use ``host`` (the ``Host`` header is set by the caller). Requests through a proxy
-    are not pinned: the proxy resolves the name (see :mod:`openaddr.download.guard`).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(max_retries=0)
-        self.pin: tuple[str, str] | None = None
-
-    def get_connection_with_tls_context(
-        self,
-        request: requests.PreparedRequest,
-        verify: bool | str,
-        proxies: dict[str, str] | None = None,
-        cert: str | tuple[str, str] | None = None,
-    ) -> HTTPConnectionPool:
-        """Like :class:`HTTPAdapter`'s, but keyed by the pinned address."""
-        if self.pin is None or select_proxy(str(request.url), proxies or {}):
-            return super().get_connection_with_tls_context(request, verify, proxies, cert)
-        host, address = self.pin
-        host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
-        if host_params["host"] != host:
-            raise DownloadError(f"Internal error: connection pinned to {host}, not {host_params['host']}")
-        if host_params["scheme"] == "https":
-            pool_kwargs["server_hostname"] = host
-            pool_kwargs["assert_hostname"] = host
-        host_params["host"] = address
-        return self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
-
-
 def download_http(
     url: str,
     work_dir: Path,
@@ -139,12 +93,9 @@ def download_http(
     :param progress: called with the bytes written so far
     :raises DownloadError: see :mod:`openaddr.download` for the kinds
     """
-    with requests.Session() as session:
-        adapter = PinnedAdapter()
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        fetch = _Fetch(session, adapter, url, work_dir, stem, dict(headers), settings, clock, progress)
-        return with_retries(fetch.attempt, settings=settings, clock=clock)
+    with GuardedSession(settings, clock) as session:
+        fetch = _Fetch(session, url, work_dir, stem, dict(headers), settings, clock, progress)
+        return retry_policy(settings).call(fetch.attempt, deadline=clock)
 
 
 class _Fetch:
@@ -152,8 +103,7 @@ class _Fetch:
 
     def __init__(
         self,
-        session: requests.Session,
-        adapter: PinnedAdapter,
+        session: GuardedSession,
         url: str,
         work_dir: Path,
         stem: str,
@@ -163,7 +113,6 @@ class _Fetch:
         progress: Callable[[int], None] | None,
     ) -> None:
         self.session = session
-        self.adapter = adapter
         self.url = url
         self.work_dir = work_dir
         self.stem = stem
@@ -173,100 +122,16 @@ class _Fetch:
         self.progress = progress
 
     def attempt(self) -> DownloadResult:
-        current, headers = self.url, dict(self.headers)
-        for _ in range(self.settings.max_redirects + 1):
-            response = self.get(current, headers)
-            location = response.headers.get("Location")
-            if response.status_code not in _REDIRECT_STATUSES or not location:
-                break
-            response.close()
-            target = clean_url(urljoin(current, location))
-            if urlsplit(target).scheme not in ("http", "https"):
-                raise UnsupportedURLError(
-                    f"Refusing to follow a redirect from {redact_url(current)} to {redact_url(target)}"
-                )
-            if urlsplit(target).hostname != urlsplit(current).hostname:
-                headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-            log.info(
-                "%s response from %s: redirected to %s", response.status_code, current, redact_url(target)
-            )
-            current = target
-        else:
-            raise DownloadError(
-                f"Too many redirects (more than {self.settings.max_redirects}) from {self.url}"
-            )
+        """One try: ``GET`` (redirects followed by the session), then stream a 2xx body to the cache file."""
+        self.clock.check()
+        response, current = self.session.request("GET", self.url, headers=self.headers, stream=True)
         with response:
             status = response.status_code
             if not 200 <= status < 300:
                 raise HTTPStatusError(
-                    status, redact_url(current), _retry_after(response.headers.get("Retry-After"))
+                    status, redact_url(current), retry_after_seconds(response.headers.get("Retry-After"))
                 )
             return self.save(response, current)
-
-    def get(self, url: str, headers: dict[str, str]) -> requests.Response:
-        """Send one ``GET`` to one of the checked addresses of the URL's host (the first that accepts)."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = check_host(host, port, settings=self.settings)
-        hop_headers = {**headers, "Host": host_header(url)}
-        failure: Exception | None = None
-        for address in addresses:
-            self.clock.check()
-            self.adapter.pin = (host, address)
-            try:
-                return self.send(url, hop_headers)
-            except requests.ConnectionError as exc:
-                if not _is_connect_failure(exc):
-                    raise self.error(url, exc) from exc
-                log.debug("Could not connect to %s at %s: %s", host, address, exc)
-                failure = exc
-            except requests.RequestException as exc:
-                raise self.error(url, exc) from exc
-            finally:
-                self.adapter.pin = None
-        if self.clock.expired():
-            raise self.clock.timed_out(f"connecting to {redact_url(url)}")
-        raise DownloadConnectionError(f"Could not connect to {redact_url(url)}: {_reason(failure)}")
-
-    def send(self, url: str, headers: dict[str, str]) -> requests.Response:
-        """The request itself, with the TLS fallback of §3.2."""
-        timeout = (
-            self.clock.timeout(self.settings.connect_timeout),
-            self.clock.timeout(self.settings.read_timeout),
-        )
-        options: dict[str, Any] = {
-            "headers": headers,
-            "stream": True,
-            "allow_redirects": False,
-            "timeout": timeout,
-        }
-        try:
-            return self.session.get(url, verify=True, **options)
-        except requests.exceptions.SSLError as exc:
-            if not _is_certificate_error(exc):
-                raise
-            if not self.settings.tls_fallback:
-                raise DownloadError(
-                    f"SSL certificate verification failed for {redact_url(url)}: {_reason(exc)}"
-                ) from exc
-        log.warning("Retrying %s without SSL verification", redact_url(url))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            return self.session.get(url, verify=False, **options)
-
-    def error(self, url: str, exc: requests.RequestException) -> DownloadError:
-        """The download error for a failed request."""
-        shown = redact_url(url)
-        if isinstance(exc, requests.ReadTimeout):
-            if self.clock.expired():
-                return self.clock.timed_out(f"waiting for {shown}")
-            return ResponseTimeoutError(
-                f"Timed out after {self.settings.read_timeout:g} s waiting for a response from {shown}"
-            )
-        if isinstance(exc, requests.ConnectionError):
-            return DownloadConnectionError(f"Connection to {shown} failed: {_reason(exc)}")
-        return DownloadError(f"Request to {shown} failed: {_reason(exc)}")
 
     def save(self, response: requests.Response, url: str) -> DownloadResult:
         """Stream a 2xx body into the cache file."""
@@ -334,57 +199,3 @@ def _content_length(value: str | None) -> int | None:
     except ValueError:
         return None
     return length if length >= 0 else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what it wraps (``args``, ``reason``, ``__cause__``, ``__context__``), breadth first."""
-    seen: list[BaseException] = []
-    queue: list[Any] = [exc]
-    while queue:
-        item = queue.pop(0)
-        if not isinstance(item, BaseException) or any(item is s for s in seen) or len(seen) > 20:
-            continue
-        seen.append(item)
-        queue.extend([*item.args, getattr(item, "reason", None), item.__cause__, item.__context__])
-    return seen
-
-
-def _is_certificate_error(exc: BaseException) -> bool:
-    return any(
-        isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e)
-        for e in _causes(exc)
-    )
-
-
-def _is_connect_failure(exc: requests.ConnectionError) -> bool:
-    """True when the connection was never established (so another address may be tried)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    return any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in _causes(exc))
-
-
-def _reason(exc: BaseException | None) -> str:
-    """The innermost useful text of a wrapped network error."""
-    if exc is None:
-        return "no address to connect to"
-    causes = _causes(exc)
-    for cause in reversed(causes):
-        if isinstance(cause, (OSError, ssl.SSLError)) and str(cause):
-            return str(cause)
-    return str(exc)

@@ -43,13 +43,23 @@ def is_ci_task(task_instance: Any) -> bool:
 
 
 def timeout_of(error: Any) -> bool:
-    """Whether a task error is (or was caused by) Airflow's execution timeout."""
-    seen = 0
-    while error is not None and seen < 5:
-        if type(error).__name__ == "AirflowTaskTimeout" or str(error).startswith("Timed out after"):
+    """Whether a task error is, or was raised because of, a timeout: Airflow's
+    :class:`~airflow.sdk.exceptions.AirflowTaskTimeout` or the operator's
+    :class:`~openaddr_airflow.operators.EntryTimedOut`, found by type along ``__cause__`` and ``__context__``
+    (never by its text: a source's own "Timed out after …" is a source problem the task recorded).
+
+    :param error: what Airflow hands the listener: the exception, a message (a state set by hand) or None
+    """
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+
+    from openaddr_airflow.operators import EntryTimedOut
+
+    seen: list[BaseException] = []
+    while isinstance(error, BaseException) and len(seen) < 10 and not any(error is e for e in seen):
+        if isinstance(error, (AirflowTaskTimeout, EntryTimedOut)):
             return True
-        error = getattr(error, "__cause__", None)
-        seen += 1
+        seen.append(error)
+        error = error.__cause__ or error.__context__
     return False
 
 

@@ -9,6 +9,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from openaddr_airflow.links import ResultsSiteLink, RunOutputsLink
 
@@ -42,6 +43,12 @@ LARGE_XCOM = "large"
 DEADLINE_GRACE = dt.timedelta(minutes=5)
 #: The hard stop of an entry without its own ``timeout``: 3 hours plus the grace.
 EXECUTION_TIMEOUT = dt.timedelta(hours=3) + DEADLINE_GRACE
+
+
+class EntryTimedOut(AirflowFailException):
+    """A ``process_source`` attempt reached its ``execution_timeout``: failed without retry, and recorded as
+    "Timed out after …" by the run listener, which recognises it by this type
+    (:func:`openaddr_airflow.listeners.timeout_of`)."""
 
 
 def airflow_task(context: Mapping[str, Any]) -> Any:
@@ -170,7 +177,7 @@ class ProcessSourceOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Process the entries; return the run's summary (:func:`openaddr.machine.process_source`), or for a
         group ``{"runs": [summary, …], "succeeded": n, "failed": n, "skipped": n}``."""
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
+        from airflow.sdk.exceptions import AirflowSkipException, AirflowTaskTimeout
 
         from openaddr.machine import RunOwner, process_entries
         from openaddr.storage import run_prefix
@@ -187,7 +194,7 @@ class ProcessSourceOperator(BaseOperator):
                 task=airflow_task(context),
             )
         except AirflowTaskTimeout as exc:
-            raise AirflowFailException(f"Timed out after {self.execution_timeout}") from exc
+            raise EntryTimedOut(f"Timed out after {self.execution_timeout}") from exc
         for result in results:
             self.log.info("%s: run %s, %s", result["label"], result["run_id"], result["message"])
         first = results[0]["run_id"]

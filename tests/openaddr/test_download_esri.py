@@ -363,6 +363,11 @@ def test_the_geocortex_corpus_entry_is_rejected(corpus_sources: Path, tmp_path: 
     ("behaviour", "message"),
     [
         ({"page_status": 500}, "Could not retrieve this chunk of objects: HTTP 500 from "),
+        ({"page_status": 503}, "Could not retrieve this chunk of objects: HTTP 503 from "),
+        (
+            {"page_status": 404, "retry_after": "1"},
+            "Could not retrieve this chunk of objects: HTTP 404 from ",
+        ),
         ({"page_error": True}, "Could not retrieve this chunk of objects: Failed to execute query."),
     ],
 )
@@ -374,6 +379,47 @@ def test_a_failing_page_fails_the_download_at_once(
         download_esri(entry_for(fixtures, "us/pa/lancaster.json", url), tmp_path, settings=SETTINGS)
     assert str(caught.value).startswith(message)
     assert len(esri_server.queries("features")) == 1  # an answer is final: never retried, never skipped
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_page_asking_to_retry_after_is_retried_after_that_wait(
+    esri_server: ReplayServer, fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("openaddr.retry.time.sleep", slept.append)
+    url = esri_server.layer_url("us-pa-lancaster", page_status=status, failures=1, retry_after="7")
+    result = download_esri(entry_for(fixtures, "us/pa/lancaster.json", url), tmp_path, settings=SETTINGS)
+    assert slept == [7.0]  # the server's wait, not the 10 ms of the schedule
+    assert len(esri_server.queries("features")) == 2
+    assert len(read_csv(result.path)) - 1 == len(recorded_features(fixtures, "us-pa-lancaster"))
+
+
+@pytest.mark.integration
+def test_a_retry_after_past_the_deadline_ends_the_download_at_once(
+    esri_server: ReplayServer, fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("openaddr.retry.time.sleep", pytest.fail)  # never sleeps past the deadline
+    url = esri_server.layer_url("us-pa-lancaster", page_status=429, failures=1, retry_after="120")
+    entry = entry_for(fixtures, "us/pa/lancaster.json", url)
+    with pytest.raises(DownloadError, match=r"^Timed out after 0:00:\d\d \(429 response from "):
+        download_esri(entry, tmp_path, settings=SETTINGS, deadline=time.time() + 30)
+    assert len(esri_server.queries("features")) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_a_page_still_throttled_after_the_retries_names_its_answer(
+    esri_server: ReplayServer, fixtures: Path, tmp_path: Path
+) -> None:
+    url = esri_server.layer_url("us-pa-lancaster", page_status=503, retry_after="0")
+    with pytest.raises(DownloadError) as caught:
+        download_esri(entry_for(fixtures, "us/pa/lancaster.json", url), tmp_path, settings=SETTINGS)
+    assert str(caught.value) == (
+        f"Could not retrieve this chunk of objects: HTTP 503 from {url.split('?')[0]}/query"
+    )
+    assert len(esri_server.queries("features")) == len(SETTINGS.esri_retry_delays) + 1
     assert list(tmp_path.iterdir()) == []
 
 

@@ -32,11 +32,12 @@ from openaddr.download import (
     UnsupportedURLError,
     download,
     guard,
-    with_retries,
+    retry_policy,
 )
 from openaddr.download.cache import cache_stem, legacy_cache_url, store_cache
 from openaddr.download.guard import check_host, forbidden_reason
-from openaddr.download.http import USER_AGENT, _retry_after, request_headers
+from openaddr.download.http import USER_AGENT, request_headers
+from openaddr.retry import retry_after_seconds
 from openaddr.settings import Settings
 from openaddr.sources import LayerEntry, Source
 from tests.servers import fast_settings
@@ -198,7 +199,7 @@ def test_retry_after_is_honoured_up_to_the_cap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("openaddr.download.time.sleep", slept.append)
+    monkeypatch.setattr("openaddr.retry.time.sleep", slept.append)
     url = http_server.add_flaky(
         "/flaky/retry-after", b"a,b\n1,2\n", failures=2, status=429, retry_after="120"
     )
@@ -214,7 +215,7 @@ def test_scheduled_retry_delays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("openaddr.download.time.sleep", slept.append)
+    monkeypatch.setattr("openaddr.retry.time.sleep", slept.append)
     url = http_server.add_flaky("/flaky/delays", b"a,b\n1,2\n", failures=5, status=502)
     with pytest.raises(HTTPStatusError):
         download(make_entry(url), tmp_path, settings=replace(download_settings, retry_delays=(10.0, 60.0)))
@@ -222,14 +223,65 @@ def test_scheduled_retry_delays(
     assert http_server.hits["/flaky/delays"] == 3
 
 
+def test_retry_after_as_an_http_date_is_honoured(
+    http_server: LoopbackHTTPServer,
+    download_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("openaddr.retry.time.sleep", slept.append)
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 40))
+    url = http_server.add_flaky("/flaky/retry-date", b"a,b\n1,2\n", failures=1, status=503, retry_after=when)
+    settings = replace(download_settings, retry_delays=(0.01,), max_retry_after=300.0)
+    result = download(make_entry(url), tmp_path, settings=settings)
+    assert result.size == 8
+    (waited,) = slept
+    assert 30 <= waited <= 41  # until the date, not the 10 ms of the schedule
+
+
+def test_retry_after_past_the_deadline_ends_the_download_at_once(
+    http_server: LoopbackHTTPServer,
+    download_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("openaddr.retry.time.sleep", pytest.fail)  # never sleeps past the deadline
+    url = http_server.add_flaky("/flaky/retry-late", b"a,b\n1,2\n", failures=1, status=429, retry_after="120")
+    settings = replace(download_settings, retry_delays=(0.01,), max_retry_after=300.0)
+    with pytest.raises(DownloadTimeoutError, match=r"^Timed out after 0:00:\d\d \(429 response from "):
+        download(make_entry(url), tmp_path, settings=settings, deadline=time.time() + 30)
+    assert http_server.hits["/flaky/retry-late"] == 1
+    assert listing(tmp_path) == []
+
+
+def test_retries_used_up_end_with_the_last_failure_named(
+    http_server: LoopbackHTTPServer,
+    download_settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = http_server.add_flaky("/flaky/always", b"a,b\n1,2\n", failures=9, status=502)
+    with caplog.at_level(logging.WARNING), pytest.raises(HTTPStatusError) as info:
+        download(make_entry(url), tmp_path, settings=download_settings)
+    assert str(info.value) == f"502 response from {url}"
+    assert info.value.status == 502
+    assert http_server.hits["/flaky/always"] == 3
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert retries == [
+        f"502 response from {url}; retrying in 0.01 s (attempt 2 of 3)",
+        f"502 response from {url}; retrying in 0.01 s (attempt 3 of 3)",
+    ]
+
+
 @pytest.mark.parametrize(("value", "seconds"), [("120", 120.0), ("0", 0.0), (None, None), ("soon", None)])
 def test_retry_after_values(value: str | None, seconds: float | None) -> None:
-    assert _retry_after(value) == seconds
+    assert retry_after_seconds(value) == seconds
 
 
 def test_retry_after_http_date() -> None:
     when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 90))
-    assert 85 <= (_retry_after(when) or 0) <= 91
+    assert 85 <= (retry_after_seconds(when) or 0) <= 91
 
 
 def test_a_wait_past_the_deadline_ends_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,10 +291,10 @@ def test_a_wait_past_the_deadline_ends_at_once(monkeypatch: pytest.MonkeyPatch) 
         calls.append(1)
         raise DownloadConnectionError("Connection to http://example.com failed")
 
-    monkeypatch.setattr("openaddr.download.time.sleep", pytest.fail)
+    monkeypatch.setattr("openaddr.retry.time.sleep", pytest.fail)
     clock = StageClock(deadline=time.time() + 5)
     with pytest.raises(DownloadTimeoutError, match=r"^Timed out after 0:00:00 \(Connection to"):
-        with_retries(attempt, settings=Settings(retry_delays=(10.0,)), clock=clock)
+        retry_policy(Settings(retry_delays=(10.0,))).call(attempt, deadline=clock)
     assert calls == [1]
 
 

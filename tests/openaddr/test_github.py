@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from openaddr.github import (
+    MAX_RETRY_AFTER,
     MAXIMUM_STATUSES_MESSAGE,
     CommitStatus,
     error_status,
@@ -193,6 +194,29 @@ def test_post_status_gives_up_after_the_last_attempt(
     assert fake_github.hits[path] == 4
     assert fake_github.statuses == []
     assert any(status_url in record.getMessage() for record in caplog.records if record.levelname == "ERROR")
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [("5", 5.0), ("600", MAX_RETRY_AFTER)])
+def test_retry_after_is_honoured_up_to_the_cap(
+    fake_github: FakeGitHub, client: github.Github, status_url: str, retry_after: str, waited: float
+) -> None:
+    # GitHub's secondary rate limit: 403 with Retry-After (a 403 without it is final).
+    path = f"/repos/openaddresses/openaddresses/statuses/{SHA}"
+    fake_github.fail_next(path, times=1, status=403, headers={"Retry-After": retry_after})
+    sleeps = Sleeps()
+    assert post_commit_status(client, status_url, CommitStatus("success", "ok"), sleep=sleeps) is True
+    assert sleeps == [waited]
+    assert fake_github.hits[path] == 2
+
+
+def test_not_found_is_not_retried(fake_github: FakeGitHub, client: github.Github, status_url: str) -> None:
+    path = f"/repos/openaddresses/openaddresses/statuses/{SHA}"
+    fake_github.fail_next(path, times=1, status=404)
+    sleeps = Sleeps()
+    assert post_commit_status(client, status_url, CommitStatus("success", "ok"), sleep=sleeps) is False
+    assert sleeps == []
+    assert fake_github.hits[path] == 1
+    assert fake_github.statuses == []
 
 
 def test_maximum_number_of_statuses_is_accepted(

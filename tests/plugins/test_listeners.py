@@ -9,12 +9,14 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
 
 from openaddr.db.jobs import create_job, create_set, get_job
 from openaddr.db.runs import finish_run, get_run, set_runs
 from openaddr.machine import RunOwner, SourceSnapshot, plan_sources
 from openaddr.storage import LocalStorage
 from openaddr_airflow.listeners import timeout_of
+from openaddr_airflow.operators import EntryTimedOut
 from tests.conftest import ROOT
 from tests.dags.test_dag_runs import fixture_source
 
@@ -156,20 +158,27 @@ def test_a_group_that_times_out_accounts_for_every_entry(
     ]
 
 
+def caused_by(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
+        (None, False),
         (RuntimeError("boom"), False),
-        (ValueError("Timed out after 3:05:00"), True),
+        # The text does not count: a source's own timeout is a source problem the task recorded.
+        (ValueError("Timed out after 3:05:00"), False),
+        ("Timed out after 3:05:00", False),
+        (AirflowTaskTimeout(), True),
+        (EntryTimedOut("Timed out after 3:05:00"), True),
+        (caused_by(AirflowFailException("failed"), AirflowTaskTimeout()), True),
+        (caused_by(OSError("lost the database"), caused_by(RuntimeError("x"), AirflowTaskTimeout())), True),
     ],
 )
-def test_timeout_of(error: BaseException, expected: bool) -> None:
-    from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
-
+def test_timeout_of(error: Any, expected: bool) -> None:
     assert timeout_of(error) is expected
-    wrapped = AirflowFailException("failed")
-    wrapped.__cause__ = AirflowTaskTimeout()
-    assert timeout_of(wrapped) is True
 
 
 def test_metric_goes_to_cloudwatch(
