@@ -216,11 +216,11 @@ def test_no_cases_means_not_run(tmp_path: Path) -> None:
 # -- the command ----------------------------------------------------------------------------------------------
 
 
-def test_unreadable_files_are_reported_and_not_counted(tmp_path: Path, corpus_sources: Path) -> None:
+def test_broken_files_are_reported_and_fail_the_command(tmp_path: Path, corpus_sources: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text("{not json", encoding="utf-8")
     code, lines = run([broken, corpus_sources / "us" / "tx" / "galveston.json"])
-    assert code == 0
+    assert code == 1
     assert lines[-1] == "4 passed, 0 failed"
     assert len(lines) == 2
     assert str(broken) in lines[0]

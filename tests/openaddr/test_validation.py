@@ -299,12 +299,15 @@ def test_validate_command_reports_broken_and_skips_non_sources(
     assert out[3].startswith(f"{folder / 'xx' / 'broken.json'}: not a JSON document")
     assert len(out) == 5
 
-    # Named explicitly, a non-object file is checked and invalid; a missing file too.
-    assert main(["validate", str(folder / "list.json"), str(folder / "missing.json")]) == 1
-    out = capsys.readouterr().out.splitlines()
+    # Named explicitly, a non-object file is checked and invalid; a missing file is bad usage (exit 2).
+    assert main(["validate", str(folder / "list.json"), str(folder / "missing.json")]) == 2
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     assert out[0].startswith(f"{folder / 'list.json'}: a source file must hold a JSON object")
-    assert out[1].startswith(f"{folder / 'missing.json'}: cannot read source file")
-    assert out[-1] == "0 valid, 2 invalid"
+    assert out[-1] == "0 valid, 1 invalid"
+    assert captured.err == (
+        f"openaddr validate: {folder / 'missing.json'}: cannot read source file: No such file or directory\n"
+    )
 
 
 def test_validate_command_lists_the_first_problems_only(
