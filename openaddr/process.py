@@ -253,8 +253,11 @@ def run_entry(
         except OpenaddrError as exc:
             log.warning("Error doing conform; skipping: %s: %s", entry.label, exc)
             problem = exc.problem or SourceProblem.conform_source_failed
-        except Exception:  # source data must never make the process fail (§13)
-            log.exception("Error doing conform; skipping: %s: unexpected error", entry.label)
+        except Exception as exc:  # source data must never make the process fail (§13)
+            # The traceback goes to output.txt only; the terminal gets this line (issue 10).
+            log.exception(
+                "Error doing conform; skipping: %s: unexpected %s: %s", entry.label, type(exc).__name__, exc
+            )
             problem = SourceProblem.conform_source_failed
         finally:
             shutil.rmtree(work, ignore_errors=True)
