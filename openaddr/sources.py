@@ -6,8 +6,10 @@ A *source file* is one JSON document; a *layer entry* is one object in ``layers.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -50,6 +52,13 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: A JSON string literal (the unrolled form: linear, no backtracking).
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+#: A number literal longer than :data:`MAX_NUMBER_CHARS` (outside strings).
+_LONG_NUMBER = re.compile(rf"[-+0-9.eE]{{{MAX_NUMBER_CHARS + 1},}}")
+#: An exponent in a number literal (outside strings): only these can overflow to infinity.
+_EXPONENT = re.compile(r"[0-9][eE]")
+#: An escape that may decode to NUL or a lone surrogate: ``\\u0000``, ``\\uD800``–``\\uDFFF``.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 #: What no string of a source file may hold: NUL and lone surrogates (which cannot be written as UTF-8).
 _FORBIDDEN_CHARS = re.compile("[\x00\ud800-\udfff]")
 
@@ -262,68 +271,78 @@ def read_source_bytes(path: str | Path) -> bytes:
     return data
 
 
-class _LiteralTooLong(ValueError):
-    pass
-
-
-def _number(parse: Any) -> Any:
-    def parse_number(text: str) -> Any:
-        if len(text) > MAX_NUMBER_CHARS:
-            raise _LiteralTooLong(f"a number of {len(text):,} characters (the limit is {MAX_NUMBER_CHARS})")
-        value = parse(text)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise _LiteralTooLong(f"the number {text[:40]} is out of range")
-        return value
-
-    return parse_number
-
-
 def _refuse_constant(text: str) -> Any:
-    raise _LiteralTooLong(f"{text} is not JSON")
+    raise ValueError(f"{text} is not JSON")
+
+
+def _structure(text: str) -> str:
+    """The JSON text with every string literal emptied: what is left are brackets, numbers and literals."""
+    return _JSON_STRING.sub('""', text)
 
 
 def nesting_depth(text: str) -> int:
     """The deepest nesting of objects and arrays in a JSON text, counted without parsing it (no recursion)."""
-    depth = deepest = 0
-    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+    return _depth(_structure(text))
+
+
+def _depth(structure: str) -> int:
+    steps = map(_BRACKET_STEP.__getitem__, _NOT_BRACKET.sub("", structure))
+    return max(itertools.accumulate(steps), default=0)
 
 
 def parse_source_json(data: bytes, path: Path) -> Any:
     """Parse a source file's bytes within the limits of a source file.
 
-    The nesting depth is counted before parsing, so nothing recursive ever sees a deeper document; numbers
-    longer than :data:`MAX_NUMBER_CHARS`, ``NaN`` and infinities are refused while parsing.
+    The nesting depth and the length of number literals are measured on the text before parsing, so nothing
+    recursive ever sees a deeper document and no number longer than :data:`MAX_NUMBER_CHARS` is converted;
+    ``NaN`` and ``Infinity`` are refused.
 
     :raises SourceFileError: not JSON, or over a limit (the message names the limit)
     """
+    return _parse(data, path)[0]
+
+
+def _parse(data: bytes, path: Path) -> tuple[Any, str, str]:
+    """:func:`parse_source_json`, also returning the text and its :func:`_structure`."""
     try:
         text = data.decode(json.detect_encoding(data), "surrogatepass")
     except (UnicodeDecodeError, LookupError) as exc:
         raise SourceFileError(f"{path}: not a JSON document: {exc}") from None
-    depth = nesting_depth(text)
+    structure = _structure(text)
+    depth = _depth(structure)
     if depth > MAX_DEPTH:
         raise SourceFileError(f"{path}: nested {depth} levels deep, more than the limit of {MAX_DEPTH}")
-    try:
-        return json.loads(
-            text, parse_int=_number(int), parse_float=_number(float), parse_constant=_refuse_constant
+    number = _LONG_NUMBER.search(structure)
+    if number is not None:
+        raise SourceFileError(
+            f"{path}: not a valid source file: a number of {len(number.group()):,} characters "
+            f"(the limit is {MAX_NUMBER_CHARS})"
         )
-    except _LiteralTooLong as exc:
-        raise SourceFileError(f"{path}: not a valid source file: {exc}") from None
-    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+    try:
+        return json.loads(text, parse_constant=_refuse_constant), text, structure
+    except (ValueError, RecursionError) as exc:
         raise SourceFileError(f"{path}: not a JSON document: {exc}") from None
 
 
-def check_strings(document: Any, path: Path) -> None:
-    """Every string (object keys too) within :data:`MAX_STRING_CHARS`, without NUL or lone surrogates.
+def check_strings(document: Any, path: Path, text: str | None = None, structure: str | None = None) -> None:
+    """Every string (object keys too) within :data:`MAX_STRING_CHARS`, without NUL or lone surrogates; every
+    number finite.
 
+    :param text: the JSON text the document was parsed from: when it shows nothing suspect (no string literal
+        that long, no escape or character that could be NUL or a surrogate, no exponent), the walk is skipped
+    :param structure: ``text`` with its strings emptied (computed when None)
     :raises SourceFileError: naming the JSON path of the first offending string
     """
+    if text is not None:
+        structure = _structure(text) if structure is None else structure
+        longest = max(map(len, _JSON_STRING.findall(text)), default=0)
+        if (
+            longest <= MAX_STRING_CHARS
+            and _FORBIDDEN_CHARS.search(text) is None
+            and ("\\u" not in text or _SUSPECT_ESCAPE.search(text) is None)
+            and _EXPONENT.search(structure) is None
+        ):
+            return
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(document, ())]
     while stack:
         value, parts = stack.pop()
@@ -335,6 +354,8 @@ def check_strings(document: Any, path: Path) -> None:
             stack.extend((item, (*parts, index)) for index, item in enumerate(value))
         elif isinstance(value, str):
             _check_string(value, parts, path)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise SourceFileError(f"{path}: {_safe_path(parts)}: the number is out of range")
 
 
 def _check_string(text: str, parts: tuple[str | int, ...], path: Path, *, key: bool = False) -> None:
@@ -362,10 +383,10 @@ def load_source(path: str | Path) -> Source:
     :raises SourceFileError: the file is over a limit, is not JSON, or is not a JSON object
     """
     path = Path(path)
-    original = parse_source_json(read_source_bytes(path), path)
+    original, text, structure = _parse(read_source_bytes(path), path)
     if not isinstance(original, dict):
         raise SourceFileError(f"{path}: a source file must hold a JSON object, not {type(original).__name__}")
-    check_strings(original, path)
+    check_strings(original, path, text, structure)
     document, version, notes = upgrade_document(original)
     return Source(path=path, document=document, version=version, original=original, notes=notes)
 

@@ -73,12 +73,24 @@ def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
+        ("1e999", r"source.json: x: the number is out of range"),
+        ("NaN", "not a JSON document: NaN is not JSON"),
+        ("-Infinity", "not a JSON document: -Infinity is not JSON"),
+    ],
+)
+def test_non_finite_numbers_are_refused(
+    curry: dict[str, Any], tmp_path: Path, raw: str, message: str
+) -> None:
+    with pytest.raises(SourceFileError, match=message):
+        _load_text(tmp_path, _with_extra(curry, raw))
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
         ("9" * 4301, "a number of 4,301 characters"),  # int() refused it with a ValueError traceback
         ("-" + "9" * 200, "a number of 201 characters"),
         ("1." + "5" * 200, "a number of 202 characters"),
-        ("1e999", "the number 1e999 is out of range"),
-        ("NaN", "NaN is not JSON"),
-        ("-Infinity", "-Infinity is not JSON"),
     ],
 )
 def test_numbers_beyond_the_limits_are_refused(
