@@ -160,8 +160,8 @@ def test_source_command(paths: list[str], out: TextIO | None = None) -> int:  # 
     Prints one line per failed case (source path, layer, entry name, case, difference) and ends with
     ``N passed, M failed`` counting cases. A file whose tests cannot run safely — broken JSON, over a limit of
     :func:`openaddr.sources.load_source`, an ``Unsafe`` or ``Conform`` problem, or (``schema: 2`` files) a
-    schema error inside a ``conform`` attribute or the ``test`` object — gets one line and none of its cases run: a source
-    file is untrusted data until it validates.
+    schema error inside a ``conform`` attribute or the ``test`` object — gets one line and none of its cases
+    run: a source file is untrusted data until it validates.
 
     :param paths: source files and folders (every ``*.json`` below a folder)
     :param out: where to print; standard output by default
