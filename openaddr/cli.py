@@ -10,6 +10,7 @@ on standard error and exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
@@ -71,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Arrow's default allocator (jemalloc) keeps freed batches mapped for a while; with batches streaming through
     # several processes that showed as ~40 MiB more peak memory. Must be set before pyarrow is imported.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    for stream in (sys.stdout, sys.stderr):  # text from sources and data must never fail to print
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

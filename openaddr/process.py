@@ -77,7 +77,8 @@ def _fail(problem: SourceProblem, message: str, *args: object) -> _EntryFailed:
 @contextlib.contextmanager
 def entry_log(path: Path) -> Iterator[None]:
     """Capture every ``openaddr`` log record at DEBUG and above into ``path`` (``output.txt``, §9.6)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    # A lone surrogate from a lenient decoder must not make logging print its own traceback on the terminal.
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger = logging.getLogger("openaddr")

@@ -217,3 +217,25 @@ def test_unexpected_error_is_one_line(
     source = write(tmp_path / "carson.json", carson[0])
     assert main([command, str(source)]) == 1
     assert capsys.readouterr().err == f"openaddr {command}: unexpected error: MemoryError: no room at all\n"
+
+
+def test_text_the_terminal_cannot_encode_is_escaped(tmp_path: Path) -> None:
+    # A bidi control and an accent in an expected value, printed to an ASCII terminal: escaped, not a traceback.
+    test = {
+        "description": "t",
+        "acceptance-tests": [{"description": "c", "inputs": {"N": "1"}, "expected": {"number": "é\u202e"}}],
+    }
+    source = write(
+        tmp_path / "bidi.json", {"coverage": {"country": "xx"}, "conform": {"number": "N"}, "test": test}
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "openaddr", "test-source", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert result.returncode == 1
+    assert result.stderr == ""
+    assert '`{"number": "\\xe9\\u202e"}`' in result.stdout
