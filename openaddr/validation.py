@@ -20,7 +20,10 @@ corpus files take about a second instead of six. Validity is unchanged; error me
 branch an author meant is explained.
 
 Besides the schema, :func:`conform_errors` checks what only Python can: every ``regexp`` pattern compiles with
-:mod:`re`, and every function name is known (processing.md §7.2, §7.5).
+:mod:`re`, every function name is known (processing.md §7.2, §7.5), ``encoding`` names a text codec and ``srs`` an
+EPSG code. :func:`safety_errors` reports what no later step may see whatever the mode (``Unsafe``): an entry name
+that is no safe folder name, ``layers`` of the wrong type, too many entries. The limits on size, depth, numbers and
+strings are enforced earlier, when :func:`openaddr.sources.load_source` reads the file.
 """
 
 from __future__ import annotations
