@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from openaddr.canonical import canonical_number, canonical_text
 from openaddr.conform import Conform
-from openaddr.errors import ConformError, SourceFileError
+from openaddr.errors import ConformError, SourceFileError, SourceUnreadableError
 from openaddr.sources import iter_source_files, load_source
 
 if TYPE_CHECKING:
-    from openaddr.sources import LayerEntry
+    from openaddr.sources import LayerEntry, Source
+    from openaddr.validation import SchemaIssue
 
 log = logging.getLogger(__name__)
 
@@ -157,31 +158,64 @@ def test_source_command(paths: list[str], out: TextIO | None = None) -> int:  # 
     """``openaddr test-source PATH...``: run the acceptance tests of every layer entry of the named files.
 
     Prints one line per failed case (source path, layer, entry name, case, difference) and ends with
-    ``N passed, M failed`` counting cases.
+    ``N passed, M failed`` counting cases. A file whose tests cannot run safely — broken JSON, over a limit of
+    :func:`openaddr.sources.load_source`, an ``Unsafe`` or ``Conform`` problem, or (``schema: 2`` files) a
+    schema error inside a ``conform`` attribute or the ``test`` object — gets one line and none of its cases
+    run: a source file is untrusted data until it validates.
 
     :param paths: source files and folders (every ``*.json`` below a folder)
     :param out: where to print; standard output by default
-    :return: 0 when no case failed, 1 when one did, 2 when no source file could be read
+    :return: 0 when every case passed, 1 when one failed or a file is invalid, 2 when a path names no readable
+        file or nothing could be read
     """
+    from openaddr.validation import describe_issue, source_issues
+
     stream = out if out is not None else sys.stdout
-    passed = failed = read = 0
+    passed = failed = read = invalid = unreadable = 0
     for path in iter_source_files(paths):
         try:
             source = load_source(path)
+        except SourceUnreadableError as exc:
+            unreadable += 1
+            stream.write(f"{exc}\n")
+            continue
         except SourceFileError as exc:
+            invalid += 1
             stream.write(f"{exc}\n")
             continue
         read += 1
+        fatal = [issue for issue in source_issues(source) if _blocks_tests(source, issue)]
+        if fatal:
+            invalid += 1
+            more = f" (and {len(fatal) - 1} more problems)" if len(fatal) > 1 else ""
+            stream.write(f"{describe_issue(source, fatal[0])}{more}\n")
+            continue
         for entry in source.entries():
-            outcome = run_entry_tests(entry)
+            try:
+                outcome = run_entry_tests(entry)
+            except Exception as exc:  # a conform the checks let through must not end the command
+                text = " ".join(str(exc).split())[:200]
+                outcome = TestOutcome(
+                    False, failures=[f"{FAILURE_PREFIX}: unexpected {type(exc).__name__}: {text}"]
+                )
+                outcome.cases_failed = 1
             passed += outcome.cases_passed
             failed += outcome.cases_failed
             for failure in outcome.failures:
                 stream.write(f"{path} {entry.layer}/{entry.name}: {failure}\n")
     stream.write(f"{passed} passed, {failed} failed\n")
-    if not read:
+    if unreadable or not (read or invalid):
         return 2
-    return 1 if failed else 0
+    return 1 if failed or invalid else 0
+
+
+def _blocks_tests(source: Source, issue: SchemaIssue) -> bool:
+    """Whether a validation problem keeps a file's acceptance tests from running (see :func:`test_source_command`)."""
+    if issue.kind in ("Unsafe", "Conform"):
+        return True
+    parts = issue.parts
+    # Inside a conform attribute or the test object: what the tests execute (a missing key is not).
+    return source.strict and len(parts) >= 5 and parts[0] == "layers" and parts[3] in ("conform", "test")
 
 
 # pytest collects module-level callables named test_*; this one is a command, not a test.

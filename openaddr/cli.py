@@ -1,11 +1,16 @@
-"""The ``openaddr`` command line: validate, test-source, conform (and later process-one).
+"""The ``openaddr`` command line: validate, test-source, conform, process-one, db-upgrade.
 
-Exit status: 0 success, 1 a failure recorded in the state, 2 bad usage or an unreadable source.
+Exit status: 0 success, 1 a failure recorded in the state (``index.json`` with a named source problem) or an
+invalid source file, 2 bad usage (a missing or unreadable file, a FIFO or device given as a file, ``--out`` that is
+not a folder). No Python traceback reaches the terminal: ``process-one`` and ``conform`` write an unexpected
+error's traceback to the entry's ``output.txt`` and record a source problem; any other unexpected error is one line
+on standard error and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
@@ -67,14 +72,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Arrow's default allocator (jemalloc) keeps freed batches mapped for a while; with batches streaming through
     # several processes that showed as ~40 MiB more peak memory. Must be set before pyarrow is imported.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    for stream in (sys.stdout, sys.stderr):  # text from sources and data must never fail to print
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage
         return int(exc.code or 0)
-    if args.command == "validate":
-        from openaddr.sources import validate_command
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"openaddr {args.command}: interrupted\n")
+        return 130
+    except Exception as exc:  # the last resort: one line, never a traceback (issue 10)
+        text = " ".join(str(exc).split())[:300]
+        sys.stderr.write(f"openaddr {args.command}: unexpected error: {type(exc).__name__}: {text}\n")
+        return 1
 
+
+def validate_command(paths: Sequence[str]) -> int:
+    """``openaddr validate PATH...``: report invalid source files, then ``N valid, M invalid`` (§1.1, §2.5).
+
+    See :func:`openaddr.validation.validate_paths` for which files count and how v1 files are judged.
+
+    :return: 0 when every file is valid, 1 when one is invalid, 2 when a path names no readable file
+    """
+    from openaddr.validation import validate_paths
+
+    return validate_paths(paths, sys.stdout, sys.stderr)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "validate":
         return validate_command(args.paths)
     if args.command == "test-source":
         from openaddr.acceptance import test_source_command

@@ -34,7 +34,20 @@ class OpenaddrError(Exception):
 
 
 class SourceFileError(OpenaddrError):
-    """A source file that cannot be read or parsed at all (bad path, broken JSON)."""
+    """A source file that cannot be read or parsed at all (bad path, broken JSON, over a limit)."""
+
+
+class SourceUnreadableError(SourceFileError):
+    """A source path that names no readable regular file (missing, unreadable, a folder, a FIFO or a device).
+
+    Bad usage rather than a bad source: the commands exit 2 for it.
+    """
+
+
+class UnsafePathError(OpenaddrError):
+    """A path built from source data that would lie outside its run folder; nothing is written there."""
+
+    problem = SourceProblem.invalid_source
 
 
 class ConformError(OpenaddrError):

@@ -260,7 +260,7 @@ def _plan_file(
     owner: RunOwner,
 ) -> list[PlannedEntry]:
     from openaddr.sources import load_source
-    from openaddr.validation import validate_source
+    from openaddr.validation import describe_issue, fatal_issues
 
     path = _check_source_path(snapshot.path)
     key = f"{prefix}/{path[len('sources/') :]}"
@@ -271,8 +271,9 @@ def _plan_file(
     local.write_bytes(snapshot.content)
     try:
         source = load_source(local)
-        # Only strict (schema 2) files are invalid; for the others the lines are warnings (processing.md §2.5).
-        errors = validate_source(source) if source.strict else []
+        # Strict (schema 2) files are invalid on any problem; the others only on an unsafe one (processing.md §2.5,
+        # issue 10); their other problems are warnings in the run's log.
+        errors = [describe_issue(source, issue) for issue in fatal_issues(source)]
         entries = source.entries()
     except SourceFileError as exc:
         errors, entries, source = [str(exc)], [], None

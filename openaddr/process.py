@@ -77,7 +77,8 @@ def _fail(problem: SourceProblem, message: str, *args: object) -> _EntryFailed:
 @contextlib.contextmanager
 def entry_log(path: Path) -> Iterator[None]:
     """Capture every ``openaddr`` log record at DEBUG and above into ``path`` (``output.txt``, §9.6)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    # A lone surrogate from a lenient decoder must not make logging print its own traceback on the terminal.
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger = logging.getLogger("openaddr")
@@ -152,16 +153,16 @@ def check_entry(entry: LayerEntry, state: dict[str, Any]) -> None:
     :raises _EntryFailed: with the problem that ends the entry
     """
     from openaddr.acceptance import run_entry_tests
-    from openaddr.validation import validate_source
+    from openaddr.validation import describe_issue, fatal_issues, source_issues
 
     for note in entry.source.notes:
         log.info("%s", note)
-    errors = validate_source(entry.source)
-    if errors:
-        level = logging.WARNING
-        for line in errors:
-            log.log(level, "%s", line)
-        if entry.source.strict:
+    issues = source_issues(entry.source)
+    if issues:
+        for issue in issues:
+            log.warning("%s", describe_issue(entry.source, issue))
+        # Strict files fail on any problem; every file fails on an unsafe one (issue 10).
+        if fatal_issues(entry.source, issues):
             raise _fail(
                 SourceProblem.invalid_source, "Source does not match the schema (%s)", entry.source.path
             )
@@ -253,8 +254,11 @@ def run_entry(
         except OpenaddrError as exc:
             log.warning("Error doing conform; skipping: %s: %s", entry.label, exc)
             problem = exc.problem or SourceProblem.conform_source_failed
-        except Exception:  # source data must never make the process fail (§13)
-            log.exception("Error doing conform; skipping: %s: unexpected error", entry.label)
+        except Exception as exc:  # source data must never make the process fail (§13)
+            # The traceback goes to output.txt only; the terminal gets this line (issue 10).
+            log.exception(
+                "Error doing conform; skipping: %s: unexpected %s: %s", entry.label, type(exc).__name__, exc
+            )
             problem = SourceProblem.conform_source_failed
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -393,6 +397,45 @@ class UsageError(Exception):
     """Bad usage of a command: exit status 2 with this message."""
 
 
+class _NoTracebackFormatter(logging.Formatter):
+    """The terminal's log format: a record's message without its traceback, which goes to ``output.txt`` only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        brief = logging.makeLogRecord(record.__dict__)
+        brief.exc_info = brief.exc_text = brief.stack_info = None
+        return super().format(brief)
+
+
+def record_crash(entry: LayerEntry, state_dir: Path, exc: BaseException) -> EntryResult:
+    """Record an error that escaped :func:`run_entry`: its traceback in ``output.txt``, a state whose source
+    problem is ``conform_source_failed``, and one line on the terminal (issue 10: never a traceback there)."""
+    import traceback
+
+    from openaddr.outputs import STATE_KEYS, write_state
+
+    state: dict[str, Any] = dict.fromkeys(STATE_KEYS)
+    state.update(source=entry.source.path.name, skipped=False, output="output.txt")
+    state["code version"] = openaddr.__version__
+    state["source problem"] = SourceProblem.conform_source_failed.value
+    text = "".join(traceback.format_exception(exc))
+    log.warning("Error doing conform; skipping: %s: unexpected %s: %s", entry.label, type(exc).__name__, exc)
+    with (state_dir / "output.txt").open("a", encoding="utf-8", errors="backslashreplace") as fh:
+        fh.write(f"Error doing conform; skipping: {entry.label}: unexpected error\n{text}")
+    write_state(state_dir, state)
+    return EntryResult(state_dir, state, SourceProblem.conform_source_failed)
+
+
+def check_out(command: str, out: str | Path) -> Path:
+    """``--out`` as a folder path: it may be missing, but not a file.
+
+    :raises UsageError: ``out`` exists and is not a folder
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"openaddr {command}: --out {out} exists and is not a folder")
+    return path
+
+
 def command_entries(
     command: str, source: str, layer: str | None, name: str | None, verbose: bool
 ) -> list[LayerEntry]:
@@ -400,9 +443,9 @@ def command_entries(
 
     :raises UsageError: the source cannot be read or has no matching entry
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
-    )
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setFormatter(_NoTracebackFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[terminal])
     try:
         entries = load_source(source).entries(layer=layer, name=name)
     except SourceFileError as exc:
@@ -424,18 +467,31 @@ def conform_command(
     verbose: bool = False,
 ) -> int:
     """``openaddr conform``: exit 0 on success, 1 on a recorded failure, 2 on bad usage."""
+    import stat
+
     try:
         entries = command_entries("conform", source, layer, name, verbose)
+        state_dir = check_out("conform", out)
+        mode = Path(input).stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UsageError(f"openaddr conform: {input} is not a regular file or a folder")
+    except OSError as exc:
+        sys.stderr.write(f"openaddr conform: {input}: {exc.strerror or exc}\n")
+        return 2
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
     input_path = Path(input)
-    if not input_path.exists():
-        sys.stderr.write(f"openaddr conform: {input} does not exist\n")
-        return 2
     if fingerprint is None and input_path.is_file():
         fingerprint = file_md5(input_path)
-    result = conform_entry(entries[0], input_path, Path(out), fingerprint=fingerprint)
+    try:
+        result = conform_entry(entries[0], input_path, state_dir, fingerprint=fingerprint)
+    except OSError as exc:
+        sys.stderr.write(f"openaddr conform: cannot write to {out}: {exc.strerror or exc}\n")
+        return 2
+    except Exception as exc:  # recorded with its traceback in output.txt, never on the terminal
+        state_dir.mkdir(parents=True, exist_ok=True)
+        result = record_crash(entries[0], state_dir, exc)
     sys.stdout.write(
         f"{entries[0].label}: {result.state['source problem'] or 'success'}, "
         f"{result.state['address count'] or 0} rows in {out}\n"

@@ -11,14 +11,15 @@ import logging
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openaddr.process import EntryResult, UsageError, command_entries, run_entry
+from openaddr.errors import UnsafePathError
+from openaddr.process import EntryResult, UsageError, check_out, command_entries, record_crash, run_entry
 from openaddr.sources import LayerEntry, load_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from openaddr.settings import Settings
 
@@ -121,13 +122,24 @@ def process_entries(
     scratch: Path | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> list[EntryResult]:
-    """Process layer entries, each into ``<out>/<layer>/<name>/``."""
-    return [
-        process_entry(
-            entry, Path(out) / entry.layer / entry.name, settings=settings, scratch=scratch, progress=progress
-        )
-        for entry in entries
-    ]
+    """Process layer entries, each into ``<out>/<layer>/<name>/``.
+
+    Every state directory is checked to lie inside ``out`` before anything is written (issue 10), and an error
+    that escapes an entry is recorded in that entry's state and ``output.txt`` (:func:`record_crash`).
+
+    :raises UnsafePathError: a state directory would lie outside ``out``; nothing was written for any entry
+    :raises OSError: a state directory cannot be created
+    """
+    directories = [entry.directory(out) for entry in entries]
+    results = []
+    for entry, state_dir in zip(entries, directories, strict=True):
+        try:
+            result = process_entry(entry, state_dir, settings=settings, scratch=scratch, progress=progress)
+        except Exception as exc:  # recorded with its traceback in output.txt, never on the terminal
+            state_dir.mkdir(parents=True, exist_ok=True)
+            result = record_crash(entry, state_dir, exc)
+        results.append(result)
+    return results
 
 
 class _TerminalProgress:
@@ -158,12 +170,16 @@ def process_one_command(
     """``openaddr process-one``: exit 0 when every entry succeeded, 1 when one failed, 2 on bad usage."""
     try:
         entries = command_entries("process-one", source, layer, name, verbose)
+        check_out("process-one", out)
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
     progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
         results = process_entries(entries, out, progress=progress)
+    except (UnsafePathError, OSError) as exc:
+        sys.stderr.write(f"openaddr process-one: {exc}\n")
+        return 2
     finally:
         if progress is not None:
             progress.done()

@@ -20,11 +20,15 @@ corpus files take about a second instead of six. Validity is unchanged; error me
 branch an author meant is explained.
 
 Besides the schema, :func:`conform_errors` checks what only Python can: every ``regexp`` pattern compiles with
-:mod:`re`, and every function name is known (processing.md §7.2, §7.5).
+:mod:`re`, every function name is known (processing.md §7.2, §7.5), ``encoding`` names a text codec and ``srs`` an
+EPSG code. :func:`safety_errors` reports what no later step may see whatever the mode (``Unsafe``): an entry name
+that is no safe folder name, ``layers`` of the wrong type, too many entries. The limits on size, depth, numbers and
+strings are enforced earlier, when :func:`openaddr.sources.load_source` reads the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import logging
@@ -41,8 +45,18 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from openaddr.conform import FUNCTIONS as CONFORM_FUNCTIONS
-from openaddr.errors import SourceFileError
-from openaddr.sources import iter_source_files, load_source
+from openaddr.errors import SourceFileError, SourceUnreadableError
+from openaddr.sources import (
+    LAYER_TYPES,
+    MAX_ENTRIES,
+    SAFE_NAME,
+    SAFE_NAME_TEXT,
+    format_path,
+    iter_source_files,
+    load_source,
+    parse_source_json,
+    read_source_bytes,
+)
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
@@ -65,7 +79,9 @@ LEGACY_ENTRY_KEYS = ("cache", "fingerprint", "version", "processed")
 MAX_ERRORS_SHOWN = 5
 
 _MAX_MESSAGE = 240
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+#: What a ``conform.srs`` string must look like (PROJ codes have at most 6 digits today).
+SRS_PATTERN = re.compile(r"EPSG:[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,9 @@ class SchemaIssue:
     :param path: dotted JSON path inside the (upgraded) document, e.g. ``layers.addresses[0].conform.number``;
         ``(root)`` for the document itself
     :param message: what is wrong, in one line
-    :param kind: ``Schema`` for JSON Schema errors, ``Conform`` for the checks the schema cannot do
+    :param kind: ``Schema`` for JSON Schema errors, ``Conform`` for the checks the schema cannot do, ``Unsafe``
+        for what no later step may see (an entry name that is no safe folder name, too many entries): fatal in
+        every mode
     :param parts: the path as keys and indices
     """
 
@@ -86,19 +104,6 @@ class SchemaIssue:
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.path}: {self.message}"
-
-
-def format_path(parts: Sequence[str | int]) -> str:
-    """Render a JSON path: ``layers.addresses[0].license["attribution name"]``; ``(root)`` when empty."""
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif _IDENTIFIER.fullmatch(part):
-            text += f".{part}" if text else part
-        else:
-            text += f"[{json.dumps(part, ensure_ascii=False)}]"
-    return text or "(root)"
 
 
 # -- building the validator ------------------------------------------------------------------------------------
@@ -418,11 +423,14 @@ def _check_value(value: Any, parts: tuple[str | int, ...], issues: list[SchemaIs
         if isinstance(pattern, str):
             try:
                 re.compile(pattern)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError, ValueError) as exc:
                 where = (*parts, "pattern")
                 issues.append(
                     SchemaIssue(
-                        format_path(where), f"invalid regular expression {pattern!r}: {exc}", "Conform", where
+                        format_path(where),
+                        f"invalid regular expression {_short_repr(pattern)}: {_shorten(str(exc), 120)}",
+                        "Conform",
+                        where,
                     )
                 )
     elif name == "chain":
@@ -454,7 +462,105 @@ def conform_errors(document: Mapping[str, Any]) -> list[SchemaIssue]:
                 continue
             for key, value in conform.items():
                 _check_value(value, ("layers", layer, index, "conform", key), issues)
+            _check_reader_options(conform, ("layers", layer, index, "conform"), issues)
     return issues
+
+
+def _check_reader_options(
+    conform: Mapping[str, Any], parts: tuple[str | int, ...], issues: list[SchemaIssue]
+) -> None:
+    """``encoding`` must name a text codec and ``srs`` an EPSG code a reader can parse."""
+    encoding = conform.get("encoding")
+    if isinstance(encoding, str):
+        where = (*parts, "encoding")
+        try:
+            known = codecs.lookup(encoding.strip())._is_text_encoding
+        except LookupError:
+            known = False
+        if not known:
+            issues.append(
+                SchemaIssue(
+                    format_path(where), f"{_short_repr(encoding)} is not a text encoding", "Conform", where
+                )
+            )
+    srs = conform.get("srs")
+    if isinstance(srs, str) and not SRS_PATTERN.fullmatch(srs.strip()):
+        where = (*parts, "srs")
+        issues.append(
+            SchemaIssue(
+                format_path(where),
+                f"{_short_repr(srs)} does not match ^{SRS_PATTERN.pattern}$",
+                "Conform",
+                where,
+            )
+        )
+
+
+def safety_errors(document: Mapping[str, Any]) -> list[SchemaIssue]:
+    """What no later step may see, whatever the mode: fatal for every source file (issue 10).
+
+    * ``layers`` must be an object of known layer types, each a list of at most :data:`MAX_ENTRIES` entries;
+    * every entry's ``name`` (when it has one) must match :data:`SAFE_NAME`: it becomes a folder name.
+
+    The limits on size, depth, numbers and strings are checked when the file is read
+    (:func:`openaddr.sources.load_source`).
+    """
+    issues: list[SchemaIssue] = []
+    layers = document.get("layers")
+    if not isinstance(layers, Mapping):
+        where: tuple[str | int, ...] = ("layers",)
+        issues.append(
+            SchemaIssue(
+                "layers", f"must be an object of layer types, not {_json_type_name(layers)}", "Unsafe", where
+            )
+        )
+        return issues
+    for layer, entries in layers.items():
+        if layer not in LAYER_TYPES:
+            continue  # the schema reports it; no entry of it is ever processed
+        if not isinstance(entries, list):
+            where = ("layers", layer)
+            issues.append(
+                SchemaIssue(
+                    format_path(where), f"must be a list, not {_json_type_name(entries)}", "Unsafe", where
+                )
+            )
+            continue
+        if len(entries) > MAX_ENTRIES:
+            where = ("layers", layer)
+            issues.append(
+                SchemaIssue(
+                    format_path(where),
+                    f"{len(entries)} entries, more than the limit of {MAX_ENTRIES}",
+                    "Unsafe",
+                    where,
+                )
+            )
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, Mapping) or entry.get("name") in (None, ""):
+                continue
+            name = entry["name"]
+            if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+                where = ("layers", layer, index, "name")
+                issues.append(
+                    SchemaIssue(
+                        format_path(where),
+                        f"{_short_repr(name)} is not a safe name: it must match {SAFE_NAME_TEXT}",
+                        "Unsafe",
+                        where,
+                    )
+                )
+    return issues
+
+
+def _json_type_name(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a string" if isinstance(value, str) else "a number"
 
 
 def source_issues(source: Source) -> list[SchemaIssue]:
@@ -462,10 +568,26 @@ def source_issues(source: Source) -> list[SchemaIssue]:
 
     A conform problem at a path the schema already reported (an unknown function) is not repeated.
     """
-    issues = schema_errors(source.document, advisory=not source.strict)
+    issues = safety_errors(source.document)
+    reported = {issue.parts for issue in issues}
+    issues.extend(
+        issue
+        for issue in schema_errors(source.document, advisory=not source.strict)
+        if issue.parts not in reported
+    )
     reported = {issue.parts for issue in issues}
     issues.extend(issue for issue in conform_errors(source.document) if issue.parts not in reported)
     return issues
+
+
+def fatal_issues(source: Source, issues: Sequence[SchemaIssue] | None = None) -> list[SchemaIssue]:
+    """The issues that make a source invalid for processing: all of them for strict files, the ``Unsafe`` ones
+    for the others (processing.md §2.5; issue 10).
+
+    :param issues: from :func:`source_issues` (computed when None)
+    """
+    issues = source_issues(source) if issues is None else issues
+    return [issue for issue in issues if source.strict or issue.kind == "Unsafe"]
 
 
 def describe_issue(source: Source, issue: SchemaIssue, *, with_file: bool = True) -> str:
@@ -498,10 +620,10 @@ def validate_source(source: Source) -> list[str]:
 
 
 def _is_non_object_json(path: Path) -> bool:
-    """True when the file is valid JSON but not an object (an unreadable or broken file gives False)."""
+    """True when the file is valid JSON but not an object (an unreadable, broken or oversized file gives False)."""
     try:
-        return not isinstance(json.loads(path.read_bytes()), dict)
-    except (OSError, ValueError):
+        return not isinstance(parse_source_json(read_source_bytes(path), path), dict)
+    except SourceFileError:
         return False
 
 
@@ -509,26 +631,33 @@ def _is_source_document(document: Mapping[str, Any]) -> bool:
     return any(key in document for key in ("schema", "layers", "coverage"))
 
 
-def validate_paths(paths: Sequence[str | Path], out: TextIO) -> int:
+def validate_paths(paths: Sequence[str | Path], out: TextIO, err: TextIO | None = None) -> int:
     """Validate files and folders of source JSON and report on ``out`` (``openaddr validate``, §1.1).
 
     * A named file is always checked. Below a named folder every ``*.json`` is checked, except files that are
       not sources at all: valid JSON that is not an object, or an object with none of ``schema``, ``layers``,
-      ``coverage`` (logged at INFO and not counted). Unreadable or broken JSON counts as invalid.
+      ``coverage`` (logged at INFO and not counted). Broken JSON, or a file over a limit of
+      :func:`openaddr.sources.load_source`, counts as invalid.
+    * A path that names nothing readable (missing, unreadable, a FIFO or a device) is bad usage: reported on
+      ``err`` and the exit status is 2, after every other file was checked.
     * ``validate`` is a strict check: every problem makes a file invalid, whatever its mode — schema errors of
       v1 and ``schema``-less files too (their tolerated legacy keys excepted), and the conform checks of
       :func:`conform_errors`. ``process-one`` is where advisory mode only warns.
     * Output: one line per invalid file — ``<path>: <problem>`` for a single problem, else ``<path>: N problems``
       followed by the first :data:`MAX_ERRORS_SHOWN` on indented lines — then ``N valid, M invalid``.
 
-    :return: exit status, 0 when every file is valid, else 1
+    :return: exit status, 0 when every file is valid, 1 when one is invalid, 2 when a path cannot be read
     """
-    valid = invalid = 0
+    valid = invalid = unreadable = 0
     for raw in paths:
         walked = Path(raw).is_dir()
         for path in iter_source_files([Path(raw)]):
             try:
                 source = load_source(path)
+            except SourceUnreadableError as exc:
+                unreadable += 1
+                (err or out).write(f"openaddr validate: {exc}\n")
+                continue
             except SourceFileError as exc:
                 if walked and _is_non_object_json(path):
                     log.info("Skipped %s: not a source file", path)
@@ -554,4 +683,6 @@ def validate_paths(paths: Sequence[str | Path], out: TextIO) -> int:
             if len(lines) > MAX_ERRORS_SHOWN:
                 out.write(f"    … and {len(lines) - MAX_ERRORS_SHOWN} more\n")
     out.write(f"{valid} valid, {invalid} invalid\n")
+    if unreadable:
+        return 2
     return 0 if invalid == 0 else 1

@@ -216,11 +216,11 @@ def test_no_cases_means_not_run(tmp_path: Path) -> None:
 # -- the command ----------------------------------------------------------------------------------------------
 
 
-def test_unreadable_files_are_reported_and_not_counted(tmp_path: Path, corpus_sources: Path) -> None:
+def test_broken_files_are_reported_and_fail_the_command(tmp_path: Path, corpus_sources: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text("{not json", encoding="utf-8")
     code, lines = run([broken, corpus_sources / "us" / "tx" / "galveston.json"])
-    assert code == 0
+    assert code == 1
     assert lines[-1] == "4 passed, 0 failed"
     assert len(lines) == 2
     assert str(broken) in lines[0]
@@ -247,4 +247,41 @@ def test_failure_lines_name_path_layer_entry_and_case(tmp_path: Path) -> None:
         f'{path} addresses/primary: A source test failed: For `c1`, expected `{{"number": "2"}}` '
         f'but got `{{"number": "1"}}`',
         "0 passed, 1 failed",
+    ]
+
+
+def test_unexpected_conform_error_is_a_failed_case_not_a_traceback(tmp_path: Path) -> None:
+    # A layerless (v1) file is validated in advisory mode: a function name that is a list is only a schema
+    # warning there, and compiling the conform raises TypeError. It must count as a failure of that entry.
+    test = {
+        "description": "t",
+        "acceptance-tests": [{"description": "c1", "inputs": {"N": "1"}, "expected": {"number": "1"}}],
+    }
+    path = tmp_path / "v1.json"
+    document = {"coverage": {"country": "xx"}, "conform": {"number": {"function": ["join"]}}, "test": test}
+    path.write_text(json.dumps(document), encoding="utf-8")
+    assert not load_source(path).strict
+    code, lines = run([path])
+    assert code == 1
+    assert lines == [
+        f"{path} addresses/primary: A source test failed: unexpected TypeError: unhashable type: 'list'",
+        "0 passed, 1 failed",
+    ]
+
+
+def test_unsafe_file_runs_no_case(tmp_path: Path) -> None:
+    test = {
+        "description": "t",
+        "acceptance-tests": [{"description": "c1", "inputs": {"N": "1"}, "expected": {"number": "1"}}],
+    }
+    path = write_source(tmp_path, {"conform": {"number": "N"}, "test": test})
+    document = json.loads(path.read_text(encoding="utf-8"))
+    document["layers"]["addresses"][0]["name"] = "../x"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    code, lines = run([path])
+    assert code == 1
+    assert lines == [
+        f"{path}: addresses/unnamed-1: Unsafe: layers.addresses[0].name: '../x' is not a safe name: it must match "
+        "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        "0 passed, 0 failed",
     ]

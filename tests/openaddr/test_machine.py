@@ -517,6 +517,29 @@ def test_invalid_files_are_recorded_as_failed_runs_and_not_planned(
     assert job["file_results"][paths["province"]]["message"] == province_message
 
 
+def test_unsafe_name_makes_even_a_v1_file_invalid(
+    engine: sa.Engine, storage: LocalStorage, fixtures: Path, uid: str
+) -> None:
+    # Advisory (v1) files are planned despite schema errors, but not with a name that would become a path.
+    job_id = f"job-{uid}"
+    park = json.loads((fixtures / "sources" / "us-wy-park.json").read_text(encoding="utf-8"))
+    assert "schema" not in park
+    park["name"] = "../../x"
+    raw = json.dumps(park).encode()
+    path = "sources/us/wy/park.json"
+    assert plan(engine, storage, ci_conf(job_id, source_item(path, raw, "blob-park"))) == []
+    (run,) = db_runs.job_runs(engine, job_id)
+    assert (run["source_layer"], run["layer_name"], run["source_problem"]) == (
+        "addresses",
+        "unnamed-1",
+        INVALID,
+    )
+    assert run["message"] == (
+        f"Invalid source: {path}: addresses/unnamed-1: Unsafe: layers.addresses[0].name: '../../x' is not a safe "
+        "name: it must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+    )
+
+
 NOT_A_SOURCE = "not a source file path"
 
 

@@ -19,6 +19,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -718,3 +720,89 @@ def test_layer_and_name_select_one_state_directory(
     for layer in ("parcels", "buildings"):
         assert read_state(out / layer / "city")["source problem"] == DOWNLOAD_FAILED
     assert http_server.hits[missing] == 2
+
+
+# -- nothing outside --out (issue 10: one trust boundary) -----------------------------------------------------
+
+
+def _files_outside(root: Path, out: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_relative_to(out)
+    }
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A folder beside the run's --out holding what a failing entry deletes: out.csv, stats.json and zips."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    for name in ("out.csv", "stats.json", "us-wy-park.zip", "cache.zip", "index.json"):
+        (folder / name).write_bytes(f"{name} of another run\n".encode())
+    return folder
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["schema-2", "layerless-v1"])
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_unsafe_name_writes_and_deletes_nothing_outside_out(
+    fixtures: Path, tmp_path: Path, victim: Path, kind: str, v1: bool
+) -> None:
+    # "../../../x" made the state directory <out>/addresses/../../../x, and "/abs/dir" made it /abs/dir: the failing
+    # entry then deleted that folder's out.csv, stats.json and zips. Unsafe names end the entry in every mode.
+    out = tmp_path / "run" / "out"
+    name = "../../../x" if kind == "relative" else str(victim)  # both name the victim folder
+    entry = json.loads((fixtures / "sources" / "us-wy-park.json").read_text(encoding="utf-8"))
+    entry.update(name=name, data="http://127.0.0.1:9/nothing.zip")
+    document = (
+        entry if v1 else {"schema": 2, "coverage": entry.pop("coverage"), "layers": {"addresses": [entry]}}
+    )
+    source = tmp_path / "source.json"
+    source.write_text(json.dumps(document), encoding="utf-8")
+    before = _files_outside(tmp_path, out)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "openaddr", "process-one", str(source), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert _files_outside(tmp_path, out) == before
+    assert directories(out) == ["addresses", "addresses/unnamed-1"]
+    state = read_state(out / "addresses" / "unnamed-1")
+    assert state["source problem"] == "Source does not match the schema"
+    log = (out / "addresses" / "unnamed-1" / "output.txt").read_text(encoding="utf-8")
+    assert f"Unsafe: layers.addresses[0].name: {name!r} is not a safe name: it must match " in log
+
+
+@pytest.mark.parametrize("escaped", ["a\\u0000b", "a\\ud800"], ids=["NUL", "lone-surrogate"])
+def test_nul_or_surrogate_name_is_a_clear_error(fixtures: Path, tmp_path: Path, escaped: str) -> None:
+    # Both crashed process-one with a traceback and no index.json; the file is now refused when read.
+    text = (fixtures / "sources" / "us-wy-park.json").read_text(encoding="utf-8")
+    document = json.loads(text)
+    document["name"] = "PLACEHOLDER"
+    source = tmp_path / "source.json"
+    source.write_text(json.dumps(document).replace("PLACEHOLDER", escaped), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "openaddr", "process-one", str(source), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"openaddr process-one: {source}: name: the string holds ")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_state_directory_behind_a_link_is_refused(fixtures: Path, tmp_path: Path, victim: Path) -> None:
+    out = tmp_path / "out"
+    (out / "addresses").mkdir(parents=True)
+    (out / "addresses" / "primary").symlink_to(victim, target_is_directory=True)
+    before = _files_outside(tmp_path, out)
+    assert process_one(fixtures / "sources" / "us-wy-park.json", out) == 2
+    assert _files_outside(tmp_path, out) == before

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from openaddr.validation import (
     FUNCTIONS,
     build_registry,
     conform_errors,
+    fatal_issues,
     format_path,
     schema_errors,
     source_issues,
@@ -299,12 +302,15 @@ def test_validate_command_reports_broken_and_skips_non_sources(
     assert out[3].startswith(f"{folder / 'xx' / 'broken.json'}: not a JSON document")
     assert len(out) == 5
 
-    # Named explicitly, a non-object file is checked and invalid; a missing file too.
-    assert main(["validate", str(folder / "list.json"), str(folder / "missing.json")]) == 1
-    out = capsys.readouterr().out.splitlines()
+    # Named explicitly, a non-object file is checked and invalid; a missing file is bad usage (exit 2).
+    assert main(["validate", str(folder / "list.json"), str(folder / "missing.json")]) == 2
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     assert out[0].startswith(f"{folder / 'list.json'}: a source file must hold a JSON object")
-    assert out[1].startswith(f"{folder / 'missing.json'}: cannot read source file")
-    assert out[-1] == "0 valid, 2 invalid"
+    assert out[-1] == "0 valid, 1 invalid"
+    assert captured.err == (
+        f"openaddr validate: {folder / 'missing.json'}: cannot read source file: No such file or directory\n"
+    )
 
 
 def test_validate_command_lists_the_first_problems_only(
@@ -321,3 +327,159 @@ def test_validate_command_lists_the_first_problems_only(
     assert len([line for line in out if line.startswith("    addresses/county: Schema: ")]) == 5
     assert out[6] == "    … and 2 more"
     assert out[7] == "0 valid, 1 invalid"
+
+
+# -- the trust boundary: what crashed the validator, or got through it (issue 10) -------------------------------
+
+CURRY = Path("us/or/curry.json")  # an address entry "county" with three acceptance cases
+
+
+def _entry(doc: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = doc["layers"]["addresses"][0]
+    return entry
+
+
+def _set(path: tuple[str, ...], value: Any) -> Any:
+    def mutate(doc: dict[str, Any]) -> None:
+        target = _entry(doc)
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return mutate
+
+
+def _text_edit(old: str, new: str) -> Any:
+    def mutate(doc: dict[str, Any]) -> str:
+        text = json.dumps(doc)
+        assert old in text
+        return text.replace(old, new, 1)
+
+    return mutate
+
+
+def _extra(raw: str) -> Any:
+    return lambda doc: json.dumps(doc)[:-1] + f', "x": {raw}}}'
+
+
+def _layers_list(doc: dict[str, Any]) -> None:
+    doc["layers"] = [doc["layers"]]
+
+
+#: Each hostile edit of curry.json and what ``validate`` must say about it.
+HOSTILE = {
+    "nesting-500": (_extra("[" * 500 + "]" * 500), ": nested 501 levels deep, more than the limit of 32"),
+    "int-4301-digits": (
+        _extra("9" * 4301),
+        ": not a valid source file: a number of 4,301 characters (the limit",
+    ),
+    "regexp-overflow": (
+        _set(("conform", "street", "pattern"), "a{4294967296}"),
+        "Conform: layers.addresses[0].conform.street.pattern: invalid regular expression 'a{4294967296}'",
+    ),
+    "regexp-3000-parens": (
+        _set(("conform", "street", "pattern"), "(" * 3000 + ")" * 3000),
+        "Conform: layers.addresses[0].conform.street.pattern: invalid regular expression '(((",
+    ),
+    "layers-list": (_layers_list, "Unsafe: layers: must be an object of layer types, not an array"),
+    "function-list": (
+        _set(("conform", "street", "function"), ["join"]),
+        "Schema: layers.addresses[0].conform.street: the function name ['join'] is not a string",
+    ),
+    "chain-functions-not-list": (
+        _set(("conform", "street"), {"function": "chain", "functions": "x", "variable": "s"}),
+        "Schema: layers.addresses[0].conform.street.functions: 'x' is not of type 'array'",
+    ),
+    "acceptance-tests-not-list": (
+        _set(("test", "acceptance-tests"), "x"),
+        "Schema: layers.addresses[0].test.acceptance-tests: 'x' is not of type 'array'",
+    ),
+    "surrogate-in-expected": (
+        _text_edit('"unit": "SP K"', '"unit": "\\udc00"'),
+        ": layers.addresses[0].test.acceptance-tests[2].expected.unit: the string holds a lone surrogate U+DC00",
+    ),
+    "encoding-rot13": (
+        _set(("conform", "encoding"), "rot13"),
+        "Conform: layers.addresses[0].conform.encoding: 'rot13' is not a text encoding",
+    ),
+    "srs-5000-digits": (
+        _set(("conform", "srs"), "EPSG:" + "1" * 5000),
+        "Conform: layers.addresses[0].conform.srs: 'EPSG:1111",
+    ),
+    "name-dotdot": (
+        _set(("name",), "../../x"),
+        "Unsafe: layers.addresses[0].name: '../../x' is not a safe name: it must match "
+        "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+    ),
+    "name-absolute": (
+        _set(("name",), "/abs/dir"),
+        "Unsafe: layers.addresses[0].name: '/abs/dir' is not a safe name: it must match ",
+    ),
+    "name-nul": (_set(("name",), "a\x00b"), ": layers.addresses[0].name: the string holds NUL"),
+    "name-surrogate": (
+        _text_edit('"name": "county"', '"name": "a\\ud800"'),
+        ": layers.addresses[0].name: the string holds a lone surrogate U+D800",
+    ),
+}
+
+
+def _write_hostile(corpus_sources: Path, folder: Path, case: str) -> Path:
+    mutate, _ = HOSTILE[case]
+    doc = json.loads((corpus_sources / CURRY).read_text(encoding="utf-8"))
+    text = mutate(doc)
+    path = folder / f"{case}.json"
+    path.write_text(json.dumps(doc) if text is None else text, encoding="utf-8", errors="surrogatepass")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_source_is_invalid_with_a_named_error(
+    corpus_sources: Path, tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_hostile(corpus_sources, tmp_path, case)
+    expected = HOSTILE[case][1]
+    for command in ("validate", "test-source"):
+        assert main([command, str(path)]) == 1
+        captured = capsys.readouterr()
+        assert captured.err == ""
+        first = captured.out.splitlines()[0]
+        assert first.startswith(f"{path}: ")
+        assert expected in first
+    assert captured.out.splitlines()[-1] == "0 passed, 0 failed"  # no case of an invalid file runs
+
+
+def test_hostile_sources_exit_1_without_a_traceback(corpus_sources: Path, tmp_path: Path) -> None:
+    paths = [str(_write_hostile(corpus_sources, tmp_path, case)) for case in sorted(HOSTILE)]
+    for command in ("validate", "test-source"):
+        result = subprocess.run(
+            [sys.executable, "-m", "openaddr", command, *paths],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert (command, result.returncode, result.stderr) == (command, 1, "")
+        reported = {line.split(": ", 1)[0] for line in result.stdout.splitlines()[:-1]}
+        assert reported == set(paths)
+
+
+def test_too_many_entries_are_unsafe(corpus_sources: Path, tmp_path: Path) -> None:
+    path, doc = _copy(corpus_sources, CURRY, tmp_path)
+    entry = _entry(doc)
+    doc["layers"]["addresses"] = [{**entry, "name": f"e{i}"} for i in range(101)]
+    _write(path, doc)
+    assert [str(i) for i in source_issues(load_source(path)) if i.kind == "Unsafe"] == [
+        "Unsafe: layers.addresses: 101 entries, more than the limit of 100"
+    ]
+
+
+def test_unsafe_problems_are_fatal_in_advisory_mode(fixtures: Path, tmp_path: Path) -> None:
+    doc = json.loads((fixtures / "sources" / "us-wy-park.json").read_text(encoding="utf-8"))
+    doc["name"] = "../up"
+    path = tmp_path / "park.json"
+    _write(path, doc)
+    source = load_source(path)
+    assert not source.strict
+    assert [str(i) for i in fatal_issues(source)] == [
+        "Unsafe: layers.addresses[0].name: '../up' is not a safe name: it must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+    ]
