@@ -1,4 +1,4 @@
-"""The embedded default (``make run``): the whole stack on free ports in a temporary home, demo set once."""
+"""The development stack (``make run``): the whole stack on free ports in a temporary home, demo set once."""
 
 from __future__ import annotations
 
@@ -15,19 +15,12 @@ from urllib.parse import urlparse
 
 import pytest
 
-from openaddr.embedded import (
-    DEMO,
-    DEMO_URL,
-    ROOT,
-    SECRET_KEYS,
-    StackError,
-    demo_sources,
-    free_port,
-    load_secrets,
-    processes_of,
-    set_report,
-    stop_home,
-)
+from devstack import ROOT, StackError
+from devstack.control import stop_home
+from devstack.demo import DEMO, DEMO_URL, demo_sources
+from devstack.procs import free_port, processes_of
+from devstack.report import set_report
+from devstack.stack import SECRET_KEYS, load_secrets
 from openaddr.sources import load_source
 
 #: The launcher's whole run: ~25 s to healthy, ~35 s for the demo set (a scheduled run, then ours), ~15 s to
@@ -74,7 +67,7 @@ def _left_running(stderr: str) -> list[int]:
 
 
 def _launch(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", SUBREAPER, sys.executable, "-m", "openaddr.embedded", *arguments]
+    command = [sys.executable, "-c", SUBREAPER, sys.executable, "-m", "devstack", *arguments]
     process = subprocess.Popen(
         command, cwd=ROOT, env=_clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -114,7 +107,7 @@ def _features(entry: dict) -> int:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One ``python -m openaddr.embedded --once`` on free ports (not 8765: the demo sources are rewritten)."""
+    """One ``python -m devstack --once`` on free ports (not 8765: the demo sources are rewritten)."""
     home = tmp_path_factory.mktemp("embedded") / "var"
     config = (ROOT / "airflow.cfg").read_bytes()
     result = _launch(

@@ -1,0 +1,81 @@
+"""What ``make run`` prints about the demo set: the set a batch DAG run recorded in the Machine database."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def set_report(database_url: str, dag_run_id: str) -> dict[str, Any] | None:
+    """The set a batch DAG run recorded and its runs, from the Machine database, or None when it made none.
+
+    :return: ``{"set": {...}, "runs": [{...}, ...]}`` (rows as dicts of their columns)
+    """
+    import sqlalchemy as sa
+
+    from openaddr.db import make_engine
+    from openaddr.db.runs import set_runs
+    from openaddr.db.schema import sets
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(sa.select(sets).where(sets.c.airflow_dag_run_id == dag_run_id)).first()
+        if row is None:
+            return None
+        record = dict(row._mapping)
+        return {"set": record, "runs": set_runs(engine, record["id"])}
+    finally:
+        engine.dispose()
+
+
+def run_status(run: dict[str, Any]) -> str:
+    """``success``, ``problem`` (processed, with a source problem recorded), ``failed`` or ``pending``."""
+    if run["status"] is None:
+        return "pending"
+    if run["status"] is False:
+        return "failed"
+    return "problem" if run["source_problem"] else "success"
+
+
+def format_report(report: dict[str, Any] | None, storage: Path) -> str:
+    """A table of the set's runs and where their outputs are (a reused run's are its original's), with the
+    source problem of each run that has one and the message of each failed run."""
+    if report is None:
+        return "The run recorded no set in the Machine database.\n"
+    record = report["set"]
+    commit = record["commit_sha"] or "a local folder"
+    ended = (
+        f"completed {record['datetime_end']:%Y-%m-%d %H:%M:%S} UTC"
+        if record["datetime_end"]
+        else "not completed"
+    )
+    lines = [
+        f"Set {record['id']} ({record['owner']}/{record['repository']} at {commit}), {ended}:",
+        f"  {'run':>4}  {'source':<30} {'layer/name':<22} {'status':<8} {'addresses':>9}  outputs",
+    ]
+    statuses = []
+    for run in report["runs"]:
+        status = run_status(run)
+        statuses.append(status)
+        label = f"{run['source_layer']}/{run['layer_name']}"
+        count = run["address_count"] if run["address_count"] is not None else "-"
+        outputs = f"{storage / 'runs' / str(run['copy_of'] or run['id'])}/"
+        if run["copy_of"]:
+            outputs += f" (reuses run {run['copy_of']})"
+        lines.append(
+            f"  {run['id']:>4}  {run['source_path']:<30} {label:<22} {status:<8} {count:>9}  {outputs}"
+        )
+        if run["source_problem"]:
+            lines.append(f"        source problem: {run['source_problem']}")
+        if run["status"] is False and run["message"] and run["message"] != run["source_problem"]:
+            lines.append(f"        {run['message']}")
+    counts = ", ".join(
+        f"{statuses.count(status)} {status}"
+        for status in ("success", "problem", "failed", "pending")
+        if status in statuses
+    )
+    lines.append(f"  {len(statuses)} runs: {counts} (problem: processed, with a source problem recorded)")
+    return "\n".join(lines) + "\n"
