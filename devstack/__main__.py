@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\n"
                 f"REST API    {stack.url}/api/v2/  (token: POST {stack.url}/auth/token)\n"
                 f"Machine DB  {stack.machine_db}\n"
-                f"Storage     {stack.storage}/  (out.csv is inside runs/<run>/<source name>.zip)\n"
+                f"Storage     {stack.storage}/\n"
                 f"Logs        {stack.logs}/<program>.log\n"
             )
             if args.once:

@@ -78,4 +78,31 @@ def format_report(report: dict[str, Any] | None, storage: Path) -> str:
         if status in statuses
     )
     lines.append(f"  {len(statuses)} runs: {counts} (problem: processed, with a source problem recorded)")
+    for run in report["runs"]:
+        package = packaged_csv(storage, run)
+        if package is not None:
+            lines.append(
+                f"  Each address run's out.csv is packaged in its zip: run {run['id']}'s is {package[1]} in "
+                f"{package[0]}"
+            )
+            break
     return "\n".join(lines) + "\n"
+
+
+def packaged_csv(storage: Path, run: dict[str, Any]) -> tuple[Path, str] | None:
+    """Where a run's ``out.csv`` is published: the zip in its storage folder and the CSV member's name
+    (``runs/<id>/us/or/portland.zip`` → ``us/or/portland.csv``), or None (not an address layer, failed)."""
+    import zipfile
+
+    folder = storage / "runs" / str(run["copy_of"] or run["id"])
+    for package in sorted(folder.rglob("*.zip")):
+        if package.name == "cache.zip":
+            continue
+        try:
+            with zipfile.ZipFile(package) as archive:
+                members = [name for name in archive.namelist() if name.endswith(".csv")]
+        except (OSError, zipfile.BadZipFile):
+            continue
+        if members:
+            return package, members[0]
+    return None
