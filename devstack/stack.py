@@ -566,7 +566,8 @@ class Stack(AirflowApi):
     def wait_healthy(self, timeout: float) -> float:
         """Wait until the api-server answers, every other component has heartbeated and, with Celery, the
         worker answers a ping. supervisord has no health checks of its own (its ``startsecs`` only asks that a
-        process stays up): this is what it leaves to us.
+        process stays up; a health-check command waits for Supervisor/supervisor#584): this is what it leaves
+        to us.
 
         :return: seconds waited
         :raises StackError: when a program exits, or on timeout
