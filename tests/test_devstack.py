@@ -251,6 +251,9 @@ def test_an_orphaned_stack_refuses_a_second_start_and_stop_says_it_was_orphaned(
     supervisord = _supervised_sleeper(home)
     try:
         sleeper = supervise.pids(home / "airflow")["sleeper"]
+        # Programs inherit supervisord's environment: the stack's settings reach every component.
+        environ = Path(f"/proc/{sleeper}/environ").read_bytes().split(b"\0")
+        assert f"AIRFLOW_HOME={home / 'airflow'}".encode() in environ
         state = home_state(home)
         assert state.orphaned
         assert state.supervisord == supervisord.pid

@@ -368,6 +368,8 @@ def test_the_default_stack_stays_local_and_on_sqlite(tmp_path: Path) -> None:
     }
     assert not any(key.startswith("AIRFLOW__CELERY__") and key not in os.environ for key in env)
     assert env["OPENADDR_POOL_SLOTS"] == "5"
+    # The plugins use their local defaults (var/machine.db, var/storage) in this mode only.
+    assert env["OPENADDR_EMBEDDED"] == "1"
     assert stack.component_names == COMPONENTS
 
 
