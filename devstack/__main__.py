@@ -16,12 +16,16 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devstack import ROOT, StackError, control, procs
 from devstack.airflow_api import ADMIN, parse_time
 from devstack.demo import DEFAULT_DEMO_PORT, demo_server, demo_sources
 from devstack.report import format_report, set_report
 from devstack.stack import DAG_IDS, DEFAULT_PORT, Stack
+
+if TYPE_CHECKING:
+    import datetime as dt
 
 log = logging.getLogger("devstack")
 
@@ -106,12 +110,15 @@ def start_demo_set(stack: Stack, new: bool = False, wait: float = 30.0) -> tuple
     return stack.trigger(BATCH), False
 
 
-def earlier_note(run: dict[str, object]) -> str:
+def earlier_note(run_id: str, queued: dt.datetime | None, due: dt.datetime | None) -> str:
     """What the report says above a demo set of an earlier start."""
+
+    def when(moment: dt.datetime | None) -> str:
+        return f"{moment:%Y-%m-%d %H:%M} UTC" if moment else "unknown"
+
     return (
-        f"This demo set is the one an earlier start made (batch run {run['dag_run_id']}, queued "
-        f"{run.get('queued_at')}): no new scheduled run is due before {run.get('next')}. "
-        f'`make run ARGS="--new-set"` triggers a new one.\n'
+        f"This is the demo set of an earlier start (batch run {run_id}, queued {when(queued)}); no new "
+        f'scheduled run is due before {when(due)}. `make run ARGS="--new-set"` triggers a new one.\n'
     )
 
 
@@ -143,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
             note = ""
             if earlier:
                 record = stack.request("GET", f"/dags/{BATCH}/dagRuns/{run_id}").json()
-                record["next"] = (stack.dag(BATCH) or {}).get("next_dagrun_run_after")
-                note = earlier_note(record)
+                due = (stack.dag(BATCH) or {}).get("next_dagrun_run_after")
+                note = earlier_note(run_id, parse_time(record.get("queued_at")), parse_time(due))
             _say(
                 f"\nDemo batch run {run_id}: {state} after {time.monotonic() - started:.0f} s from start.\n"
                 + note

@@ -193,6 +193,27 @@ def test_the_report_shows_each_source_problem_and_where_out_csv_is(demo_run: dic
     assert "the password is kept across starts" in result.stdout
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_second_start_shows_the_earlier_demo_set_says_so_and_keeps_the_password(demo_run: dict):
+    home, first = demo_run["home"], demo_run["result"]
+    first_run = re.search(r"Demo batch run (\S+):", first.stdout).group(1)
+    result = _launch(
+        "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()), "--once",
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert _left_running(result.stderr) == []
+    second_run = re.search(r"Demo batch run (\S+): success", result.stdout).group(1)
+    if second_run == first_run:
+        assert f"This is the demo set of an earlier start (batch run {first_run}, queued " in result.stdout
+    else:  # the first start was on the day before (midnight UTC in between): a new scheduled run is due
+        assert second_run.startswith("scheduled__"), second_run
+        assert "demo set of an earlier start" not in result.stdout
+    password = re.compile(r"\(login admin / (\S+)\)")
+    assert password.search(result.stdout).group(1) == password.search(first.stdout).group(1)
+
+
 def test_a_taken_port_fails_clearly_before_starting_anything(tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
