@@ -173,19 +173,21 @@ def start(
             start_new_session=True,
         )
     started = time.monotonic()
-    while time.monotonic() - started < START_TIMEOUT:
-        if process.poll() is not None:
-            procs.kill(procs.session_members(process.pid), signal.SIGKILL)
-            raise SupervisorError(
-                f"supervisord exited with status {process.returncode}; end of {logs / 'supervisord.log'}:\n"
-                f"{procs.tail(logs / 'supervisord.log')}"
-            )
-        if running_pid(folder) == process.pid:
-            return process
-        time.sleep(0.1)
-    procs.kill(procs.session_members(process.pid), signal.SIGKILL)
-    process.wait()
-    raise SupervisorError(f"supervisord did not answer on {folder / SOCKET} within {START_TIMEOUT:.0f} s")
+    try:
+        while time.monotonic() - started < START_TIMEOUT:
+            if process.poll() is not None:
+                raise SupervisorError(
+                    f"supervisord exited with status {process.returncode}; end of "
+                    f"{logs / 'supervisord.log'}:\n{procs.tail(logs / 'supervisord.log')}"
+                )
+            if running_pid(folder) == process.pid:
+                return process
+            time.sleep(0.1)
+        raise SupervisorError(f"supervisord did not answer on {folder / SOCKET} within {START_TIMEOUT:.0f} s")
+    except BaseException:  # a failed or interrupted start leaves nothing running
+        procs.kill(procs.session_members(process.pid), signal.SIGKILL)
+        process.wait()
+        raise
 
 
 def process_info(folder: Path) -> list[dict[str, Any]]:
