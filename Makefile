@@ -15,14 +15,14 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $@
 
 ## The Machine on its embedded default: Airflow (SQLite, LocalExecutor) from var/, the demo set once, then on
-## until Ctrl-C (openaddr/embedded.py; options: make run ARGS="--port 8081 --once").
+## until Ctrl-C (devstack/; options: make run ARGS="--port 8081 --once --new-set").
 run: $(STAMP)
-	$(BIN)/python -m openaddr.embedded $(ARGS)
+	$(BIN)/python -m devstack $(ARGS)
 
-## Stop a stack `make run` left behind (its launcher, else its processes).
+## Stop the stack of `make run` from another shell, also one whose launcher died (says so when none runs).
 .PHONY: stop
 stop:
-	$(BIN)/python -m openaddr.embedded --stop $(ARGS)
+	$(BIN)/python -m devstack --stop $(ARGS)
 
 ## Lint, then the whole test suite.
 test: $(STAMP)

@@ -11,7 +11,7 @@
    (``--sample``, default 50) in a plain loop, then the same sample with P threads for each ``--parallelism``
    P > 1, and :func:`openaddr.process_one.process_one` in this process (no subprocess) on the same sample: the
    difference is the cost of the subprocess per source.
-3. **Airflow run** for each P (and each ``--group`` K): the embedded stack (:class:`openaddr.embedded.Stack`,
+3. **Airflow run** for each P (and each ``--group`` K): the embedded stack (:class:`devstack.stack.Stack`,
    LocalExecutor + SQLite, parallelism P) in a fresh home, its Machine database and storage fresh, variable
    ``openaddr_sources`` on the generated checkout; trigger ``openaddr_batch``, wait, check in the Machine
    database that the set has N successful runs, and read the task instances (REST API), the task logs and the
@@ -259,13 +259,20 @@ def component_of(proc: Any) -> str:
 
 
 def component_cpu() -> dict[str, float]:
-    """CPU seconds of each Airflow component started by this script: every live process of its tree, with the
-    times of the children it has waited for. The scheduler's descendants (LocalExecutor workers, which count
+    """CPU seconds of each Airflow component started by this script (through supervisord): every live process
+    of its tree, with the times of the children it has waited for. The scheduler's descendants (LocalExecutor workers, which count
     the task supervisors, task processes and ``process-one`` subprocesses they waited for) count apart."""
     if psutil is None:
         return {}
     totals: dict[str, float] = {}
-    for root in psutil.Process().children():
+    # The components are supervisord's children (devstack runs them under supervisord).
+    roots = []
+    for child in psutil.Process().children():
+        try:
+            roots += child.children() if "supervisord" in " ".join(child.cmdline()) else [child]
+        except psutil.Error:
+            continue
+    for root in roots:
         name = component_of(root)
         try:
             procs = [root, *root.children(recursive=True)]
@@ -688,7 +695,11 @@ def run_airflow(
     :param extra_env: more environment for the stack (``--airflow-env``), applied last
     :param preimport: put :data:`SITECUSTOMIZE` on the stack's ``PYTHONPATH``
     """
-    from openaddr.embedded import Stack, free_port, set_report
+    if str(ROOT) not in sys.path:  # devstack/ is not installed: it lives in the checkout
+        sys.path.insert(0, str(ROOT))
+    from devstack.procs import free_port
+    from devstack.report import set_report
+    from devstack.stack import Stack
 
     shutil.rmtree(work, ignore_errors=True)
     env = {

@@ -2,7 +2,7 @@
 CeleryExecutor with Redis as the broker, one Celery worker, the Machine database on PostgreSQL.
 
 One module-scoped run: fresh PostgreSQL databases for Airflow and for the Machine, a Redis database index of
-its own, :class:`~openaddr.embedded.Stack` with ``executor="celery"`` on free ports, one ``openaddr_ci`` run
+its own, :class:`~devstack.stack.Stack` with ``executor="celery"`` on free ports, one ``openaddr_ci`` run
 triggered through the REST API with a real fixture source (Park County, WY) served on loopback and GitHub on
 loopback. The tests then read what each party recorded. ``pytest -s`` shows the timings and each component's
 memory (PSS).
@@ -23,18 +23,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import sqlalchemy as sa
 
+from devstack import StackError
+from devstack.procs import free_port, processes_of, session_members
+from devstack.stack import CELERY_WORKER, COMPONENTS, Stack
 from openaddr.db import make_engine
 from openaddr.db.jobs import get_job
 from openaddr.db.runs import job_runs
-from openaddr.embedded import (
-    CELERY_WORKER,
-    COMPONENTS,
-    Stack,
-    StackError,
-    free_port,
-    processes_of,
-    session_members,
-)
 from tests.dags.test_dag_runs import PARK, ci_conf, fixture_source, park_points
 from tests.db_fixtures import create_database, drop_database
 
@@ -158,7 +152,8 @@ def production_run(
             result["stack"] = stack
             try:
                 stack.start(timeout=START_TIMEOUT)
-                result["pids"] = {component.name: component.process.pid for component in stack.components}
+                result["supervisord"] = stack.supervisord.pid
+                result["pids"] = stack.pids()
                 result["idle_memory"] = stack.memory()
                 stack.unpause(DAG_ID)
                 triggered = time.monotonic()
@@ -173,7 +168,8 @@ def production_run(
                 stack.stop()
                 result["stop_seconds"] = time.monotonic() - stopping
         result["left"] = sorted(
-            {pid for leader in result.get("pids", {}).values() for pid in session_members(leader)}
+            set(session_members(result["supervisord"]) if "supervisord" in result else [])
+            | {pid for pid in result.get("pids", {}).values() if os.path.exists(f"/proc/{pid}")}
             | set(processes_of(stack.airflow_home))
         )
         result["worker_log"] = (stack.logs / f"{CELERY_WORKER}.log").read_text(errors="replace")
@@ -221,7 +217,8 @@ def test_the_ci_run_succeeds_and_the_stack_stops_without_leftovers(production_ru
     assert production_run["left"] == [], "processes of the stack outlived stop()"
     stack: Stack = production_run["stack"]
     assert not list(stack.airflow_home.glob("*.pid"))
-    assert stack.components == []
+    assert stack.supervisord is None
+    assert stack.pids() == {}
 
 
 @pytest.mark.integration
@@ -371,6 +368,8 @@ def test_the_default_stack_stays_local_and_on_sqlite(tmp_path: Path) -> None:
     }
     assert not any(key.startswith("AIRFLOW__CELERY__") and key not in os.environ for key in env)
     assert env["OPENADDR_POOL_SLOTS"] == "5"
+    # The plugins use their local defaults (var/machine.db, var/storage) in this mode only.
+    assert env["OPENADDR_EMBEDDED"] == "1"
     assert stack.component_names == COMPONENTS
 
 

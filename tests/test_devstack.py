@@ -1,10 +1,11 @@
-"""The embedded default (``make run``): the whole stack on free ports in a temporary home, demo set once."""
+"""The development stack (``make run``): the whole stack on free ports in a temporary home, demo set once."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -15,19 +16,13 @@ from urllib.parse import urlparse
 
 import pytest
 
-from openaddr.embedded import (
-    DEMO,
-    DEMO_URL,
-    ROOT,
-    SECRET_KEYS,
-    StackError,
-    demo_sources,
-    free_port,
-    load_secrets,
-    processes_of,
-    set_report,
-    stop_home,
-)
+from devstack import ROOT, StackError, procs, supervise
+from devstack.control import check_home_free, home_state, stop_home
+from devstack.demo import DEMO, DEMO_URL, demo_sources
+from devstack.procs import free_port, processes_of
+from devstack.report import set_report
+from devstack.stack import SECRET_KEYS, load_secrets
+from devstack.supervise import Program
 from openaddr.sources import load_source
 
 #: The launcher's whole run: ~25 s to healthy, ~35 s for the demo set (a scheduled run, then ours), ~15 s to
@@ -74,7 +69,7 @@ def _left_running(stderr: str) -> list[int]:
 
 
 def _launch(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", SUBREAPER, sys.executable, "-m", "openaddr.embedded", *arguments]
+    command = [sys.executable, "-c", SUBREAPER, sys.executable, "-m", "devstack", *arguments]
     process = subprocess.Popen(
         command, cwd=ROOT, env=_clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -114,7 +109,7 @@ def _features(entry: dict) -> int:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One ``python -m openaddr.embedded --once`` on free ports (not 8765: the demo sources are rewritten)."""
+    """One ``python -m devstack --once`` on free ports (not 8765: the demo sources are rewritten)."""
     home = tmp_path_factory.mktemp("embedded") / "var"
     config = (ROOT / "airflow.cfg").read_bytes()
     result = _launch(
@@ -175,6 +170,50 @@ def test_the_set_has_one_successful_run_per_demo_entry(demo_run: dict):
         assert json.loads(published.read_text())
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_report_shows_each_source_problem_and_where_out_csv_is(demo_run: dict):
+    result, home = demo_run["result"], demo_run["home"]
+    run_id = re.search(r"Demo batch run (\S+):", result.stdout).group(1)
+    report = set_report(f"sqlite:///{home / 'machine.db'}", run_id)
+    problems = {run["id"]: run["source_problem"] for run in report["runs"] if run["source_problem"]}
+    # Portland's excerpt is a city's, recorded as incomplete coverage: processed, not a plain success.
+    assert "Missing or incomplete coverage" in problems.values()
+    for run in report["runs"]:
+        line = re.search(rf"^ +{run['id']} +{re.escape(run['source_path'])} .*$", result.stdout, re.MULTILINE)
+        assert line, (run["id"], result.stdout)
+        assert ("problem" if run["id"] in problems else "success") in line.group(0).split()
+    for problem in problems.values():
+        assert f"source problem: {problem}" in result.stdout
+    member, package = re.search(
+        r"out\.csv is packaged in its zip: run \d+'s is (\S+) in (\S+)$", result.stdout, re.MULTILINE
+    ).groups()
+    with zipfile.ZipFile(package) as archive:
+        assert archive.read(member).startswith(b"LON,LAT,")
+    assert "the password is kept across starts" in result.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_second_start_shows_the_earlier_demo_set_says_so_and_keeps_the_password(demo_run: dict):
+    home, first = demo_run["home"], demo_run["result"]
+    first_run = re.search(r"Demo batch run (\S+):", first.stdout).group(1)
+    result = _launch(
+        "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()), "--once",
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert _left_running(result.stderr) == []
+    second_run = re.search(r"Demo batch run (\S+): success", result.stdout).group(1)
+    if second_run == first_run:
+        assert f"This is the demo set of an earlier start (batch run {first_run}, queued " in result.stdout
+    else:  # the first start was on the day before (midnight UTC in between): a new scheduled run is due
+        assert second_run.startswith("scheduled__"), second_run
+        assert "demo set of an earlier start" not in result.stdout
+    password = re.compile(r"\(login admin / (\S+)\)")
+    assert password.search(result.stdout).group(1) == password.search(first.stdout).group(1)
+
+
 def test_a_taken_port_fails_clearly_before_starting_anything(tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -208,3 +247,71 @@ def test_demo_sources_name_the_demo_port(tmp_path: Path):
     for path in copy.rglob("*.json"):
         for entry in load_source(path).entries():
             assert entry.data["data"].startswith("http://127.0.0.1:9999/"), path
+
+
+def _supervised_sleeper(home: Path) -> subprocess.Popen[bytes]:
+    """An orphaned stack in ``home`` without Airflow: supervisord running one ``sleep`` program, started as
+    :class:`~devstack.stack.Stack` starts it (its own session, the stack's ``AIRFLOW_HOME``)."""
+    airflow_home = home / "airflow"
+    (airflow_home / "logs").mkdir(parents=True)
+    env = {**_clean_environment(), "AIRFLOW_HOME": str(airflow_home)}
+    return supervise.start(airflow_home, airflow_home / "logs", [Program("sleeper", ["sleep", "600"])], env)
+
+
+def test_stop_says_so_when_nothing_runs(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack", "--stop", "--home", str(tmp_path / "var")],
+        cwd=ROOT, env=_clean_environment(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"No stack runs from {tmp_path / 'var'}: nothing to stop.\n"
+
+
+def test_an_orphaned_stack_refuses_a_second_start_and_stop_says_it_was_orphaned(tmp_path: Path):
+    home = tmp_path / "var"
+    supervisord = _supervised_sleeper(home)
+    try:
+        sleeper = supervise.pids(home / "airflow")["sleeper"]
+        # Programs inherit supervisord's environment: the stack's settings reach every component.
+        environ = Path(f"/proc/{sleeper}/environ").read_bytes().split(b"\0")
+        assert f"AIRFLOW_HOME={home / 'airflow'}".encode() in environ
+        state = home_state(home)
+        assert state.orphaned
+        assert state.supervisord == supervisord.pid
+        with pytest.raises(StackError, match=f"an orphaned stack runs from {home} .supervisord pid"):
+            check_home_free(home)
+        launched = _launch("--home", str(home), "--port", str(free_port()), "--once", timeout=60)
+        assert launched.returncode == 1
+        assert "an orphaned stack runs from" in launched.stderr
+        assert procs.alive(sleeper), "a refused start must leave the running stack alone"
+        said = stop_home(home)
+        assert said.startswith(f"The stack of {home} was orphaned: its launcher is gone")
+        assert f"Stopped supervisord (pid {supervisord.pid})" in said
+        assert supervisord.wait(timeout=30) == 0
+        assert not procs.alive(sleeper)
+        assert procs.session_members(supervisord.pid) == []
+        assert not home_state(home).running
+        assert stop_home(home) == f"No stack runs from {home}: nothing to stop."
+    finally:
+        if supervisord.poll() is None:
+            procs.kill(procs.session_members(supervisord.pid), signal.SIGKILL)
+            supervisord.wait()
+
+
+def test_a_second_start_is_refused_while_a_launcher_runs(tmp_path: Path):
+    home = tmp_path / "var"
+    (home / "airflow").mkdir(parents=True)
+    # A stand-in launcher: a live process whose command line reads ``python … -m devstack``.
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "devstack"])
+    try:
+        (home / "airflow" / "launcher.pid").write_text(f"{launcher.pid}\n")
+        launched = _launch("--home", str(home), "--port", str(free_port()), "--once", timeout=60)
+        assert launched.returncode == 1
+        assert f"a stack already runs from {home} (launcher pid {launcher.pid})" in launched.stderr
+        assert _left_running(launched.stderr) == []
+        assert (home / "airflow" / "launcher.pid").read_text() == f"{launcher.pid}\n"
+        assert launcher.poll() is None
+    finally:
+        launcher.kill()
+        launcher.wait()
+    check_home_free(home)  # a launcher that is gone does not count

@@ -1,0 +1,108 @@
+"""What ``make run`` prints about the demo set: the set a batch DAG run recorded in the Machine database."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def set_report(database_url: str, dag_run_id: str) -> dict[str, Any] | None:
+    """The set a batch DAG run recorded and its runs, from the Machine database, or None when it made none.
+
+    :return: ``{"set": {...}, "runs": [{...}, ...]}`` (rows as dicts of their columns)
+    """
+    import sqlalchemy as sa
+
+    from openaddr.db import make_engine
+    from openaddr.db.runs import set_runs
+    from openaddr.db.schema import sets
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(sa.select(sets).where(sets.c.airflow_dag_run_id == dag_run_id)).first()
+        if row is None:
+            return None
+        record = dict(row._mapping)
+        return {"set": record, "runs": set_runs(engine, record["id"])}
+    finally:
+        engine.dispose()
+
+
+def run_status(run: dict[str, Any]) -> str:
+    """``success``, ``problem`` (processed, with a source problem recorded), ``failed`` or ``pending``."""
+    if run["status"] is None:
+        return "pending"
+    if run["status"] is False:
+        return "failed"
+    return "problem" if run["source_problem"] else "success"
+
+
+def format_report(report: dict[str, Any] | None, storage: Path) -> str:
+    """A table of the set's runs and where their outputs are (a reused run's are its original's), with the
+    source problem of each run that has one and the message of each failed run."""
+    if report is None:
+        return "The run recorded no set in the Machine database.\n"
+    record = report["set"]
+    commit = record["commit_sha"] or "a local folder"
+    ended = (
+        f"completed {record['datetime_end']:%Y-%m-%d %H:%M:%S} UTC"
+        if record["datetime_end"]
+        else "not completed"
+    )
+    lines = [
+        f"Set {record['id']} ({record['owner']}/{record['repository']} at {commit}), {ended}:",
+        f"  {'run':>4}  {'source':<30} {'layer/name':<22} {'status':<8} {'addresses':>9}  outputs",
+    ]
+    statuses = []
+    for run in report["runs"]:
+        status = run_status(run)
+        statuses.append(status)
+        label = f"{run['source_layer']}/{run['layer_name']}"
+        count = run["address_count"] if run["address_count"] is not None else "-"
+        outputs = f"{storage / 'runs' / str(run['copy_of'] or run['id'])}/"
+        if run["copy_of"]:
+            outputs += f" (reuses run {run['copy_of']})"
+        lines.append(
+            f"  {run['id']:>4}  {run['source_path']:<30} {label:<22} {status:<8} {count:>9}  {outputs}"
+        )
+        if run["source_problem"]:
+            lines.append(f"        source problem: {run['source_problem']}")
+        if run["status"] is False and run["message"] and run["message"] != run["source_problem"]:
+            lines.append(f"        {run['message']}")
+    counts = ", ".join(
+        f"{statuses.count(status)} {status}"
+        for status in ("success", "problem", "failed", "pending")
+        if status in statuses
+    )
+    lines.append(f"  {len(statuses)} runs: {counts} (problem: processed, with a source problem recorded)")
+    for run in report["runs"]:
+        package = packaged_csv(storage, run)
+        if package is not None:
+            lines.append(
+                f"  Each address run's out.csv is packaged in its zip: run {run['id']}'s is {package[1]} in "
+                f"{package[0]}"
+            )
+            break
+    return "\n".join(lines) + "\n"
+
+
+def packaged_csv(storage: Path, run: dict[str, Any]) -> tuple[Path, str] | None:
+    """Where a run's ``out.csv`` is published: the zip in its storage folder and the CSV member's name
+    (``runs/<id>/us/or/portland.zip`` → ``us/or/portland.csv``), or None (not an address layer, failed)."""
+    import zipfile
+
+    folder = storage / "runs" / str(run["copy_of"] or run["id"])
+    for package in sorted(folder.rglob("*.zip")):
+        if package.name == "cache.zip":
+            continue
+        try:
+            with zipfile.ZipFile(package) as archive:
+                members = [name for name in archive.namelist() if name.endswith(".csv")]
+        except (OSError, zipfile.BadZipFile):
+            continue
+        if members:
+            return package, members[0]
+    return None
