@@ -556,6 +556,8 @@ class Stack:
                 "AIRFLOW_VAR_OPENADDR_RESULTS": str(self.storage),
                 "AIRFLOW_VAR_OPENADDR_SOURCES": str(DEMO),
                 "OPENADDR_HOME": str(self.home),
+                # The local defaults of plugins/openaddr_airflow/config.py (machine.db, storage/) apply only here.
+                "OPENADDR_EMBEDDED": "1",
                 "OPENADDR_DATABASE_URL": self.machine_database_url,
                 "OPENADDR_RESULTS": str(self.storage),
                 "OPENADDR_SCRATCH": str(self.home / "scratch"),

@@ -4,8 +4,8 @@ Read inside tasks and listeners only, never while a DAG file is parsed (style gu
 
 | what | Airflow | environment fallback | embedded default |
 |---|---|---|---|
-| Machine database | connection ``openaddr_machine_db`` (``postgres`` through the Postgres provider's hook, or ``sqlite`` with the file in ``host``) | ``OPENADDR_DATABASE_URL`` | ``$OPENADDR_HOME/machine.db`` |
-| run storage | variable ``openaddr_results`` (a folder, ``file://`` or ``s3://bucket/prefix`` URL; S3 goes through the Amazon provider's ``aws_default``) | ``OPENADDR_RESULTS`` | ``$OPENADDR_HOME/storage`` |
+| Machine database | connection ``openaddr_machine_db`` (``postgres`` through the Postgres provider's hook, or ``sqlite`` with the file in ``host``) | ``OPENADDR_DATABASE_URL`` | ``$OPENADDR_HOME/machine.db`` (embedded mode only) |
+| run storage | variable ``openaddr_results`` (a folder, ``file://`` or ``s3://bucket/prefix`` URL; S3 goes through the Amazon provider's ``aws_default``) | ``OPENADDR_RESULTS`` | ``$OPENADDR_HOME/storage`` (embedded mode only) |
 | public URL of the storage | variable ``openaddr_results_public_url`` | ``OPENADDR_RESULTS_PUBLIC_URL`` | the backend's own |
 | results site | variable ``openaddr_base_url`` | ``OPENADDR_BASE_URL`` | none |
 | sources location | variable ``openaddr_sources`` (a checkout folder or ``github:owner/repository[@ref]``) | ``OPENADDR_SOURCES`` | ``github:openaddresses/openaddresses`` |
@@ -13,6 +13,15 @@ Read inside tasks and listeners only, never while a DAG file is parsed (style gu
 | status gag | variable ``openaddr_gag_github_status`` | ``OPENADDR_GAG_GITHUB_STATUS`` | off |
 | status context | variable ``openaddr_github_status_context`` | | ``openaddresses/hooked`` |
 | CloudWatch namespace | variable ``openaddr_cloudwatch_namespace`` | ``OPENADDR_CLOUDWATCH_NAMESPACE`` | none: the metric is logged |
+
+Nothing falls back silently: an Airflow variable or connection that is *not found* gives way to the environment
+variable in the table, and a Machine database or run storage named nowhere is an error
+(:class:`MissingConfiguration`, which fails the task at once and names the connection or variable), unless the
+process runs in the **embedded mode** (``OPENADDR_EMBEDDED=1``, set by ``make run`` for every component it starts):
+only then do the local defaults under ``$OPENADDR_HOME`` apply. Any other error reading Airflow's configuration (a
+secrets backend or the Execution API failing) propagates, so the task fails and is retried instead of writing to a
+local file. (The task SDK itself reports an Execution-API error that outlasts its own retries as "not found"; the
+rule above still makes such a worker fail instead of recording into ``var/machine.db``.)
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -36,21 +47,33 @@ AWS_CONN_ID = "aws_default"
 DEFAULT_SOURCES = "github:openaddresses/openaddresses"
 DEFAULT_STATUS_CONTEXT = "openaddresses/hooked"
 _TRUE = ("1", "true", "yes", "on")
+#: Environment variable that turns the embedded mode on (local defaults for database and storage).
+EMBEDDED_VARIABLE = "OPENADDR_EMBEDDED"
 #: Extras of ``openaddr_machine_db`` passed on to libpq.
 LIBPQ_OPTIONS = frozenset(
     ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name", "options")
 )
 
 
+class MissingConfiguration(AirflowFailException):
+    """A setting the Machine cannot run without is configured nowhere: fail the task at once (a retry cannot
+    help), naming what to set."""
+
+
+def embedded() -> bool:
+    """Whether this process runs in the embedded mode (``OPENADDR_EMBEDDED``), where local defaults apply."""
+    return os.environ.get(EMBEDDED_VARIABLE, "").strip().lower() in _TRUE
+
+
 def variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
-    """An Airflow variable, else the environment variable ``env``, else ``default``."""
+    """An Airflow variable, else the environment variable ``env``, else ``default``.
+
+    Only "not found" gives way to ``env`` and ``default``; any other error reading the variable propagates.
+    """
     from airflow.sdk import Variable
 
-    try:
-        value = Variable.get(key, default=None)
-    except Exception:  # no metadata access (plain Python tests): fall back
-        log.debug("Variable %s not readable here", key, exc_info=True)
-        value = None
+    # Variable.get returns the default for VARIABLE_NOT_FOUND only and raises every other error.
+    value = Variable.get(key, default=None)
     if value is None and env:
         value = os.environ.get(env) or None
     return value if value is not None else default
@@ -62,21 +85,33 @@ def openaddr_home() -> Path:
 
 
 def _connection(conn_id: str) -> Any:
+    """The Airflow connection ``conn_id``, or None when it is not defined (other errors propagate)."""
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         return BaseHook.get_connection(conn_id)
-    except Exception:  # AirflowNotFoundException, or no way to look it up
+    except AirflowNotFoundException:
         return None
 
 
 def machine_database_url() -> str:
-    """The Machine database URL from ``openaddr_machine_db``, else ``OPENADDR_DATABASE_URL``, else the SQLite file."""
-    from openaddr.db import default_database_url
+    """The Machine database URL from ``openaddr_machine_db``, else ``OPENADDR_DATABASE_URL``, else (embedded mode
+    only) the SQLite file ``$OPENADDR_HOME/machine.db``.
+
+    :raises MissingConfiguration: none of them is set
+    """
+    from openaddr.db import DATABASE_URL_VARIABLE, default_database_url
 
     conn = _connection(MACHINE_DB_CONN_ID)
     if conn is None:
-        return default_database_url()
+        if os.environ.get(DATABASE_URL_VARIABLE, "").strip() or embedded():
+            return default_database_url()
+        raise MissingConfiguration(
+            f"The Machine database is not configured: connection {MACHINE_DB_CONN_ID} is not defined and "
+            f"{DATABASE_URL_VARIABLE} is not set ({EMBEDDED_VARIABLE}=1 uses a local SQLite file, for "
+            "development only)"
+        )
     if conn.conn_type == "sqlite":
         return f"sqlite:///{conn.host}"
     from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -110,10 +145,21 @@ def dispose_engines() -> None:
 
 
 def machine_storage() -> Storage:
-    """The run storage (``openaddr_results``)."""
+    """The run storage (``openaddr_results``, else ``OPENADDR_RESULTS``, else in the embedded mode
+    ``$OPENADDR_HOME/storage``).
+
+    :raises MissingConfiguration: none of them is set
+    """
     from openaddr.storage import open_storage
 
-    url = variable("openaddr_results", "OPENADDR_RESULTS") or str(openaddr_home() / "storage")
+    url = variable("openaddr_results", "OPENADDR_RESULTS")
+    if not url:
+        if not embedded():
+            raise MissingConfiguration(
+                f"The run storage is not configured: variable openaddr_results is not defined and "
+                f"OPENADDR_RESULTS is not set ({EMBEDDED_VARIABLE}=1 uses a local folder, for development only)"
+            )
+        url = str(openaddr_home() / "storage")
     public_url = variable("openaddr_results_public_url", "OPENADDR_RESULTS_PUBLIC_URL")
     if url.startswith("s3://"):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
