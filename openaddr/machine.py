@@ -181,6 +181,11 @@ class SourceSnapshot:
     content: bytes
 
 
+class TriggerError(ValueError):
+    """A CI trigger's conf that cannot be planned (no files, a path outside ``sources/``, bad base64, too many
+    files): retrying cannot help, the DAG run fails at once with this message."""
+
+
 def source_name(path: str) -> str:
     """``us/wy/park`` for ``sources/us/wy/park.json``."""
     name = path[len("sources/") :] if path.startswith("sources/") else path
@@ -192,7 +197,11 @@ def worker_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"[:64]
 
 
-def _check_source_path(path: str) -> str:
+def check_source_path(path: str) -> str:
+    """``path`` when it is a source file path, ``sources/….json`` without empty, ``.`` or ``..`` segments.
+
+    :raises TriggerError: it is not
+    """
     # Split by hand: PurePosixPath would hide "//" and "." segments, which become odd storage keys.
     parts = path.split("/")
     if (
@@ -202,7 +211,7 @@ def _check_source_path(path: str) -> str:
         or any(part in ("", ".", "..") for part in parts)
         or "\\" in path
     ):
-        raise ValueError(f"not a source file path: {path!r} (expected sources/….json)")
+        raise TriggerError(f"not a source file path: {path!r} (expected sources/….json)")
     return path
 
 
@@ -262,7 +271,7 @@ def _plan_file(
     from openaddr.sources import load_source
     from openaddr.validation import validate_source
 
-    path = _check_source_path(snapshot.path)
+    path = check_source_path(snapshot.path)
     key = f"{prefix}/{path[len('sources/') :]}"
     storage.put_bytes(snapshot.content, key, content_type="application/json")
     # load_source reads a file, and names the source after it: keep the repository path.
@@ -368,31 +377,32 @@ def _planned_by_path(
 
 
 def ci_sources(conf: Mapping[str, Any]) -> list[SourceSnapshot]:
-    """The source files of a CI trigger: ``conf["sources"]`` (or ``files``), each ``{path, blob_sha, content}``
-    (text) or ``{path, blob_sha, content_b64}`` (the webhook's form).
+    """The source files of a CI trigger: ``conf["sources"]``, each ``{path, blob_sha, content}`` (text) or
+    ``{path, blob_sha, content_b64}`` (the webhook's form).
 
-    :raises ValueError: a malformed trigger (no files list, a path outside ``sources/``, bad base64, too many files)
+    :raises TriggerError: a malformed trigger (no files list, a path outside ``sources/``, bad base64, too many
+        files), with the reason
     """
-    items = conf.get("sources", conf.get("files"))
-    if not isinstance(items, list):
-        raise ValueError("the trigger's conf has no 'sources' list")
+    items = conf.get("sources")
+    if not isinstance(items, list) or not items:
+        raise TriggerError("the trigger's conf has no 'sources' list of files")
     if len(items) > MAX_CI_FILES:
-        raise ValueError(f"{len(items)} source files in one job; at most {MAX_CI_FILES}")
+        raise TriggerError(f"{len(items)} source files in one job; at most {MAX_CI_FILES}")
     files = []
     for item in items:
         if not isinstance(item, dict) or "path" not in item:
-            raise ValueError(f"each source needs a path: {item!r:.200}")
-        path = _check_source_path(str(item["path"]))
+            raise TriggerError(f"each source needs a path: {item!r:.200}")
+        path = check_source_path(str(item["path"]))
         if item.get("content_b64") is not None:
             try:
                 # GitHub's contents API wraps base64 at 60 characters.
                 content = base64.b64decode("".join(str(item["content_b64"]).split()), validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise ValueError(f"{path}: content_b64 is not base64: {exc}") from exc
+                raise TriggerError(f"{path}: content_b64 is not base64: {exc}") from exc
         elif isinstance(item.get("content"), str):
             content = item["content"].encode("utf-8")
         else:
-            raise ValueError(f"{path}: neither content nor content_b64 given")
+            raise TriggerError(f"{path}: neither content nor content_b64 given")
         files.append(SourceSnapshot(path, item.get("blob_sha"), content))
     return files
 
@@ -417,7 +427,7 @@ def plan_ci_job(
     :param conf: the DAG run's conf (see :func:`ci_sources`; ``job_id``, ``commit_sha``, ``rerun``, ``github``:
         ``{status_url, comments_url, owner, repository}`` or the webhook's flat ``status_url``/``owner``/… keys)
     :param dag_run_id: the DAG run (``ci__<job id>`` when the webhook triggered it)
-    :raises ValueError: a malformed trigger
+    :raises TriggerError: a malformed trigger
     """
     files = ci_sources(conf)
     owner = ci_owner(conf, dag_run_id)
@@ -512,7 +522,12 @@ def by_tier(arguments: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, 
 
 
 def finish_ci_job(engine: sa.Engine, job_id: str) -> dict[str, Any]:
-    """``finish_job``: recompute the job's file states and status from its runs; return the job row."""
+    """``finish_job``: recompute the job's file states and status from its runs; return the job row.
+
+    :raises TriggerError: the job was never recorded (its trigger could not be planned)
+    """
+    if db_jobs.get_job(engine, job_id) is None:
+        raise TriggerError(f"job {job_id} was never planned: see plan_job")
     return db_jobs.update_job(engine, job_id)
 
 
@@ -542,7 +557,7 @@ def create_batch_set(
     )
     prefix = f"sets/{set_id}/sources"
     for source in listing.files:
-        storage.put_bytes(source.content, f"{prefix}/{_check_source_path(source.path)[len('sources/') :]}")
+        storage.put_bytes(source.content, f"{prefix}/{check_source_path(source.path)[len('sources/') :]}")
     manifest = {source.path: source.blob_sha for source in listing.files}
     storage.put_bytes(json.dumps(manifest, indent=0).encode(), f"sets/{set_id}/sources.json")
     log.info("Set %d: %d source files at %s", set_id, len(listing.files), listing.commit_sha)

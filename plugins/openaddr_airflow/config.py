@@ -79,6 +79,36 @@ def variable(key: str, env: str | None = None, default: str | None = None) -> st
     return value if value is not None else default
 
 
+def optional_variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
+    """A variable the Machine runs without: :func:`variable`, but in a task process Airflow is asked only when the
+    variable exists, so that an unset one costs no "404 Variable not found" in the api-server's log.
+
+    Existence is read from the environment (``AIRFLOW_VAR_<KEY>``) and from the Execution API's list of the
+    metadata database's ``openaddr_*`` keys; with a secrets backend configured (whose variables that list does not
+    show) or outside a task process, the variable is always asked for.
+    """
+    if f"AIRFLOW_VAR_{key.upper()}" in os.environ or not _variable_keys_listable():
+        return variable(key, env, default)
+    from airflow.sdk import Variable
+
+    if key in Variable.keys(prefix="openaddr_"):
+        return variable(key, env, default)
+    value = (os.environ.get(env) or None) if env else None
+    return value if value is not None else default
+
+
+def _variable_keys_listable() -> bool:
+    """Whether this is a task process whose variables all live in the environment or the metadata database."""
+    from airflow.sdk.configuration import conf
+    from airflow.sdk.execution_time import task_runner
+
+    if getattr(task_runner, "SUPERVISOR_COMMS", None) is None:
+        return False
+    return not (
+        conf.get("secrets", "backend", fallback="") or conf.get("workers", "secrets_backend", fallback="")
+    )
+
+
 def openaddr_home() -> Path:
     """``$OPENADDR_HOME``, else ``./var``."""
     return Path(os.environ.get("OPENADDR_HOME") or "var").resolve()
@@ -160,7 +190,7 @@ def machine_storage() -> Storage:
                 f"OPENADDR_RESULTS is not set ({EMBEDDED_VARIABLE}=1 uses a local folder, for development only)"
             )
         url = str(openaddr_home() / "storage")
-    public_url = variable("openaddr_results_public_url", "OPENADDR_RESULTS_PUBLIC_URL")
+    public_url = optional_variable("openaddr_results_public_url", "OPENADDR_RESULTS_PUBLIC_URL")
     if url.startswith("s3://"):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -170,13 +200,13 @@ def machine_storage() -> Storage:
 
 def base_url() -> str | None:
     """The results site (links in statuses and the UI), without a trailing slash."""
-    value = variable("openaddr_base_url", "OPENADDR_BASE_URL")
+    value = optional_variable("openaddr_base_url", "OPENADDR_BASE_URL")
     return value.rstrip("/") if value else None
 
 
 def sources_location() -> str:
     """Where the batch lists its sources."""
-    return variable("openaddr_sources", "OPENADDR_SOURCES") or DEFAULT_SOURCES
+    return optional_variable("openaddr_sources", "OPENADDR_SOURCES") or DEFAULT_SOURCES
 
 
 def scratch_folder() -> Path:
@@ -188,13 +218,13 @@ def scratch_folder() -> Path:
 
 def github_gagged() -> bool:
     """Whether commit statuses are never posted (``openaddr_gag_github_status``)."""
-    value = variable("openaddr_gag_github_status", "OPENADDR_GAG_GITHUB_STATUS") or ""
+    value = optional_variable("openaddr_gag_github_status", "OPENADDR_GAG_GITHUB_STATUS") or ""
     return value.strip().lower() in _TRUE
 
 
 def github_status_context() -> str:
     """The commit-status context."""
-    return variable("openaddr_github_status_context") or DEFAULT_STATUS_CONTEXT
+    return optional_variable("openaddr_github_status_context") or DEFAULT_STATUS_CONTEXT
 
 
 def github_client() -> Any:
@@ -213,4 +243,4 @@ def github_client() -> Any:
 
 def cloudwatch_namespace() -> str | None:
     """CloudWatch namespace of the Machine-task metric, or None to log it only."""
-    return variable("openaddr_cloudwatch_namespace", "OPENADDR_CLOUDWATCH_NAMESPACE")
+    return optional_variable("openaddr_cloudwatch_namespace", "OPENADDR_CLOUDWATCH_NAMESPACE")

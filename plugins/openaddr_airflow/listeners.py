@@ -134,13 +134,18 @@ class RunListener:
 
         :return: whether a status was posted
         """
-        from openaddr.db.jobs import update_job
+        from openaddr.db.jobs import get_job, update_job
         from openaddr.github import job_commit_status, post_commit_status
         from openaddr_airflow import config
 
         if not job_id:
             return False
-        job = update_job(config.machine_engine(), job_id)
+        engine = config.machine_engine()
+        if get_job(engine, job_id) is None:
+            # A trigger that could not be planned: plan_job failed with the reason, there is nothing to post.
+            log.info("Job %s was never planned: no status to post", job_id)
+            return False
+        job = update_job(engine, job_id)
         if not job.get("github_status_url") or config.github_gagged():
             return False
         client = config.github_client()

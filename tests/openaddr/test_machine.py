@@ -422,7 +422,7 @@ def test_plan_ci_job_of_a_manual_trigger(
     raw, _ = read_corpus(corpus_sources, MULTI_LAYER[1])
     job_id = f"manual-{uuid.uuid4().hex[:8]}"
     conf = {
-        "files": [source_item(f"sources/{MULTI_LAYER[1]}", raw)],
+        "sources": [source_item(f"sources/{MULTI_LAYER[1]}", raw)],
         "owner": "flat-owner",
         "repository": "flat-repository",
         "status_url": "https://api.github.test/flat/status",
@@ -537,6 +537,7 @@ NOT_A_SOURCE = "not a source file path"
         pytest.param([{"content": "{}"}], "needs a path", id="no-path"),
         pytest.param("sources/a.json", "no 'sources' list", id="not-a-list"),
         pytest.param(None, "no 'sources' list", id="no-sources"),
+        pytest.param([], "no 'sources' list", id="empty"),
         pytest.param(
             [{"path": f"sources/x/{i}.json", "content": "{}"} for i in range(201)],
             "at most 200",
@@ -549,7 +550,7 @@ def test_malformed_triggers_are_rejected_before_anything_is_recorded(
 ) -> None:
     job_id = f"job-{uid}"
     conf = {"job_id": job_id} if sources is None else {"job_id": job_id, "sources": sources}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(machine.TriggerError, match=match):
         plan(engine, storage, conf)
     assert db_jobs.get_job(engine, job_id) is None
     assert not storage.root.exists()
