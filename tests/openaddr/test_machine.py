@@ -819,7 +819,7 @@ def test_a_hung_child_is_killed_and_recorded_as_timed_out(
     monkeypatch: pytest.MonkeyPatch,
     uid: str,
 ) -> None:
-    monkeypatch.setattr(machine, "KILL_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(machine.child, "KILL_GRACE_SECONDS", 1.0)
     route = f"/machine/{uid}/hang.zip"
     url = http_server.add_hanging(route)
     job_id = f"job-{uid}"
@@ -867,7 +867,7 @@ def test_a_killed_child_leaves_no_work_folder_behind(
     tmp_path: Path,
     uid: str,
 ) -> None:
-    monkeypatch.setattr(machine, "KILL_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(machine.child, "KILL_GRACE_SECONDS", 1.0)
     route = f"/machine/{uid}/hang.zip"
     url = http_server.add_hanging(route)
     [argument] = plan(
