@@ -44,12 +44,10 @@ def plan_job(**context) -> list[dict]:
     from openaddr_airflow.operators import push_tiers
 
     try:
-        planned = plan_ci_job(
-            config.machine_engine(),
-            config.machine_storage(),
-            context["dag_run"].conf or {},
-            dag_run_id=context["run_id"],
-        )
+        with config.machine_engine() as engine:
+            planned = plan_ci_job(
+                engine, config.machine_storage(), context["dag_run"].conf or {}, dag_run_id=context["run_id"]
+            )
     except TriggerError as exc:
         raise AirflowFailException(f"Cannot plan this trigger: {exc}") from exc
     return push_tiers(context["ti"], by_tier(planned))
@@ -63,9 +61,8 @@ def finish_job(**context) -> bool | None:
     from openaddr_airflow import config
 
     try:
-        job = finish_ci_job(
-            config.machine_engine(), ci_owner(context["dag_run"].conf or {}, context["run_id"]).job_id
-        )
+        with config.machine_engine() as engine:
+            job = finish_ci_job(engine, ci_owner(context["dag_run"].conf or {}, context["run_id"]).job_id)
     except TriggerError as exc:
         raise AirflowFailException(str(exc)) from exc
     if job["status"] is False:

@@ -9,7 +9,7 @@ Read inside tasks and listeners only, never while a DAG file is parsed (style gu
 | public URL of the storage | variable ``openaddr_results_public_url`` | ``OPENADDR_RESULTS_PUBLIC_URL`` | the backend's own |
 | results site | variable ``openaddr_base_url`` | ``OPENADDR_BASE_URL`` | none |
 | sources location | variable ``openaddr_sources`` (a checkout folder or ``github:owner/repository[@ref]``) | ``OPENADDR_SOURCES`` | ``github:openaddresses/openaddresses`` |
-| GitHub | connection ``github_openaddresses`` (token as password, API URL as host) | | |
+| GitHub | connection ``github_openaddresses`` through the GitHub provider's ``GithubHook`` (token as password, or GitHub App extras; API URL as host) | | |
 | status gag | variable ``openaddr_gag_github_status`` | ``OPENADDR_GAG_GITHUB_STATUS`` | off |
 | status context | variable ``openaddr_github_status_context`` | | ``openaddresses/hooked`` |
 | CloudWatch namespace | variable ``openaddr_cloudwatch_namespace`` | ``OPENADDR_CLOUDWATCH_NAMESPACE`` | none: the metric is logged |
@@ -26,6 +26,7 @@ rule above still makes such a worker fail instead of recording into ``var/machin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -35,6 +36,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import github
     import sqlalchemy as sa
 
     from openaddr.storage import Storage
@@ -46,6 +50,8 @@ GITHUB_CONN_ID = "github_openaddresses"
 AWS_CONN_ID = "aws_default"
 DEFAULT_SOURCES = "github:openaddresses/openaddresses"
 DEFAULT_STATUS_CONTEXT = "openaddresses/hooked"
+#: Seconds for connecting to GitHub and for each read (machine-ci.md §2.1 step 8).
+GITHUB_TIMEOUT = 10
 _TRUE = ("1", "true", "yes", "on")
 #: Environment variable that turns the embedded mode on (local defaults for database and storage).
 EMBEDDED_VARIABLE = "OPENADDR_EMBEDDED"
@@ -153,25 +159,23 @@ def machine_database_url() -> str:
     return str(url.update_query_dict(options).render_as_string(hide_password=False))
 
 
-_ENGINES: dict[str, sa.Engine] = {}
+@contextlib.contextmanager
+def machine_engine() -> Iterator[sa.Engine]:
+    """An engine of the Machine database for one task body or listener step, disposed when the block ends.
 
+    The lifecycle of flaskr's ``get_db``/``close_db``: whoever opens the database closes it; no engine outlives
+    its user in a module-level cache. (A task process makes a handful of calls, so one pool per block costs a
+    connection or two.)
 
-def machine_engine() -> sa.Engine:
-    """An engine of the Machine database, one per URL and process (a task process makes several calls)."""
+    :raises MissingConfiguration: the database is configured nowhere (:func:`machine_database_url`)
+    """
     from openaddr.db import make_engine
 
-    url = machine_database_url()
-    engine = _ENGINES.get(url)
-    if engine is None:
-        engine = _ENGINES[url] = make_engine(url)
-    return engine
-
-
-def dispose_engines() -> None:
-    """Close every cached engine's connections and forget the engines."""
-    for engine in _ENGINES.values():
+    engine = make_engine(machine_database_url())
+    try:
+        yield engine
+    finally:
         engine.dispose()
-    _ENGINES.clear()
 
 
 def machine_storage() -> Storage:
@@ -227,18 +231,27 @@ def github_status_context() -> str:
     return optional_variable("openaddr_github_status_context") or DEFAULT_STATUS_CONTEXT
 
 
-def github_client() -> Any:
-    """A PyGithub client for ``github_openaddresses`` (the GitHub provider's connection: token as password, the API
-    URL as host), or None when the connection is not configured."""
-    from openaddr.github import github_client as make_client
+def github_client() -> github.Github | None:
+    """The PyGithub client of ``github_openaddresses`` from the GitHub provider's ``GithubHook`` (a token as
+    password, or GitHub App auth in the extras ``app_id``, ``installation_id``, ``private_key``/``key_path``; the
+    API URL as host, with its scheme), under the Machine's request policy; None when the connection is not defined.
 
-    conn = _connection(GITHUB_CONN_ID)
-    if conn is None:
+    The policy (:func:`openaddr.github.github_client`'s): a 10 s timeout, the Machine's user agent and PyGithub's
+    own retries off, so that the callers' retry policy is the only one; auth and base URL stay the hook's.
+    """
+    import github as pygithub
+    from airflow.providers.github.hooks.github import GithubHook
+
+    from openaddr.github import USER_AGENT
+
+    if _connection(GITHUB_CONN_ID) is None:
         return None
-    host = conn.host or None
-    if host and "://" not in host:
-        host = f"https://{host}"
-    return make_client(conn.password or None, host)
+    hooked = GithubHook(github_conn_id=GITHUB_CONN_ID).get_conn()
+    # PyGithub's Requester.kwargs are the client's constructor arguments; Github() binds an App's installation
+    # auth to the new requester.
+    return pygithub.Github(
+        **{**hooked.requester.kwargs, "timeout": GITHUB_TIMEOUT, "user_agent": USER_AGENT, "retry": None}
+    )
 
 
 def cloudwatch_namespace() -> str | None:

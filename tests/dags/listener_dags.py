@@ -33,14 +33,15 @@ class CrashingProcessSource(ProcessSourceOperator):
         from openaddr.db.runs import insert_run
         from openaddr_airflow import config
 
-        insert_run(
-            config.machine_engine(),
-            source_path=self.entry["path"],
-            source_layer=self.entry["layer"],
-            layer_name=self.entry["name"],
-            job_id=self.run_owner.get("job_id"),
-            task=airflow_task(context),
-        )
+        with config.machine_engine() as engine:
+            insert_run(
+                engine,
+                source_path=self.entry["path"],
+                source_layer=self.entry["layer"],
+                layer_name=self.entry["name"],
+                job_id=self.run_owner.get("job_id"),
+                task=airflow_task(context),
+            )
         raise RuntimeError("storage unreachable")
 
 

@@ -18,6 +18,8 @@ from tests.conftest import ROOT
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tests.github_server import FakeGitHub
+
 
 def test_postgres_connection_keeps_libpq_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
@@ -119,3 +121,98 @@ def test_worker_without_its_configuration_fails_the_task_and_writes_nothing(
             assert connection.execute(sa.select(sa.func.count()).select_from(jobs)).scalar() == 0
     finally:
         engine.dispose()
+
+
+def _post(client: Any, fake_github: FakeGitHub, description: str) -> bool:
+    from openaddr.github import CommitStatus, post_commit_status
+
+    status = CommitStatus("success", description, None)
+    url = fake_github.status_url("openaddresses", "openaddresses", "c0ffee" * 6 + "abcd")
+    return post_commit_status(client, url, status, sleep=lambda seconds: None)
+
+
+def test_github_token_connection_goes_through_the_github_hook(
+    monkeypatch: pytest.MonkeyPatch, fake_github: FakeGitHub
+) -> None:
+    from airflow.providers.github.hooks.github import GithubHook
+
+    hooks: list[str] = []
+    original = GithubHook.get_conn
+
+    def spy(self: GithubHook) -> Any:
+        hooks.append(self.github_conn_id)
+        return original(self)
+
+    monkeypatch.setattr(GithubHook, "get_conn", spy)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GITHUB_OPENADDRESSES",
+        json.dumps({"conn_type": "github", "host": fake_github.base_url, "password": "ci-token"}),
+    )
+    client = config.github_client()
+    assert set(hooks) == {config.GITHUB_CONN_ID}  # GithubHook.__init__ calls get_conn too
+    # The Machine's policy: PyGithub's own retries off, its timeout and user agent.
+    assert client.requester.kwargs["retry"] is None
+    assert client.requester.kwargs["timeout"] == config.GITHUB_TIMEOUT
+    assert _post(client, fake_github, "Succeeded on sources/a.json")
+    (posted,) = fake_github.statuses
+    assert posted["authorization"] == "token ci-token"
+    assert fake_github.requests[-1].headers["User-Agent"].startswith("openaddr-machine/")
+    # A server error is retried by post_commit_status alone: 2 failures, then success, 3 requests.
+    fake_github.fail_next(fake_github.requests[-1].path, times=2)
+    before = len(fake_github.requests)
+    assert _post(client, fake_github, "again")
+    assert len(fake_github.requests) - before == 3
+
+
+def test_github_app_connection_gets_an_installation_token(
+    monkeypatch: pytest.MonkeyPatch, fake_github: FakeGitHub
+) -> None:
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GITHUB_OPENADDRESSES",
+        json.dumps(
+            {
+                "conn_type": "github",
+                "host": fake_github.base_url,
+                "extra": {"app_id": "4242", "installation_id": 77, "private_key": pem},
+            }
+        ),
+    )
+    assert _post(config.github_client(), fake_github, "Succeeded on sources/a.json")
+    (posted,) = fake_github.statuses
+    assert posted["authorization"] == "token ghs_fake_77"
+    (exchange,) = [r for r in fake_github.requests if r.path == "/app/installations/77/access_tokens"]
+    claims = jwt.decode(
+        exchange.headers["Authorization"].removeprefix("Bearer "), key.public_key(), algorithms=["RS256"]
+    )
+    assert claims["iss"] == "4242"
+
+
+def test_github_client_is_none_without_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_GITHUB_OPENADDRESSES", raising=False)
+    assert config.github_client() is None
+
+
+def test_machine_engine_is_disposed_when_its_block_ends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    database = tmp_path / "machine.db"
+    upgrade(f"sqlite:///{database}")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPENADDR_MACHINE_DB", json.dumps({"conn_type": "sqlite", "host": str(database)})
+    )
+    with config.machine_engine() as engine:
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(jobs)).scalar() == 0
+        assert engine.pool.checkedin() == 1
+    assert engine.pool.checkedin() == 0  # disposed: no pooled connection left open
+    with config.machine_engine() as again:
+        assert again is not engine
+    assert not hasattr(config, "_ENGINES")
