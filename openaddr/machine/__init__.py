@@ -9,7 +9,9 @@ SQLAlchemy engine of the Machine database (:mod:`openaddr.db`, which holds every
 * :mod:`~openaddr.machine.planning`: planning a CI job or a set's entries, grouping and tiers;
 * :mod:`~openaddr.machine.batch`: batch sets (create, plan, complete);
 * :mod:`~openaddr.machine.child`: the ``openaddr process-one`` child process, its deadline and memory limit;
-* :mod:`~openaddr.machine.recording`: running and recording one entry, and what a failed task leaves behind.
+* :mod:`~openaddr.machine.recording`: running and recording one entry, and what a failed task leaves behind;
+* :mod:`~openaddr.machine.scratch`: the tasks' work folders in the scratch folder (locked, removed on exit, swept
+  after a kill).
 
 The flow of a CI job (DAG ``openaddr_ci``):
 
@@ -60,6 +62,7 @@ from openaddr.machine.planning import (
     GROUP_BUDGET_SECONDS,
     GROUP_SIZE,
     MAX_CI_FILES,
+    PULL_REQUEST_EVENTS,
     SMALL_ENTRY_SECONDS,
     batch_task_groups,
     by_tier,
@@ -83,6 +86,7 @@ __all__ = [
     "LARGE_MEMORY_LIMIT_VARIABLE",
     "MAX_CI_FILES",
     "MEMORY_LIMIT_VARIABLE",
+    "PULL_REQUEST_EVENTS",
     "SMALL_ENTRY_SECONDS",
     "STANDARD",
     "TIERS",

@@ -72,6 +72,8 @@ class RunOwner:
     :param set_id: the batch set
     :param commit_sha: the commit the sources were read at
     :param rerun: a re-run request: never reuse
+    :param pull_request: a CI job of a pull request (or of a re-run comment on one): untrusted sources, run under the
+        standard tier's limits whatever ``conform.size`` they claim
     """
 
     kind: Kind
@@ -79,6 +81,7 @@ class RunOwner:
     set_id: int | None = None
     commit_sha: str | None = None
     rerun: bool = False
+    pull_request: bool = False
 
 
 @dataclass(frozen=True)

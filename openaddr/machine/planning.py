@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 SMALL_ENTRY_SECONDS = 60.0
 GROUP_SIZE = 10
 GROUP_BUDGET_SECONDS = 300.0
+#: GitHub events whose CI job checks a pull request's files (machine-ci.md §2.1 steps 6–7).
+PULL_REQUEST_EVENTS = frozenset({"pull_request", "issue_comment"})
 #: Largest CI trigger accepted, as the webhook caps it (§2.1 step 10).
 MAX_CI_FILES = 200
 
@@ -169,7 +171,8 @@ def _plan_file(
                 blob_sha=snapshot.blob_sha,
                 digest=db_runs.layer_digest(coverage, entry.data),
                 timeout=timeout or DEFAULT_TIMEOUT_HOURS * 3600.0,
-                size=entry_size(entry.data),
+                # A pull request's claim of conform.size is not trusted: standard tier, standard limits.
+                size=STANDARD if owner.pull_request else entry_size(entry.data),
             )
         )
     return planned
@@ -216,13 +219,15 @@ def ci_sources(conf: Mapping[str, Any]) -> list[SourceSnapshot]:
 
 
 def ci_owner(conf: Mapping[str, Any], dag_run_id: str) -> RunOwner:
-    """The job of a CI trigger: ``conf["job_id"]``, else one derived from the DAG run id (a manual trigger)."""
+    """The job of a CI trigger: ``conf["job_id"]``, else one derived from the DAG run id (a manual trigger); a job
+    of a pull request when ``conf["event"]`` is ``pull_request`` or ``issue_comment`` (a re-run request)."""
     job_id = str(conf.get("job_id") or dag_run_id.removeprefix("ci__"))[:40]
     return RunOwner(
         "ci",
         job_id=job_id,
         commit_sha=conf.get("commit_sha"),
         rerun=bool(conf.get("rerun") or conf.get("is_rerun")),
+        pull_request=conf.get("event") in PULL_REQUEST_EVENTS,
     )
 
 

@@ -12,13 +12,13 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import openaddr
 from openaddr.db import jobs as db_jobs, runs as db_runs
 from openaddr.machine.child import format_bytes, memory_limit, run_process_one, tail
-from openaddr.machine.entries import PlannedEntry, RunOwner, worker_id
+from openaddr.machine.entries import STANDARD, PlannedEntry, RunOwner, worker_id
+from openaddr.machine.scratch import WORK_PREFIX, work_folder
 from openaddr.storage import public_state, read_state
 
 if TYPE_CHECKING:
@@ -51,9 +51,11 @@ def process_source(
 
     :param entry: the planned entry
     :param owner: the job or set
-    :param scratch: a folder for this attempt's work (deleted afterwards)
+    :param scratch: the scratch folder: this attempt works in ``<scratch>/run-<run id>/``, removed on exit; folders
+        that killed attempts left there are swept first (:func:`openaddr.machine.scratch.work_folder`)
     :param task: the Airflow task instance and attempt
-    :param limit: memory limit of the subprocess (default: :func:`memory_limit` of the entry's tier)
+    :param limit: memory limit of the subprocess (default: :func:`memory_limit` of the entry's tier; the standard
+        tier's for a pull request's job, whatever size the source claims)
     :param env: environment of the subprocess
     :param started: when the attempt started (default: now)
     :return: ``{run_id, status, message, skipped, copy_of, source_problem, address_count, seconds, label}``
@@ -90,14 +92,14 @@ def process_source(
         code_version=openaddr.__version__,
         started=started,
     )
-    work = scratch / f"run-{run_id}"
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    with work_folder(scratch, f"{WORK_PREFIX}{run_id}") as work:
         source_file = work / entry.path
         source_file.parent.mkdir(parents=True)
         source_file.write_bytes(content)
         out, log_path = work / "out", work / "process-one.log"
-        limit = memory_limit(size=entry.size) if limit is None else limit
+        # A pull request's source is untrusted: its conform.size cannot buy it the large tier's limit.
+        size = STANDARD if owner.pull_request else entry.size
+        limit = memory_limit(size=size) if limit is None else limit
         child = run_process_one(
             source_file,
             out,
@@ -151,8 +153,6 @@ def process_source(
             worker_id=worker_id(),
         )
         return _finish(engine, owner, entry, run_id, seconds=child.seconds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def process_entries(
