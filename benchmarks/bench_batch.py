@@ -489,9 +489,8 @@ def create_set(**context) -> int:
     from openaddr_airflow import config
 
     listing = list_sources(config.sources_location())
-    return create_batch_set(
-        config.machine_engine(), config.machine_storage(), listing, dag_run_id=context["run_id"]
-    )
+    with config.machine_engine() as engine:
+        return create_batch_set(engine, config.machine_storage(), listing, dag_run_id=context["run_id"])
 
 
 @task
@@ -499,9 +498,11 @@ def list_groups(set_id: int) -> list[list[dict]]:
     from openaddr.machine import plan_batch_set
     from openaddr_airflow import config
 
+    with config.machine_engine() as engine:
+        planned = plan_batch_set(engine, config.machine_storage(), set_id)
     items = [
         item if "entry" in item else {{"entry": item, "run_owner": {{"kind": "batch", "set_id": set_id}}}}
-        for item in plan_batch_set(config.machine_engine(), config.machine_storage(), set_id)
+        for item in planned
     ]
     return [items[i : i + GROUP] for i in range(0, len(items), GROUP)]
 
@@ -511,11 +512,12 @@ def process_group(items: list[dict]) -> dict:
     from openaddr.machine import RunOwner, process_source
     from openaddr_airflow import config
 
-    engine, storage, scratch = config.machine_engine(), config.machine_storage(), config.scratch_folder()
-    results = [
-        process_source(engine, storage, item["entry"], RunOwner(**item["run_owner"]), scratch=scratch)
-        for item in items
-    ]
+    storage, scratch = config.machine_storage(), config.scratch_folder()
+    with config.machine_engine() as engine:
+        results = [
+            process_source(engine, storage, item["entry"], RunOwner(**item["run_owner"]), scratch=scratch)
+            for item in items
+        ]
     return {{"entries": len(results), "succeeded": sum(1 for r in results if r["status"] is True)}}
 
 
@@ -524,7 +526,8 @@ def complete_set(set_id: int) -> dict:
     from openaddr.machine import complete_batch_set
     from openaddr_airflow import config
 
-    return complete_batch_set(config.machine_engine(), set_id)
+    with config.machine_engine() as engine:
+        return complete_batch_set(engine, set_id)
 
 
 @dag(

@@ -38,9 +38,8 @@ def create_set(**context) -> int:
     from openaddr_airflow import config
 
     listing = list_sources(config.sources_location(), client_factory=config.github_client)
-    return create_batch_set(
-        config.machine_engine(), config.machine_storage(), listing, dag_run_id=context["run_id"]
-    )
+    with config.machine_engine() as engine:
+        return create_batch_set(engine, config.machine_storage(), listing, dag_run_id=context["run_id"])
 
 
 @task
@@ -49,9 +48,9 @@ def list_sources(set_id: int, **context) -> list[dict]:
     from openaddr_airflow import config
     from openaddr_airflow.operators import push_tiers
 
-    engine = config.machine_engine()
-    planned = plan_batch_set(engine, config.machine_storage(), set_id)
-    return push_tiers(context["ti"], batch_task_groups(engine, set_id, planned))
+    with config.machine_engine() as engine:
+        planned = plan_batch_set(engine, config.machine_storage(), set_id)
+        return push_tiers(context["ti"], batch_task_groups(engine, set_id, planned))
 
 
 @task(trigger_rule="all_done", outlets=[LATEST_SET])
@@ -59,7 +58,8 @@ def complete_set(set_id: int) -> dict[str, int]:
     from openaddr.machine import complete_batch_set
     from openaddr_airflow import config
 
-    return complete_batch_set(config.machine_engine(), set_id)
+    with config.machine_engine() as engine:
+        return complete_batch_set(engine, set_id)
 
 
 @dag(

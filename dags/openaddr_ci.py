@@ -4,12 +4,14 @@
 Triggered by the webhook (no schedule) with the conf
 
 ```json
-{"job_id": "…", "commit_sha": "…", "rerun": false,
+{"job_id": "…", "commit_sha": "…", "rerun": false, "event": "pull_request", "delivery_id": "…",
  "sources": [{"path": "sources/us/wy/park.json", "blob_sha": "…", "content_b64": "…"}],
  "github": {"status_url": "…", "comments_url": "…", "owner": "…", "repository": "…"}}
 ```
 
-(`content` may replace `content_b64`; `github` is optional.)
+(`content` may replace `content_b64`; only `sources` is required.) The conf is declared as Params with a JSON
+schema: the trigger form shows a template, and a malformed conf is refused before a run exists. A conf that still
+cannot be planned fails the run at once, without retries.
 
 1. **plan_job** records the job (unless the webhook did), stores the files under `jobs/<job id>/sources/` and expands
    them into layer entries; invalid files are recorded as failed runs (`invalid_source`).
@@ -29,19 +31,25 @@ import pendulum
 from airflow.sdk import dag, task
 
 from openaddr_airflow.operators import DEFAULT_ARGS, process_sources
+from openaddr_airflow.params import CI_PARAMS
 from openaddr_airflow.tags import Tag
 
 
 @task
 def plan_job(**context) -> list[dict]:
-    from openaddr.machine import by_tier, plan_ci_job
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from openaddr.machine import TriggerError, by_tier, plan_ci_job
     from openaddr_airflow import config
     from openaddr_airflow.operators import push_tiers
 
-    conf = context["dag_run"].conf or {}
-    planned = plan_ci_job(
-        config.machine_engine(), config.machine_storage(), conf, dag_run_id=context["run_id"]
-    )
+    try:
+        with config.machine_engine() as engine:
+            planned = plan_ci_job(
+                engine, config.machine_storage(), context["dag_run"].conf or {}, dag_run_id=context["run_id"]
+            )
+    except TriggerError as exc:
+        raise AirflowFailException(f"Cannot plan this trigger: {exc}") from exc
     return push_tiers(context["ti"], by_tier(planned))
 
 
@@ -49,12 +57,14 @@ def plan_job(**context) -> list[dict]:
 def finish_job(**context) -> bool | None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from openaddr.machine import ci_owner, finish_ci_job
+    from openaddr.machine import TriggerError, ci_owner, finish_ci_job
     from openaddr_airflow import config
 
-    job = finish_ci_job(
-        config.machine_engine(), ci_owner(context["dag_run"].conf or {}, context["run_id"]).job_id
-    )
+    try:
+        with config.machine_engine() as engine:
+            job = finish_ci_job(engine, ci_owner(context["dag_run"].conf or {}, context["run_id"]).job_id)
+    except TriggerError as exc:
+        raise AirflowFailException(str(exc)) from exc
     if job["status"] is False:
         failed = sorted(path for path, state in job["file_states"].items() if state is False)
         raise AirflowFailException(f"Job {job['id']} failed on {', '.join(failed)}")
@@ -69,6 +79,7 @@ def finish_job(**context) -> bool | None:
     tags=[Tag.KIND_CI, Tag.TIER_1, Tag.DATA_SOURCES],
     max_active_runs=16,
     default_args=DEFAULT_ARGS,
+    params=CI_PARAMS,
 )
 def openaddr_ci():
     planned = plan_job()

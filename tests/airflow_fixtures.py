@@ -80,7 +80,6 @@ def machine(
     airflow_metadata: None,
 ) -> Iterator[Machine]:
     """A migrated Machine database on each backend, a storage folder, GitHub on loopback, loopback data allowed."""
-    from openaddr_airflow import config
 
     upgrade(empty_db_url)
     storage = tmp_path / "storage"
@@ -93,10 +92,8 @@ def machine(
     monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_BASE_URL", "http://results.test")
     monkeypatch.setenv("OPENADDR_ALLOWED_PRIVATE_NETWORKS", "127.0.0.0/8")
     monkeypatch.setenv("OPENADDR_SCRATCH", str(tmp_path / "scratch"))
-    config.dispose_engines()
     engine = make_engine(empty_db_url)
     try:
         yield Machine(engine, storage, "http://results.test")
     finally:
         engine.dispose()
-        config.dispose_engines()

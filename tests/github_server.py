@@ -19,6 +19,9 @@ Endpoints (JSON shaped like GitHub's, reduced to the fields the Machine and PyGi
   header) and answered 201 with the status; without Authorization 401; an unknown state or a description over 140
   characters 422, as GitHub validates.
 
+* ``POST /app/installations/{id}/access_tokens``: a GitHub App's installation token, for a request carrying the
+  App's JWT (``Authorization: Bearer …``); answered 201 with ``{"token": "ghs_fake_<id>", "expires_at"}``.
+
 Knobs: :meth:`~FakeGitHub.fail_next` (the next N requests to a path answer 500 or another status),
 :attr:`~FakeGitHub.max_statuses` (statuses per sha and context before GitHub's 422 "maximum number of statuses"),
 :meth:`~FakeGitHub.echo_state_next` (answer a status post with another state). More endpoints (compare, contents,
@@ -497,6 +500,23 @@ def _post_status(
             "updated_at": now,
             "creator": server.user_json("openaddr-bot"),
         },
+        201,
+    )
+
+
+@FakeGitHub.route("POST", r"/app/installations/(?P<installation>[0-9]+)/access_tokens")
+def _post_installation_token(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    if not (request.headers.get("Authorization") or "").startswith("Bearer "):
+        server.json(
+            handler, {"message": "A JSON web token could not be decoded", "documentation_url": DOCS}, 401
+        )
+        return
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    server.json(
+        handler,
+        {"token": f"ghs_fake_{params['installation']}", "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
         201,
     )
 

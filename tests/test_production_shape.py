@@ -329,7 +329,6 @@ def test_the_tasks_get_the_machine_database_the_stack_migrates(
     assert stack.machine_database_url == env["OPENADDR_DATABASE_URL"] == url
     # As a task reads it: the connection through the Postgres provider's hook.
     monkeypatch.setenv("AIRFLOW_CONN_OPENADDR_MACHINE_DB", env["AIRFLOW_CONN_OPENADDR_MACHINE_DB"])
-    config.dispose_engines()
     seen = sa.make_url(config.machine_database_url())
     assert seen.set(drivername="postgresql") == sa.make_url(url).set(drivername="postgresql")
     assert seen.password == "p@ss"

@@ -690,3 +690,18 @@ def slowest_first(paths: list[str], run_times: Mapping[str, float]) -> list[str]
 
 def _equal_or_null(column: sa.ColumnElement[Any], value: Any) -> sa.ColumnElement[bool]:
     return column.is_(None) if value is None else column == value
+
+
+def owner_entries(
+    bind: Bind, source_path: str, *, job_id: str | None = None, set_id: int | None = None
+) -> set[tuple[str | None, str | None]]:
+    """``(layer, name)`` of the runs a job (``job_id``) or else a set (``set_id``) already has for a source file;
+    empty when neither is given."""
+    if job_id is None and set_id is None:
+        return set()
+    owned = runs.c.job_id == job_id if job_id is not None else runs.c.set_id == set_id
+    with transaction(bind) as connection:
+        rows = connection.execute(
+            sa.select(runs.c.source_layer, runs.c.layer_name).where(owned, runs.c.source_path == source_path)
+        ).all()
+    return {(row.source_layer, row.layer_name) for row in rows}

@@ -4,26 +4,41 @@ Read inside tasks and listeners only, never while a DAG file is parsed (style gu
 
 | what | Airflow | environment fallback | embedded default |
 |---|---|---|---|
-| Machine database | connection ``openaddr_machine_db`` (``postgres`` through the Postgres provider's hook, or ``sqlite`` with the file in ``host``) | ``OPENADDR_DATABASE_URL`` | ``$OPENADDR_HOME/machine.db`` |
-| run storage | variable ``openaddr_results`` (a folder, ``file://`` or ``s3://bucket/prefix`` URL; S3 goes through the Amazon provider's ``aws_default``) | ``OPENADDR_RESULTS`` | ``$OPENADDR_HOME/storage`` |
+| Machine database | connection ``openaddr_machine_db`` (``postgres`` through the Postgres provider's hook, or ``sqlite`` with the file in ``host``) | ``OPENADDR_DATABASE_URL`` | ``$OPENADDR_HOME/machine.db`` (embedded mode only) |
+| run storage | variable ``openaddr_results`` (a folder, ``file://`` or ``s3://bucket/prefix`` URL; S3 goes through the Amazon provider's ``aws_default``) | ``OPENADDR_RESULTS`` | ``$OPENADDR_HOME/storage`` (embedded mode only) |
 | public URL of the storage | variable ``openaddr_results_public_url`` | ``OPENADDR_RESULTS_PUBLIC_URL`` | the backend's own |
 | results site | variable ``openaddr_base_url`` | ``OPENADDR_BASE_URL`` | none |
 | sources location | variable ``openaddr_sources`` (a checkout folder or ``github:owner/repository[@ref]``) | ``OPENADDR_SOURCES`` | ``github:openaddresses/openaddresses`` |
-| GitHub | connection ``github_openaddresses`` (token as password, API URL as host) | | |
+| GitHub | connection ``github_openaddresses`` through the GitHub provider's ``GithubHook`` (token as password, or GitHub App extras; API URL as host) | | |
 | status gag | variable ``openaddr_gag_github_status`` | ``OPENADDR_GAG_GITHUB_STATUS`` | off |
 | status context | variable ``openaddr_github_status_context`` | | ``openaddresses/hooked`` |
 | CloudWatch namespace | variable ``openaddr_cloudwatch_namespace`` | ``OPENADDR_CLOUDWATCH_NAMESPACE`` | none: the metric is logged |
+
+Nothing falls back silently: an Airflow variable or connection that is *not found* gives way to the environment
+variable in the table, and a Machine database or run storage named nowhere is an error
+(:class:`MissingConfiguration`, which fails the task at once and names the connection or variable), unless the
+process runs in the **embedded mode** (``OPENADDR_EMBEDDED=1``, set by ``make run`` for every component it starts):
+only then do the local defaults under ``$OPENADDR_HOME`` apply. Any other error reading Airflow's configuration (a
+secrets backend or the Execution API failing) propagates, so the task fails and is retried instead of writing to a
+local file. (The task SDK itself reports an Execution-API error that outlasts its own retries as "not found"; the
+rule above still makes such a worker fail instead of recording into ``var/machine.db``.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import github
     import sqlalchemy as sa
 
     from openaddr.storage import Storage
@@ -35,25 +50,69 @@ GITHUB_CONN_ID = "github_openaddresses"
 AWS_CONN_ID = "aws_default"
 DEFAULT_SOURCES = "github:openaddresses/openaddresses"
 DEFAULT_STATUS_CONTEXT = "openaddresses/hooked"
+#: Seconds for connecting to GitHub and for each read (machine-ci.md §2.1 step 8).
+GITHUB_TIMEOUT = 10
 _TRUE = ("1", "true", "yes", "on")
+#: Environment variable that turns the embedded mode on (local defaults for database and storage).
+EMBEDDED_VARIABLE = "OPENADDR_EMBEDDED"
 #: Extras of ``openaddr_machine_db`` passed on to libpq.
 LIBPQ_OPTIONS = frozenset(
     ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name", "options")
 )
 
 
+class MissingConfiguration(AirflowFailException):
+    """A setting the Machine cannot run without is configured nowhere: fail the task at once (a retry cannot
+    help), naming what to set."""
+
+
+def embedded() -> bool:
+    """Whether this process runs in the embedded mode (``OPENADDR_EMBEDDED``), where local defaults apply."""
+    return os.environ.get(EMBEDDED_VARIABLE, "").strip().lower() in _TRUE
+
+
 def variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
-    """An Airflow variable, else the environment variable ``env``, else ``default``."""
+    """An Airflow variable, else the environment variable ``env``, else ``default``.
+
+    Only "not found" gives way to ``env`` and ``default``; any other error reading the variable propagates.
+    """
     from airflow.sdk import Variable
 
-    try:
-        value = Variable.get(key, default=None)
-    except Exception:  # no metadata access (plain Python tests): fall back
-        log.debug("Variable %s not readable here", key, exc_info=True)
-        value = None
+    # Variable.get returns the default for VARIABLE_NOT_FOUND only and raises every other error.
+    value = Variable.get(key, default=None)
     if value is None and env:
         value = os.environ.get(env) or None
     return value if value is not None else default
+
+
+def optional_variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
+    """A variable the Machine runs without: :func:`variable`, but in a task process Airflow is asked only when the
+    variable exists, so that an unset one costs no "404 Variable not found" in the api-server's log.
+
+    Existence is read from the environment (``AIRFLOW_VAR_<KEY>``) and from the Execution API's list of the
+    metadata database's ``openaddr_*`` keys; with a secrets backend configured (whose variables that list does not
+    show) or outside a task process, the variable is always asked for.
+    """
+    if f"AIRFLOW_VAR_{key.upper()}" in os.environ or not _variable_keys_listable():
+        return variable(key, env, default)
+    from airflow.sdk import Variable
+
+    if key in Variable.keys(prefix="openaddr_"):
+        return variable(key, env, default)
+    value = (os.environ.get(env) or None) if env else None
+    return value if value is not None else default
+
+
+def _variable_keys_listable() -> bool:
+    """Whether this is a task process whose variables all live in the environment or the metadata database."""
+    from airflow.sdk.configuration import conf
+    from airflow.sdk.execution_time import task_runner
+
+    if getattr(task_runner, "SUPERVISOR_COMMS", None) is None:
+        return False
+    return not (
+        conf.get("secrets", "backend", fallback="") or conf.get("workers", "secrets_backend", fallback="")
+    )
 
 
 def openaddr_home() -> Path:
@@ -62,21 +121,33 @@ def openaddr_home() -> Path:
 
 
 def _connection(conn_id: str) -> Any:
+    """The Airflow connection ``conn_id``, or None when it is not defined (other errors propagate)."""
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         return BaseHook.get_connection(conn_id)
-    except Exception:  # AirflowNotFoundException, or no way to look it up
+    except AirflowNotFoundException:
         return None
 
 
 def machine_database_url() -> str:
-    """The Machine database URL from ``openaddr_machine_db``, else ``OPENADDR_DATABASE_URL``, else the SQLite file."""
-    from openaddr.db import default_database_url
+    """The Machine database URL from ``openaddr_machine_db``, else ``OPENADDR_DATABASE_URL``, else (embedded mode
+    only) the SQLite file ``$OPENADDR_HOME/machine.db``.
+
+    :raises MissingConfiguration: none of them is set
+    """
+    from openaddr.db import DATABASE_URL_VARIABLE, default_database_url
 
     conn = _connection(MACHINE_DB_CONN_ID)
     if conn is None:
-        return default_database_url()
+        if os.environ.get(DATABASE_URL_VARIABLE, "").strip() or embedded():
+            return default_database_url()
+        raise MissingConfiguration(
+            f"The Machine database is not configured: connection {MACHINE_DB_CONN_ID} is not defined and "
+            f"{DATABASE_URL_VARIABLE} is not set ({EMBEDDED_VARIABLE}=1 uses a local SQLite file, for "
+            "development only)"
+        )
     if conn.conn_type == "sqlite":
         return f"sqlite:///{conn.host}"
     from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -88,33 +159,42 @@ def machine_database_url() -> str:
     return str(url.update_query_dict(options).render_as_string(hide_password=False))
 
 
-_ENGINES: dict[str, sa.Engine] = {}
+@contextlib.contextmanager
+def machine_engine() -> Iterator[sa.Engine]:
+    """An engine of the Machine database for one task body or listener step, disposed when the block ends.
 
+    The lifecycle of flaskr's ``get_db``/``close_db``: whoever opens the database closes it; no engine outlives
+    its user in a module-level cache. (A task process makes a handful of calls, so one pool per block costs a
+    connection or two.)
 
-def machine_engine() -> sa.Engine:
-    """An engine of the Machine database, one per URL and process (a task process makes several calls)."""
+    :raises MissingConfiguration: the database is configured nowhere (:func:`machine_database_url`)
+    """
     from openaddr.db import make_engine
 
-    url = machine_database_url()
-    engine = _ENGINES.get(url)
-    if engine is None:
-        engine = _ENGINES[url] = make_engine(url)
-    return engine
-
-
-def dispose_engines() -> None:
-    """Close every cached engine's connections and forget the engines."""
-    for engine in _ENGINES.values():
+    engine = make_engine(machine_database_url())
+    try:
+        yield engine
+    finally:
         engine.dispose()
-    _ENGINES.clear()
 
 
 def machine_storage() -> Storage:
-    """The run storage (``openaddr_results``)."""
+    """The run storage (``openaddr_results``, else ``OPENADDR_RESULTS``, else in the embedded mode
+    ``$OPENADDR_HOME/storage``).
+
+    :raises MissingConfiguration: none of them is set
+    """
     from openaddr.storage import open_storage
 
-    url = variable("openaddr_results", "OPENADDR_RESULTS") or str(openaddr_home() / "storage")
-    public_url = variable("openaddr_results_public_url", "OPENADDR_RESULTS_PUBLIC_URL")
+    url = variable("openaddr_results", "OPENADDR_RESULTS")
+    if not url:
+        if not embedded():
+            raise MissingConfiguration(
+                f"The run storage is not configured: variable openaddr_results is not defined and "
+                f"OPENADDR_RESULTS is not set ({EMBEDDED_VARIABLE}=1 uses a local folder, for development only)"
+            )
+        url = str(openaddr_home() / "storage")
+    public_url = optional_variable("openaddr_results_public_url", "OPENADDR_RESULTS_PUBLIC_URL")
     if url.startswith("s3://"):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -124,13 +204,13 @@ def machine_storage() -> Storage:
 
 def base_url() -> str | None:
     """The results site (links in statuses and the UI), without a trailing slash."""
-    value = variable("openaddr_base_url", "OPENADDR_BASE_URL")
+    value = optional_variable("openaddr_base_url", "OPENADDR_BASE_URL")
     return value.rstrip("/") if value else None
 
 
 def sources_location() -> str:
     """Where the batch lists its sources."""
-    return variable("openaddr_sources", "OPENADDR_SOURCES") or DEFAULT_SOURCES
+    return optional_variable("openaddr_sources", "OPENADDR_SOURCES") or DEFAULT_SOURCES
 
 
 def scratch_folder() -> Path:
@@ -142,29 +222,38 @@ def scratch_folder() -> Path:
 
 def github_gagged() -> bool:
     """Whether commit statuses are never posted (``openaddr_gag_github_status``)."""
-    value = variable("openaddr_gag_github_status", "OPENADDR_GAG_GITHUB_STATUS") or ""
+    value = optional_variable("openaddr_gag_github_status", "OPENADDR_GAG_GITHUB_STATUS") or ""
     return value.strip().lower() in _TRUE
 
 
 def github_status_context() -> str:
     """The commit-status context."""
-    return variable("openaddr_github_status_context") or DEFAULT_STATUS_CONTEXT
+    return optional_variable("openaddr_github_status_context") or DEFAULT_STATUS_CONTEXT
 
 
-def github_client() -> Any:
-    """A PyGithub client for ``github_openaddresses`` (the GitHub provider's connection: token as password, the API
-    URL as host), or None when the connection is not configured."""
-    from openaddr.github import github_client as make_client
+def github_client() -> github.Github | None:
+    """The PyGithub client of ``github_openaddresses`` from the GitHub provider's ``GithubHook`` (a token as
+    password, or GitHub App auth in the extras ``app_id``, ``installation_id``, ``private_key``/``key_path``; the
+    API URL as host, with its scheme), under the Machine's request policy; None when the connection is not defined.
 
-    conn = _connection(GITHUB_CONN_ID)
-    if conn is None:
+    The policy (:func:`openaddr.github.github_client`'s): a 10 s timeout, the Machine's user agent and PyGithub's
+    own retries off, so that the callers' retry policy is the only one; auth and base URL stay the hook's.
+    """
+    import github as pygithub
+    from airflow.providers.github.hooks.github import GithubHook
+
+    from openaddr.github import USER_AGENT
+
+    if _connection(GITHUB_CONN_ID) is None:
         return None
-    host = conn.host or None
-    if host and "://" not in host:
-        host = f"https://{host}"
-    return make_client(conn.password or None, host)
+    hooked = GithubHook(github_conn_id=GITHUB_CONN_ID).get_conn()
+    # PyGithub's Requester.kwargs are the client's constructor arguments; Github() binds an App's installation
+    # auth to the new requester.
+    return pygithub.Github(
+        **{**hooked.requester.kwargs, "timeout": GITHUB_TIMEOUT, "user_agent": USER_AGENT, "retry": None}
+    )
 
 
 def cloudwatch_namespace() -> str | None:
     """CloudWatch namespace of the Machine-task metric, or None to log it only."""
-    return variable("openaddr_cloudwatch_namespace", "OPENADDR_CLOUDWATCH_NAMESPACE")
+    return optional_variable("openaddr_cloudwatch_namespace", "OPENADDR_CLOUDWATCH_NAMESPACE")

@@ -119,15 +119,16 @@ class RunListener:
         run_owner = getattr(operator, "run_owner", None)
         owner = RunOwner(**run_owner) if entries and isinstance(run_owner, dict) else None
         log.info("%s failed (timeout: %s, final: %s): %s", task, timed_out, final, error)
-        return record_task_failure(
-            config.machine_engine(),
-            task,
-            timeout=limit if timed_out else None,
-            final=final or timed_out,
-            now=dt.datetime.now(dt.UTC),
-            entries=entries if isinstance(entries, list) else [],
-            owner=owner,
-        )
+        with config.machine_engine() as engine:
+            return record_task_failure(
+                engine,
+                task,
+                timeout=limit if timed_out else None,
+                final=final or timed_out,
+                now=dt.datetime.now(dt.UTC),
+                entries=entries if isinstance(entries, list) else [],
+                owner=owner,
+            )
 
     def _after(self, task_instance: Any) -> None:
         process = is_process_task(task_instance)
@@ -144,13 +145,18 @@ class RunListener:
 
         :return: whether a status was posted
         """
-        from openaddr.db.jobs import update_job
+        from openaddr.db.jobs import get_job, update_job
         from openaddr.github import job_commit_status, post_commit_status
         from openaddr_airflow import config
 
         if not job_id:
             return False
-        job = update_job(config.machine_engine(), job_id)
+        with config.machine_engine() as engine:
+            if get_job(engine, job_id) is None:
+                # A trigger that could not be planned: plan_job failed with the reason, there is nothing to post.
+                log.info("Job %s was never planned: no status to post", job_id)
+                return False
+            job = update_job(engine, job_id)
         if not job.get("github_status_url") or config.github_gagged():
             return False
         client = config.github_client()

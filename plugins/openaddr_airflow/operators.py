@@ -185,14 +185,15 @@ class ProcessSourceOperator(BaseOperator):
 
         storage = config.machine_storage()
         try:
-            results = process_entries(
-                config.machine_engine(),
-                storage,
-                self.planned,
-                RunOwner(**self.run_owner),
-                scratch=config.scratch_folder(),
-                task=airflow_task(context),
-            )
+            with config.machine_engine() as engine:
+                results = process_entries(
+                    engine,
+                    storage,
+                    self.planned,
+                    RunOwner(**self.run_owner),
+                    scratch=config.scratch_folder(),
+                    task=airflow_task(context),
+                )
         except AirflowTaskTimeout as exc:
             raise EntryTimedOut(f"Timed out after {self.execution_timeout}") from exc
         for result in results:

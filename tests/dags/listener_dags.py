@@ -1,7 +1,8 @@
 """DAGs for the run listener's tests (part of the test session's DAG bundle only, never of ``dags/``).
 
 Each runs one ``process_source`` task for the entry and owner given in the DAG run's conf (rendered as native
-objects), with the attempt settings its test needs; two operators fail on purpose.
+objects), with the attempt settings its test needs; two operators fail on purpose, and ``machine_unconfigured`` runs on a
+worker without the Machine's configuration.
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ class CrashingProcessSource(ProcessSourceOperator):
         from openaddr.db.runs import insert_run
         from openaddr_airflow import config
 
-        insert_run(
-            config.machine_engine(),
-            source_path=self.entry["path"],
-            source_layer=self.entry["layer"],
-            layer_name=self.entry["name"],
-            job_id=self.run_owner.get("job_id"),
-            task=airflow_task(context),
-        )
+        with config.machine_engine() as engine:
+            insert_run(
+                engine,
+                source_path=self.entry["path"],
+                source_layer=self.entry["layer"],
+                layer_name=self.entry["name"],
+                job_id=self.run_owner.get("job_id"),
+                task=airflow_task(context),
+            )
         raise RuntimeError("storage unreachable")
 
 
@@ -82,3 +84,7 @@ one_task_dag(
 one_task_dag("listener_retry", FlakyProcessSource, ["kind/batch"], retries=1, retry_delay=dt.timedelta(0))
 one_task_dag("listener_crash", CrashingProcessSource, ["kind/ci"], retries=0)
 one_task_dag("listener_metric", ProcessSourceOperator, ["kind/batch"], retries=0)
+# Retries allowed, without delay: a configuration error must fail it at once all the same.
+one_task_dag(
+    "machine_unconfigured", ProcessSourceOperator, ["kind/ci"], retries=2, retry_delay=dt.timedelta(0)
+)

@@ -327,3 +327,99 @@ def test_batch_set_reads_the_sources_from_github_at_one_commit(
     assert runs[PARK]["commit_sha"] == sha
     # One archive download, not one request per file (machine-ci.md §6).
     assert sum(1 for request in fake_github.requests if "/tarball/" in request.path) == 1
+
+
+@pytest.mark.parametrize(
+    ("conf", "reason"),
+    [
+        pytest.param({}, "sources", id="empty"),
+        pytest.param({"sources": []}, "sources", id="no-files"),
+        pytest.param(
+            {"sources": [{"path": "../etc/passwd.json", "content": "{}"}]}, "does not match", id="path"
+        ),
+        pytest.param({"sources": [{"path": "sources/a.json"}]}, "sources", id="no-content"),
+        pytest.param(
+            {"sources": [{"path": "sources/a.json", "content": "{}"}], "rerun": "yes"}, "rerun", id="rerun"
+        ),
+    ],
+)
+def test_ci_conf_is_declared_and_a_malformed_one_never_becomes_a_run(
+    machine_dags: DagBag, machine: Machine, conf: dict, reason: str
+) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    dag = machine_dags.dags["openaddr_ci"]
+    # The trigger form's template: every key declared, with a schema; the template itself is refused.
+    params = dag.params.dump()
+    assert set(params) >= {"sources", "job_id", "commit_sha", "rerun", "event", "github"}
+    assert dag.params.get_param("sources").schema["items"]["required"] == ["path"]
+    with pytest.raises(ParamValidationError, match=reason):
+        dag.test(run_conf=conf)
+    with pytest.raises(ParamValidationError):
+        dag.params.validate()  # the template as shown must be edited
+
+
+def test_ci_conf_that_cannot_be_planned_fails_the_run_at_once(
+    machine_dags: DagBag,
+    machine: Machine,
+    fake_github: FakeGitHub,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from openaddr.machine import MAX_CI_FILES as LIBRARY_MAX
+    from openaddr_airflow.params import MAX_CI_FILES
+
+    assert MAX_CI_FILES == LIBRARY_MAX
+    job_id = str(uuid.uuid4())
+    conf = {"job_id": job_id, "sources": [{"path": "sources/a.json", "content_b64": "not base64!"}]}
+    dag_run = machine_dags.dags["openaddr_ci"].test(run_conf=conf)
+
+    assert dag_run.state == "failed"
+    tis = task_instances(dag_run)
+    # Failed for good on the first try (the DAG's default is 2 retries): nothing was recorded or posted.
+    assert (tis[("plan_job", -1)].state, tis[("plan_job", -1)].try_number) == ("failed", 1)
+    assert (tis[("finish_job", -1)].state, tis[("finish_job", -1)].try_number) == ("failed", 1)
+    captured = capfd.readouterr()
+    logged = caplog.text + captured.out + captured.err  # the task runner logs through structlog
+    assert "Cannot plan this trigger: sources/a.json: content_b64 is not base64" in logged
+    assert f"job {job_id} was never planned" in logged
+    assert "LookupError" not in logged
+    assert "does not exist" not in logged
+    assert get_job(machine.engine, job_id) is None
+    assert fake_github.statuses == []
+
+
+def test_unset_optional_variables_are_not_asked_of_the_api_server(
+    machine_dags: DagBag,
+    machine: Machine,
+    sources: dict[str, bytes],
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.models.variable import Variable
+    from airflow.sdk.execution_time.secrets.execution_api import ExecutionAPISecretsBackend
+
+    for key in ("base_url", "gag_github_status", "github_status_context", "cloudwatch_namespace"):
+        monkeypatch.delenv(f"AIRFLOW_VAR_OPENADDR_{key.upper()}", raising=False)
+    monkeypatch.delenv("OPENADDR_BASE_URL", raising=False)
+    asked: list[str] = []
+    original = ExecutionAPISecretsBackend.get_variable
+
+    def spy(self: Any, key: str, team_name: str | None = None) -> str | None:
+        asked.append(key)
+        return original(self, key, team_name)
+
+    monkeypatch.setattr(ExecutionAPISecretsBackend, "get_variable", spy)
+    Variable.set("openaddr_github_status_context", "openaddresses/from-the-database")
+    try:
+        dag_run = machine_dags.dags["openaddr_ci"].test(
+            run_conf=ci_conf(str(uuid.uuid4()), {BROKEN: sources[BROKEN]}, fake_github)
+        )
+    finally:
+        Variable.delete("openaddr_github_status_context")
+
+    assert dag_run.state == "failed"  # the broken file failed the job
+    # The one variable that exists was read through the Execution API; the unset ones were never asked.
+    assert fake_github.statuses[-1]["context"] == "openaddresses/from-the-database"
+    assert "openaddr_github_status_context" in asked
+    assert not {"openaddr_base_url", "openaddr_gag_github_status"} & set(asked)

@@ -292,7 +292,14 @@ def test_plan_ci_job_records_the_job_and_expands_real_multi_layer_files(
         for i, (path, _, document) in enumerate(files)
         for entry in expected_entries(path, document, prefix=f"jobs/{job_id}/sources", blob_sha=f"blob{i}")
     ]
-    owner = {"kind": "ci", "job_id": job_id, "set_id": None, "commit_sha": COMMIT, "rerun": False}
+    owner = {
+        "kind": "ci",
+        "job_id": job_id,
+        "set_id": None,
+        "commit_sha": COMMIT,
+        "rerun": False,
+        "pull_request": True,
+    }
     assert planned == [{"entry": entry, "run_owner": owner} for entry in expected]
     # Read off the files by hand as well: the naming and ordering rules, and the hours of ``timeout``.
     assert [(e["layer"], e["name"]) for e in expected[:4]] == [
@@ -422,7 +429,7 @@ def test_plan_ci_job_of_a_manual_trigger(
     raw, _ = read_corpus(corpus_sources, MULTI_LAYER[1])
     job_id = f"manual-{uuid.uuid4().hex[:8]}"
     conf = {
-        "files": [source_item(f"sources/{MULTI_LAYER[1]}", raw)],
+        "sources": [source_item(f"sources/{MULTI_LAYER[1]}", raw)],
         "owner": "flat-owner",
         "repository": "flat-repository",
         "status_url": "https://api.github.test/flat/status",
@@ -560,6 +567,7 @@ NOT_A_SOURCE = "not a source file path"
         pytest.param([{"content": "{}"}], "needs a path", id="no-path"),
         pytest.param("sources/a.json", "no 'sources' list", id="not-a-list"),
         pytest.param(None, "no 'sources' list", id="no-sources"),
+        pytest.param([], "no 'sources' list", id="empty"),
         pytest.param(
             [{"path": f"sources/x/{i}.json", "content": "{}"} for i in range(201)],
             "at most 200",
@@ -572,7 +580,7 @@ def test_malformed_triggers_are_rejected_before_anything_is_recorded(
 ) -> None:
     job_id = f"job-{uid}"
     conf = {"job_id": job_id} if sources is None else {"job_id": job_id, "sources": sources}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(machine.TriggerError, match=match):
         plan(engine, storage, conf)
     assert db_jobs.get_job(engine, job_id) is None
     assert not storage.root.exists()
@@ -841,7 +849,7 @@ def test_a_hung_child_is_killed_and_recorded_as_timed_out(
     monkeypatch: pytest.MonkeyPatch,
     uid: str,
 ) -> None:
-    monkeypatch.setattr(machine, "KILL_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(machine.child, "KILL_GRACE_SECONDS", 1.0)
     route = f"/machine/{uid}/hang.zip"
     url = http_server.add_hanging(route)
     job_id = f"job-{uid}"
@@ -889,7 +897,7 @@ def test_a_killed_child_leaves_no_work_folder_behind(
     tmp_path: Path,
     uid: str,
 ) -> None:
-    monkeypatch.setattr(machine, "KILL_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(machine.child, "KILL_GRACE_SECONDS", 1.0)
     route = f"/machine/{uid}/hang.zip"
     url = http_server.add_hanging(route)
     [argument] = plan(
@@ -1004,6 +1012,55 @@ def test_a_large_entry_runs_under_the_large_tier_limit(
 
     assert (result["status"], result["message"]) == (False, "Ran out of memory (limit 16 MiB)")
     assert http_server.hits[route] == 0
+
+
+@pytest.mark.parametrize("event", ["pull_request", "issue_comment"])
+def test_a_pull_request_gets_the_standard_limit_whatever_size_it_claims(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    scratch: Path,
+    child_env: dict[str, str],
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    uid: str,
+    monkeypatch: pytest.MonkeyPatch,
+    event: str,
+) -> None:
+    route, url = serve_park(http_server, fixtures, uid)
+    document = park_document(fixtures, url)
+    document["conform"]["size"] = "large"
+    [argument] = plan(
+        engine,
+        storage,
+        ci_conf(f"job-{uid}", source_item(PARK_PATH, json.dumps(document)), event=event),
+    )
+    # Planned on the standard tier, its owner marked as a pull request's.
+    assert argument["entry"]["size"] == "standard"
+    assert argument["run_owner"]["pull_request"] is True
+    # The standard limit applies (16 MiB: the child cannot start), not the large tier's (none).
+    monkeypatch.setenv(machine.MEMORY_LIMIT_VARIABLE, str(16 * 2**20))
+    monkeypatch.setenv(machine.LARGE_MEMORY_LIMIT_VARIABLE, "0")
+    # Even for an entry that reached the task claiming the large tier.
+    claimed = {**argument, "entry": {**argument["entry"], "size": "large"}}
+
+    result = process(engine, storage, claimed, scratch, child_env)
+
+    assert (result["status"], result["message"]) == (False, "Ran out of memory (limit 16 MiB)")
+    assert http_server.hits[route] == 0
+    assert list(scratch.iterdir()) == []  # the work folder is gone
+
+
+def test_a_push_keeps_the_size_its_source_claims(engine: sa.Engine, storage: LocalStorage, uid: str) -> None:
+    document = {
+        "coverage": {},
+        "data": "http://example.test/a.zip",
+        "protocol": "http",
+        "conform": {"format": "csv", "size": "large", "number": "n", "street": "s", "lon": "x", "lat": "y"},
+    }
+    [argument] = plan(
+        engine, storage, ci_conf(f"job-{uid}", source_item(PARK_PATH, json.dumps(document)), event="push")
+    )
+    assert (argument["entry"]["size"], argument["run_owner"]["pull_request"]) == ("large", False)
 
 
 @pytest.mark.integration
@@ -1340,7 +1397,14 @@ def test_plan_batch_set_puts_the_slowest_sources_first(
             path, json.loads(files[path]), prefix=f"sets/{set_id}/sources", blob_sha=git_blob_sha(files[path])
         )
     ]
-    owner_args = {"kind": "batch", "job_id": None, "set_id": set_id, "commit_sha": COMMIT, "rerun": False}
+    owner_args = {
+        "kind": "batch",
+        "job_id": None,
+        "set_id": set_id,
+        "commit_sha": COMMIT,
+        "rerun": False,
+        "pull_request": False,
+    }
     assert planned == [{"entry": entry, "run_owner": owner_args} for entry in expected]
 
     # The tasks: entries without a previous time and slow ones (Mississauga, 100 s) alone; the small ones (Tshwane

@@ -1,0 +1,167 @@
+"""The child process: ``openaddr process-one`` for one entry, under a deadline and a memory limit (machine-ci.md §5).
+
+Why a subprocess per entry: processing runs GDAL, PROJ and Arrow over untrusted files for up to three hours. In a
+child process a segfault, a memory blow-up or a hung C call ends that run only ("Something went wrong in
+openaddr-process-one", "Ran out of memory", "Timed out after …"), the deadline is enforced by killing the child's
+process group, and every byte of memory goes back to the OS when the child exits. It costs one interpreter start and
+the imports per entry (measured by ``make bench-batch``).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from openaddr.machine.entries import LARGE, STANDARD
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+
+#: Environment variables: bytes of address space the processing subprocess of each tier may use; 0 turns the limit
+#: off.
+MEMORY_LIMIT_VARIABLE = "OPENADDR_MEMORY_LIMIT"
+LARGE_MEMORY_LIMIT_VARIABLE = "OPENADDR_LARGE_MEMORY_LIMIT"
+#: Default memory limit of one processing subprocess. Address space, not resident memory: GDAL, PROJ and Arrow
+#: reserve far more than they touch, so this is a guard against runaway growth, not a budget.
+DEFAULT_MEMORY_LIMIT = 16 * 2**30
+#: The same for a ``large`` entry (nationwide FileGDBs: GDAL's indexes and caches grow with the layer).
+DEFAULT_LARGE_MEMORY_LIMIT = 64 * 2**30
+#: Seconds the processing subprocess may outlive its own deadline (it stops itself at the deadline; this is the
+#: hard stop for a child stuck in C code).
+KILL_GRACE_SECONDS = 60.0
+#: How running out of address space shows in a child's log, in lower case: Python, C++, libc, the dynamic loader
+#: (a shared library that cannot be mapped while importing), thread creation.
+_OOM_MARKERS = (
+    b"memoryerror",
+    b"std::bad_alloc",
+    b"cannot allocate memory",
+    b"out of memory",
+    b"failed to map segment from shared object",
+    b"can't start new thread",
+)
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How the processing subprocess ended.
+
+    :param returncode: its exit status (negative: killed by that signal)
+    :param timed_out: it was killed at the deadline
+    :param out_of_memory: it ran out of memory
+    :param seconds: wall time
+    """
+
+    returncode: int | None
+    timed_out: bool
+    out_of_memory: bool
+    seconds: float
+
+
+def memory_limit(env: Mapping[str, str] | None = None, size: str = STANDARD) -> int | None:
+    """Bytes of address space a processing subprocess of the tier may use (``OPENADDR_MEMORY_LIMIT``, for
+    ``large`` entries ``OPENADDR_LARGE_MEMORY_LIMIT``), or None for no limit."""
+    variable, default = (
+        (LARGE_MEMORY_LIMIT_VARIABLE, DEFAULT_LARGE_MEMORY_LIMIT)
+        if size == LARGE
+        else (MEMORY_LIMIT_VARIABLE, DEFAULT_MEMORY_LIMIT)
+    )
+    raw = (os.environ if env is None else env).get(variable, "").strip()
+    value = int(raw) if raw else default
+    return value if value > 0 else None
+
+
+def format_bytes(count: int) -> str:
+    """``16 GiB``, ``512 MiB``."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:g} {unit}"
+    return f"{count} B"
+
+
+def run_process_one(
+    source_file: Path,
+    out: Path,
+    *,
+    layer: str,
+    name: str,
+    timeout: float,
+    log_path: Path,
+    limit: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ChildResult:
+    """Run ``openaddr process-one`` for one entry in a child process, in its own process group.
+
+    The child gets the entry's deadline itself; it is killed (the whole group, with any worker processes it forked)
+    ``KILL_GRACE_SECONDS`` after it, or at once when this process is interrupted (e.g. by Airflow's
+    ``execution_timeout``).
+
+    :param source_file: the source file (its name gives the source id)
+    :param out: the ``--out`` folder
+    :param timeout: seconds
+    :param log_path: where the child's stdout and stderr go
+    :param limit: address-space limit in bytes (None: no limit)
+    :param env: the child's environment (default: this process's)
+    """
+    command = [sys.executable, "-m", "openaddr", "process-one", str(source_file), "--out", str(out)]
+    command += ["--layer", layer, "--name", name]
+
+    def set_limit() -> None:  # runs in the child before exec
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    # The child's temporary files go inside the work folder, which the caller removes even after a kill.
+    child_env = dict(os.environ if env is None else env)
+    child_env["TMPDIR"] = str(log_path.parent / "tmp")
+    (log_path.parent / "tmp").mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log_path.open("wb") as stream:
+        child = subprocess.Popen(
+            command,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=set_limit,
+            env=child_env,
+        )
+        timed_out = False
+        try:
+            returncode: int | None = child.wait(timeout=timeout + KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(child)
+            returncode = child.returncode
+        except BaseException:
+            _kill_group(child)
+            raise
+    # Looked for whatever the exit status: the child may catch the error and record it as a conform failure.
+    ending = tail(log_path).lower()
+    out_of_memory = not timed_out and (
+        any(marker in ending for marker in _OOM_MARKERS) or returncode == -signal.SIGKILL
+    )
+    return ChildResult(returncode, timed_out, out_of_memory, time.monotonic() - started)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+def tail(path: Path, size: int = 16384) -> bytes:
+    """The last ``size`` bytes of a file (empty when there is none)."""
+    if not path.is_file():
+        return b""
+    with path.open("rb") as stream:
+        stream.seek(max(0, path.stat().st_size - size))
+        return stream.read()
