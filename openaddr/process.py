@@ -377,7 +377,14 @@ def _conform_steps(
             if reader.geometry_type and not state["geometry type"]:
                 state["geometry type"] = reader.geometry_type
             count = run_pipeline(
-                entry, reader, transform, state_dir, state, deadline=deadline, progress=progress
+                entry,
+                reader,
+                transform,
+                state_dir,
+                state,
+                deadline=deadline,
+                progress=progress,
+                max_output_bytes=settings.max_output_bytes,
             )
     except UnknownFormatError as exc:
         raise _fail(SourceProblem.unknown_conform_format, "Unknown source conform format: %s", exc) from exc

@@ -116,6 +116,9 @@ def prepare_input(
     :raises ArchiveError: corrupt, hostile or too large archive
     :raises ConformError: an unknown ``compression``
     """
+    from openaddr.readers.limits import refuse_special_file
+
+    refuse_special_file(input_path, label or input_path.name)
     limits = limits or ArchiveLimits()
     prefix = f"{label}: " if label else ""
     if compression is not None:
@@ -248,6 +251,14 @@ def _is_link(info: zipfile.ZipInfo) -> bool:
     return info.create_system == 3 and stat.S_ISLNK(mode)
 
 
+def _is_special(info: zipfile.ZipInfo) -> bool:
+    """A member whose Unix mode says FIFO, device or socket."""
+    mode = info.external_attr >> 16
+    return info.create_system == 3 and (
+        stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
+    )
+
+
 def _extract(
     path: Path, dest: Path, wanted: set[str], mode: str, limits: ArchiveLimits, budget: _Budget, depth: int
 ) -> int:
@@ -271,6 +282,13 @@ def _extract(
             parts = _safe_parts(info.filename, label)
             if _is_link(info):
                 raise ArchiveError(f"{label}: Refusing to extract a link from the archive: {info.filename!r}")
+            if _is_special(info):
+                from openaddr.readers.limits import special_kind
+
+                raise ArchiveError(
+                    f"{label}: Refusing to extract {special_kind(info.external_attr >> 16)} from the archive: "
+                    f"{info.filename!r}"
+                )
             if not parts:
                 continue
             relative = "/".join(parts)

@@ -15,7 +15,6 @@ import io
 import itertools
 import logging
 import re
-import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
@@ -50,17 +49,14 @@ _GROUP_REF = re.compile(r"\$\{(\d+)\}|\$(\d+)(?!\d)")
 
 
 def raise_field_size_limit() -> None:
-    """Let a CSV cell be as large as the platform allows: ESRI caches carry whole polygon WKT in one cell.
+    """Let a CSV field be as large as ``OPENADDR_MAX_RECORD_BYTES`` (32 MiB by default; ESRI caches carry whole
+    polygon WKT in one cell), and no larger: a larger field is refused before it fills memory (processing.md §13).
 
     The command line does this at start-up (processing.md §1.1); readers make sure of it for library callers.
     """
-    limit = sys.maxsize
-    while limit > csv.field_size_limit():
-        try:
-            csv.field_size_limit(limit)
-            return
-        except OverflowError:
-            limit //= 2
+    from openaddr.readers.limits import current_limits, set_field_size_limit
+
+    set_field_size_limit(current_limits()[0])
 
 
 def csv_dialect(delimiter: object, label: str) -> dict[str, Any]:
@@ -97,6 +93,13 @@ def undecodable_line(path: Path, encoding: str) -> int:
     return 0
 
 
+def limited_lines(fh: TextIO, name: str, label: str) -> Iterator[str]:
+    """The lines of ``fh`` for the ``csv`` module, none longer than ``OPENADDR_MAX_RECORD_BYTES`` characters."""
+    from openaddr.readers.limits import bounded_lines, current_limits
+
+    return bounded_lines(fh, current_limits()[0], name, label)
+
+
 class CsvRows:
     """Non-blank records of a CSV file, with errors turned into :class:`ConformError` naming the line."""
 
@@ -106,13 +109,20 @@ class CsvRows:
         self.label = label
         raise_field_size_limit()
         self._fh = open_text(path, encoding)
-        self._reader = csv.reader(self._fh, **dialect)
+        self._reader = csv.reader(limited_lines(self._fh, path.name, label), **dialect)
         self.exhausted = False
 
     def close(self) -> None:
         self._fh.close()
 
     def _failure(self, exc: Exception) -> ConformError:
+        if isinstance(exc, csv.Error) and "field limit" in str(exc):
+            from openaddr.readers.limits import RecordTooLargeError
+
+            return RecordTooLargeError(
+                f"{self.label}: a field on line {self._reader.line_num} of {self.path.name} is larger than "
+                f"{csv.field_size_limit()} characters (OPENADDR_MAX_RECORD_BYTES)"
+            )
         if isinstance(exc, UnicodeDecodeError):
             line = undecodable_line(self.path, self.encoding)
             return ConformError(
@@ -390,7 +400,8 @@ class CsvBase(Reader):
         try:
             consumed: list[str] = []
             if self._headers != -1:
-                rows = csv.reader(_recorded(fh, consumed), **self.dialect)
+                lines = limited_lines(fh, self.path.name, self.label)
+                rows = csv.reader(_recorded(lines, consumed), **self.dialect)
                 for _ in range(self._skip + 1):
                     while next(rows, None) == []:
                         pass
@@ -460,9 +471,9 @@ class CsvBase(Reader):
         return even
 
 
-def _recorded(fh: TextIO, consumed: list[str]) -> Iterator[str]:
-    """The lines of ``fh``, each also appended to ``consumed`` (to find where the header ends)."""
-    for line in fh:
+def _recorded(lines: Iterator[str], consumed: list[str]) -> Iterator[str]:
+    """The ``lines``, each also appended to ``consumed`` (to find where the header ends)."""
+    for line in lines:
         consumed.append(line)
         yield line
 
