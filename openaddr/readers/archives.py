@@ -6,6 +6,8 @@ Members are streamed to disk in chunks, never read whole into memory. Every byte
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import logging
 import os
@@ -21,7 +23,7 @@ from typing import IO, TYPE_CHECKING
 from openaddr.errors import ConformError, SourceProblem
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,27 @@ _CHUNK = 1 << 20
 _SHAPEFILE_COMPANIONS = (".shx", ".dbf", ".prj")
 #: Companions that get a lower-case link next to a shapefile with an upper- or mixed-case extension (§4.4).
 _LINKED_COMPANIONS = (".shx", ".dbf", ".prj", ".cpg")
+
+
+#: The work folder of the run in progress: temporary folders of the readers go there, not to the system's.
+_WORK_FOLDER: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "openaddr_work_folder", default=None
+)
+
+
+@contextlib.contextmanager
+def work_folder(path: Path) -> Iterator[Path]:
+    """Make the readers' temporary folders (links, ``.dbf`` views) inside ``path`` while the block runs."""
+    token = _WORK_FOLDER.set(path)
+    try:
+        yield path
+    finally:
+        _WORK_FOLDER.reset(token)
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A new empty folder in the run's work folder (:func:`work_folder`), else in the system temporary folder."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_WORK_FOLDER.get()))
 
 
 class ArchiveError(ConformError):
@@ -364,7 +387,7 @@ def lowercase_extension(path: Path) -> tuple[Path, Path | None]:
             ext = sibling.suffix.lower()
             if sibling.stem == path.stem and ext in _LINKED_COMPANIONS and sibling.is_file():
                 names.append(sibling.name)
-    tmp = Path(tempfile.mkdtemp(prefix="openaddr-links-"))
+    tmp = temporary_folder("openaddr-links-")
     for name in names:
         link_file(path.parent / name, tmp / _lower_suffix(name))
     log.debug("Linked %s as %s for GDAL", path.name, _lower_suffix(path.name))
