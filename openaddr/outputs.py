@@ -516,6 +516,10 @@ class PackageWriter:
 
     def discard(self) -> None:
         """Abandon the archive."""
+        member = getattr(self, "member", None)
+        if member is not None:
+            with contextlib.suppress(Exception):
+                member.close()  # the zip cannot close while its member is open for writing
         with contextlib.suppress(Exception):
             self.zip.close()
         self.tmp.unlink(missing_ok=True)
