@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FEATURES = "features.item"
+#: Bytes ijson reads at a time, each chunk checked by the depth and size guard first.
+READ_SIZE = 1 << 20
 #: Features turned into texts at a time: large batches of live feature objects are slow to build.
 _CHUNK = 1000
 
@@ -64,7 +66,7 @@ def iter_features(path: Path, label: str) -> Iterator[Any]:
     shape = JsonShape(path.name, label, max_bytes, max_depth)
     try:
         with path.open("rb") as fh:
-            yield from ijson.items(CheckedReader(fh, shape), FEATURES, use_float=True)
+            yield from ijson.items(CheckedReader(fh, shape), FEATURES, use_float=True, buf_size=READ_SIZE)
     except ijson.IncompleteJSONError as exc:
         if shape.depth > 0 or shape.in_string:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "premature end"

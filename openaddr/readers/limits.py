@@ -28,10 +28,15 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import TextIO
 
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_OPENERS = np.zeros(256, dtype=np.int8)
-_OPENERS[[ord("{"), ord("[")]] = 1
-_OPENERS[[ord("}"), ord("]")]] = -1
+#: What a byte is to the JSON guard: nothing, a quote, an opening or closing bracket, a backslash.
+_QUOTE_KIND, _OPEN_KIND, _CLOSE_KIND, _BACKSLASH_KIND = 1, 2, 3, 4
+_KINDS = np.zeros(256, dtype=np.uint8)
+_KINDS[ord('"')] = _QUOTE_KIND
+_KINDS[[ord("{"), ord("[")]] = _OPEN_KIND
+_KINDS[[ord("}"), ord("]")]] = _CLOSE_KIND
+_KINDS[ord("\\")] = _BACKSLASH_KIND
+#: Depth change by kind.
+_DELTA = np.array([0, 0, 1, -1, 0], dtype=np.int8)
 
 
 class RecordTooLargeError(ConformError):
@@ -115,56 +120,74 @@ class JsonShape:
         if not n:
             return
         data = np.frombuffer(chunk, dtype=np.uint8)
-        quotes = data == _QUOTE
-        slashes = data == _BACKSLASH
-        if self.backslashes or slashes.any():
-            quotes &= ~self._escaped(slashes)
-            trailing = n - 1 - int(np.flatnonzero(~slashes)[-1]) if not slashes.all() else n
-            self.backslashes = trailing if not slashes.all() else self.backslashes + n
-        parity = np.cumsum(quotes, dtype=np.int64)
+        kinds = np.take(_KINDS, data)
+        where = np.flatnonzero(kinds)  # only quotes, brackets and backslashes matter
+        kind = kinds[where]
+        quotes = kind == _QUOTE_KIND
+        if self.backslashes or (kind == _BACKSLASH_KIND).any():
+            self._unescape(quotes, where, where[kind == _BACKSLASH_KIND], n)
+        parity = np.cumsum(quotes, dtype=np.int32)
         if self.in_string:
             parity += 1
         outside = (parity & 1) == 0
-        delta = _OPENERS[data]
+        delta = _DELTA[kind]
         delta[~outside] = 0
-        depth = np.cumsum(delta, dtype=np.int64)
+        depth = np.cumsum(delta, dtype=np.int32)
         depth += self.depth
-        deepest = int(depth.max())
-        if deepest > self.max_depth:
-            where = self.offset + int(np.argmax(depth > self.max_depth))
+        if len(depth) and int(depth.max()) > self.max_depth:
+            at = self.offset + int(where[np.argmax(depth > self.max_depth)])
             raise RecordTooLargeError(
-                f"{self.label}: {self.name} nests deeper than {self.max_depth} levels at byte {where} "
+                f"{self.label}: {self.name} nests deeper than {self.max_depth} levels at byte {at} "
                 "(OPENADDR_MAX_JSON_DEPTH)"
             )
-        boundaries = np.flatnonzero(outside & (depth <= 2))
-        if len(boundaries):
-            points = np.concatenate(([self.boundary], boundaries + self.offset + 1))
-            longest = int(np.diff(points).max()) if len(points) > 1 else 0
-            self.boundary = int(points[-1])
-        else:
-            longest = 0
+        # a member ends at a quote or bracket outside strings at depth 2 or less (a feature's closing brace)
+        ends = where[outside & (depth <= 2)] + (self.offset + 1)
+        longest = 0
+        if len(ends):
+            longest = max(int(ends[0]) - self.boundary, int(np.diff(ends).max()) if len(ends) > 1 else 0)
+            self.boundary = int(ends[-1])
         longest = max(longest, self.offset + n - self.boundary)
         if longest > self.max_record_bytes:
             raise RecordTooLargeError(
                 f"{self.label}: {self.name} has a record of more than {self.max_record_bytes} bytes "
                 f"before byte {self.offset + n} (OPENADDR_MAX_RECORD_BYTES)"
             )
-        self.depth = int(depth[-1])
-        self.in_string = bool(parity[-1] & 1)
+        if len(depth):
+            self.depth = int(depth[-1])
+            self.in_string = bool(parity[-1] & 1)
         self.offset += n
 
-    def _escaped(self, slashes: np.ndarray) -> np.ndarray:
-        """Positions preceded by an odd run of backslashes (the run may start in the previous chunk)."""
-        n = len(slashes)
-        positions = np.arange(n, dtype=np.int64)
-        last_other = np.maximum.accumulate(np.where(slashes, -1, positions))
-        # backslashes just before position i: those since the last other byte before i
-        before = np.empty(n, dtype=np.int64)
-        before[0] = self.backslashes
-        run = positions[:-1] - last_other[:-1]
-        run = np.where(last_other[:-1] < 0, positions[:-1] + 1 + self.backslashes, run)
-        before[1:] = np.where(slashes[:-1], run, 0)
-        return (before & 1) == 1
+    def _unescape(self, quotes: np.ndarray, where: np.ndarray, slashes: np.ndarray, n: int) -> None:
+        """Clear the quotes that an odd run of backslashes escapes (a run may start in the previous chunk).
+
+        :param quotes: whether each position of ``where`` is a quote (cleared in place)
+        :param where: the positions of the chunk's quotes, brackets and backslashes
+        :param slashes: the positions of its backslashes
+        """
+        carry = self.backslashes
+        escaped: list[int] | np.ndarray
+        if not len(slashes):
+            escaped = [0] if carry % 2 else []
+            self.backslashes = 0
+        else:
+            # runs of consecutive backslashes: where each starts and ends (inclusive), and its length
+            breaks = np.flatnonzero(np.diff(slashes) != 1)
+            starts = np.concatenate(([slashes[0]], slashes[breaks + 1]))
+            ends = np.concatenate((slashes[breaks], [slashes[-1]]))
+            lengths = ends - starts + 1
+            first_escaped = carry % 2 == 1 and starts[0] != 0
+            if starts[0] == 0:
+                lengths[0] += carry
+            after = ends + 1
+            escaped = after[(lengths % 2 == 1) & (after < n)]
+            if first_escaped:
+                escaped = np.concatenate(([0], escaped))
+            self.backslashes = int(lengths[-1]) if ends[-1] == n - 1 else 0
+        if len(escaped):
+            index = np.searchsorted(where, escaped)
+            index = index[index < len(where)]
+            hit = index[where[index] == np.asarray(escaped)[: len(index)]] if len(index) else index
+            quotes[hit] = False
 
 
 class CheckedReader:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -217,6 +218,59 @@ def test_json_shape_follows_strings_and_escapes_across_chunks(text: str, depth: 
 def _feed(shape: JsonShape, data: bytes, size: int) -> None:
     for start in range(0, len(data), size):
         shape.feed(data[start : start + size])
+
+
+def _reference_shape(data: bytes) -> tuple[int, int]:
+    """Deepest nesting and longest member of a JSON text, byte by byte (the guard's definitions, slowly)."""
+    depth = deepest = longest = last = 0
+    in_string = escaped = False
+    for i, byte in enumerate(data):
+        char = chr(byte)
+        structural = False
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string, structural = False, True
+        elif char == '"':
+            in_string, structural = True, True
+        elif char in "{[":
+            depth, structural = depth + 1, True
+        elif char in "}]":
+            depth, structural = depth - 1, True
+        deepest = max(deepest, depth)
+        if structural and not in_string and depth <= 2:
+            longest, last = max(longest, i + 1 - last), i + 1
+    return deepest, max(longest, len(data) - last)
+
+
+def _random_value(rng: random.Random, depth: int) -> Any:
+    kind = rng.randrange(5 if depth < 8 else 2)
+    if kind == 0:
+        return "".join(rng.choice('ab"\\[]{}é\n') for _ in range(rng.randrange(12)))
+    if kind == 1:
+        return rng.choice([1, 2.5, None, True])
+    if kind == 2:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {_random_value(rng, 99): _random_value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def test_json_shape_agrees_with_a_byte_by_byte_reading() -> None:
+    rng = random.Random(10)
+    for _ in range(300):
+        document = {"type": "FeatureCollection", "features": [_random_value(rng, 2) for _ in range(5)]}
+        data = json.dumps(document, ensure_ascii=rng.random() < 0.5).encode()
+        deepest, longest = _reference_shape(data)
+        size = rng.choice([1, 2, 3, 5, 16, 64, len(data)])
+        shape = JsonShape("t.json", "t", max_record_bytes=longest, max_depth=deepest)
+        _feed(shape, data, size)
+        assert (shape.depth, shape.in_string) == (0, False)
+        with pytest.raises(RecordTooLargeError, match="nests deeper"):
+            _feed(JsonShape("t.json", "t", max_record_bytes=longest, max_depth=deepest - 1), data, size)
+        with pytest.raises(RecordTooLargeError, match="has a record of more than"):
+            _feed(JsonShape("t.json", "t", max_record_bytes=longest - 1, max_depth=deepest), data, size)
 
 
 def test_json_member_length_counts_from_one_top_level_member_to_the_next() -> None:
