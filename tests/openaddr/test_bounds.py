@@ -280,6 +280,25 @@ def test_json_member_length_counts_from_one_top_level_member_to_the_next() -> No
         JsonShape("t.json", "t", max_record_bytes=100, max_depth=10).feed(text)
 
 
+def test_limits_are_settings_with_production_defaults() -> None:
+    from openaddr.settings import Settings
+
+    default = Settings.from_env({})
+    assert (default.max_record_bytes, default.max_json_depth, default.max_output_bytes) == (
+        32 * 2**20,
+        64,
+        100 * GIB,
+    )
+    env = {
+        "OPENADDR_MAX_RECORD_BYTES": "10",
+        "OPENADDR_MAX_JSON_DEPTH": "3",
+        "OPENADDR_MAX_OUTPUT_BYTES": "7",
+    }
+    assert Settings.from_env(env).max_output_bytes == 7
+    with pytest.raises(ValueError, match="OPENADDR_MAX_OUTPUT_BYTES"):
+        Settings.from_env({"OPENADDR_MAX_OUTPUT_BYTES": "lots"})
+
+
 # --- output size ---------------------------------------------------------------------------------------------
 
 
