@@ -79,13 +79,18 @@ def undecodable_line(path: Path, encoding: str) -> int:
     """The 1-based number of the first line that does not decode (0 if every line does)."""
     codec = "utf-8-sig" if is_utf8(encoding) else encoding
     decoder = codecs.getincrementaldecoder(codec)("strict")
-    number = 0
+    number = 0  # the line of the last piece read
+    line_start = True
     with path.open("rb") as fh:
-        for number, line in enumerate(fh, 1):  # noqa: B007 - the last number is used after the loop
+        # at most 1 MiB at a time: a line may be as long as the whole file
+        while piece := fh.readline(1 << 20):
+            if line_start:
+                number += 1
             try:
-                decoder.decode(line)
+                decoder.decode(piece)
             except UnicodeDecodeError:
                 return number
+            line_start = piece.endswith(b"\n")
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
