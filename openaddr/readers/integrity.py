@@ -7,12 +7,15 @@ they are (ESRI Shapefile Technical Description, 1998; dBase III header), so a fe
 * ``.shp``: the file length in its header (16-bit words) against the file's size;
 * ``.shx``: its header length against its size, and its last record (offset + length) inside the ``.shp``;
 * ``.dbf``: header length + record count × record length against the file's size;
-* the ``.shx`` record count against the ``.dbf`` record count.
+* the ``.shx`` record count against the ``.dbf`` record count;
+* no shape longer than ``OPENADDR_MAX_RECORD_BYTES`` (the ``.shx`` lengths, read 1 MiB at a time).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from openaddr.readers.limits import TruncatedInputError
 
@@ -23,6 +26,8 @@ _SHP_HEADER = 100
 _FILE_CODE = 9994
 _SHX_RECORD = 8
 _DBF_HEADER = 32
+#: ``.shx`` records read at a time.
+_SHX_CHUNK = 1 << 17
 
 
 def check_dataset(path: Path, label: str) -> None:
@@ -55,6 +60,7 @@ def check_shapefile(shp: Path, label: str) -> None:
         if shx_size < shx_declared:
             raise _truncated(label, shx, f"its header says {shx_declared} bytes, the file has {shx_size}")
         shx_records = (shx_declared - _SHP_HEADER) // _SHX_RECORD
+        _check_record_lengths(shx, shx_records, label)
         if shx_records > 0:
             with shx.open("rb") as fh:
                 fh.seek(_SHP_HEADER + (shx_records - 1) * _SHX_RECORD)
@@ -75,6 +81,29 @@ def check_shapefile(shp: Path, label: str) -> None:
                 f"{label}: {shx.name if shx else shp.name} has {shx_records} records and {dbf.name} "
                 f"{dbf_count}: the shapefile's parts disagree (cut short?)"
             )
+
+
+def _check_record_lengths(shx: Path, records: int, label: str) -> None:
+    """Every shape is at most ``OPENADDR_MAX_RECORD_BYTES`` long (GDAL reads one whole shape at a time).
+
+    :raises RecordTooLargeError: naming the record
+    """
+    from openaddr.readers.limits import RecordTooLargeError, current_limits
+
+    limit = current_limits()[0]
+    entries = np.dtype([("offset", ">i4"), ("length", ">i4")])
+    with shx.open("rb") as fh:
+        fh.seek(_SHP_HEADER)
+        for first in range(0, records, _SHX_CHUNK):
+            count = min(_SHX_CHUNK, records - first)
+            chunk = np.frombuffer(fh.read(count * _SHX_RECORD), dtype=entries)
+            lengths = chunk["length"].astype(np.int64) * 2
+            if len(lengths) and int(lengths.max()) > limit:
+                index = first + int(np.argmax(lengths > limit))
+                raise RecordTooLargeError(
+                    f"{label}: shape {index + 1} of {shx.with_suffix('.shp').name} is {int(lengths.max())} bytes, "
+                    f"more than {limit} (OPENADDR_MAX_RECORD_BYTES)"
+                )
 
 
 def dbf_records(dbf: Path, label: str) -> int:

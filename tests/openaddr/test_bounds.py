@@ -487,6 +487,17 @@ def test_shx_disagreeing_with_the_dbf_is_a_named_problem(trumbull: tuple[Path, P
     )
 
 
+def test_shape_over_the_record_limit_is_refused(
+    trumbull: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENADDR_MAX_RECORD_BYTES", "19")  # Trumbull's points are 20 bytes each
+    source, shp = trumbull
+    code, state, log = conform(source, shp, tmp_path / "out")
+    assert_failed_cleanly(
+        tmp_path / "out", code, state, log, "shape 1 of TRU_ADDS.shp is 20 bytes, more than 19"
+    )
+
+
 def test_geojson_that_ends_early_is_a_named_problem(fixtures: Path, tmp_path: Path) -> None:
     data = tmp_path / "bucks.geojson"
     shutil.copyfile(fixtures / "data" / "us-pa-bucks.geojson", data)
