@@ -230,7 +230,7 @@ def run_entry(
     :param progress: called with the number of records read so far
     :param settings: decompression caps and the conform stage's time limit (default: from the environment)
     """
-    from openaddr.readers.archives import work_folder
+    from openaddr.readers.archives import release_work_folder, use_work_folder
 
     state_dir.mkdir(parents=True, exist_ok=True)
     sweep_work(state_dir)
@@ -244,9 +244,14 @@ def run_entry(
             work.mkdir()
         else:
             work = Path(tempfile.mkdtemp(prefix="process_one-", dir=scratch))
+        readers_work = use_work_folder(work)
         try:
-            with work_folder(work):
-                _run_steps(entry, state_dir, state, fetch, work, deadline, progress, settings)
+            check_entry(entry, state)
+            input_path, fingerprint = fetch(work, state)
+            state["fingerprint"] = fingerprint
+            _conform_steps(
+                entry, input_path, work, state_dir, state, fingerprint, deadline, progress, settings
+            )
         except _EntryFailed as failed:
             problem = failed.problem
         except DownloadError as exc:
@@ -261,6 +266,7 @@ def run_entry(
             log.exception("Error doing conform; skipping: %s: unexpected error", entry.label)
             problem = SourceProblem.conform_source_failed
         finally:
+            release_work_folder(readers_work)
             shutil.rmtree(work, ignore_errors=True)
         if problem is None and not _has_coverage(entry.source):
             problem = SourceProblem.no_coverage
@@ -292,22 +298,6 @@ def sweep_work(state_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif path.exists() or path.is_symlink():
             path.unlink(missing_ok=True)
-
-
-def _run_steps(
-    entry: LayerEntry,
-    state_dir: Path,
-    state: dict[str, Any],
-    fetch: Fetch,
-    work: Path,
-    deadline: float | None,
-    progress: Callable[[int], None] | None,
-    settings: Settings | None,
-) -> None:
-    check_entry(entry, state)
-    input_path, fingerprint = fetch(work, state)
-    state["fingerprint"] = fingerprint
-    _conform_steps(entry, input_path, work, state_dir, state, fingerprint, deadline, progress, settings)
 
 
 def conform_entry(

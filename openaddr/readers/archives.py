@@ -43,14 +43,25 @@ _WORK_FOLDER: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 )
 
 
+def use_work_folder(path: Path | None) -> contextvars.Token[Path | None]:
+    """Make the readers' temporary folders (links, ``.dbf`` views) inside ``path`` from now on; give the token
+    back to :func:`release_work_folder`."""
+    return _WORK_FOLDER.set(path)
+
+
+def release_work_folder(token: contextvars.Token[Path | None]) -> None:
+    """Undo :func:`use_work_folder`."""
+    _WORK_FOLDER.reset(token)
+
+
 @contextlib.contextmanager
 def work_folder(path: Path) -> Iterator[Path]:
-    """Make the readers' temporary folders (links, ``.dbf`` views) inside ``path`` while the block runs."""
-    token = _WORK_FOLDER.set(path)
+    """Make the readers' temporary folders inside ``path`` while the block runs."""
+    token = use_work_folder(path)
     try:
         yield path
     finally:
-        _WORK_FOLDER.reset(token)
+        release_work_folder(token)
 
 
 def temporary_folder(prefix: str) -> Path:
