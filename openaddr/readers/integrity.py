@@ -1,4 +1,4 @@
-"""Shapefiles checked for truncation before GDAL reads them: no silent partial output (processing.md §13).
+"""Shapefiles and XML documents checked for truncation before GDAL reads them: no silent partial output (processing.md §13).
 
 GDAL reads a shapefile whose ``.dbf`` or ``.shp`` was cut short without an error: a ``.dbf`` cut in half gave 2
 of 6 rows, a ``.shp`` cut to a third 114 of 347, and the run succeeded. The files' own headers say how long
@@ -9,10 +9,14 @@ they are (ESRI Shapefile Technical Description, 1998; dBase III header), so a fe
 * ``.dbf``: header length + record count × record length against the file's size;
 * the ``.shx`` record count against the ``.dbf`` record count;
 * no shape longer than ``OPENADDR_MAX_RECORD_BYTES`` (the ``.shx`` lengths, read 1 MiB at a time).
+
+GML (and other XML) documents must end with their root element's closing tag: GDAL reads one cut short as far as
+it goes, silently.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +44,45 @@ def check_dataset(path: Path, label: str) -> None:
         check_shapefile(path, label)
     elif suffix == ".dbf" and path.is_file():
         dbf_records(path, label)
+    elif suffix in (".gml", ".xml", ".kml") and path.is_file():
+        check_xml_end(path, label)
+
+
+#: The root element's name: after the XML declaration, comments, processing instructions and a DOCTYPE.
+_XML_ROOT = re.compile(rb"<(?!\?|!)([A-Za-z_][\w.:-]*)")
+_XML_HEAD = 1 << 16
+_XML_TAIL = 1 << 12
+
+
+def check_xml_end(path: Path, label: str) -> None:
+    """The XML document ends with its root element's closing tag (GDAL's GML driver reads a document cut short
+    without an error, as far as it goes).
+
+    Documents it cannot judge pass: UTF-16, a root not found in the first 64 KiB, a self-closing root, a comment or
+    processing instruction after the root.
+
+    :raises TruncatedInputError: the closing tag is missing
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(_XML_HEAD)
+        fh.seek(max(0, size - _XML_TAIL))
+        tail = fh.read().rstrip()
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" in head[:4]:
+        return
+    root = _XML_ROOT.search(head)
+    if root is None or tail.endswith((b"-->", b"?>")):
+        return
+    name = root.group(1)
+    opening = re.compile(rb"[^>]*>").match(head, root.end())
+    if opening is not None and opening.group(0).endswith(b"/>"):
+        return  # an empty document: <root/>
+    if not re.search(rb"</\s*" + re.escape(name) + rb"\s*>$", tail):
+        raise _truncated(
+            label,
+            path,
+            f"it does not end with the closing tag of its root element <{name.decode(errors='replace')}>",
+        )
 
 
 def check_shapefile(shp: Path, label: str) -> None:

@@ -498,6 +498,22 @@ def test_shape_over_the_record_limit_is_refused(
     )
 
 
+def test_gml_cut_short_is_a_named_problem(fixtures: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    gml = folder / "lake-man-gml.gml"
+    shutil.copyfile(fixtures / "conforms" / "lake-man-gml.gml", gml)
+    cut(
+        gml, 0.8
+    )  # GDAL read it without an error (0 of 6 features here; a long file gives the features before the cut)
+    source = write_source(
+        tmp_path, {"number": "NUMBER", "street": "STRNAME", "format": "xml", "srs": "EPSG:4326"}
+    )
+    code, state, log = conform(source, gml, tmp_path / "out")
+    assert_failed_cleanly(tmp_path / "out", code, state, log, "lake-man-gml.gml is incomplete (cut short?)")
+    assert "closing tag of its root element <ogr:FeatureCollection>" in log
+
+
 def test_geojson_that_ends_early_is_a_named_problem(fixtures: Path, tmp_path: Path) -> None:
     data = tmp_path / "bucks.geojson"
     shutil.copyfile(fixtures / "data" / "us-pa-bucks.geojson", data)
