@@ -10,7 +10,7 @@ they are (ESRI Shapefile Technical Description, 1998; dBase III header), so a fe
 * the ``.shx`` record count against the ``.dbf`` record count;
 * no shape longer than ``OPENADDR_MAX_RECORD_BYTES`` (the ``.shx`` lengths, read 1 MiB at a time).
 
-GML (and other XML) documents must end with their root element's closing tag: GDAL reads one cut short as far as
+FileGDB tables (``.gdbtable``, version 3) must be as long as their headers say. GML (and other XML) documents must end with their root element's closing tag: GDAL reads one cut short as far as
 it goes, silently.
 """
 
@@ -46,6 +46,34 @@ def check_dataset(path: Path, label: str) -> None:
         dbf_records(path, label)
     elif suffix in (".gml", ".xml", ".kml") and path.is_file():
         check_xml_end(path, label)
+    elif suffix == ".gdb" and path.is_dir():
+        check_filegdb(path, label)
+
+
+#: The header of a FileGDB 10 table (``.gdbtable``, version 3): the file's own size is at bytes 24–32.
+_GDBTABLE_HEADER = 40
+_GDBTABLE_VERSION = 3
+
+
+def check_filegdb(folder: Path, label: str) -> None:
+    """Every version-3 ``.gdbtable`` of a FileGDB folder is as long as its header says (GDAL reads a table cut short
+    as far as it goes: 1 of 6 rows). Other versions pass.
+
+    :raises TruncatedInputError: naming the table
+    """
+    for table in sorted(folder.iterdir()):
+        if table.suffix.lower() != ".gdbtable" or not table.is_file():
+            continue
+        size = table.stat().st_size
+        with table.open("rb") as fh:
+            header = fh.read(_GDBTABLE_HEADER)
+        if len(header) < _GDBTABLE_HEADER:
+            raise _truncated(label, table, f"only {size} bytes, not even a table header")
+        if int.from_bytes(header[0:4], "little") != _GDBTABLE_VERSION:
+            continue
+        declared = int.from_bytes(header[24:32], "little")
+        if size < declared:
+            raise _truncated(label, table, f"its header says {declared} bytes, the file has {size}")
 
 
 #: The root element's name: after the XML declaration, comments, processing instructions and a DOCTYPE.

@@ -514,6 +514,17 @@ def test_gml_cut_short_is_a_named_problem(fixtures: Path, tmp_path: Path) -> Non
     assert "closing tag of its root element <ogr:FeatureCollection>" in log
 
 
+def test_filegdb_table_cut_short_is_a_named_problem(fixtures: Path, tmp_path: Path) -> None:
+    gdb = tmp_path / "lake-man-gdb.gdb"
+    shutil.copytree(fixtures / "conforms" / "lake-man-gdb.gdb", gdb)
+    for path in [gdb, *gdb.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    cut(gdb / "a00000009.gdbtable", 0.6)  # the lake_man table: GDAL gave 1 of 6 rows, without an error
+    source = write_source(tmp_path, {"number": "NUMBER", "street": "STRNAME", "format": "gdb"})
+    code, state, log = conform(source, gdb, tmp_path / "out")
+    assert_failed_cleanly(tmp_path / "out", code, state, log, "a00000009.gdbtable is incomplete (cut short?)")
+
+
 def test_geojson_that_ends_early_is_a_named_problem(fixtures: Path, tmp_path: Path) -> None:
     data = tmp_path / "bucks.geojson"
     shutil.copyfile(fixtures / "data" / "us-pa-bucks.geojson", data)
