@@ -23,6 +23,7 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the 
 from typing import IO, TYPE_CHECKING, Any
 
 from openaddr.canonical import ADDRESS_COLUMNS, OUTPUT_COLUMNS, is_constant
+from openaddr.errors import ConformError
 
 if TYPE_CHECKING:
     from openaddr.canonical import AddressColumns
@@ -287,6 +288,46 @@ class Stats:
 # Files
 
 
+class OutputTooLargeError(ConformError):
+    """The conform's outputs of one layer entry went over ``OPENADDR_MAX_OUTPUT_BYTES``."""
+
+
+class OutputBudget:
+    """The bytes the conform's outputs of one layer entry may take (``OPENADDR_MAX_OUTPUT_BYTES``).
+
+    Every batch is charged before it is written: ``out.csv``, the zip's CSV member at its uncompressed size and
+    ``out.geojson``, or the part files a slice worker writes instead. The count lives in shared memory, so forked
+    workers charge the same budget.
+
+    :param limit: bytes
+    :param label: names the source and layer entry in messages
+    """
+
+    def __init__(self, limit: int, label: str) -> None:
+        import multiprocessing
+
+        self.limit = limit
+        self.label = label
+        self._used = multiprocessing.get_context("fork").Value("q", 0)
+
+    @property
+    def used(self) -> int:
+        return int(self._used.value)
+
+    def charge(self, size: int) -> None:
+        """Count ``size`` more bytes.
+
+        :raises OutputTooLargeError: the outputs would go over the limit
+        """
+        with self._used.get_lock():
+            self._used.value += size
+            used = self._used.value
+        if used > self.limit:
+            raise OutputTooLargeError(
+                f"{self.label}: the outputs would exceed {self.limit} bytes (OPENADDR_MAX_OUTPUT_BYTES)"
+            )
+
+
 class AtomicFile:
     """A binary file written under a temporary name and renamed into place by :meth:`commit`.
 
@@ -475,6 +516,10 @@ class PackageWriter:
 
     def discard(self) -> None:
         """Abandon the archive."""
+        member = getattr(self, "member", None)
+        if member is not None:
+            with contextlib.suppress(Exception):
+                member.close()  # the zip cannot close while its member is open for writing
         with contextlib.suppress(Exception):
             self.zip.close()
         self.tmp.unlink(missing_ok=True)

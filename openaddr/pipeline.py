@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from openaddr.errors import ConformError
 from openaddr.outputs import (
     AtomicFile,
+    OutputBudget,
     PackageWriter,
     Stats,
     csv_header,
@@ -204,11 +205,13 @@ def _run_streamed(
     csv_out: _CsvOutputs | None,
     geo_out: AtomicFile,
     tick: Callable[[int], None],
+    budget: OutputBudget,
 ) -> Stats:
     """Read in this process; transform here, or in ``workers`` processes with results written back in order."""
     stats = Stats()
 
     def emit(result: BatchResult) -> None:
+        budget.charge(_output_bytes(result))
         if csv_out is not None:
             csv_out.write(result.csv)
         geo_out.write(result.geojson)
@@ -238,19 +241,25 @@ def _run_streamed(
     return stats
 
 
+def _output_bytes(result: BatchResult) -> int:
+    """What a batch adds to the outputs: ``out.csv`` and the zip's CSV member (uncompressed), ``out.geojson``."""
+    return 2 * len(result.csv) + len(result.geojson)
+
+
 # The job of the forked slice workers: they inherit it, so nothing but slice bounds crosses the pipe.
-_slice_job: tuple[Any, BatchTransformer, list[str] | None, Path] | None = None
+_slice_job: tuple[Any, BatchTransformer, list[str] | None, Path, OutputBudget] | None = None
 
 
 def _conform_slice(index: int, skip: int, limit: int) -> tuple[Stats, int]:
     """Read, transform and write one slice of the layer into part files (runs in a forked worker)."""
     assert _slice_job is not None
-    reader, transform, columns, parts = _slice_job
+    reader, transform, columns, parts, budget = _slice_job
     reader.restrict(skip, limit)
     stats = Stats()
     with (parts / f"{index}.csv").open("wb") as csv_part, (parts / f"{index}.geojson").open("wb") as geo_part:
         for batch in reader.batches(BATCH_SIZE, columns=columns):
             result = transform(batch.columns, batch.size, batch.geometries, batch.xy)
+            budget.charge(_output_bytes(result))
             csv_part.write(result.csv)
             geo_part.write(result.geojson)
             stats.merge(result.stats)
@@ -266,6 +275,7 @@ def _run_sliced(
     geo_out: AtomicFile,
     state_dir: Path,
     tick: Callable[[int], None],
+    budget: OutputBudget,
 ) -> tuple[Stats, int]:
     """Each worker reads, transforms and writes its own slices of a seekable layer; parts are joined in order.
 
@@ -282,7 +292,7 @@ def _run_sliced(
     slices = [(i, skip, min(size, count - skip)) for i, skip in enumerate(range(0, count, size))]
     parts = Path(tempfile.mkdtemp(prefix=".parts-", dir=state_dir))
     stats, skipped = Stats(), 0
-    _slice_job = (reader, transform, columns, parts)
+    _slice_job = (reader, transform, columns, parts, budget)
     try:
         pool = _fork_pool(workers)
         try:
@@ -360,6 +370,7 @@ def run_pipeline(
     *,
     deadline: float | None = None,
     progress: Callable[[int], None] | None = None,
+    max_output_bytes: int | None = None,
 ) -> int:
     """Write ``out.csv`` (address layers), ``out.geojson``, ``stats.json`` and the zip; return the row count.
 
@@ -367,8 +378,15 @@ def run_pipeline(
 
     :param deadline: ``time.time()`` after which the entry fails with "Timed out after …" (checked per batch)
     :param progress: called with the number of records conformed so far
+    :param max_output_bytes: bytes the outputs may take (default: ``OPENADDR_MAX_OUTPUT_BYTES``)
+    :raises OutputTooLargeError: the outputs would go over ``max_output_bytes`` (partial outputs removed)
     """
     tick = _Progress(deadline, progress)
+    if max_output_bytes is None:
+        from openaddr.settings import Settings
+
+        max_output_bytes = Settings.from_env().max_output_bytes
+    budget = OutputBudget(max_output_bytes, entry.label)
     from openaddr.conform import source_columns
     from openaddr.readers.projection import report_reprojection
 
@@ -391,12 +409,12 @@ def run_pipeline(
             csv_out.write(csv_header())
         if workers and getattr(reader, "seekable", False) and reader.feature_count >= PARALLEL_THRESHOLD:
             stats, skipped = _run_sliced(
-                reader, transform, columns, workers, csv_out, geo_out, state_dir, tick
+                reader, transform, columns, workers, csv_out, geo_out, state_dir, tick, budget
             )
         else:
             use_pool = workers > 0 and _expected_rows(reader) >= PARALLEL_THRESHOLD
             stats = _run_streamed(
-                reader, transform, columns, workers if use_pool else 0, csv_out, geo_out, tick
+                reader, transform, columns, workers if use_pool else 0, csv_out, geo_out, tick, budget
             )
             skipped = getattr(reader, "skipped", 0)
     except BaseException:

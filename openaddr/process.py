@@ -225,18 +225,27 @@ def run_entry(
     :param entry: the layer entry
     :param state_dir: where the outputs go (created)
     :param fetch: gets the entry's data into the work directory (a download, or an already downloaded file)
-    :param scratch: parent of the work directory (default: the system temporary folder)
+    :param scratch: parent of the work directory (default: the work folder :data:`WORK_FOLDER` inside
+        ``state_dir``)
     :param deadline: ``time.time()`` after which the entry ends with "Timed out after …"
     :param progress: called with the number of records read so far
     :param settings: decompression caps and the conform stage's time limit (default: from the environment)
     """
+    from openaddr.readers.archives import release_work_folder, use_work_folder
+
     state_dir.mkdir(parents=True, exist_ok=True)
+    sweep_work(state_dir)
     state = initial_state(entry)
     problem: SourceProblem | None = None
     started = time.time()
     with entry_log(state_dir / "output.txt"):
         log.info("Processing %s (%s)", entry.label, entry.source.path)
-        work = Path(tempfile.mkdtemp(prefix="process_one-", dir=scratch))
+        if scratch is None:
+            work = state_dir / WORK_FOLDER
+            work.mkdir()
+        else:
+            work = Path(tempfile.mkdtemp(prefix="process_one-", dir=scratch))
+        readers_work = use_work_folder(work)
         try:
             check_entry(entry, state)
             input_path, fingerprint = fetch(work, state)
@@ -261,6 +270,7 @@ def run_entry(
             )
             problem = SourceProblem.conform_source_failed
         finally:
+            release_work_folder(readers_work)
             shutil.rmtree(work, ignore_errors=True)
         if problem is None and not _has_coverage(entry.source):
             problem = SourceProblem.no_coverage
@@ -277,6 +287,21 @@ def run_entry(
 
     write_state(state_dir, state)
     return EntryResult(state_dir, state, problem)
+
+
+#: The work folder of a layer entry, inside its state directory: removed on every exit, and swept at the next
+#: start when a killed run left it (with the part files of the outputs).
+WORK_FOLDER = ".work"
+
+
+def sweep_work(state_dir: Path) -> None:
+    """Remove what a killed run left in ``state_dir``: the work folder, part folders and part files."""
+    leftovers = [state_dir / WORK_FOLDER, *state_dir.glob(".parts-*"), *state_dir.glob(".*.part")]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def conform_entry(
@@ -297,7 +322,7 @@ def conform_entry(
     :param input_path: the downloaded data
     :param state_dir: where the outputs go (created)
     :param fingerprint: seed of every HASH (§8.2); None → a random seed, as for rows processed outside a download
-    :param scratch: parent of the work directory (default: the system temporary folder)
+    :param scratch: parent of the work directory (default: inside ``state_dir``)
     :param deadline: ``time.time()`` after which the entry ends with "Timed out after …"
     """
 
@@ -381,7 +406,14 @@ def _conform_steps(
             if reader.geometry_type and not state["geometry type"]:
                 state["geometry type"] = reader.geometry_type
             count = run_pipeline(
-                entry, reader, transform, state_dir, state, deadline=deadline, progress=progress
+                entry,
+                reader,
+                transform,
+                state_dir,
+                state,
+                deadline=deadline,
+                progress=progress,
+                max_output_bytes=settings.max_output_bytes,
             )
     except UnknownFormatError as exc:
         raise _fail(SourceProblem.unknown_conform_format, "Unknown source conform format: %s", exc) from exc

@@ -18,6 +18,10 @@ Variables (field, default):
 * ``OPENADDR_MAX_DOWNLOAD_BYTES``, ``OPENADDR_MAX_DECOMPRESSED_BYTES``: 20 GiB each
 * ``OPENADDR_MAX_COMPRESSION_RATIO``: ``max_compression_ratio``, 1000
 * ``OPENADDR_DOWNLOAD_TIME_LIMIT``, ``OPENADDR_CONFORM_TIME_LIMIT``: 10800 s (3 h, the default run time limit)
+* ``OPENADDR_MAX_RECORD_BYTES``: ``max_record_bytes``, 32 MiB: one GeoJSON feature, CSV line or CSV field
+* ``OPENADDR_MAX_JSON_DEPTH``: ``max_json_depth``, 64 nesting levels of a GeoJSON file
+* ``OPENADDR_MAX_OUTPUT_BYTES``: ``max_output_bytes``, 100 GiB: the conform's outputs of one layer entry
+  (``out.csv``, the zip's CSV counted uncompressed, ``out.geojson``), part files included
 
 Booleans accept ``1/0``, ``true/false``, ``yes/no``, ``on/off``; durations are seconds; an empty or ``none`` time
 limit means "no limit of its own" (the run's ``deadline`` still applies). A malformed value is an error naming the
@@ -69,6 +73,9 @@ class Settings:
     :param max_compression_ratio: bytes written per archive byte before decompression stops (§4)
     :param download_time_limit: seconds the download stage may take, or None (the run's deadline still applies)
     :param conform_time_limit: seconds the conform stage may take, or None
+    :param max_record_bytes: bytes (characters for CSV) of one GeoJSON feature, CSV line or CSV field
+    :param max_json_depth: nesting levels of a GeoJSON file
+    :param max_output_bytes: bytes the conform's outputs of one layer entry may take
     """
 
     allow_private_hosts: bool = False
@@ -86,6 +93,9 @@ class Settings:
     max_compression_ratio: float = 1000.0
     download_time_limit: float | None = 3 * 3600.0
     conform_time_limit: float | None = 3 * 3600.0
+    max_record_bytes: int = 32 * 2**20
+    max_json_depth: int = 64
+    max_output_bytes: int = 100 * 2**30
 
     def __post_init__(self) -> None:
         for network in self.allowed_private_networks:
@@ -125,6 +135,9 @@ class Settings:
                 env, "OPENADDR_DOWNLOAD_TIME_LIMIT", _limit, default.download_time_limit
             ),
             conform_time_limit=_read(env, "OPENADDR_CONFORM_TIME_LIMIT", _limit, default.conform_time_limit),
+            max_record_bytes=_read(env, "OPENADDR_MAX_RECORD_BYTES", _count, default.max_record_bytes),
+            max_json_depth=_read(env, "OPENADDR_MAX_JSON_DEPTH", _count, default.max_json_depth),
+            max_output_bytes=_read(env, "OPENADDR_MAX_OUTPUT_BYTES", _count, default.max_output_bytes),
         )
         if settings.allow_private_hosts:
             log.warning("The private-address guard is off: private and loopback hosts may be fetched")

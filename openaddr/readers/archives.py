@@ -6,6 +6,8 @@ Members are streamed to disk in chunks, never read whole into memory. Every byte
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import logging
 import os
@@ -21,7 +23,7 @@ from typing import IO, TYPE_CHECKING
 from openaddr.errors import ConformError, SourceProblem
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,38 @@ _CHUNK = 1 << 20
 _SHAPEFILE_COMPANIONS = (".shx", ".dbf", ".prj")
 #: Companions that get a lower-case link next to a shapefile with an upper- or mixed-case extension (§4.4).
 _LINKED_COMPANIONS = (".shx", ".dbf", ".prj", ".cpg")
+
+
+#: The work folder of the run in progress: temporary folders of the readers go there, not to the system's.
+_WORK_FOLDER: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "openaddr_work_folder", default=None
+)
+
+
+def use_work_folder(path: Path | None) -> contextvars.Token[Path | None]:
+    """Make the readers' temporary folders (links, ``.dbf`` views) inside ``path`` from now on; give the token
+    back to :func:`release_work_folder`."""
+    return _WORK_FOLDER.set(path)
+
+
+def release_work_folder(token: contextvars.Token[Path | None]) -> None:
+    """Undo :func:`use_work_folder`."""
+    _WORK_FOLDER.reset(token)
+
+
+@contextlib.contextmanager
+def work_folder(path: Path) -> Iterator[Path]:
+    """Make the readers' temporary folders inside ``path`` while the block runs."""
+    token = use_work_folder(path)
+    try:
+        yield path
+    finally:
+        release_work_folder(token)
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A new empty folder in the run's work folder (:func:`work_folder`), else in the system temporary folder."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_WORK_FOLDER.get()))
 
 
 class ArchiveError(ConformError):
@@ -116,6 +150,9 @@ def prepare_input(
     :raises ArchiveError: corrupt, hostile or too large archive
     :raises ConformError: an unknown ``compression``
     """
+    from openaddr.readers.limits import refuse_special_file
+
+    refuse_special_file(input_path, label or input_path.name)
     limits = limits or ArchiveLimits()
     prefix = f"{label}: " if label else ""
     if compression is not None:
@@ -248,6 +285,14 @@ def _is_link(info: zipfile.ZipInfo) -> bool:
     return info.create_system == 3 and stat.S_ISLNK(mode)
 
 
+def _is_special(info: zipfile.ZipInfo) -> bool:
+    """A member whose Unix mode says FIFO, device or socket."""
+    mode = info.external_attr >> 16
+    return info.create_system == 3 and (
+        stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
+    )
+
+
 def _extract(
     path: Path, dest: Path, wanted: set[str], mode: str, limits: ArchiveLimits, budget: _Budget, depth: int
 ) -> int:
@@ -271,6 +316,13 @@ def _extract(
             parts = _safe_parts(info.filename, label)
             if _is_link(info):
                 raise ArchiveError(f"{label}: Refusing to extract a link from the archive: {info.filename!r}")
+            if _is_special(info):
+                from openaddr.readers.limits import special_kind
+
+                raise ArchiveError(
+                    f"{label}: Refusing to extract {special_kind(info.external_attr >> 16)} from the archive: "
+                    f"{info.filename!r}"
+                )
             if not parts:
                 continue
             relative = "/".join(parts)
@@ -346,7 +398,7 @@ def lowercase_extension(path: Path) -> tuple[Path, Path | None]:
             ext = sibling.suffix.lower()
             if sibling.stem == path.stem and ext in _LINKED_COMPANIONS and sibling.is_file():
                 names.append(sibling.name)
-    tmp = Path(tempfile.mkdtemp(prefix="openaddr-links-"))
+    tmp = temporary_folder("openaddr-links-")
     for name in names:
         link_file(path.parent / name, tmp / _lower_suffix(name))
     log.debug("Linked %s as %s for GDAL", path.name, _lower_suffix(path.name))

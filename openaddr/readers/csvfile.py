@@ -15,7 +15,6 @@ import io
 import itertools
 import logging
 import re
-import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
@@ -50,17 +49,14 @@ _GROUP_REF = re.compile(r"\$\{(\d+)\}|\$(\d+)(?!\d)")
 
 
 def raise_field_size_limit() -> None:
-    """Let a CSV cell be as large as the platform allows: ESRI caches carry whole polygon WKT in one cell.
+    """Let a CSV field be as large as ``OPENADDR_MAX_RECORD_BYTES`` (32 MiB by default; ESRI caches carry whole
+    polygon WKT in one cell), and no larger: a larger field is refused before it fills memory (processing.md §13).
 
     The command line does this at start-up (processing.md §1.1); readers make sure of it for library callers.
     """
-    limit = sys.maxsize
-    while limit > csv.field_size_limit():
-        try:
-            csv.field_size_limit(limit)
-            return
-        except OverflowError:
-            limit //= 2
+    from openaddr.readers.limits import current_limits, set_field_size_limit
+
+    set_field_size_limit(current_limits()[0])
 
 
 def csv_dialect(delimiter: object, label: str) -> dict[str, Any]:
@@ -83,18 +79,30 @@ def undecodable_line(path: Path, encoding: str) -> int:
     """The 1-based number of the first line that does not decode (0 if every line does)."""
     codec = "utf-8-sig" if is_utf8(encoding) else encoding
     decoder = codecs.getincrementaldecoder(codec)("strict")
-    number = 0
+    number = 0  # the line of the last piece read
+    line_start = True
     with path.open("rb") as fh:
-        for number, line in enumerate(fh, 1):  # noqa: B007 - the last number is used after the loop
+        # at most 1 MiB at a time: a line may be as long as the whole file
+        while piece := fh.readline(1 << 20):
+            if line_start:
+                number += 1
             try:
-                decoder.decode(line)
+                decoder.decode(piece)
             except UnicodeDecodeError:
                 return number
+            line_start = piece.endswith(b"\n")
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return number
     return 0
+
+
+def limited_lines(fh: TextIO, name: str, label: str) -> Iterator[str]:
+    """The lines of ``fh`` for the ``csv`` module, none longer than ``OPENADDR_MAX_RECORD_BYTES`` characters."""
+    from openaddr.readers.limits import bounded_lines, current_limits
+
+    return bounded_lines(fh, current_limits()[0], name, label)
 
 
 class CsvRows:
@@ -106,13 +114,20 @@ class CsvRows:
         self.label = label
         raise_field_size_limit()
         self._fh = open_text(path, encoding)
-        self._reader = csv.reader(self._fh, **dialect)
+        self._reader = csv.reader(limited_lines(self._fh, path.name, label), **dialect)
         self.exhausted = False
 
     def close(self) -> None:
         self._fh.close()
 
     def _failure(self, exc: Exception) -> ConformError:
+        if isinstance(exc, csv.Error) and "field limit" in str(exc):
+            from openaddr.readers.limits import RecordTooLargeError
+
+            return RecordTooLargeError(
+                f"{self.label}: a field on line {self._reader.line_num} of {self.path.name} is larger than "
+                f"{csv.field_size_limit()} characters (OPENADDR_MAX_RECORD_BYTES)"
+            )
         if isinstance(exc, UnicodeDecodeError):
             line = undecodable_line(self.path, self.encoding)
             return ConformError(
@@ -390,7 +405,8 @@ class CsvBase(Reader):
         try:
             consumed: list[str] = []
             if self._headers != -1:
-                rows = csv.reader(_recorded(fh, consumed), **self.dialect)
+                lines = limited_lines(fh, self.path.name, self.label)
+                rows = csv.reader(_recorded(lines, consumed), **self.dialect)
                 for _ in range(self._skip + 1):
                     while next(rows, None) == []:
                         pass
@@ -460,9 +476,9 @@ class CsvBase(Reader):
         return even
 
 
-def _recorded(fh: TextIO, consumed: list[str]) -> Iterator[str]:
-    """The lines of ``fh``, each also appended to ``consumed`` (to find where the header ends)."""
-    for line in fh:
+def _recorded(lines: Iterator[str], consumed: list[str]) -> Iterator[str]:
+    """The ``lines``, each also appended to ``consumed`` (to find where the header ends)."""
+    for line in lines:
         consumed.append(line)
         yield line
 

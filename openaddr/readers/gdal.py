@@ -73,18 +73,44 @@ def open_options(path: Path) -> dict[str, str]:
     return {"WRITE_GFS": "NO"} if path.suffix.lower() in (".gml", ".xml") else {}
 
 
-def resolve_layer(path: Path, layer: object, label: str) -> tuple[int, str]:
+#: Layers a dataset opened with open options may have (each is opened once to learn its name).
+MAX_LAYERS = 1000
+
+
+def layer_names(path: Path, options: Mapping[str, str]) -> list[str]:
+    """The layer names of a dataset, opened with ``options``.
+
+    ``pyogrio.list_layers`` takes no open options, and the GML driver it opens writes a ``.gfs`` beside the input;
+    with options, each layer is opened by index with them until there is no next one.
+    """
+    if not options:
+        return [str(row[0]) for row in pyogrio.list_layers(path)]
+    names: list[str] = []
+    while len(names) < MAX_LAYERS:
+        try:
+            info = pyogrio.read_info(path, layer=len(names), **options)
+        except pyogrio.errors.DataLayerError:
+            if not names:
+                raise
+            break
+        names.append(str(info["layer_name"]))
+    return names
+
+
+def resolve_layer(
+    path: Path, layer: object, label: str, options: Mapping[str, str] | None = None
+) -> tuple[int, str]:
     """The index and name of ``conform.layer``: an integer is an index, a string a name, absent is 0 (§6.2).
 
+    :param options: dataset open options (:func:`open_options`)
     :raises ConformError: the dataset cannot be opened or has no such layer (the message names the layers)
     """
     from openaddr.errors import ConformError
 
     try:
-        layers = pyogrio.list_layers(path)
+        names = layer_names(path, options or {})
     except _GDAL_ERRORS as exc:
         raise ConformError(f"{label}: cannot open {path.name}: {exc}") from None
-    names = [str(row[0]) for row in layers]
     if layer is None:
         layer = 0
     if isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < len(names):
@@ -116,12 +142,23 @@ class GdalReader(Reader):
     ) -> None:
         super().__init__(path, label)
         self.addresses = layer_type == "addresses"
+        self._points: PointRecords | None = None
+        self._cleanup: list[Path | None] = []
+        try:
+            self._open(path, conform, label, point_records)
+        except BaseException:
+            self.close()  # the temporary links and .dbf folder must not outlive a failed open
+            raise
+
+    def _open(self, path: Path, conform: Mapping[str, Any], label: str, point_records: bool) -> None:
+        from openaddr.readers.integrity import check_dataset
+
         self._open_path, tmp = lowercase_extension(path)
         self._cleanup = [tmp]
+        check_dataset(self._open_path, label)
         self._options = open_options(path)
         # 2D point shapefiles: points from the .shp records, attributes from the .dbf alone, so no process holds
         # GDAL's whole .shx index (shapefile_points.py); GDAL must not even open the .shp to describe it.
-        self._points: PointRecords | None = None
         if point_records and self.addresses:
             self._points = PointRecords.for_layer(self._open_path, conform.get("layer"))
         try:
@@ -129,14 +166,12 @@ class GdalReader(Reader):
                 self._layer, self.layer_name = 0, self._open_path.stem
                 info = self._points.info
             else:
-                self._layer, self.layer_name = resolve_layer(self._open_path, conform.get("layer"), label)
+                self._layer, self.layer_name = resolve_layer(
+                    self._open_path, conform.get("layer"), label, self._options
+                )
                 info = pyogrio.read_info(self._open_path, layer=self._layer, **self._options)
         except _GDAL_ERRORS as exc:
-            self.close()
             raise self.fail(f"cannot read {path.name}: {exc}") from None
-        except Exception:
-            self.close()
-            raise
         self.columns = [str(c) for c in info["fields"]]
         self.geometry_type = geometry_type_name(info["geometry_type"])
         self.feature_count = int(info.get("features") or 0)
@@ -156,7 +191,6 @@ class GdalReader(Reader):
         elif info.get("crs"):
             crs = crs_from_user_input(str(info["crs"]), label)
         else:
-            self.close()
             raise self.fail("No projection found")
         self.crs = crs
         self._transformer, self.reprojection = transformer_to_wgs84(crs, label)

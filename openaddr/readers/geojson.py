@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FEATURES = "features.item"
+#: Bytes ijson reads at a time, each chunk checked by the depth and size guard first.
+READ_SIZE = 1 << 20
 #: Features turned into texts at a time: large batches of live feature objects are slow to build.
 _CHUNK = 1000
 
@@ -50,13 +52,29 @@ class _Part:
 def iter_features(path: Path, label: str) -> Iterator[Any]:
     """The members of the ``features`` array, one at a time.
 
+    The bytes go through a :class:`~openaddr.readers.limits.JsonShape` before ijson parses them, so a feature
+    nested too deep or too long is refused before it is built.
+
     :raises ConformError: the file is not valid JSON
+    :raises RecordTooLargeError: a feature over ``OPENADDR_MAX_RECORD_BYTES`` or ``OPENADDR_MAX_JSON_DEPTH``
+    :raises TruncatedInputError: the JSON text ends early
     """
     from openaddr.errors import ConformError
+    from openaddr.readers.limits import CheckedReader, JsonShape, TruncatedInputError, current_limits
 
+    max_bytes, max_depth = current_limits()
+    shape = JsonShape(path.name, label, max_bytes, max_depth)
     try:
         with path.open("rb") as fh:
-            yield from ijson.items(fh, FEATURES, use_float=True)
+            yield from ijson.items(CheckedReader(fh, shape), FEATURES, use_float=True, buf_size=READ_SIZE)
+    except ijson.IncompleteJSONError as exc:
+        if shape.depth > 0 or shape.in_string:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "premature end"
+            raise TruncatedInputError(
+                f"{label}: cannot parse GeoJSON {path.name}: it ends early at byte {shape.offset} "
+                f"(cut short?): {first_line}"
+            ) from None
+        raise ConformError(f"{label}: cannot parse GeoJSON {path.name}: {exc}") from None
     except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
         raise ConformError(f"{label}: cannot parse GeoJSON {path.name}: {exc}") from None
 

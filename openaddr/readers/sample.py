@@ -22,7 +22,7 @@ import shapely
 
 from openaddr.errors import OpenaddrError
 from openaddr.readers.choose import FORMATS, choose_input
-from openaddr.readers.csvfile import csv_dialect, open_text
+from openaddr.readers.csvfile import csv_dialect, limited_lines, open_text, raise_field_size_limit
 from openaddr.readers.gdal import NO_ENCODING_WARNING, open_options, resolve_layer, sample_values
 from openaddr.readers.geojson import iter_features
 from openaddr.readers.geometry import geometry_type_name
@@ -123,8 +123,9 @@ def csv_sample(
     The geometry type is that of the WKT in the first data row when there is an ``OA:geom`` column (ESRI).
     """
     codec = resolve_encoding(encoding, label)
+    raise_field_size_limit()
     with open_text(path, codec) as fh:
-        reader = csv.reader(fh, **csv_dialect(delimiter, label))
+        reader = csv.reader(limited_lines(fh, path.name, label), **csv_dialect(delimiter, label))
         rows = [row for row in itertools.islice((r for r in reader if r), size + 1)]
     return rows, _wkt_type(rows)
 
@@ -165,7 +166,7 @@ def gdal_sample(path: Path, conform: Mapping[str, Any], label: str, size: int) -
             source, layer, options, info = points.dbf, None, {}, points.info
         else:
             source, options = open_path, open_options(path)
-            layer, _ = resolve_layer(open_path, conform.get("layer"), label)
+            layer, _ = resolve_layer(open_path, conform.get("layer"), label, options)
             info = pyogrio.read_info(open_path, layer=layer, **options)
         decode = None
         if info.get("encoding") != "UTF-8":

@@ -17,14 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyogrio
 
-from openaddr.readers.archives import link_file
+from openaddr.readers.archives import link_file, temporary_folder
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class PointRecords:
                 return None
         except OSError:
             return None
-        folder = Path(tempfile.mkdtemp(prefix="openaddr-dbf-"))
+        folder = temporary_folder("openaddr-dbf-")
         try:
             alone = folder / "attributes.dbf"
             link_file(dbf, alone)
