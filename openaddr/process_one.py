@@ -8,6 +8,7 @@ layer entry out (``<out>/<layer>/<name>/``), each holding the conform outputs pl
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from datetime import timedelta
@@ -18,7 +19,7 @@ from openaddr.process import EntryResult, UsageError, check_out, command_entries
 from openaddr.sources import LayerEntry, load_source
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     from openaddr.settings import Settings
@@ -27,18 +28,31 @@ log = logging.getLogger(__name__)
 
 #: Hours one entry may run unless it says otherwise (``timeout``; machine-ci.md).
 DEFAULT_TIMEOUT_HOURS = 3.0
+#: The longest ``timeout`` a source file may set for itself, in hours.
+MAX_TIMEOUT_HOURS = 24.0
+
+
+def entry_timeout_hours(data: Mapping[str, Any]) -> float:
+    """The hours an entry may run: its ``timeout``, capped at :data:`MAX_TIMEOUT_HOURS` (a source file's claim is
+    untrusted, issue 10), else :data:`DEFAULT_TIMEOUT_HOURS` (also for a value that is not a finite number > 0)."""
+    hours = data.get("timeout")
+    if isinstance(hours, bool) or not isinstance(hours, (int, float, str)):
+        return DEFAULT_TIMEOUT_HOURS
+    try:
+        limit = float(hours)
+    except ValueError:
+        return DEFAULT_TIMEOUT_HOURS
+    if not math.isfinite(limit) or limit <= 0:
+        return DEFAULT_TIMEOUT_HOURS
+    if limit > MAX_TIMEOUT_HOURS:
+        log.warning("timeout of %s hours capped at %s hours", hours, MAX_TIMEOUT_HOURS)
+        return MAX_TIMEOUT_HOURS
+    return limit
 
 
 def entry_deadline(entry: LayerEntry, start: float | None = None) -> float:
-    """``time.time()`` by which the entry must be done: its ``timeout`` in hours, else 3 hours."""
-    hours = entry.data.get("timeout")
-    try:
-        limit = float(hours) if hours is not None else DEFAULT_TIMEOUT_HOURS
-    except (TypeError, ValueError):
-        limit = DEFAULT_TIMEOUT_HOURS
-    if limit <= 0:
-        limit = DEFAULT_TIMEOUT_HOURS
-    return (start if start is not None else time.time()) + limit * 3600.0
+    """``time.time()`` by which the entry must be done: :func:`entry_timeout_hours` from ``start`` (default now)."""
+    return (start if start is not None else time.time()) + entry_timeout_hours(entry.data) * 3600.0
 
 
 def process_entry(

@@ -31,7 +31,7 @@ from openaddr.machine.entries import (
     worker_id,
 )
 from openaddr.outputs import STATE_KEYS
-from openaddr.process_one import DEFAULT_TIMEOUT_HOURS
+from openaddr.process_one import entry_timeout_hours
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -158,11 +158,6 @@ def _plan_file(
     coverage = source.document.get("coverage")
     planned = []
     for entry in entries:
-        hours = entry.data.get("timeout")
-        try:
-            timeout = float(hours) * 3600.0 if hours is not None and float(hours) > 0 else None
-        except (TypeError, ValueError):
-            timeout = None
         planned.append(
             PlannedEntry(
                 path=path,
@@ -171,7 +166,7 @@ def _plan_file(
                 source_key=key,
                 blob_sha=snapshot.blob_sha,
                 digest=db_runs.layer_digest(coverage, entry.data),
-                timeout=timeout or DEFAULT_TIMEOUT_HOURS * 3600.0,
+                timeout=entry_timeout_hours(entry.data) * 3600.0,
                 # A pull request's claim of conform.size is not trusted: standard tier, standard limits.
                 size=STANDARD if owner.pull_request else entry_size(entry.data),
             )

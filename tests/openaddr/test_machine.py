@@ -1535,3 +1535,31 @@ def test_ci_owner_reads_the_trigger() -> None:
     entry = machine.PlannedEntry(PARK_PATH, "addresses", "primary", "k", None, "d" * 40, 60.0)
     assert machine.PlannedEntry.from_dict(entry.to_dict()) == entry
     assert (entry.label, machine.source_name("sources/fr/la-réunion.json")) == (PARK_LABEL, "fr/la-réunion")
+
+
+@pytest.mark.parametrize(
+    ("claimed", "hours"),
+    [
+        (6, 6.0),
+        (1_000_000, 24.0),
+        (1e308, 24.0),
+        (0, 3.0),
+        (-5, 3.0),
+        ("nan", 3.0),
+        ("inf", 3.0),
+        (True, 3.0),
+    ],
+)
+def test_a_source_cannot_set_itself_a_timeout_over_24_hours(
+    engine: sa.Engine, storage: LocalStorage, uid: str, claimed: object, hours: float
+) -> None:
+    document = {
+        "coverage": {},
+        "data": "http://example.test/a.zip",
+        "protocol": "http",
+        "timeout": claimed,
+        "conform": {"format": "csv", "number": "n", "street": "s", "lon": "x", "lat": "y"},
+    }
+    [argument] = plan(engine, storage, ci_conf(f"job-{uid}", source_item(PARK_PATH, json.dumps(document))))
+    # The task's hard stop (operators.pre_execute) and the child's deadline both follow this figure.
+    assert argument["entry"]["timeout"] == hours * 3600.0

@@ -806,3 +806,15 @@ def test_state_directory_behind_a_link_is_refused(fixtures: Path, tmp_path: Path
     before = _files_outside(tmp_path, out)
     assert process_one(fixtures / "sources" / "us-wy-park.json", out) == 2
     assert _files_outside(tmp_path, out) == before
+
+
+@pytest.mark.parametrize(
+    ("claimed", "hours"), [(None, 3.0), (2, 2.0), (48, 24.0), (float("nan"), 3.0), ([], 3.0)]
+)
+def test_entry_deadline_caps_the_timeout_a_source_claims(claimed: object, hours: float) -> None:
+    from openaddr.process_one import entry_deadline
+    from openaddr.sources import LayerEntry
+
+    data = {} if claimed is None else {"timeout": claimed}
+    entry = LayerEntry(source=None, layer="addresses", index=0, name="x", data=data)  # type: ignore[arg-type]
+    assert entry_deadline(entry, start=1000.0) == 1000.0 + hours * 3600.0
