@@ -86,9 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"openaddr {args.command}: interrupted\n")
         return 130
     except Exception as exc:  # the last resort: one line, never a traceback (issue 10)
-        text = " ".join(str(exc).split())[:300]
-        sys.stderr.write(f"openaddr {args.command}: unexpected error: {type(exc).__name__}: {text}\n")
+        sys.stderr.write(f"openaddr {args.command}: unexpected error: {_one_line(exc)}\n")
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an error, and of its innermost cause where there is one (a numpy ImportError caused by
+    "failed to map segment from shared object" must still say that: the Machine names it "Ran out of memory")."""
+
+    def describe(error: BaseException) -> str:
+        return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+    root, seen = exc, {id(exc)}
+    while (inner := root.__cause__ or root.__context__) is not None and id(inner) not in seen:
+        root = inner
+        seen.add(id(root))
+    return describe(exc) if root is exc else f"{describe(exc)} (caused by {describe(root)})"
 
 
 def validate_command(paths: Sequence[str]) -> int:

@@ -18,8 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -28,6 +27,9 @@ from openaddr.errors import ConformError
 from openaddr.readers.archives import ArchiveError, prepare_input, work_folder
 from openaddr.readers.gdal import GdalReader
 from openaddr.readers.limits import JsonShape, RecordTooLargeError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 GIB = 2**30
 #: Peak RSS a hostile input may cost a run (the issue's bound for the fuzz suite).
@@ -402,14 +404,33 @@ def test_fifo_input_is_refused_without_hanging(tmp_path: Path) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "openaddr", "conform", str(source), str(fifo), "--layer", "addresses"]
     result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    assert "addresses.csv: it is a FIFO, not a regular file" in (out / "output.txt").read_text()
+    # INPUT is given on the command line: a bad usage (exit 2), refused before anything opens it.
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        f"openaddr conform: {fifo} is not a regular file or a folder",
+    )
+    assert not out.exists()
+
+
+def test_fifo_inside_an_input_folder_is_never_opened(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    os.mkfifo(folder / "addresses.csv")
+    source = write_source(tmp_path, {"format": "csv", "lon": "X", "lat": "Y", "number": "N", "street": "S"})
+    code, state, log = conform(source, folder, tmp_path / "out")
+    assert_failed_cleanly(tmp_path / "out", code, state, log, "No csv file found")
 
 
 def test_device_input_is_refused(tmp_path: Path) -> None:
     source = write_source(tmp_path, {"format": "csv", "lon": "X", "lat": "Y", "number": "N", "street": "S"})
-    code, state, log = conform(source, Path("/dev/zero"), tmp_path / "out")
-    assert_failed_cleanly(tmp_path / "out", code, state, log, "zero: it is a character device")
+    command = [sys.executable, "-m", "openaddr", "conform", str(source), "/dev/zero", "--layer", "addresses"]
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        "openaddr conform: /dev/zero is not a regular file or a folder",
+    )
 
 
 def test_fifo_archive_member_is_refused(fixtures: Path, tmp_path: Path) -> None:
