@@ -18,6 +18,7 @@ Variables (field, default):
 * ``OPENADDR_MAX_DOWNLOAD_BYTES``, ``OPENADDR_MAX_DECOMPRESSED_BYTES``: 20 GiB each
 * ``OPENADDR_MAX_COMPRESSION_RATIO``: ``max_compression_ratio``, 1000
 * ``OPENADDR_DOWNLOAD_TIME_LIMIT``, ``OPENADDR_CONFORM_TIME_LIMIT``: 10800 s (3 h, the default run time limit)
+* ``OPENADDR_PATTERN_TIMEOUT``: ``pattern_timeout``, 1 s (a source ``regexp`` on one value; > 0, never unbounded)
 
 Booleans accept ``1/0``, ``true/false``, ``yes/no``, ``on/off``; durations are seconds; an empty or ``none`` time
 limit means "no limit of its own" (the run's ``deadline`` still applies). A malformed value is an error naming the
@@ -69,6 +70,7 @@ class Settings:
     :param max_compression_ratio: bytes written per archive byte before decompression stops (§4)
     :param download_time_limit: seconds the download stage may take, or None (the run's deadline still applies)
     :param conform_time_limit: seconds the conform stage may take, or None
+    :param pattern_timeout: seconds one source pattern may take on one value (:mod:`openaddr.patterns`)
     """
 
     allow_private_hosts: bool = False
@@ -86,6 +88,7 @@ class Settings:
     max_compression_ratio: float = 1000.0
     download_time_limit: float | None = 3 * 3600.0
     conform_time_limit: float | None = 3 * 3600.0
+    pattern_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         for network in self.allowed_private_networks:
@@ -125,6 +128,7 @@ class Settings:
                 env, "OPENADDR_DOWNLOAD_TIME_LIMIT", _limit, default.download_time_limit
             ),
             conform_time_limit=_read(env, "OPENADDR_CONFORM_TIME_LIMIT", _limit, default.conform_time_limit),
+            pattern_timeout=pattern_timeout(env),
         )
         if settings.allow_private_hosts:
             log.warning("The private-address guard is off: private and loopback hosts may be fetched")
@@ -137,6 +141,15 @@ class Settings:
         return ArchiveLimits(
             max_total_bytes=self.max_decompressed_bytes, max_ratio=self.max_compression_ratio
         )
+
+
+def pattern_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """``OPENADDR_PATTERN_TIMEOUT`` alone (the conform reads it without building every other setting).
+
+    :raises ValueError: set, but not a finite number of seconds > 0
+    """
+    env = os.environ if environ is None else environ
+    return _read(env, "OPENADDR_PATTERN_TIMEOUT", _budget, Settings.pattern_timeout)
 
 
 def _read(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
@@ -162,6 +175,13 @@ def _seconds(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a finite number >= 0")
+    return value
+
+
+def _budget(raw: str) -> float:
+    value = _seconds(raw)
+    if value == 0:
+        raise ValueError("expected a number > 0: a pattern is never unbounded")
     return value
 
 

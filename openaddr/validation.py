@@ -42,6 +42,7 @@ from referencing.jsonschema import DRAFT7
 
 from openaddr.conform import FUNCTIONS as CONFORM_FUNCTIONS
 from openaddr.errors import SourceFileError
+from openaddr.patterns import compile_pattern
 from openaddr.sources import iter_source_files, load_source
 
 if TYPE_CHECKING:
@@ -417,7 +418,7 @@ def _check_value(value: Any, parts: tuple[str | int, ...], issues: list[SchemaIs
         pattern = value.get("pattern")
         if isinstance(pattern, str):
             try:
-                re.compile(pattern)
+                compile_pattern(pattern)
             except re.error as exc:
                 where = (*parts, "pattern")
                 issues.append(
