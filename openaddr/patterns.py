@@ -7,12 +7,12 @@ worker, since ``re`` backtracks without limit and the run's deadline, checked be
 Matching stays with ``re``: the alternatives measured on every corpus pattern (``benchmarks/bench_patterns.py``)
 give other results (RE2: ASCII ``\\d``/``\\s``/``\\b``, no lookaround; the ``regex`` module: its own ``\\w`` and
 ``\\s``, e.g. for ``½``, combining accents and ``\\x1c``) or cost too much (a worker process). Instead a column of
-values is matched under a periodic real-time timer (``ITIMER_REAL``, one tick per ``budget`` seconds). Each tick
-looks at how far the column's iterator has moved since the previous tick; when it has not moved, one value has
-been matched for at least a whole budget, and the tick raises :class:`~openaddr.errors.PatternTimeout`. ``re``
-checks for pending signals every 4,096 steps of a match, so the tick is handled inside a hanging match too. The
-cost is four system calls per column and nothing per value; a match is stopped after between one and two budgets,
-and a match shorter than one budget never is.
+values is matched under a periodic real-time timer (``ITIMER_REAL``, :data:`TICKS` ticks per budget). Each tick
+looks at how far the column's iterator has moved since the previous tick; when it has not moved for a whole
+budget's ticks, one value has been matched for at least the budget, and the tick raises
+:class:`~openaddr.errors.PatternTimeout`. ``re`` checks for pending signals every 4,096 steps of a match, so the
+tick is handled inside a hanging match too. The cost is four system calls per column and nothing per value; a
+match is stopped after between 1 and 1 + 1/:data:`TICKS` budgets, and a match shorter than the budget never is.
 
 Signals reach only the main thread of a process, which is where every conform of this project runs (the
 ``openaddr`` commands, ``process-one`` and its forked workers); anywhere else :func:`bounded_map` refuses to run
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 _U = TypeVar("_U")
 
+#: Timer ticks per budget: a match is stopped at most ``budget / TICKS`` after its budget ran out.
+TICKS = 4
+
 #: Compiled patterns kept per process (a corpus run holds a few hundred distinct ones).
 CACHE_SIZE = 4096
 
@@ -59,12 +62,13 @@ def compile_pattern(source: str) -> re.Pattern[str]:
 class _Watch:
     """The column being matched: its iterator, and how many values it had left at the previous tick."""
 
-    __slots__ = ("describe", "iterator", "left")
+    __slots__ = ("describe", "iterator", "left", "stalled")
 
     def __init__(self, iterator: Iterator[object], describe: Callable[[], str]) -> None:
         self.iterator = iterator
         self.describe = describe
         self.left = -1
+        self.stalled = 0
 
 
 _active: _Watch | None = None
@@ -75,9 +79,13 @@ def _tick(signum: int, frame: object) -> None:
     if watch is None:
         return
     left = operator.length_hint(watch.iterator, -1)
-    if left == watch.left:
+    if left != watch.left:
+        watch.left = left
+        watch.stalled = 0
+        return
+    watch.stalled += 1
+    if watch.stalled >= TICKS:
         raise PatternTimeout(watch.describe())
-    watch.left = left
 
 
 def bounded_map(
@@ -87,7 +95,7 @@ def bounded_map(
 
     :param fn: matches one value (a bound method of a compiled pattern, or a function around one)
     :param values: a list, set or other iterable whose iterator reports its remaining length
-    :param budget: seconds one call may take; a call is stopped after between one and two budgets
+    :param budget: seconds one call may take; a call is stopped after between 1 and 1 + 1/:data:`TICKS` budgets
     :param describe: the message of the :class:`~openaddr.errors.PatternTimeout` (names source, layer, field,
         pattern); called only when a match is stopped
     :raises PatternTimeout: one call ran longer than the budget
@@ -107,7 +115,8 @@ def bounded_map(
     watch = _Watch(iterator, describe)
     previous_handler = signal.signal(signal.SIGALRM, _tick)
     started = time.monotonic()
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, budget, budget)
+    tick = budget / TICKS
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, tick, tick)
     _active = watch
     try:
         return list(map(fn, iterator))
