@@ -337,3 +337,19 @@ def test_cli_conform_ends_with_the_named_problem(tmp_path: Path, rows: int) -> N
     assert "field `N`" in line
     assert repr(ALTERNATION) in line
     assert not (out / "out.csv").exists()
+
+
+def test_a_hanging_coordinate_regexp_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from openaddr.readers.csvfile import CsvReader
+
+    monkeypatch.setenv("OPENADDR_PATTERN_TIMEOUT", str(BUDGET))
+    data = tmp_path / "data.csv"
+    data.write_text(f"x,y,N\n-122.1,37.5,1\n{ALTERNATION_VALUE},37.5,2\n", encoding="utf-8")
+    lon = {"function": "regexp", "field": "x", "pattern": ALTERNATION}
+    reader = CsvReader(data, {"format": "csv", "lon": lon, "lat": "y"}, label="xx/hostile addresses/primary")
+    with pytest.raises(PatternTimeout) as raised:
+        list(reader.batches(batch_size=10))
+    message = str(raised.value)
+    assert "xx/hostile addresses/primary" in message
+    assert "field `x` of lon" in message
+    assert repr(ALTERNATION) in message
