@@ -635,13 +635,16 @@ class Conform:
             if not isinstance(template, str):
                 raise ConformError(f"The format function needs a format text in {self._where(attribute)}")
             return _Format(_field_names(spec.get("fields")), template)
+        # The built-in patterns run on source values too, and backtrack: `postfixed_street` with units takes
+        # seconds on a few thousand spaces. They get the same budget as a source pattern.
         if name == "prefixed_number":
-            return _SingleField(field, _prefixed_number)
+            return self._pattern_field(field, _prefixed_number, f"The {name} function", attribute)
         if name == "postfixed_street":
             units = bool(spec.get("may_contain_units", False))
-            return _SingleField(field, _postfixed_street_units if units else _postfixed_street)
+            fn = _postfixed_street_units if units else _postfixed_street
+            return self._pattern_field(field, fn, f"The {name} function", attribute)
         if name == "postfixed_unit":
-            return _SingleField(field, _postfixed_unit)
+            return self._pattern_field(field, _postfixed_unit, f"The {name} function", attribute)
         if name in ("remove_prefix", "remove_postfix"):
             return _RemoveAffix(field, _field_name(spec.get("field_to_remove")), name == "remove_postfix")
         if name == "first_non_empty":
@@ -681,15 +684,11 @@ class Conform:
             raise ConformError(
                 f"Invalid regular expression {source!r} in {self._where(attribute)}: {exc}"
             ) from exc
-        budget = self.pattern_budget
-        message = (
-            f"The regexp pattern {source!r} on field `{field}` in {self._where(attribute)} took longer than its "
-            f"{budget:g} s budget on one value (OPENADDR_PATTERN_TIMEOUT)"
-        )
+        what = f"The regexp pattern {source!r}"
         replace = spec.get("replace")
         if not isinstance(replace, str) or not replace:
             # Without replace (or with replace: "", as both engines do): concatenate the groups of the first match.
-            return _PatternField(field, _regexp_search(pattern), budget, message)
+            return self._pattern_field(field, _regexp_search(pattern), what, attribute)
         template = convert_replacement(replace)
         try:
             pattern.sub(template, "")  # parses the template now: bad escapes, unknown groups
@@ -698,7 +697,15 @@ class Conform:
                 f"Invalid regular expression replacement {replace!r} in {self._where(attribute)}: {exc}"
             ) from exc
         substitute = functools.partial(pattern.sub, _replacement_function(replace) or template)
-        return _PatternField(field, substitute, budget, message)
+        return self._pattern_field(field, substitute, what, attribute)
+
+    def _pattern_field(self, field: str, fn: Callable[[str], str], what: str, attribute: str) -> _Node:
+        """``fn`` (a pattern's match) over ``field``, each value within :attr:`pattern_budget`."""
+        message = (
+            f"{what} on field `{field}` in {self._where(attribute)} took longer than its "
+            f"{self.pattern_budget:g} s budget on one value (OPENADDR_PATTERN_TIMEOUT)"
+        )
+        return _PatternField(field, fn, self.pattern_budget, message)
 
     # -- planning --------------------------------------------------------------------------------------------
 

@@ -353,3 +353,14 @@ def test_a_hanging_coordinate_regexp_is_named(tmp_path: Path, monkeypatch: pytes
     assert "xx/hostile addresses/primary" in message
     assert "field `x` of lon" in message
     assert repr(ALTERNATION) in message
+
+
+def test_a_built_in_pattern_on_a_hostile_value_is_bounded_too() -> None:
+    # postfixed_street's own pattern backtracks for seconds on a few thousand spaces, for hours on a long field.
+    spec = {"function": "postfixed_street", "field": "S", "may_contain_units": True}
+    conform = Conform(
+        {"street": spec}, "addresses", label="xx/hostile addresses/primary", pattern_budget=BUDGET
+    )
+    assert conform.apply({"S": ["12 MAIN ST APT 4"]}, 1)["street"] == ["MAIN ST"]
+    with pytest.raises(PatternTimeout, match="The postfixed_street function on field `S`"):
+        conform.apply({"S": [" " * 100_000 + "x"]}, 1)
