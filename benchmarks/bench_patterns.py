@@ -18,7 +18,12 @@ Printed: how many corpus patterns each route compiles; how many patterns give an
 
 Usage::
 
-    python benchmarks/bench_patterns.py [--rows 1000000] [--corpus ../shared/corpus/sources] [--budget 1.0]
+    python benchmarks/bench_patterns.py [--rows 1000000] [--repeat 5] [--budget 1.0] [--corpus DIR]
+        [--no-equality] [--no-speed] [--no-hangs] [--baseline DIR]
+
+``--baseline DIR`` also times ``openaddr conform`` on ``make bench``'s data against older code exported to DIR::
+
+    git archive <commit> openaddr | tar -x -C /tmp/base && python benchmarks/bench_patterns.py --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -446,6 +451,55 @@ def conform_speed(values: list[str], repeat: int) -> None:
     print(f"unbounded {times[0]:.3f} s, bounded {times[1]:.3f} s: {100 * (times[1] / times[0] - 1):+.1f} %")
 
 
+def conform_runs(baseline: Path, rows: int, repeat: int) -> None:
+    """``openaddr conform`` on ``make bench``'s data (its source files), this tree against ``baseline``.
+
+    ``baseline`` is an exported tree of the code before the change (``git archive <commit> openaddr | tar -x -C
+    DIR``), put first on ``PYTHONPATH``. Runs alternate; each reports wall seconds and the CPU seconds of the whole
+    run (``RUSAGE_CHILDREN``: the command and its forked workers).
+    """
+    import resource
+    import subprocess
+
+    import bench_conform
+
+    root = Path("bench-out")
+    sources = root / "sources" / "bench"
+    cases = {
+        "shapefile": bench_conform.write_source(
+            sources / "shapefile.json", "shapefile", "https://example.com/a.zip"
+        ),
+        "csv": bench_conform.write_source(sources / "csv.json", "csv", "https://example.com/a.csv"),
+    }
+    data = generate.ensure(root, rows)
+    inputs = {"shapefile": data["shp"], "csv": data["csv"]}
+    command = bench_conform.openaddr_command()
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for _ in range(repeat):
+        for case, source in cases.items():
+            for tree in ("baseline", "this"):
+                env = dict(os.environ)
+                if tree == "baseline":
+                    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(baseline), env.get("PYTHONPATH")]))
+                out = root / "runs" / f"patterns-{tree}-{case}"
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                started = time.perf_counter()
+                cmd = [*command, "conform", str(source), str(inputs[case]), "--layer", "addresses"]
+                cmd += ["--fingerprint", "0" * 32, "--out", str(out)]
+                subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                wall = time.perf_counter() - started
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                old = best.get((tree, case), (float("inf"), float("inf")))
+                best[(tree, case)] = (min(old[0], wall), min(old[1], cpu))
+    print(f"\n## openaddr conform, {rows:,} rows, conform of make bench (least of {repeat}, alternating)\n")
+    print("| case | baseline wall / CPU s | this wall / CPU s | CPU change |")
+    print("|---|---:|---:|---:|")
+    for case in cases:
+        (bw, bc), (tw, tc) = best[("baseline", case)], best[("this", case)]
+        print(f"| {case} | {bw:.2f} / {bc:.2f} | {tw:.2f} / {tc:.2f} | {100 * (tc / bc - 1):+.1f} % |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shared = Path(os.environ.get("OPENADDR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -455,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-equality", action="store_true", help="skip the equality table")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed tables")
+    parser.add_argument("--no-hangs", action="store_true", help="skip the catastrophic patterns")
+    parser.add_argument(
+        "--baseline", type=Path, help="also time openaddr conform against this exported tree of older code"
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", FutureWarning)  # re's "possible nested set" on some corpus patterns
     pairs, uses, lookaround, cases, inputs = collect(args.corpus)
@@ -470,7 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         values = column(args.rows)
         speed(pairs, values, args.budget, args.repeat)
         conform_speed(values, args.repeat)
-    hangs(args.budget)
+    if not args.no_hangs:
+        hangs(args.budget)
+    if args.baseline is not None:
+        conform_runs(args.baseline.resolve(), args.rows, args.repeat)
     return 0
 
 
