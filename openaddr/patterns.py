@@ -11,12 +11,13 @@ values is matched under a periodic real-time timer (``ITIMER_REAL``, :data:`TICK
 looks at how far the column's iterator has moved since the previous tick; when it has not moved for a whole
 budget's ticks, one value has been matched for at least the budget, and the tick raises
 :class:`~openaddr.errors.PatternTimeout`. ``re`` checks for pending signals every 4,096 steps of a match, so the
-tick is handled inside a hanging match too. The cost is four system calls per column and nothing per value; a
+tick is handled inside a hanging match too. The cost is a few system calls per column and nothing per value; a
 match is stopped after between 1 and 1 + 1/:data:`TICKS` budgets, and a match shorter than the budget never is.
 
-Signals reach only the main thread of a process, which is where every conform of this project runs (the
-``openaddr`` commands, ``process-one`` and its forked workers); anywhere else :func:`bounded_map` refuses to run
-rather than run without a bound.
+Ticks restart the system calls they interrupt (``SA_RESTART``), so reader threads in C code (GDAL, Arrow) read on
+undisturbed. Python handles signals only in the main thread of a process, which is where every conform of this
+project runs (the ``openaddr`` commands, ``process-one`` and its forked workers); anywhere else
+:func:`bounded_map` refuses to run rather than run without a bound.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def bounded_map(
         raise ValueError(f"a pattern's time budget must be > 0 seconds, not {budget!r}")
     watch = _Watch(iterator, describe)
     previous_handler = signal.signal(signal.SIGALRM, _tick)
+    # Restart system calls the tick interrupts (SA_RESTART), so that a reader thread's read() in C code (GDAL,
+    # Arrow) does not fail with EINTR; the match in this thread still sees the tick.
+    signal.siginterrupt(signal.SIGALRM, False)
     started = time.monotonic()
     tick = budget / TICKS
     previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, tick, tick)
