@@ -514,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", type=Path, help="also time openaddr conform against this exported tree of older code"
     )
     args = parser.parse_args(argv)
+    if not args.corpus.is_dir():
+        parser.error(f"no corpus at {args.corpus}: set OPENADDR_SHARED or pass --corpus")
     warnings.simplefilter("ignore", FutureWarning)  # re's "possible nested set" on some corpus patterns
     pairs, uses, lookaround, cases, inputs = collect(args.corpus)
     patterns = {p for p, _ in pairs}
