@@ -305,6 +305,22 @@ def equality(
             print(f"  {line}")
 
 
+def classes() -> None:
+    """Code points where ``regex`` V0's ``\\s``, ``\\w``, ``\\d`` differ from ``re``'s (RE2's are ASCII)."""
+    text = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    print("\n## Character classes over all code points: re against regex V0\n")
+    print("| class | re | regex | only re | only regex |")
+    print("|---|---:|---:|---:|---:|")
+    for cls in (r"\s", r"\w", r"\d"):
+        ours = set(re.findall(cls, text))
+        theirs = set(regex.findall(cls, text, flags=regex.V0))
+        only = sorted(ours - theirs)[:4]
+        shown = " ".join(f"U+{ord(c):04X}" for c in only)
+        print(
+            f"| `{cls}` | {len(ours)} | {len(theirs)} | {len(ours - theirs)} ({shown}…) | {len(theirs - ours)} |"
+        )
+
+
 def column(rows: int, seed: int = 20250101) -> list[str]:
     """``rows`` full addresses like ``generate.py``'s FULLADDR (``123 N MAIN ST APT 4``)."""
     rng = random.Random(seed)
@@ -526,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.no_equality:
         equality(pairs, inputs, probes(inputs), args.budget)
+        classes()
     if not args.no_speed:
         values = column(args.rows)
         speed(pairs, values, args.budget, args.repeat)
