@@ -95,7 +95,7 @@ def bounded_map(
     """``list(map(fn, values))``, where no single call of ``fn`` may run longer than about ``budget`` seconds.
 
     :param fn: matches one value (a bound method of a compiled pattern, or a function around one)
-    :param values: a list, set or other iterable whose iterator reports its remaining length
+    :param values: the values (any other iterable than a list, tuple, set or dict is made a list first)
     :param budget: seconds one call may take; a call is stopped after between 1 and 1 + 1/:data:`TICKS` budgets
     :param describe: the message of the :class:`~openaddr.errors.PatternTimeout` (names source, layer, field,
         pattern); called only when a match is stopped
@@ -103,6 +103,8 @@ def bounded_map(
     :raises RuntimeError: not called from the main thread, where the budget cannot be enforced
     """
     global _active
+    if not isinstance(values, (list, tuple, set, frozenset, dict)):
+        values = list(values)  # the tick reads progress from the iterator's remaining length
     iterator = iter(values)
     if _active is not None:
         # A match inside a match: the outer column's budget already covers this one.
@@ -119,7 +121,7 @@ def bounded_map(
     # Arrow) does not fail with EINTR; the match in this thread still sees the tick.
     signal.siginterrupt(signal.SIGALRM, False)
     started = time.monotonic()
-    tick = budget / TICKS
+    tick = max(budget / TICKS, 0.001)
     previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, tick, tick)
     _active = watch
     try:
@@ -127,7 +129,8 @@ def bounded_map(
     finally:
         _active = None
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous_handler)
+        # None: a handler installed from C, which Python cannot put back; the default is the closest.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous_handler is None else previous_handler)
         if previous_delay > 0:  # someone else's timer was running: give it back what is left of it
             left = max(previous_delay - (time.monotonic() - started), 1e-6)
             signal.setitimer(signal.ITIMER_REAL, left, previous_interval)

@@ -364,3 +364,12 @@ def test_a_built_in_pattern_on_a_hostile_value_is_bounded_too() -> None:
     assert conform.apply({"S": ["12 MAIN ST APT 4"]}, 1)["street"] == ["MAIN ST"]
     with pytest.raises(PatternTimeout, match="The postfixed_street function on field `S`"):
         conform.apply({"S": [" " * 100_000 + "x"]}, 1)
+
+
+def test_any_iterable_of_values_is_matched_with_its_progress_seen() -> None:
+    # A generator has no remaining length; it is made a list first, so progress is still seen at every tick and
+    # a long column of quick matches is never mistaken for one slow match.
+    values = (str(n) for n in range(300_000))
+    pattern = compile_pattern(r"^(\d+)$")
+    result = bounded_map(lambda v: pattern.sub(r"\1\1", v), values, 0.05, lambda: "stopped")
+    assert result[-1] == "299999299999"
