@@ -16,10 +16,12 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from openaddr.errors import ConformError
+from openaddr.patterns import bounded_map, compile_pattern
+from openaddr.settings import pattern_timeout
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +149,26 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _per_value(fn: Callable[[_T], _U], column: list[_T]) -> list[_U]:
-    """``fn`` over a column, once per distinct value when values repeat a lot (city codes, street types)."""
+def _map(fn: Callable[[_T], _U], values: Iterable[_T]) -> list[_U]:
+    return list(map(fn, values))
+
+
+def _per_value(
+    fn: Callable[[_T], _U],
+    column: list[_T],
+    run: Callable[[Callable[[_T], _U], Iterable[_T]], list[_U]] = _map,
+) -> list[_U]:
+    """``fn`` over a column, once per distinct value when values repeat a lot (city codes, street types).
+
+    :param run: maps ``fn`` over values (:func:`openaddr.patterns.bounded_map` for a source pattern)
+    """
     if len(column) >= _DISTINCT_MIN_ROWS and len(set(column[:_DISTINCT_MIN_ROWS])) * 2 <= _DISTINCT_MIN_ROWS:
         # The first rows repeat: worth building the table (unique values, like full addresses, skip this).
-        distinct = set(column)
+        distinct = list(set(column))
         if len(distinct) * 2 <= len(column):
-            table = {value: fn(value) for value in distinct}
+            table = dict(zip(distinct, run(fn, distinct), strict=True))
             return list(map(table.__getitem__, column))
-    return list(map(fn, column))
+    return run(fn, column)
 
 
 def _accuracy_text(value: str | None) -> str | None:
@@ -293,6 +306,24 @@ class _SingleField(_Node):
         read = env.reader(self.field)
         fn = self.fn
         return lambda regs, size: _per_value(fn, read(regs, size))
+
+
+class _PatternField(_SingleField):
+    """``regexp``: a source pattern over one field, each value within the pattern's time budget."""
+
+    def __init__(self, field: str, fn: Callable[[str], str], budget: float, message: str) -> None:
+        super().__init__(field, fn)
+        self.run = functools.partial(_bounded, budget=budget, message=message)
+
+    def plan(self, env: _Env, key: str) -> _Eval:
+        read = env.reader(self.field)
+        fn = self.fn
+        run = self.run
+        return lambda regs, size: _per_value(fn, read(regs, size), run)
+
+
+def _bounded(fn: Callable[[str], str], values: Iterable[str], *, budget: float, message: str) -> list[str]:
+    return bounded_map(fn, values, budget, lambda: message)
 
 
 class _Join(_Node):
@@ -541,12 +572,20 @@ class Conform:
     """
 
     def __init__(
-        self, conform: Mapping[str, Any], layer_type: str, *, label: str = "", warn_missing: bool = True
+        self,
+        conform: Mapping[str, Any],
+        layer_type: str,
+        *,
+        label: str = "",
+        warn_missing: bool = True,
+        pattern_budget: float | None = None,
     ) -> None:
         if layer_type not in ATTRIBUTES:
             raise ConformError(f"{label or 'conform'}: unknown layer type {layer_type!r}")
         self.layer_type = layer_type
         self.label = label
+        #: Seconds one source pattern may take on one value (``OPENADDR_PATTERN_TIMEOUT`` by default).
+        self.pattern_budget = pattern_timeout() if pattern_budget is None else pattern_budget
         self.attributes = ATTRIBUTES[layer_type]
         #: (attribute, compiled value) in conform key order (§7.2).
         self.values: list[tuple[str, _Node]] = []
@@ -596,13 +635,16 @@ class Conform:
             if not isinstance(template, str):
                 raise ConformError(f"The format function needs a format text in {self._where(attribute)}")
             return _Format(_field_names(spec.get("fields")), template)
+        # The built-in patterns run on source values too, and backtrack: `postfixed_street` with units takes
+        # seconds on a few thousand spaces. They get the same budget as a source pattern.
         if name == "prefixed_number":
-            return _SingleField(field, _prefixed_number)
+            return self._pattern_field(field, _prefixed_number, f"The {name} function", attribute)
         if name == "postfixed_street":
             units = bool(spec.get("may_contain_units", False))
-            return _SingleField(field, _postfixed_street_units if units else _postfixed_street)
+            fn = _postfixed_street_units if units else _postfixed_street
+            return self._pattern_field(field, fn, f"The {name} function", attribute)
         if name == "postfixed_unit":
-            return _SingleField(field, _postfixed_unit)
+            return self._pattern_field(field, _postfixed_unit, f"The {name} function", attribute)
         if name in ("remove_prefix", "remove_postfix"):
             return _RemoveAffix(field, _field_name(spec.get("field_to_remove")), name == "remove_postfix")
         if name == "first_non_empty":
@@ -637,15 +679,16 @@ class Conform:
         if not isinstance(source, str):
             raise ConformError(f"The regexp function needs a pattern in {self._where(attribute)}")
         try:
-            pattern = re.compile(source)
+            pattern = compile_pattern(source)
         except re.error as exc:
             raise ConformError(
                 f"Invalid regular expression {source!r} in {self._where(attribute)}: {exc}"
             ) from exc
+        what = f"The regexp pattern {source!r}"
         replace = spec.get("replace")
         if not isinstance(replace, str) or not replace:
             # Without replace (or with replace: "", as both engines do): concatenate the groups of the first match.
-            return _SingleField(field, _regexp_search(pattern))
+            return self._pattern_field(field, _regexp_search(pattern), what, attribute)
         template = convert_replacement(replace)
         try:
             pattern.sub(template, "")  # parses the template now: bad escapes, unknown groups
@@ -653,7 +696,16 @@ class Conform:
             raise ConformError(
                 f"Invalid regular expression replacement {replace!r} in {self._where(attribute)}: {exc}"
             ) from exc
-        return _SingleField(field, functools.partial(pattern.sub, _replacement_function(replace) or template))
+        substitute = functools.partial(pattern.sub, _replacement_function(replace) or template)
+        return self._pattern_field(field, substitute, what, attribute)
+
+    def _pattern_field(self, field: str, fn: Callable[[str], str], what: str, attribute: str) -> _Node:
+        """``fn`` (a pattern's match) over ``field``, each value within :attr:`pattern_budget`."""
+        message = (
+            f"{what} on field `{field}` in {self._where(attribute)} took longer than its "
+            f"{self.pattern_budget:g} s budget on one value (OPENADDR_PATTERN_TIMEOUT)"
+        )
+        return _PatternField(field, fn, self.pattern_budget, message)
 
     # -- planning --------------------------------------------------------------------------------------------
 

@@ -69,3 +69,10 @@ class DownloadError(OpenaddrError):
     """The download failed (HTTP status, truncated body, refused host, ESRI page error)."""
 
     problem = SourceProblem.download_source_failed
+
+
+class PatternTimeout(ConformError):
+    """A ``regexp`` pattern took longer than its time budget on one value (``OPENADDR_PATTERN_TIMEOUT``).
+
+    The message names the source, the layer, the attribute and field, and the pattern.
+    """

@@ -22,6 +22,7 @@ Variables (field, default):
 * ``OPENADDR_MAX_JSON_DEPTH``: ``max_json_depth``, 64 nesting levels of a GeoJSON file
 * ``OPENADDR_MAX_OUTPUT_BYTES``: ``max_output_bytes``, 100 GiB: the conform's outputs of one layer entry
   (``out.csv``, the zip's CSV counted uncompressed, ``out.geojson``), part files included
+* ``OPENADDR_PATTERN_TIMEOUT``: ``pattern_timeout``, 1 s (a source ``regexp`` on one value; > 0, never unbounded)
 
 Booleans accept ``1/0``, ``true/false``, ``yes/no``, ``on/off``; durations are seconds; an empty or ``none`` time
 limit means "no limit of its own" (the run's ``deadline`` still applies). A malformed value is an error naming the
@@ -76,6 +77,7 @@ class Settings:
     :param max_record_bytes: bytes (characters for CSV) of one GeoJSON feature, CSV line or CSV field
     :param max_json_depth: nesting levels of a GeoJSON file
     :param max_output_bytes: bytes the conform's outputs of one layer entry may take
+    :param pattern_timeout: seconds one source pattern may take on one value (:mod:`openaddr.patterns`)
     """
 
     allow_private_hosts: bool = False
@@ -96,6 +98,7 @@ class Settings:
     max_record_bytes: int = 32 * 2**20
     max_json_depth: int = 64
     max_output_bytes: int = 100 * 2**30
+    pattern_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         for network in self.allowed_private_networks:
@@ -138,6 +141,7 @@ class Settings:
             max_record_bytes=_read(env, "OPENADDR_MAX_RECORD_BYTES", _count, default.max_record_bytes),
             max_json_depth=_read(env, "OPENADDR_MAX_JSON_DEPTH", _count, default.max_json_depth),
             max_output_bytes=_read(env, "OPENADDR_MAX_OUTPUT_BYTES", _count, default.max_output_bytes),
+            pattern_timeout=pattern_timeout(env),
         )
         if settings.allow_private_hosts:
             log.warning("The private-address guard is off: private and loopback hosts may be fetched")
@@ -150,6 +154,15 @@ class Settings:
         return ArchiveLimits(
             max_total_bytes=self.max_decompressed_bytes, max_ratio=self.max_compression_ratio
         )
+
+
+def pattern_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """``OPENADDR_PATTERN_TIMEOUT`` alone (the conform reads it without building every other setting).
+
+    :raises ValueError: set, but not a finite number of seconds > 0
+    """
+    env = os.environ if environ is None else environ
+    return _read(env, "OPENADDR_PATTERN_TIMEOUT", _budget, Settings.pattern_timeout)
 
 
 def _read(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
@@ -175,6 +188,13 @@ def _seconds(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a finite number >= 0")
+    return value
+
+
+def _budget(raw: str) -> float:
+    value = _seconds(raw)
+    if value == 0:
+        raise ValueError("expected a number > 0: a pattern is never unbounded")
     return value
 
 

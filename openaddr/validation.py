@@ -46,6 +46,7 @@ from referencing.jsonschema import DRAFT7
 
 from openaddr.conform import FUNCTIONS as CONFORM_FUNCTIONS
 from openaddr.errors import SourceFileError, SourceUnreadableError
+from openaddr.patterns import compile_pattern
 from openaddr.sources import (
     LAYER_TYPES,
     MAX_ENTRIES,
@@ -422,7 +423,7 @@ def _check_value(value: Any, parts: tuple[str | int, ...], issues: list[SchemaIs
         pattern = value.get("pattern")
         if isinstance(pattern, str):
             try:
-                re.compile(pattern)
+                compile_pattern(pattern)
             except (re.error, OverflowError, RecursionError, ValueError) as exc:
                 where = (*parts, "pattern")
                 issues.append(

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from openaddr.errors import ConformError
+from openaddr.patterns import bounded_map, compile_pattern
 from openaddr.readers.base import DEFAULT_BATCH_SIZE, OA_X, OA_Y, Batch
 from openaddr.readers.projection import transformer_to_wgs84
 from openaddr.readers.reader import (
@@ -31,6 +32,7 @@ from openaddr.readers.reader import (
     resolve_encoding,
     transform_xy,
 )
+from openaddr.settings import pattern_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Mapping
@@ -177,11 +179,17 @@ def find_column(header: list[str], name: str) -> str | None:
 class _CoordinateRegexp:
     """A ``regexp`` function object on ``lon``/``lat`` (schema allows it; no corpus use), §7.5 semantics."""
 
-    def __init__(self, spec: Mapping[str, Any], label: str) -> None:
+    def __init__(self, spec: Mapping[str, Any], label: str, what: str = "coordinate") -> None:
+        source = str(spec.get("pattern", ""))
         try:
-            self.pattern = re.compile(str(spec.get("pattern", "")))
+            self.pattern = compile_pattern(source)
         except re.error as exc:
             raise ConformError(f"{label}: invalid regexp on a coordinate: {exc}") from None
+        self.budget = pattern_timeout()
+        self.message = (
+            f"{label}: the regexp pattern {source!r} on field `{spec.get('field')}` of {what} took longer than its "
+            f"{self.budget:g} s budget on one value (OPENADDR_PATTERN_TIMEOUT)"
+        )
         replace = spec.get("replace")
         self.replace = (
             _GROUP_REF.sub(lambda m: f"\\g<{m.group(1) or m.group(2)}>", replace) if replace else None
@@ -193,6 +201,13 @@ class _CoordinateRegexp:
         match = self.pattern.search(value)
         return "".join(g or "" for g in match.groups()) if match else ""
 
+    def column(self, values: list[str]) -> list[str]:
+        """The regexp over a column of values, each within the pattern's time budget.
+
+        :raises PatternTimeout: one value took longer than ``OPENADDR_PATTERN_TIMEOUT``
+        """
+        return bounded_map(self, values, self.budget, lambda: self.message)
+
 
 def coordinate_spec(value: object, what: str, label: str) -> tuple[str, _CoordinateRegexp | None]:
     """The field name of ``lon``/``lat`` and the regexp to apply to it, if any.
@@ -202,7 +217,7 @@ def coordinate_spec(value: object, what: str, label: str) -> tuple[str, _Coordin
     if isinstance(value, str) and value:
         return value, None
     if isinstance(value, dict) and value.get("function") == "regexp" and isinstance(value.get("field"), str):
-        return value["field"], _CoordinateRegexp(value, label)
+        return value["field"], _CoordinateRegexp(value, label, what)
     raise ConformError(f"{label}: CSV conform needs lon and lat ({what} is {value!r})")
 
 
@@ -552,9 +567,9 @@ class CsvReader(CsvBase):
 
     def _coordinates(self, xs: list[str], ys: list[str]) -> tuple[list[str], list[str]]:
         if self._lon_regexp is not None:
-            xs = [self._lon_regexp(v) for v in xs]
+            xs = self._lon_regexp.column(xs)
         if self._lat_regexp is not None:
-            ys = [self._lat_regexp(v) for v in ys]
+            ys = self._lat_regexp.column(ys)
         # Decimal commas: "-21,77" → "-21.77"
         xs = [v.replace(",", ".") for v in xs]
         ys = [v.replace(",", ".") for v in ys]
