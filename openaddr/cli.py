@@ -2,7 +2,7 @@
 
 Exit status: 0 success, 1 a failure recorded in the state (``index.json`` with a named source problem) or an
 invalid source file, 2 bad usage (a missing or unreadable file, a FIFO or device given as a file, ``--out`` that is
-not a folder). No Python traceback reaches the terminal: ``process-one`` and ``conform`` write an unexpected
+not a folder, a malformed ``OPENADDR_*`` variable: the settings are loaded before any command runs). No Python traceback reaches the terminal: ``process-one`` and ``conform`` write an unexpected
 error's traceback to the entry's ``output.txt`` and record a source problem; any other unexpected error is one line
 on standard error and exit status 1.
 """
@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from openaddr.settings import Settings
 
 
 def _raise_csv_field_limit() -> None:
@@ -80,8 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage
         return int(exc.code or 0)
+    from openaddr.settings import Settings, SettingsError
+
     try:
-        return _run(parser, args)
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"openaddr {args.command}: invalid setting: {exc}\n")
+        return 2
+    try:
+        return _run(parser, args, settings)
     except KeyboardInterrupt:
         sys.stderr.write(f"openaddr {args.command}: interrupted\n")
         return 130
@@ -103,7 +112,7 @@ def validate_command(paths: Sequence[str]) -> int:
     return validate_paths(paths, sys.stdout, sys.stderr)
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "validate":
         return validate_command(args.paths)
     if args.command == "test-source":
@@ -121,12 +130,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             fingerprint=args.fingerprint,
             out=args.out,
             verbose=args.verbose,
+            settings=settings,
         )
     if args.command == "process-one":
         from openaddr.process_one import process_one_command
 
         return process_one_command(
-            args.source, args.out, layer=args.layer, name=args.name, verbose=args.verbose
+            args.source, args.out, layer=args.layer, name=args.name, verbose=args.verbose, settings=settings
         )
     if args.command == "db-upgrade":
         import sqlalchemy.exc
