@@ -315,12 +315,10 @@ def _describe(cls: type[Settings], exc: ValidationError, env: Mapping[str, str])
     problems = []
     for error in exc.errors():
         key = str(error["loc"][0]) if error["loc"] else ""
-        if key.startswith(PREFIX):
-            name = key
+        if key == "allow_private_hosts" or key in PRIVATE_HOSTS_VARIABLES:  # name the one that is set
+            name = next((n for n in PRIVATE_HOSTS_VARIABLES if n in env), PRIVATE_HOSTS_VARIABLES[0])
         elif key in cls.model_fields:
             name = cls.variable(key)
-            if key == "allow_private_hosts":
-                name = next((n for n in PRIVATE_HOSTS_VARIABLES if n in env), name)
         else:
             name = key
         message = str(error["msg"]).removeprefix("Value error, ")
