@@ -95,9 +95,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"openaddr {args.command}: interrupted\n")
         return 130
     except Exception as exc:  # the last resort: one line, never a traceback (issue 10)
-        text = " ".join(str(exc).split())[:300]
-        sys.stderr.write(f"openaddr {args.command}: unexpected error: {type(exc).__name__}: {text}\n")
+        sys.stderr.write(f"openaddr {args.command}: unexpected error: {_one_line(exc)}\n")
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of ``exc`` (300 characters at most), and of the error it came from, if any: a library
+    that wraps its failure in advice (numpy's ImportError when a shared library cannot be mapped for lack of
+    memory) keeps the cause in view, and the Machine's out-of-memory detection finds it."""
+    root = exc
+    for _ in range(10):  # a chain is short; a cycle must not hang the last resort
+        origin = root.__cause__ or root.__context__
+        if origin is None:
+            break
+        root = origin
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    if root is not exc:
+        text += f" (from {type(root).__name__}: {' '.join(str(root).split())[:300]})"
+    return text
 
 
 def validate_command(paths: Sequence[str]) -> int:

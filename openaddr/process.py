@@ -232,7 +232,9 @@ def run_entry(
     :param settings: decompression caps and the conform stage's time limit (default: from the environment)
     """
     from openaddr.readers.archives import release_work_folder, use_work_folder
+    from openaddr.settings import Settings
 
+    settings = settings or Settings.from_env()
     state_dir.mkdir(parents=True, exist_ok=True)
     sweep_work(state_dir)
     state = initial_state(entry)
@@ -240,6 +242,7 @@ def run_entry(
     started = time.time()
     with entry_log(state_dir / "output.txt"):
         log.info("Processing %s (%s)", entry.label, entry.source.path)
+        settings.warn_if_unguarded()
         if scratch is None:
             work = state_dir / WORK_FOLDER
             work.mkdir()

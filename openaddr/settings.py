@@ -269,12 +269,9 @@ class Settings(BaseSettings):
         env = os.environ if environ is None else environ
         values = _MappingSource(cls, env)()
         try:
-            settings = cls.model_validate(values)
+            return cls.model_validate(values)
         except ValidationError as exc:
             raise SettingsError(_describe(cls, exc, env)) from None
-        if settings.allow_private_hosts:
-            log.warning("The private-address guard is off: private and loopback hosts may be fetched")
-        return settings
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -283,6 +280,12 @@ class Settings(BaseSettings):
         if isinstance(alias, AliasChoices):
             return str(alias.choices[0])
         return f"{PREFIX}{field.upper()}"
+
+    def warn_if_unguarded(self) -> None:
+        """Log a warning when the private-address guard is off (into the entry's ``output.txt`` when called while
+        an entry is processed)."""
+        if self.allow_private_hosts:
+            log.warning("The private-address guard is off: private and loopback hosts may be fetched")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (field names), validated like the original."""
