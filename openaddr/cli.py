@@ -2,7 +2,7 @@
 
 Exit status: 0 success, 1 a failure recorded in the state (``index.json`` with a named source problem) or an
 invalid source file, 2 bad usage (a missing or unreadable file, a FIFO or device given as a file, ``--out`` that is
-not a folder). No Python traceback reaches the terminal: ``process-one`` and ``conform`` write an unexpected
+not a folder, a malformed ``OPENADDR_*`` variable: the settings are loaded before any command runs). No Python traceback reaches the terminal: ``process-one`` and ``conform`` write an unexpected
 error's traceback to the entry's ``output.txt`` and record a source problem; any other unexpected error is one line
 on standard error and exit status 1.
 """
@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from openaddr.settings import Settings
 
 
 def _raise_csv_field_limit() -> None:
@@ -80,8 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage
         return int(exc.code or 0)
+    from openaddr.settings import Settings, SettingsError
+
     try:
-        return _run(parser, args)
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"openaddr {args.command}: invalid setting: {exc}\n")
+        return 2
+    try:
+        return _run(parser, args, settings)
     except KeyboardInterrupt:
         sys.stderr.write(f"openaddr {args.command}: interrupted\n")
         return 130
@@ -91,17 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """``Type: message`` of an error, and of its innermost cause where there is one (a numpy ImportError caused by
-    "failed to map segment from shared object" must still say that: the Machine names it "Ran out of memory")."""
-
-    def describe(error: BaseException) -> str:
-        return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-
-    root, seen = exc, {id(exc)}
-    while (inner := root.__cause__ or root.__context__) is not None and id(inner) not in seen:
-        root = inner
-        seen.add(id(root))
-    return describe(exc) if root is exc else f"{describe(exc)} (caused by {describe(root)})"
+    """``Type: message`` of ``exc`` (300 characters at most), and of the error it came from, if any: a library
+    that wraps its failure in advice (numpy's ImportError when a shared library cannot be mapped for lack of
+    memory) keeps the cause in view, and the Machine's out-of-memory detection finds it."""
+    root = exc
+    for _ in range(10):  # a chain is short; a cycle must not hang the last resort
+        origin = root.__cause__ or root.__context__
+        if origin is None:
+            break
+        root = origin
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    if root is not exc:
+        text += f" (from {type(root).__name__}: {' '.join(str(root).split())[:300]})"
+    return text
 
 
 def validate_command(paths: Sequence[str]) -> int:
@@ -116,7 +127,7 @@ def validate_command(paths: Sequence[str]) -> int:
     return validate_paths(paths, sys.stdout, sys.stderr)
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "validate":
         return validate_command(args.paths)
     if args.command == "test-source":
@@ -134,12 +145,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             fingerprint=args.fingerprint,
             out=args.out,
             verbose=args.verbose,
+            settings=settings,
         )
     if args.command == "process-one":
         from openaddr.process_one import process_one_command
 
         return process_one_command(
-            args.source, args.out, layer=args.layer, name=args.name, verbose=args.verbose
+            args.source, args.out, layer=args.layer, name=args.name, verbose=args.verbose, settings=settings
         )
     if args.command == "db-upgrade":
         import sqlalchemy.exc

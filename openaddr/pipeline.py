@@ -37,6 +37,7 @@ from openaddr.outputs import (
     package_name,
     write_json,
 )
+from openaddr.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -49,8 +50,8 @@ log = logging.getLogger(__name__)
 PARALLEL_THRESHOLD = 50_000
 #: Records per batch: large enough to amortise the per-batch work, small enough to keep memory flat. Measured on
 #: the 1M-row benchmark (benchmarks/README.md): 5,000 rows gives the same speed as 20,000 at two thirds of the
-#: memory of the three processes. ``OPENADDR_BATCH_SIZE`` overrides it.
-BATCH_SIZE = int(os.environ.get("OPENADDR_BATCH_SIZE", "5000"))
+#: memory of the three processes. ``OPENADDR_BATCH_SIZE`` (``Settings.batch_size``) overrides it.
+BATCH_SIZE: int = Settings.model_fields["batch_size"].default
 
 
 @dataclass
@@ -166,11 +167,15 @@ def _expected_rows(reader: Any) -> int:
         return 0
 
 
-def worker_count() -> int:
-    """Worker processes to use: ``OPENADDR_WORKERS`` or the number of usable cores (0 → in-process)."""
-    env = os.environ.get("OPENADDR_WORKERS")
-    if env is not None:
-        return max(0, int(env))
+def worker_count(settings: Settings | None = None) -> int:
+    """Worker processes to use: ``OPENADDR_WORKERS`` (``Settings.workers``) or the number of usable cores
+    (0 → in-process).
+
+    :param settings: the settings to follow (default: :meth:`Settings.from_env`)
+    """
+    workers = (settings or Settings.from_env()).workers
+    if workers is not None:
+        return workers
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -206,6 +211,7 @@ def _run_streamed(
     geo_out: AtomicFile,
     tick: Callable[[int], None],
     budget: OutputBudget,
+    batch_size: int = BATCH_SIZE,
 ) -> Stats:
     """Read in this process; transform here, or in ``workers`` processes with results written back in order."""
     stats = Stats()
@@ -219,7 +225,7 @@ def _run_streamed(
         tick(result.stats.count)
 
     if not workers:
-        for batch in reader.batches(BATCH_SIZE, columns=columns):
+        for batch in reader.batches(batch_size, columns=columns):
             emit(transform(batch.columns, batch.size, batch.geometries, batch.xy))
         return stats
     pool = _fork_pool(
@@ -229,7 +235,7 @@ def _run_streamed(
     )
     try:
         in_flight: deque[Future[BatchResult]] = deque()
-        for batch in reader.batches(BATCH_SIZE, columns=columns):
+        for batch in reader.batches(batch_size, columns=columns):
             in_flight.append(pool.submit(_work, batch.columns, batch.size, batch.geometries, batch.xy))
             del batch
             while len(in_flight) > 2 * workers:  # keeps every worker busy while the oldest is written
@@ -247,17 +253,17 @@ def _output_bytes(result: BatchResult) -> int:
 
 
 # The job of the forked slice workers: they inherit it, so nothing but slice bounds crosses the pipe.
-_slice_job: tuple[Any, BatchTransformer, list[str] | None, Path, OutputBudget] | None = None
+_slice_job: tuple[Any, BatchTransformer, list[str] | None, Path, OutputBudget, int] | None = None
 
 
 def _conform_slice(index: int, skip: int, limit: int) -> tuple[Stats, int]:
     """Read, transform and write one slice of the layer into part files (runs in a forked worker)."""
     assert _slice_job is not None
-    reader, transform, columns, parts, budget = _slice_job
+    reader, transform, columns, parts, budget, batch_size = _slice_job
     reader.restrict(skip, limit)
     stats = Stats()
     with (parts / f"{index}.csv").open("wb") as csv_part, (parts / f"{index}.geojson").open("wb") as geo_part:
-        for batch in reader.batches(BATCH_SIZE, columns=columns):
+        for batch in reader.batches(batch_size, columns=columns):
             result = transform(batch.columns, batch.size, batch.geometries, batch.xy)
             budget.charge(_output_bytes(result))
             csv_part.write(result.csv)
@@ -276,6 +282,7 @@ def _run_sliced(
     state_dir: Path,
     tick: Callable[[int], None],
     budget: OutputBudget,
+    batch_size: int = BATCH_SIZE,
 ) -> tuple[Stats, int]:
     """Each worker reads, transforms and writes its own slices of a seekable layer; parts are joined in order.
 
@@ -288,11 +295,11 @@ def _run_sliced(
 
     count = reader.feature_count
     # Many slices per worker: they finish at nearly the same time, so no core idles at the end.
-    size = max(BATCH_SIZE, math.ceil(count / (workers * 8)))
+    size = max(batch_size, math.ceil(count / (workers * 8)))
     slices = [(i, skip, min(size, count - skip)) for i, skip in enumerate(range(0, count, size))]
     parts = Path(tempfile.mkdtemp(prefix=".parts-", dir=state_dir))
     stats, skipped = Stats(), 0
-    _slice_job = (reader, transform, columns, parts, budget)
+    _slice_job = (reader, transform, columns, parts, budget, batch_size)
     try:
         pool = _fork_pool(workers)
         try:
@@ -371,6 +378,7 @@ def run_pipeline(
     deadline: float | None = None,
     progress: Callable[[int], None] | None = None,
     max_output_bytes: int | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """Write ``out.csv`` (address layers), ``out.geojson``, ``stats.json`` and the zip; return the row count.
 
@@ -378,14 +386,14 @@ def run_pipeline(
 
     :param deadline: ``time.time()`` after which the entry fails with "Timed out after …" (checked per batch)
     :param progress: called with the number of records conformed so far
-    :param max_output_bytes: bytes the outputs may take (default: ``OPENADDR_MAX_OUTPUT_BYTES``)
+    :param max_output_bytes: bytes the outputs may take (default: ``settings.max_output_bytes``)
+    :param settings: batch size, workers and output cap (default: :meth:`Settings.from_env`)
     :raises OutputTooLargeError: the outputs would go over ``max_output_bytes`` (partial outputs removed)
     """
     tick = _Progress(deadline, progress)
+    settings = settings or Settings.from_env()
     if max_output_bytes is None:
-        from openaddr.settings import Settings
-
-        max_output_bytes = Settings.from_env().max_output_bytes
+        max_output_bytes = settings.max_output_bytes
     budget = OutputBudget(max_output_bytes, entry.label)
     from openaddr.conform import source_columns
     from openaddr.readers.projection import report_reprojection
@@ -403,18 +411,35 @@ def run_pipeline(
     geo_out = AtomicFile(state_dir / "out.geojson")
     outputs: list[Any] = [f for f in (csv_out, geo_out) if f is not None]
     columns = source_columns(conform, entry.layer, reader.columns)
-    workers = worker_count()
+    workers = worker_count(settings)
     try:
         if csv_out is not None:
             csv_out.write(csv_header())
         if workers and getattr(reader, "seekable", False) and reader.feature_count >= PARALLEL_THRESHOLD:
             stats, skipped = _run_sliced(
-                reader, transform, columns, workers, csv_out, geo_out, state_dir, tick, budget
+                reader,
+                transform,
+                columns,
+                workers,
+                csv_out,
+                geo_out,
+                state_dir,
+                tick,
+                budget,
+                settings.batch_size,
             )
         else:
             use_pool = workers > 0 and _expected_rows(reader) >= PARALLEL_THRESHOLD
             stats = _run_streamed(
-                reader, transform, columns, workers if use_pool else 0, csv_out, geo_out, tick, budget
+                reader,
+                transform,
+                columns,
+                workers if use_pool else 0,
+                csv_out,
+                geo_out,
+                tick,
+                budget,
+                settings.batch_size,
             )
             skipped = getattr(reader, "skipped", 0)
     except BaseException:

@@ -232,7 +232,9 @@ def run_entry(
     :param settings: decompression caps and the conform stage's time limit (default: from the environment)
     """
     from openaddr.readers.archives import release_work_folder, use_work_folder
+    from openaddr.settings import Settings
 
+    settings = settings or Settings.from_env()
     state_dir.mkdir(parents=True, exist_ok=True)
     sweep_work(state_dir)
     state = initial_state(entry)
@@ -240,6 +242,7 @@ def run_entry(
     started = time.time()
     with entry_log(state_dir / "output.txt"):
         log.info("Processing %s (%s)", entry.label, entry.source.path)
+        settings.warn_if_unguarded()
         if scratch is None:
             work = state_dir / WORK_FOLDER
             work.mkdir()
@@ -312,6 +315,7 @@ def conform_entry(
     fingerprint: str | None = None,
     scratch: Path | None = None,
     deadline: float | None = None,
+    settings: Settings | None = None,
 ) -> EntryResult:
     """Conform one layer entry from downloaded data (a file, a folder or an archive) into ``state_dir``.
 
@@ -324,13 +328,14 @@ def conform_entry(
     :param fingerprint: seed of every HASH (§8.2); None → a random seed, as for rows processed outside a download
     :param scratch: parent of the work directory (default: inside ``state_dir``)
     :param deadline: ``time.time()`` after which the entry ends with "Timed out after …"
+    :param settings: limits and switches (default: from the environment)
     """
 
     def given(work: Path, state: dict[str, Any]) -> tuple[Path, str | None]:
         log.info("Conforming %s", input_path)
         return input_path, fingerprint
 
-    return run_entry(entry, state_dir, given, scratch=scratch, deadline=deadline)
+    return run_entry(entry, state_dir, given, scratch=scratch, deadline=deadline, settings=settings)
 
 
 def _discard_outputs(state_dir: Path, state: dict[str, Any]) -> None:
@@ -413,7 +418,7 @@ def _conform_steps(
                 state,
                 deadline=deadline,
                 progress=progress,
-                max_output_bytes=settings.max_output_bytes,
+                settings=settings,
             )
     except UnknownFormatError as exc:
         raise _fail(SourceProblem.unknown_conform_format, "Unknown source conform format: %s", exc) from exc
@@ -497,8 +502,12 @@ def conform_command(
     fingerprint: str | None,
     out: str,
     verbose: bool = False,
+    settings: Settings | None = None,
 ) -> int:
-    """``openaddr conform``: exit 0 on success, 1 on a recorded failure, 2 on bad usage."""
+    """``openaddr conform``: exit 0 on success, 1 on a recorded failure, 2 on bad usage.
+
+    :param settings: limits and switches (default: from the environment)
+    """
     import stat
 
     try:
@@ -517,7 +526,7 @@ def conform_command(
     if fingerprint is None and input_path.is_file():
         fingerprint = file_md5(input_path)
     try:
-        result = conform_entry(entries[0], input_path, state_dir, fingerprint=fingerprint)
+        result = conform_entry(entries[0], input_path, state_dir, fingerprint=fingerprint, settings=settings)
     except OSError as exc:
         sys.stderr.write(f"openaddr conform: cannot write to {out}: {exc.strerror or exc}\n")
         return 2

@@ -179,9 +179,18 @@ class _TerminalProgress:
 
 
 def process_one_command(
-    source: str, out: str, *, layer: str | None, name: str | None, verbose: bool = False
+    source: str,
+    out: str,
+    *,
+    layer: str | None,
+    name: str | None,
+    verbose: bool = False,
+    settings: Settings | None = None,
 ) -> int:
-    """``openaddr process-one``: exit 0 when every entry succeeded, 1 when one failed, 2 on bad usage."""
+    """``openaddr process-one``: exit 0 when every entry succeeded, 1 when one failed, 2 on bad usage.
+
+    :param settings: limits and switches (default: from the environment)
+    """
     try:
         entries = command_entries("process-one", source, layer, name, verbose)
         check_out("process-one", out)
@@ -190,7 +199,7 @@ def process_one_command(
         return 2
     progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
-        results = process_entries(entries, out, progress=progress)
+        results = process_entries(entries, out, settings=settings, progress=progress)
     except (UnsafePathError, OSError) as exc:
         sys.stderr.write(f"openaddr process-one: {exc}\n")
         return 2

@@ -1,32 +1,21 @@
-"""Limits and switches of processing, read from ``OPENADDR_*`` environment variables with safe defaults.
+"""Every ``OPENADDR_*`` environment variable the Machine reads, as one settings object (pydantic-settings).
 
 Source files come from untrusted pull requests, so the defaults are the production ones: private hosts refused,
 ``file:`` URLs refused, 180 s network timeouts, two retries after 10 s and 60 s (processing.md §3, §13). Tests
 build a :class:`Settings` with tiny delays and timeouts instead, and set ``OPENADDR_ALLOW_PRIVATE_URLS=1`` for
 their loopback servers.
 
-Variables (field, default):
+Each field ``name`` is read from ``OPENADDR_<NAME>`` (``allow_private_hosts`` also from
+``OPENADDR_ALLOW_PRIVATE_HOSTS``, the spec's name); the README's table "Settings" lists them with their defaults,
+and a test keeps the two in step. :meth:`Settings.from_env` is the only place the environment is read:
+``Settings(...)`` is the defaults with the given changes, whatever the environment says.
 
-* ``OPENADDR_ALLOW_PRIVATE_URLS`` or ``OPENADDR_ALLOW_PRIVATE_HOSTS`` (the spec's name): ``allow_private_hosts``, 0
-* ``OPENADDR_ALLOWED_PRIVATE_NETWORKS`` (comma-separated CIDR): ``allowed_private_networks``, none
-* ``OPENADDR_ALLOW_FILE_URLS``: ``allow_file_urls``, 0
-* ``OPENADDR_CONNECT_TIMEOUT``, ``OPENADDR_READ_TIMEOUT``, ``OPENADDR_FTP_TIMEOUT``: 180 s each
-* ``OPENADDR_RETRY_DELAYS`` (comma-separated seconds): ``retry_delays``, ``10,60``
-* ``OPENADDR_MAX_RETRY_AFTER``: ``max_retry_after``, 300 s
-* ``OPENADDR_TLS_FALLBACK``: ``tls_fallback``, 1
-* ``OPENADDR_MAX_REDIRECTS``: ``max_redirects``, 10
-* ``OPENADDR_MAX_DOWNLOAD_BYTES``, ``OPENADDR_MAX_DECOMPRESSED_BYTES``: 20 GiB each
-* ``OPENADDR_MAX_COMPRESSION_RATIO``: ``max_compression_ratio``, 1000
-* ``OPENADDR_DOWNLOAD_TIME_LIMIT``, ``OPENADDR_CONFORM_TIME_LIMIT``: 10800 s (3 h, the default run time limit)
-* ``OPENADDR_MAX_RECORD_BYTES``: ``max_record_bytes``, 32 MiB: one GeoJSON feature, CSV line or CSV field
-* ``OPENADDR_MAX_JSON_DEPTH``: ``max_json_depth``, 64 nesting levels of a GeoJSON file
-* ``OPENADDR_MAX_OUTPUT_BYTES``: ``max_output_bytes``, 100 GiB: the conform's outputs of one layer entry
-  (``out.csv``, the zip's CSV counted uncompressed, ``out.geojson``), part files included
-* ``OPENADDR_PATTERN_TIMEOUT``: ``pattern_timeout``, 1 s (a source ``regexp`` on one value; > 0, never unbounded)
-
-Booleans accept ``1/0``, ``true/false``, ``yes/no``, ``on/off``; durations are seconds; an empty or ``none`` time
-limit means "no limit of its own" (the run's ``deadline`` still applies). A malformed value is an error naming the
-variable: a limit silently replaced by its default would hide a configuration mistake.
+Booleans accept ``1/0``, ``true/false``, ``yes/no``, ``on/off`` (empty: off); durations are seconds; lists are
+comma-separated; an empty or ``none`` time limit means "no limit of its own" (the run's ``deadline`` still
+applies); an empty text setting is unset. A malformed value is a :class:`SettingsError` naming the variable
+(``OPENADDR_READ_TIMEOUT='abc': …``): a limit silently replaced by its default would hide a configuration mistake.
+The command line and the Airflow tasks load the settings before any work, so a malformed value stops them at once
+instead of showing as a source problem.
 """
 
 from __future__ import annotations
@@ -34,28 +23,135 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from openaddr.readers.archives import ArchiveLimits
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
+#: Prefix of every variable.
+PREFIX = "OPENADDR_"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 #: The two names of the private-address switch: the issue's and the spec's (processing.md §3.1).
 PRIVATE_HOSTS_VARIABLES = ("OPENADDR_ALLOW_PRIVATE_URLS", "OPENADDR_ALLOW_PRIVATE_HOSTS")
 
+GIB = 2**30
 
-@dataclass(frozen=True)
-class Settings:
-    """Limits and switches of one processing run.
+
+class SettingsError(ValueError):
+    """An ``OPENADDR_*`` variable is set to a malformed value; the message names the variable and the value."""
+
+
+# --- parsers of the variables' text (values given in Python pass through to pydantic's own checks) -------------
+
+
+def parse_flag(text: str) -> bool:
+    """A switch as the settings read it: ``1/0``, ``true/false``, ``yes/no``, ``on/off``, empty for off.
+
+    :raises ValueError: anything else
+    """
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _bool(raw: Any) -> Any:
+    return parse_flag(raw) if isinstance(raw, str) else raw
+
+
+def _number(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a finite number >= 0")
+    return value
+
+
+def _seconds(raw: Any) -> Any:
+    return _number(raw.strip()) if isinstance(raw, str) else raw
+
+
+def _limit(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if raw.strip().lower() in ("", "none"):
+        return None
+    value = _number(raw.strip())
+    if value == 0:
+        raise ValueError("expected a number > 0, or none")
+    return value
+
+
+def _count(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    value = int(raw.strip())
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def _positive(raw: Any) -> Any:
+    value = _count(raw)
+    if isinstance(raw, str) and value < 1:
+        raise ValueError("expected an integer >= 1")
+    return value
+
+
+def _workers(raw: Any) -> Any:
+    if isinstance(raw, str) and raw.strip() == "":
+        return None
+    return _count(raw)
+
+
+def _delays(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    return tuple(_number(part.strip()) for part in raw.split(",") if part.strip())
+
+
+def _list(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _text(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    return raw.strip() or None
+
+
+Flag = Annotated[bool, BeforeValidator(_bool)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_seconds)]
+Limit = Annotated[float | None, Field(gt=0, allow_inf_nan=False), BeforeValidator(_limit)]
+Count = Annotated[int, Field(ge=0), BeforeValidator(_count)]
+Text = Annotated[str | None, BeforeValidator(_text)]
+Folder = Annotated[Path | None, BeforeValidator(_text)]
+
+
+class Settings(BaseSettings):
+    """The Machine's settings: limits and switches of processing, and where things are.
+
+    Processing (one run of ``openaddr conform``/``process-one``, processing.md):
 
     :param allow_private_hosts: fetch from loopback, private, link-local, … addresses (tests only)
     :param allowed_private_networks: CIDR networks exempt from the private-address guard while the rest of it
@@ -77,75 +173,123 @@ class Settings:
     :param max_record_bytes: bytes (characters for CSV) of one GeoJSON feature, CSV line or CSV field
     :param max_json_depth: nesting levels of a GeoJSON file
     :param max_output_bytes: bytes the conform's outputs of one layer entry may take
-    :param pattern_timeout: seconds one source pattern may take on one value (:mod:`openaddr.patterns`)
+    :param pattern_timeout: seconds one regular expression of a conform may take on one value
+    :param batch_size: records per batch of the conform pipeline
+    :param workers: worker processes of the conform (0: in-process), or None for one per usable core
+    :param s3_endpoint_url: an S3-compatible endpoint (MinIO, moto), or None for AWS
+
+    The Machine on Airflow:
+
+    :param memory_limit: bytes of address space of one processing subprocess of a standard entry (0: no limit)
+    :param large_memory_limit: the same for a ``large`` entry
+    :param pool_slots: slots of pool ``oa_sources`` (the total worker concurrency; read when DAGs are parsed)
+    :param large_pool_slots: slots of pool ``oa_large``
+    :param embedded: the embedded mode of ``make run``: local defaults for database and storage
+    :param home: folder of the embedded database and storage (None: ``./var``)
+    :param scratch: parent of the tasks' work folders (None: the system temporary folder)
+    :param database_url: the Machine database (after the connection ``openaddr_machine_db``)
+    :param results: the run storage (after the variable ``openaddr_results``)
+    :param results_public_url: public URL of the storage (after ``openaddr_results_public_url``)
+    :param base_url: the results site (after ``openaddr_base_url``)
+    :param sources: where the batch lists its sources (after ``openaddr_sources``)
+    :param gag_github_status: never post commit statuses (after ``openaddr_gag_github_status``)
+    :param cloudwatch_namespace: CloudWatch namespace of the task metric (after ``openaddr_cloudwatch_namespace``)
     """
 
-    allow_private_hosts: bool = False
-    allowed_private_networks: tuple[str, ...] = ()
-    allow_file_urls: bool = False
-    connect_timeout: float = 180.0
-    read_timeout: float = 180.0
-    ftp_timeout: float = 180.0
-    retry_delays: tuple[float, ...] = (10.0, 60.0)
-    max_retry_after: float = 300.0
-    tls_fallback: bool = True
-    max_redirects: int = 10
-    max_download_bytes: int = 20 * 2**30
-    max_decompressed_bytes: int = 20 * 2**30
-    max_compression_ratio: float = 1000.0
-    download_time_limit: float | None = 3 * 3600.0
-    conform_time_limit: float | None = 3 * 3600.0
-    max_record_bytes: int = 32 * 2**20
-    max_json_depth: int = 64
-    max_output_bytes: int = 100 * 2**30
-    pattern_timeout: float = 1.0
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore", validate_by_name=True)
 
-    def __post_init__(self) -> None:
-        for network in self.allowed_private_networks:
+    allow_private_hosts: Flag = Field(False, validation_alias=AliasChoices(*PRIVATE_HOSTS_VARIABLES))
+    allowed_private_networks: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_list)] = ()
+    allow_file_urls: Flag = False
+    connect_timeout: Seconds = 180.0
+    read_timeout: Seconds = 180.0
+    ftp_timeout: Seconds = 180.0
+    retry_delays: Annotated[tuple[Annotated[float, Field(ge=0)], ...], NoDecode, BeforeValidator(_delays)] = (
+        10.0,
+        60.0,
+    )
+    max_retry_after: Seconds = 300.0
+    tls_fallback: Flag = True
+    max_redirects: Count = 10
+    max_download_bytes: Count = 20 * GIB
+    max_decompressed_bytes: Count = 20 * GIB
+    max_compression_ratio: Seconds = 1000.0
+    download_time_limit: Limit = 3 * 3600.0
+    conform_time_limit: Limit = 3 * 3600.0
+    max_record_bytes: Count = 32 * 2**20
+    max_json_depth: Count = 64
+    max_output_bytes: Count = 100 * GIB
+    pattern_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False), BeforeValidator(_seconds)] = 1.0
+    batch_size: Annotated[int, Field(ge=1), BeforeValidator(_positive)] = 5000
+    workers: Annotated[int | None, Field(ge=0), BeforeValidator(_workers)] = None
+    s3_endpoint_url: Text = None
+
+    memory_limit: Count = 16 * GIB
+    large_memory_limit: Count = 64 * GIB
+    pool_slots: Annotated[int, Field(ge=3), BeforeValidator(_count)] = 16
+    large_pool_slots: Annotated[int, Field(ge=1), BeforeValidator(_count)] = 2
+    embedded: Flag = False
+    home: Folder = None
+    scratch: Folder = None
+    database_url: Text = None
+    results: Text = None
+    results_public_url: Text = None
+    base_url: Text = None
+    sources: Text = None
+    gag_github_status: Flag = False
+    cloudwatch_namespace: Text = None
+
+    @field_validator("allowed_private_networks")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
             ipaddress.ip_network(network, strict=False)  # raises ValueError on a bad entry
+        return networks
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the arguments: the environment is read by :meth:`from_env` alone, so that ``Settings(...)`` is
+        the same object wherever it is built."""
+        return (init_settings,)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``OPENADDR_*`` variables (see the module docstring), defaults for the rest.
+        """Settings from the ``OPENADDR_*`` variables (see the module docstring), defaults for the rest.
 
         :param environ: the variables to read (default: ``os.environ``)
-        :raises ValueError: a variable that is set to a malformed value
+        :raises SettingsError: a variable that is set to a malformed value, named with its value
         """
         env = os.environ if environ is None else environ
-        default = cls()
-        private = any(_read(env, name, _bool, False) for name in PRIVATE_HOSTS_VARIABLES)
-        settings = cls(
-            allow_private_hosts=private,
-            allowed_private_networks=_read(
-                env, "OPENADDR_ALLOWED_PRIVATE_NETWORKS", _networks, default.allowed_private_networks
-            ),
-            allow_file_urls=_read(env, "OPENADDR_ALLOW_FILE_URLS", _bool, default.allow_file_urls),
-            connect_timeout=_read(env, "OPENADDR_CONNECT_TIMEOUT", _seconds, default.connect_timeout),
-            read_timeout=_read(env, "OPENADDR_READ_TIMEOUT", _seconds, default.read_timeout),
-            ftp_timeout=_read(env, "OPENADDR_FTP_TIMEOUT", _seconds, default.ftp_timeout),
-            retry_delays=_read(env, "OPENADDR_RETRY_DELAYS", _delays, default.retry_delays),
-            max_retry_after=_read(env, "OPENADDR_MAX_RETRY_AFTER", _seconds, default.max_retry_after),
-            tls_fallback=_read(env, "OPENADDR_TLS_FALLBACK", _bool, default.tls_fallback),
-            max_redirects=_read(env, "OPENADDR_MAX_REDIRECTS", _count, default.max_redirects),
-            max_download_bytes=_read(env, "OPENADDR_MAX_DOWNLOAD_BYTES", _count, default.max_download_bytes),
-            max_decompressed_bytes=_read(
-                env, "OPENADDR_MAX_DECOMPRESSED_BYTES", _count, default.max_decompressed_bytes
-            ),
-            max_compression_ratio=_read(
-                env, "OPENADDR_MAX_COMPRESSION_RATIO", _seconds, default.max_compression_ratio
-            ),
-            download_time_limit=_read(
-                env, "OPENADDR_DOWNLOAD_TIME_LIMIT", _limit, default.download_time_limit
-            ),
-            conform_time_limit=_read(env, "OPENADDR_CONFORM_TIME_LIMIT", _limit, default.conform_time_limit),
-            max_record_bytes=_read(env, "OPENADDR_MAX_RECORD_BYTES", _count, default.max_record_bytes),
-            max_json_depth=_read(env, "OPENADDR_MAX_JSON_DEPTH", _count, default.max_json_depth),
-            max_output_bytes=_read(env, "OPENADDR_MAX_OUTPUT_BYTES", _count, default.max_output_bytes),
-            pattern_timeout=pattern_timeout(env),
-        )
-        if settings.allow_private_hosts:
+        values = _MappingSource(cls, env)()
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(cls, exc, env)) from None
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable of ``field`` (its first, for ``allow_private_hosts``)."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[0])
+        return f"{PREFIX}{field.upper()}"
+
+    def warn_if_unguarded(self) -> None:
+        """Log a warning when the private-address guard is off (into the entry's ``output.txt`` when called while
+        an entry is processed)."""
+        if self.allow_private_hosts:
             log.warning("The private-address guard is off: private and loopback hosts may be fetched")
-        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (field names), validated like the original."""
+        return type(self).model_validate({**self.model_dump(), **changes})
 
     def archive_limits(self) -> ArchiveLimits:
         """The decompression caps (processing.md §4.2) as :class:`~openaddr.readers.archives.ArchiveLimits`."""
@@ -156,70 +300,39 @@ class Settings:
         )
 
 
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+def _describe(cls: type[Settings], exc: ValidationError, env: Mapping[str, str]) -> str:
+    """``OPENADDR_READ_TIMEOUT='abc': could not convert …`` for each error, joined by ``; ``."""
+    problems = []
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else ""
+        if key == "allow_private_hosts" or key in PRIVATE_HOSTS_VARIABLES:  # name the one that is set
+            name = next((n for n in PRIVATE_HOSTS_VARIABLES if n in env), PRIVATE_HOSTS_VARIABLES[0])
+        elif key in cls.model_fields:
+            name = cls.variable(key)
+        else:
+            name = key
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}={env.get(name, error.get('input'))!r}: {message}")
+    return "; ".join(problems)
+
+
 def pattern_timeout(environ: Mapping[str, str] | None = None) -> float:
-    """``OPENADDR_PATTERN_TIMEOUT`` alone (the conform reads it without building every other setting).
+    """:attr:`Settings.pattern_timeout` as :meth:`Settings.from_env` reads it (the conform and the CSV reader ask
+    for it where no :class:`Settings` is handed down).
 
-    :raises ValueError: set, but not a finite number of seconds > 0
+    :raises SettingsError: a malformed ``OPENADDR_*`` variable
     """
-    env = os.environ if environ is None else environ
-    return _read(env, "OPENADDR_PATTERN_TIMEOUT", _budget, Settings.pattern_timeout)
-
-
-def _read(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        return parse(raw.strip())
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r}: {exc}") from None
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError("expected 1/0, true/false, yes/no or on/off")
-
-
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("expected a finite number >= 0")
-    return value
-
-
-def _budget(raw: str) -> float:
-    value = _seconds(raw)
-    if value == 0:
-        raise ValueError("expected a number > 0: a pattern is never unbounded")
-    return value
-
-
-def _limit(raw: str) -> float | None:
-    if raw.lower() in ("", "none"):
-        return None
-    value = _seconds(raw)
-    if value == 0:
-        raise ValueError("expected a number > 0, or none")
-    return value
-
-
-def _count(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("expected an integer >= 0")
-    return value
-
-
-def _delays(raw: str) -> tuple[float, ...]:
-    return tuple(_seconds(part.strip()) for part in raw.split(",") if part.strip())
-
-
-def _networks(raw: str) -> tuple[str, ...]:
-    networks = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for network in networks:
-        ipaddress.ip_network(network, strict=False)
-    return networks
+    return Settings.from_env(environ).pattern_timeout

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Environment variable naming an S3-compatible endpoint (moto's server in tests, MinIO in development).
+#: Environment variable naming an S3-compatible endpoint (moto's server in tests, MinIO in development):
+#: ``Settings.s3_endpoint_url``.
 ENDPOINT_ENV = "OPENADDR_S3_ENDPOINT_URL"
 
 #: Folder of published runs below the storage root (machine-ci.md §5 step 3).
@@ -579,7 +580,11 @@ class S3Storage(Storage):
             raise ValueError("S3 storage needs a bucket")
         self.bucket = bucket
         self.prefix = check_key(prefix.strip("/")) if prefix.strip("/") else ""
-        self.endpoint_url = (endpoint_url or os.environ.get(ENDPOINT_ENV) or "").rstrip("/") or None
+        if not endpoint_url:
+            from openaddr.settings import Settings
+
+            endpoint_url = Settings.from_env().s3_endpoint_url
+        self.endpoint_url = (endpoint_url or "").rstrip("/") or None
         self.region_name = region_name
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize

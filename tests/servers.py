@@ -407,7 +407,6 @@ def download_settings(allow_private_urls: None) -> Settings:
 
 def fast_settings(base: Settings | None = None, **changes: Any) -> Settings:
     """``base`` (default: guard lifted) with short timeouts and tiny retry delays, then ``changes``."""
-    from dataclasses import replace
 
     values: dict[str, Any] = {
         "connect_timeout": 2.0,
@@ -417,7 +416,7 @@ def fast_settings(base: Settings | None = None, **changes: Any) -> Settings:
         "max_retry_after": 0.05,
     }
     values.update(changes)
-    return replace(base or Settings(allow_private_hosts=True), **values)
+    return (base or Settings(allow_private_hosts=True)).replace(**values)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:

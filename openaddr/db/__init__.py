@@ -13,7 +13,6 @@ Database URLs are always parameters; :func:`default_database_url` gives the one 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +53,12 @@ def default_database_url(env: Mapping[str, str] | None = None) -> str:
 
     :param env: the environment to read (default: ``os.environ``)
     """
-    env = os.environ if env is None else env
-    url = env.get(DATABASE_URL_VARIABLE, "").strip()
-    if url:
-        return url
-    home = env.get("OPENADDR_HOME", "").strip()
-    folder = Path(home) if home else Path.cwd() / DEFAULT_FOLDER
+    from openaddr.settings import Settings
+
+    settings = Settings.from_env(env)
+    if settings.database_url:
+        return settings.database_url
+    folder = settings.home or Path.cwd() / DEFAULT_FOLDER
     return f"sqlite:///{(folder / SQLITE_NAME).resolve()}"
 
 

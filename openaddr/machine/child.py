@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from openaddr.machine.entries import LARGE, STANDARD
+from openaddr.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -29,11 +30,11 @@ if TYPE_CHECKING:
 #: off.
 MEMORY_LIMIT_VARIABLE = "OPENADDR_MEMORY_LIMIT"
 LARGE_MEMORY_LIMIT_VARIABLE = "OPENADDR_LARGE_MEMORY_LIMIT"
-#: Default memory limit of one processing subprocess. Address space, not resident memory: GDAL, PROJ and Arrow
-#: reserve far more than they touch, so this is a guard against runaway growth, not a budget.
-DEFAULT_MEMORY_LIMIT = 16 * 2**30
-#: The same for a ``large`` entry (nationwide FileGDBs: GDAL's indexes and caches grow with the layer).
-DEFAULT_LARGE_MEMORY_LIMIT = 64 * 2**30
+#: The defaults (``Settings.memory_limit``, ``large_memory_limit``) are address space, not resident memory: GDAL,
+#: PROJ and Arrow reserve far more than they touch, so this is a guard against runaway growth, not a budget; a
+#: ``large`` entry (nationwide FileGDBs: GDAL's indexes and caches grow with the layer) gets more.
+DEFAULT_MEMORY_LIMIT: int = Settings.model_fields["memory_limit"].default
+DEFAULT_LARGE_MEMORY_LIMIT: int = Settings.model_fields["large_memory_limit"].default
 #: Seconds the processing subprocess may outlive its own deadline (it stops itself at the deadline; this is the
 #: hard stop for a child stuck in C code).
 KILL_GRACE_SECONDS = 60.0
@@ -67,14 +68,13 @@ class ChildResult:
 
 def memory_limit(env: Mapping[str, str] | None = None, size: str = STANDARD) -> int | None:
     """Bytes of address space a processing subprocess of the tier may use (``OPENADDR_MEMORY_LIMIT``, for
-    ``large`` entries ``OPENADDR_LARGE_MEMORY_LIMIT``), or None for no limit."""
-    variable, default = (
-        (LARGE_MEMORY_LIMIT_VARIABLE, DEFAULT_LARGE_MEMORY_LIMIT)
-        if size == LARGE
-        else (MEMORY_LIMIT_VARIABLE, DEFAULT_MEMORY_LIMIT)
-    )
-    raw = (os.environ if env is None else env).get(variable, "").strip()
-    value = int(raw) if raw else default
+    ``large`` entries ``OPENADDR_LARGE_MEMORY_LIMIT``; :class:`~openaddr.settings.Settings`), or None for no limit.
+
+    :param env: the variables to read (default: ``os.environ``)
+    :raises openaddr.settings.SettingsError: a malformed variable
+    """
+    settings = Settings.from_env(env)
+    value = settings.large_memory_limit if size == LARGE else settings.memory_limit
     return value if value > 0 else None
 
 

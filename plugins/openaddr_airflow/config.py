@@ -22,6 +22,10 @@ only then do the local defaults under ``$OPENADDR_HOME`` apply. Any other error 
 secrets backend or the Execution API failing) propagates, so the task fails and is retried instead of writing to a
 local file. (The task SDK itself reports an Execution-API error that outlasts its own retries as "not found"; the
 rule above still makes such a worker fail instead of recording into ``var/machine.db``.)
+
+The environment variables are fields of :class:`openaddr.settings.Settings` (the README's table of settings);
+:func:`settings` loads them, and a malformed one fails the task at once with :class:`InvalidConfiguration` naming
+it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     import github
     import sqlalchemy as sa
 
+    from openaddr.settings import Settings
     from openaddr.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,6 @@ DEFAULT_SOURCES = "github:openaddresses/openaddresses"
 DEFAULT_STATUS_CONTEXT = "openaddresses/hooked"
 #: Seconds for connecting to GitHub and for each read (machine-ci.md §2.1 step 8).
 GITHUB_TIMEOUT = 10
-_TRUE = ("1", "true", "yes", "on")
 #: Environment variable that turns the embedded mode on (local defaults for database and storage).
 EMBEDDED_VARIABLE = "OPENADDR_EMBEDDED"
 #: Extras of ``openaddr_machine_db`` passed on to libpq.
@@ -66,26 +70,50 @@ class MissingConfiguration(AirflowFailException):
     help), naming what to set."""
 
 
+class InvalidConfiguration(AirflowFailException):
+    """An ``OPENADDR_*`` environment variable is malformed: fail the task at once (a retry cannot help), naming
+    the variable and its value."""
+
+
+def settings() -> Settings:
+    """The Machine's settings from this process's environment (:meth:`openaddr.settings.Settings.from_env`).
+
+    :raises InvalidConfiguration: a variable is set to a malformed value
+    """
+    from openaddr.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise InvalidConfiguration(f"Invalid setting: {exc}") from None
+
+
 def embedded() -> bool:
     """Whether this process runs in the embedded mode (``OPENADDR_EMBEDDED``), where local defaults apply."""
-    return os.environ.get(EMBEDDED_VARIABLE, "").strip().lower() in _TRUE
+    return settings().embedded
 
 
-def variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
-    """An Airflow variable, else the environment variable ``env``, else ``default``.
+def variable(key: str, setting: str | None = None, default: str | None = None) -> str | None:
+    """An Airflow variable, else the text field ``setting`` of :func:`settings` (its ``OPENADDR_*`` variable),
+    else ``default``.
 
-    Only "not found" gives way to ``env`` and ``default``; any other error reading the variable propagates.
+    Only "not found" gives way to ``setting`` and ``default``; any other error reading the variable propagates.
     """
     from airflow.sdk import Variable
 
     # Variable.get returns the default for VARIABLE_NOT_FOUND only and raises every other error.
     value = Variable.get(key, default=None)
-    if value is None and env:
-        value = os.environ.get(env) or None
+    if value is None:
+        value = _setting_text(setting)
     return value if value is not None else default
 
 
-def optional_variable(key: str, env: str | None = None, default: str | None = None) -> str | None:
+def _setting_text(setting: str | None) -> str | None:
+    value = getattr(settings(), setting) if setting else None
+    return str(value) if value is not None else None
+
+
+def optional_variable(key: str, setting: str | None = None, default: str | None = None) -> str | None:
     """A variable the Machine runs without: :func:`variable`, but in a task process Airflow is asked only when the
     variable exists, so that an unset one costs no "404 Variable not found" in the api-server's log.
 
@@ -94,12 +122,12 @@ def optional_variable(key: str, env: str | None = None, default: str | None = No
     show) or outside a task process, the variable is always asked for.
     """
     if f"AIRFLOW_VAR_{key.upper()}" in os.environ or not _variable_keys_listable():
-        return variable(key, env, default)
+        return variable(key, setting, default)
     from airflow.sdk import Variable
 
     if key in Variable.keys(prefix="openaddr_"):
-        return variable(key, env, default)
-    value = (os.environ.get(env) or None) if env else None
+        return variable(key, setting, default)
+    value = _setting_text(setting)
     return value if value is not None else default
 
 
@@ -117,7 +145,7 @@ def _variable_keys_listable() -> bool:
 
 def openaddr_home() -> Path:
     """``$OPENADDR_HOME``, else ``./var``."""
-    return Path(os.environ.get("OPENADDR_HOME") or "var").resolve()
+    return (settings().home or Path("var")).resolve()
 
 
 def _connection(conn_id: str) -> Any:
@@ -136,12 +164,14 @@ def machine_database_url() -> str:
     only) the SQLite file ``$OPENADDR_HOME/machine.db``.
 
     :raises MissingConfiguration: none of them is set
+    :raises InvalidConfiguration: an ``OPENADDR_*`` variable is malformed (checked first, whatever is configured)
     """
     from openaddr.db import DATABASE_URL_VARIABLE, default_database_url
 
+    current = settings()
     conn = _connection(MACHINE_DB_CONN_ID)
     if conn is None:
-        if os.environ.get(DATABASE_URL_VARIABLE, "").strip() or embedded():
+        if current.database_url or current.embedded:
             return default_database_url()
         raise MissingConfiguration(
             f"The Machine database is not configured: connection {MACHINE_DB_CONN_ID} is not defined and "
@@ -183,10 +213,13 @@ def machine_storage() -> Storage:
     ``$OPENADDR_HOME/storage``).
 
     :raises MissingConfiguration: none of them is set
+    :raises InvalidConfiguration: an ``OPENADDR_*`` variable is malformed (checked first, whatever is configured)
     """
     from openaddr.storage import open_storage
 
-    url = variable("openaddr_results", "OPENADDR_RESULTS")
+    settings()
+
+    url = variable("openaddr_results", "results")
     if not url:
         if not embedded():
             raise MissingConfiguration(
@@ -194,7 +227,7 @@ def machine_storage() -> Storage:
                 f"OPENADDR_RESULTS is not set ({EMBEDDED_VARIABLE}=1 uses a local folder, for development only)"
             )
         url = str(openaddr_home() / "storage")
-    public_url = optional_variable("openaddr_results_public_url", "OPENADDR_RESULTS_PUBLIC_URL")
+    public_url = optional_variable("openaddr_results_public_url", "results_public_url")
     if url.startswith("s3://"):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -204,26 +237,33 @@ def machine_storage() -> Storage:
 
 def base_url() -> str | None:
     """The results site (links in statuses and the UI), without a trailing slash."""
-    value = optional_variable("openaddr_base_url", "OPENADDR_BASE_URL")
+    value = optional_variable("openaddr_base_url", "base_url")
     return value.rstrip("/") if value else None
 
 
 def sources_location() -> str:
     """Where the batch lists its sources."""
-    return optional_variable("openaddr_sources", "OPENADDR_SOURCES") or DEFAULT_SOURCES
+    return optional_variable("openaddr_sources", "sources") or DEFAULT_SOURCES
 
 
 def scratch_folder() -> Path:
     """Parent of the tasks' work folders (``OPENADDR_SCRATCH``, else the system temporary folder)."""
-    folder = Path(os.environ.get("OPENADDR_SCRATCH") or Path(tempfile.gettempdir()) / "openaddr-scratch")
+    folder = settings().scratch or Path(tempfile.gettempdir()) / "openaddr-scratch"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def github_gagged() -> bool:
     """Whether commit statuses are never posted (``openaddr_gag_github_status``)."""
-    value = optional_variable("openaddr_gag_github_status", "OPENADDR_GAG_GITHUB_STATUS") or ""
-    return value.strip().lower() in _TRUE
+    from openaddr.settings import parse_flag
+
+    value = optional_variable("openaddr_gag_github_status")
+    if value is None:
+        return settings().gag_github_status
+    try:
+        return parse_flag(value)
+    except ValueError as exc:
+        raise InvalidConfiguration(f"Invalid variable openaddr_gag_github_status={value!r}: {exc}") from None
 
 
 def github_status_context() -> str:
@@ -256,4 +296,4 @@ def github_client() -> github.Github | None:
 
 def cloudwatch_namespace() -> str | None:
     """CloudWatch namespace of the Machine-task metric, or None to log it only."""
-    return optional_variable("openaddr_cloudwatch_namespace", "OPENADDR_CLOUDWATCH_NAMESPACE")
+    return optional_variable("openaddr_cloudwatch_namespace", "cloudwatch_namespace")

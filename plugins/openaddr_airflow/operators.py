@@ -183,6 +183,7 @@ class ProcessSourceOperator(BaseOperator):
         from openaddr.storage import run_prefix
         from openaddr_airflow import config
 
+        config.settings()  # a malformed OPENADDR_* variable fails the task here, named
         storage = config.machine_storage()
         try:
             with config.machine_engine() as engine:

@@ -219,6 +219,29 @@ def test_unexpected_error_is_one_line(
     assert capsys.readouterr().err == f"openaddr {command}: unexpected error: MemoryError: no room at all\n"
 
 
+def test_unexpected_error_names_the_error_it_came_from(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    carson: tuple[dict[str, Any], Path],
+) -> None:
+    # numpy wraps a shared library that cannot be mapped (no address space left) in a page of advice.
+    import openaddr.sources
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        try:
+            raise ImportError("libopenblas.so: failed to map segment from shared object")
+        except ImportError as exc:
+            raise ImportError("IMPORTANT: PLEASE READ THIS FOR ADVICE" + " ..." * 200) from exc
+
+    monkeypatch.setattr(openaddr.sources, "upgrade_document", broken)
+    source = write(tmp_path / "carson.json", carson[0])
+    assert main(["validate", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("openaddr validate: unexpected error: ImportError: IMPORTANT: PLEASE READ")
+    assert err.endswith(" (from ImportError: libopenblas.so: failed to map segment from shared object)\n")
+
+
 def test_text_the_terminal_cannot_encode_is_escaped(tmp_path: Path) -> None:
     # A bidi control and an accent in an expected value, printed to an ASCII terminal: escaped, not a traceback.
     test = {

@@ -39,7 +39,6 @@ OA = ["OA:x", "OA:y", "OA:geom"]
 TOKEN_LINE = "Could not download ESRI source data: Could not retrieve layer metadata: Token Required"
 
 
-@dataclasses.dataclass(frozen=True)
 class FastSettings(Settings):
     """Production settings with the loopback server allowed and the §3.6.4 back-off shrunk for tests."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +122,7 @@ def test_empty_file(ftp_server: LoopbackFTPServer, download_settings: Settings, 
 def test_download_too_large(
     ftp_server: LoopbackFTPServer, download_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = replace(download_settings, max_download_bytes=100)
+    settings = download_settings.replace(max_download_bytes=100)
     with pytest.raises(DownloadTooLargeError, match="^Download too large"):
         download(make_entry(ftp_server.url("/nl.zip")), tmp_path, settings=settings)
     assert listing(tmp_path) == []

@@ -12,7 +12,6 @@ import ipaddress
 import logging
 import time
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +131,7 @@ def test_too_many_redirects(
     http_server: LoopbackHTTPServer, download_settings: Settings, tmp_path: Path
 ) -> None:
     url = http_server.add_redirect("/redirect/loop", "/redirect/loop")
-    settings = replace(download_settings, max_redirects=3)
+    settings = download_settings.replace(max_redirects=3)
     with pytest.raises(DownloadError, match=r"Too many redirects \(more than 3\)"):
         download(make_entry(url), tmp_path, settings=settings)
     assert http_server.hits["/redirect/loop"] == 4
@@ -203,7 +202,7 @@ def test_retry_after_is_honoured_up_to_the_cap(
     url = http_server.add_flaky(
         "/flaky/retry-after", b"a,b\n1,2\n", failures=2, status=429, retry_after="120"
     )
-    settings = replace(download_settings, retry_delays=(0.01, 0.02), max_retry_after=7.0)
+    settings = download_settings.replace(retry_delays=(0.01, 0.02), max_retry_after=7.0)
     download(make_entry(url), tmp_path, settings=settings)
     assert slept == [7.0, 7.0]
 
@@ -218,7 +217,7 @@ def test_scheduled_retry_delays(
     monkeypatch.setattr("openaddr.retry.time.sleep", slept.append)
     url = http_server.add_flaky("/flaky/delays", b"a,b\n1,2\n", failures=5, status=502)
     with pytest.raises(HTTPStatusError):
-        download(make_entry(url), tmp_path, settings=replace(download_settings, retry_delays=(10.0, 60.0)))
+        download(make_entry(url), tmp_path, settings=download_settings.replace(retry_delays=(10.0, 60.0)))
     assert slept == [10.0, 60.0]  # the production schedule, without waiting for it
     assert http_server.hits["/flaky/delays"] == 3
 
@@ -233,7 +232,7 @@ def test_retry_after_as_an_http_date_is_honoured(
     monkeypatch.setattr("openaddr.retry.time.sleep", slept.append)
     when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 40))
     url = http_server.add_flaky("/flaky/retry-date", b"a,b\n1,2\n", failures=1, status=503, retry_after=when)
-    settings = replace(download_settings, retry_delays=(0.01,), max_retry_after=300.0)
+    settings = download_settings.replace(retry_delays=(0.01,), max_retry_after=300.0)
     result = download(make_entry(url), tmp_path, settings=settings)
     assert result.size == 8
     (waited,) = slept
@@ -248,7 +247,7 @@ def test_retry_after_past_the_deadline_ends_the_download_at_once(
 ) -> None:
     monkeypatch.setattr("openaddr.retry.time.sleep", pytest.fail)  # never sleeps past the deadline
     url = http_server.add_flaky("/flaky/retry-late", b"a,b\n1,2\n", failures=1, status=429, retry_after="120")
-    settings = replace(download_settings, retry_delays=(0.01,), max_retry_after=300.0)
+    settings = download_settings.replace(retry_delays=(0.01,), max_retry_after=300.0)
     with pytest.raises(DownloadTimeoutError, match=r"^Timed out after 0:00:\d\d \(429 response from "):
         download(make_entry(url), tmp_path, settings=settings, deadline=time.time() + 30)
     assert http_server.hits["/flaky/retry-late"] == 1
@@ -305,7 +304,7 @@ def test_hanging_server_fails_within_the_read_timeout(
     http_server: LoopbackHTTPServer, download_settings: Settings, tmp_path: Path
 ) -> None:
     url = http_server.add_hanging("/hang/always")
-    settings = replace(download_settings, read_timeout=0.2)
+    settings = download_settings.replace(read_timeout=0.2)
     with pytest.raises(ResponseTimeoutError, match=r"^Timed out after 0.2 s waiting for a response from "):
         download(make_entry(url), tmp_path, settings=settings)
     assert http_server.hits["/hang/always"] == 3  # a timeout is retried like a connection error
@@ -327,7 +326,7 @@ def test_deadline_shortens_the_read_timeout(
 ) -> None:
     # Headers at once, then 5 s of silence; the read timeout alone (10 s) would wait for it.
     url = http_server.add_slow("/slow/stall", b"x" * 10, delay=5.0)
-    settings = replace(download_settings, read_timeout=10.0)
+    settings = download_settings.replace(read_timeout=10.0)
     start = time.monotonic()
     with pytest.raises(DownloadTimeoutError, match="^Timed out after"):
         download(make_entry(url), tmp_path, settings=settings, deadline=time.time() + 0.3)
@@ -339,7 +338,7 @@ def test_deadline_stops_a_hanging_server(
     http_server: LoopbackHTTPServer, download_settings: Settings, tmp_path: Path
 ) -> None:
     url = http_server.add_hanging("/hang/deadline")
-    settings = replace(download_settings, read_timeout=10.0)
+    settings = download_settings.replace(read_timeout=10.0)
     with pytest.raises(DownloadTimeoutError, match="^Timed out after"):
         download(make_entry(url), tmp_path, settings=settings, deadline=time.time() + 0.3)
     assert http_server.hits["/hang/deadline"] == 1
@@ -349,7 +348,7 @@ def test_download_time_limit_stops_a_slow_download(
     http_server: LoopbackHTTPServer, download_settings: Settings, tmp_path: Path
 ) -> None:
     url = http_server.add_slow("/slow/limit", b"x" * 1000, delay=0.02)
-    settings = replace(download_settings, download_time_limit=0.4)
+    settings = download_settings.replace(download_time_limit=0.4)
     with pytest.raises(DownloadTimeoutError, match="^Timed out after"):
         download(make_entry(url), tmp_path, settings=settings)
     assert listing(tmp_path) == []
@@ -395,7 +394,7 @@ def test_download_too_large(
         f"/large/{gzip_encode}.csv", b"1,2\n" * 2500, content_type="text/csv", gzip_encode=gzip_encode
     )
     with pytest.raises(DownloadTooLargeError, match="^Download too large"):
-        download(make_entry(url), tmp_path, settings=replace(download_settings, max_download_bytes=5000))
+        download(make_entry(url), tmp_path, settings=download_settings.replace(max_download_bytes=5000))
     assert listing(tmp_path) == []
 
 
@@ -501,7 +500,7 @@ def test_certificate_error_without_fallback_is_a_failure(
 ) -> None:
     url = https_server.url(f"/data/{PORTLAND}")
     with pytest.raises(DownloadError, match="SSL certificate verification failed"):
-        download(make_entry(url), tmp_path, settings=replace(download_settings, tls_fallback=False))
+        download(make_entry(url), tmp_path, settings=download_settings.replace(tls_fallback=False))
     assert listing(tmp_path) == []
 
 
@@ -678,7 +677,7 @@ def test_file_urls_are_refused_by_default(
 
 def test_file_urls_when_allowed(download_settings: Settings, fixtures: Path, tmp_path: Path) -> None:
     original = fixtures / "data" / PORTLAND
-    settings = replace(download_settings, allow_file_urls=True)
+    settings = download_settings.replace(allow_file_urls=True)
     result = download(make_entry(original.as_uri()), tmp_path, settings=settings)
     assert result.fingerprint == md5_of(original)
     assert result.path.suffix == ".zip"

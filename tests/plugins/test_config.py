@@ -4,6 +4,7 @@ no silent local fallback outside the embedded mode."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -16,8 +17,6 @@ from openaddr_airflow import config
 from tests.conftest import ROOT
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tests.github_server import FakeGitHub
 
 
@@ -121,6 +120,55 @@ def test_worker_without_its_configuration_fails_the_task_and_writes_nothing(
             assert connection.execute(sa.select(sa.func.count()).select_from(jobs)).scalar() == 0
     finally:
         engine.dispose()
+
+
+@pytest.mark.integration
+def test_worker_with_a_malformed_setting_fails_the_task_naming_it(
+    unconfigured_dag: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage, database = tmp_path / "storage", tmp_path / "db" / "machine.db"
+    upgrade(f"sqlite:///{database}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_RESULTS", str(storage))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPENADDR_MACHINE_DB", json.dumps({"conn_type": "sqlite", "host": str(database)})
+    )
+    monkeypatch.setenv("OPENADDR_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("OPENADDR_READ_TIMEOUT", "abc")
+    entry = PlannedEntry(
+        path="sources/us-wy-park.json",
+        layer="addresses",
+        name="primary",
+        source_key="jobs/unconfigured/sources/us-wy-park.json",
+        blob_sha=None,
+        digest="0" * 40,
+        timeout=60.0,
+    )
+    owner = RunOwner("ci", job_id="unconfigured")
+
+    dag_run = unconfigured_dag.test(run_conf={"entry": entry.to_dict(), "run_owner": vars(owner)})
+
+    (ti,) = dag_run.get_task_instances()
+    assert (dag_run.state, ti.state, ti.try_number) == ("failed", "failed", 1)  # no retry
+    assert "Invalid setting: OPENADDR_READ_TIMEOUT='abc': could not convert string to float" in caplog.text
+    assert not storage.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["db"]
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_settings_of_a_task_name_a_malformed_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENADDR_EMBEDDED", "perhaps")
+    with pytest.raises(config.InvalidConfiguration, match="^Invalid setting: OPENADDR_EMBEDDED='perhaps': "):
+        config.embedded()
+    monkeypatch.setenv("OPENADDR_EMBEDDED", "1")
+    monkeypatch.setenv("OPENADDR_SCRATCH", "/srv/scratch")
+    assert config.embedded()
+    assert config.settings().scratch == Path("/srv/scratch")
 
 
 def _post(client: Any, fake_github: FakeGitHub, description: str) -> bool:
