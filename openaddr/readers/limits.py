@@ -198,7 +198,7 @@ class CheckedReader:
         self._shape = shape
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
+        data: bytes = self._raw.read(size)
         self._shape.feed(data)
         return data
 
