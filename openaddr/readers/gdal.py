@@ -496,7 +496,7 @@ def _threaded(items: Iterator[_In], work: Callable[[_In], _Out], name: str, dept
                 break
             if isinstance(item, _Failed):
                 raise item.exc
-            yield item  # type: ignore[misc]
+            yield cast("_Out", item)  # anything else on the queue is a result of work()
     finally:
         stop.set()
         while worker.is_alive():
