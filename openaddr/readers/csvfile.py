@@ -118,6 +118,7 @@ class CsvRows:
         self.exhausted = False
 
     def close(self) -> None:
+        """Close the file."""
         self._fh.close()
 
     def _failure(self, exc: Exception) -> ConformError:
