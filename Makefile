@@ -65,4 +65,4 @@ lock:
 	{ printf '%s\n' "$$LOCK_HEADER"; cat requirements.lock.new; } > requirements.lock && rm requirements.lock.new
 
 clean:
-	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache
+	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache .mypy_cache
