@@ -188,7 +188,7 @@ def encode_address_geojson(address: AddressColumns, accuracy: Sequence[str | Non
         acc = [_ACCURACY.get((v or "").strip(), "null") for v in accuracy]
     encoded: Sequence[list[str] | None] = address.encoded or [None] * len(texts)
     properties = [_geojson_texts(c, e) for c, e in zip(texts, encoded, strict=True)]
-    # HASH is never None (AddressColumns types its columns alike).
+    # AddressColumns types every column str | None; HASH never holds None.
     lines = _fill(_ADDRESS_FEATURE, [geometry, cast("Sequence[str]", hashes), *properties, acc])
     return "".join(lines).encode("utf-8")
 
