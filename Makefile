@@ -24,15 +24,17 @@ run: $(STAMP)
 stop:
 	$(BIN)/python -m devstack --stop $(ARGS)
 
-## Lint, then the whole test suite.
+## Lint (ruff, mypy --strict on openaddr/ and plugins/: pyproject's [tool.mypy]), then the whole test suite.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -63,4 +65,4 @@ lock:
 	{ printf '%s\n' "$$LOCK_HEADER"; cat requirements.lock.new; } > requirements.lock && rm requirements.lock.new
 
 clean:
-	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache
+	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache .mypy_cache

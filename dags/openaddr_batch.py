@@ -33,6 +33,7 @@ LATEST_SET = Asset("openaddr://sets/latest")
 
 @task
 def create_set(**context) -> int:
+    """List the sources at the configured location, record the set and store its files; return the set's id."""
     from openaddr.machine import create_batch_set
     from openaddr.sources_repo import list_sources
     from openaddr_airflow import config
@@ -44,6 +45,12 @@ def create_set(**context) -> int:
 
 @task
 def list_sources(set_id: int, **context) -> list[dict]:
+    """Expand the set's files into layer entries (invalid files recorded as failed runs), grouped into tasks.
+
+    :param set_id: the set :func:`create_set` recorded
+    :return: the standard tier's ``process_source`` task arguments, slowest first (the large tier's are pushed as
+        the XCom ``large``)
+    """
     from openaddr.machine import batch_task_groups, plan_batch_set
     from openaddr_airflow import config
     from openaddr_airflow.operators import push_tiers
@@ -55,6 +62,11 @@ def list_sources(set_id: int, **context) -> list[dict]:
 
 @task(trigger_rule="all_done", outlets=[LATEST_SET])
 def complete_set(set_id: int) -> dict[str, int]:
+    """Mark the set complete once every entry has finished (emits the ``openaddr://sets/latest`` asset).
+
+    :param set_id: the set :func:`create_set` recorded
+    :return: the set's run counts
+    """
     from openaddr.machine import complete_batch_set
     from openaddr_airflow import config
 
@@ -73,6 +85,7 @@ def complete_set(set_id: int) -> dict[str, int]:
     default_args=DEFAULT_ARGS,
 )
 def openaddr_batch():
+    """The nightly batch: create the set, process every entry, complete the set (see the module docstring)."""
     set_id = create_set()
     processed = process_sources(
         list_sources(set_id), priority_weight=1, max_active_standard=BATCH_MAX_ACTIVE_TASKS

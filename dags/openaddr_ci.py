@@ -37,6 +37,13 @@ from openaddr_airflow.tags import Tag
 
 @task
 def plan_job(**context) -> list[dict]:
+    """Record the CI job of the trigger's conf and plan its layer entries.
+
+    A conf that cannot be planned fails the run at once (no retries) with a message saying why.
+
+    :return: the standard tier's ``process_source`` task arguments (the large tier's are pushed as the XCom
+        ``large``)
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     from openaddr.machine import TriggerError, by_tier, plan_ci_job
@@ -55,6 +62,10 @@ def plan_job(**context) -> list[dict]:
 
 @task(trigger_rule="all_done")
 def finish_job(**context) -> bool | None:
+    """Recompute the job's file states and status from its runs; fail the task when a file failed.
+
+    :return: the job's status when it did not fail: True (every file passed) or None (not decided)
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     from openaddr.machine import TriggerError, ci_owner, finish_ci_job
@@ -82,6 +93,7 @@ def finish_job(**context) -> bool | None:
     params=CI_PARAMS,
 )
 def openaddr_ci():
+    """A CI job: plan the trigger's sources, process every entry, finish the job (see the module docstring)."""
     planned = plan_job()
     processed = process_sources(planned, priority_weight=1000)
     processed >> finish_job()

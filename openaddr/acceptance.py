@@ -222,4 +222,4 @@ def _blocks_tests(source: Source, issue: SchemaIssue) -> bool:
 
 
 # pytest collects module-level callables named test_*; this one is a command, not a test.
-test_source_command.__test__ = False  # type: ignore[attr-defined]
+test_source_command.__test__ = False  # type: ignore[attr-defined]  # an attribute pytest reads off functions

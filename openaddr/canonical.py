@@ -188,7 +188,7 @@ class AddressColumns:
     :ivar plain_coordinates: every LON/LAT text is a finite plain decimal number (valid JSON as it is)
     """
 
-    columns: list[list[str | None]]
+    columns: list[Sequence[str | None]]
     plain_coordinates: bool
     #: LON and LAT as numbers, when every row's coordinates are plain finite numbers (else None)
     lonlat: tuple[np.ndarray, np.ndarray] | None = None
@@ -255,7 +255,7 @@ def address_columns(
         "]]",
     ]
     hashes = _hashes(seed, pieces, size)
-    columns: list[list[str | None]] = [
+    columns: list[Sequence[str | None]] = [
         lon_c, lat_c, number, street, unit, list(city), list(district), list(region), list(postcode), list(id_),
         hashes,
     ]  # fmt: skip

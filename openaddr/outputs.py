@@ -16,11 +16,10 @@ import re
 import shutil
 import time
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from datetime import date
-from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C version when available
-from typing import IO, TYPE_CHECKING, Any
+from json.encoder import encode_basestring  # the C version when available
+from typing import IO, TYPE_CHECKING, Any, TypeGuard, cast
 
 from openaddr.canonical import ADDRESS_COLUMNS, OUTPUT_COLUMNS, is_constant
 from openaddr.errors import ConformError
@@ -66,7 +65,7 @@ _ADDRESS_PROPERTIES = ("number", "street", "unit", "city", "district", "region",
 
 
 def _text(value: str | None) -> str:
-    return encode_basestring(value or "")  # type: ignore[no-any-return]
+    return encode_basestring(value or "")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -94,11 +93,10 @@ def encode_address_csv_columns(columns: Sequence[Sequence[str | None]]) -> bytes
         return b""
     cells: list[Sequence[str]] = []
     for column in columns:
-        texts = [v or "" for v in column] if None in column else column
-        joined = "\x00".join(texts)  # type: ignore[arg-type]
-        if _CSV_SPECIAL.search(joined):
-            texts = [_csv_cell(v) for v in texts]  # type: ignore[arg-type]
-        cells.append(texts)  # type: ignore[arg-type]
+        texts = [v or "" for v in column] if None in column else cast("Sequence[str]", column)
+        if _CSV_SPECIAL.search("\x00".join(texts)):
+            texts = [_csv_cell(v) for v in texts]
+        cells.append(texts)
     template = ",".join(["%s"] * len(cells)) + "\r\n"
     return "".join(_fill(template, cells)).encode("utf-8")
 
@@ -111,10 +109,12 @@ def _csv_cell(value: str) -> str:
     return buf.getvalue()[:-2]
 
 
-def _finite(text: str | None) -> bool:
+def _finite(text: str | None) -> TypeGuard[str]:
+    if text is None:
+        return False
     try:
-        return math.isfinite(float(text))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return math.isfinite(float(text))
+    except ValueError:
         return False
 
 
@@ -177,7 +177,7 @@ def encode_address_geojson(address: AddressColumns, accuracy: Sequence[str | Non
         geometry = [f'{{"type":"Point","coordinates":[{x},{y}]}}' for x, y in zip(lon, lat, strict=True)]
     else:
         geometry = [
-            f'{{"type":"Point","coordinates":[{float(x)!r},{float(y)!r}]}}'  # type: ignore[arg-type]
+            f'{{"type":"Point","coordinates":[{float(x)!r},{float(y)!r}]}}'
             if _finite(x) and _finite(y)
             else "null"
             for x, y in zip(lon, lat, strict=True)
@@ -186,9 +186,10 @@ def encode_address_geojson(address: AddressColumns, accuracy: Sequence[str | Non
         acc: Sequence[str] = ["null"] * len(lon)
     else:
         acc = [_ACCURACY.get((v or "").strip(), "null") for v in accuracy]
-    encoded = address.encoded or [None] * len(texts)
+    encoded: Sequence[list[str] | None] = address.encoded or [None] * len(texts)
     properties = [_geojson_texts(c, e) for c, e in zip(texts, encoded, strict=True)]
-    lines = _fill(_ADDRESS_FEATURE, [geometry, hashes, *properties, acc])  # type: ignore[list-item]
+    # AddressColumns types every column str | None; HASH never holds None.
+    lines = _fill(_ADDRESS_FEATURE, [geometry, cast("Sequence[str]", hashes), *properties, acc])
     return "".join(lines).encode("utf-8")
 
 
@@ -241,7 +242,9 @@ class Stats:
         def parse(texts: Sequence[str | None]) -> Any:
             array = pc.utf8_trim_whitespace(pa.array(texts, type=pa.string()))
             numeric = pc.match_substring_regex(array, _NUMBER)
-            return pc.cast(pc.if_else(numeric, array, None), pa.float64()).to_numpy(zero_copy_only=False)
+            kept = pc.if_else(numeric, array, None)
+            assert isinstance(kept, pa.Array)  # an array's if_else is an array
+            return pc.cast(kept, pa.float64()).to_numpy(zero_copy_only=False)
 
         self.add_values(parse(lons), parse(lats))
 
@@ -258,7 +261,7 @@ class Stats:
         self.west, self.east = min(self.west, float(lon.min())), max(self.east, float(lon.max()))
         self.south, self.north = min(self.south, float(lat.min())), max(self.north, float(lat.max()))
 
-    def add_filled(self, name: str, values: list[str | None]) -> None:
+    def add_filled(self, name: str, values: Sequence[str | None]) -> None:
         """Count the non-empty values of one attribute in a batch."""
         self.filled[name] = self.filled.get(name, 0) + len(values) - values.count("") - values.count(None)
 
@@ -461,12 +464,10 @@ def readme_text(website: str | None, license_text: str | None, today: date | Non
 
 
 def _deflate_compressor() -> Any:
-    """A raw-deflate compressor: ISA-L's when installed (about ten times as fast as zlib level 6, standard
-    deflate output, slightly larger), else zlib's default."""
-    try:
-        from isal import isal_zlib
-    except ImportError:  # pragma: no cover - isal is a dependency; keep working without it
-        return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    """A raw-deflate compressor: ISA-L's (a dependency; about ten times as fast as zlib level 6, standard deflate
+    output, slightly larger)."""
+    from isal import isal_zlib
+
     return isal_zlib.compressobj(2, isal_zlib.DEFLATED, -15)
 
 

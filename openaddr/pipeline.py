@@ -114,12 +114,12 @@ class BatchTransformer:
 
         names = ATTRIBUTES[self.layer_type]
         geojson, wkt = _geometry_texts(geometries, size)
-        values = {name: [v if v is not None else "" for v in attrs[name]] for name in names}
-        hashes = feature_hashes(self.seed, values, wkt)
+        texts = {name: [v if v is not None else "" for v in attrs[name]] for name in names}
+        hashes = feature_hashes(self.seed, texts, wkt)
         for name in names:
-            stats.add_filled(name, values[name])
+            stats.add_filled(name, texts[name])
         stats.add_coordinates(columns[OA_X], columns[OA_Y])
-        return BatchResult(b"", encode_feature_geojson(geojson, names, values, hashes), stats)
+        return BatchResult(b"", encode_feature_geojson(geojson, names, texts, hashes), stats)
 
 
 def _geometry_texts(geometries: list[Any] | None, size: int) -> tuple[list[str | None], list[str | None]]:
@@ -133,7 +133,12 @@ def _geometry_texts(geometries: list[Any] | None, size: int) -> tuple[list[str |
     present = ~shapely.is_missing(array)
     rounded = array.copy()
     if present.any():
-        rounded[present] = shapely.transform(array[present], lambda c: np.round(c, 7), include_z=None)
+
+        def round7(coordinates: np.ndarray) -> np.ndarray:
+            return np.round(coordinates, 7)
+
+        # include_z=None (shapely >= 2.1) keeps each geometry's own dimensions; types-shapely still says bool.
+        rounded[present] = shapely.transform(array[present], round7, include_z=None)  # type: ignore[call-overload]
     geojson = [None if g is None else shapely.to_geojson(g) for g in rounded]
     wkt = [None if g is None else shapely.to_wkt(g, trim=True, rounding_precision=-1) for g in rounded]
     return geojson, wkt

@@ -22,7 +22,6 @@ Guarantees, on both backends:
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import logging
@@ -142,18 +141,15 @@ def run_prefix(run_id: str | int) -> str:
 def gzip_file(source: Path, destination: Path) -> None:
     """Gzip ``source`` into ``destination`` reproducibly (no file name, modification time 0).
 
-    ISA-L's gzip (standard format, about ten times as fast as zlib's default level) when installed: the GeoJSON of
+    ISA-L's gzip (standard format, about ten times as fast as zlib's default level, a dependency): the GeoJSON of
     a large source is hundreds of megabytes.
     """
-    try:
-        from isal import igzip as gzip_module
-    except ImportError:  # pragma: no cover - isal is a dependency
-        gzip_module = gzip
-    level = 2 if gzip_module is not gzip else 6
+    from isal import igzip
+
     with (
         source.open("rb") as fin,
         destination.open("wb") as raw,
-        gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=level) as fout,
+        igzip.IGzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=2) as fout,
     ):
         shutil.copyfileobj(fin, fout, _COPY_CHUNK)
 
@@ -601,8 +597,10 @@ class S3Storage(Storage):
             import boto3
             from botocore.config import Config
 
-            s3_config = {"addressing_style": "path"} if self.endpoint_url else {}
-            config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3=s3_config)
+            config = Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                s3={"addressing_style": "path"} if self.endpoint_url else {},
+            )
             with _SESSION_LOCK:  # creating clients from one session is not thread-safe
                 global _SESSION
                 if _SESSION is None:

@@ -254,7 +254,8 @@ def _entry_result(key: Entry, row: Any) -> dict[str, Any]:
 
 def _file_message(entries: list[dict[str, Any]], state: bool | None) -> str | None:
     if state is False:
-        return next(entry["message"] for entry in entries if entry["status"] is False)
+        message: str | None = next(entry["message"] for entry in entries if entry["status"] is False)
+        return message
     return OK_MESSAGE if state is True else None
 
 

@@ -497,6 +497,7 @@ def find_reusable_run(
     :param now: the reference time of the window (default: now)
     """
     now = now or utcnow()
+    conditions: list[sa.ColumnElement[bool]]
     if kind == "ci":
         window, conditions = CI_REUSE_WINDOW, [runs.c.status.is_not(None)]
     elif kind == "batch":

@@ -249,7 +249,7 @@ def _shown(url: str) -> str:
     return redact_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
 
 
-class _Dumper(EsriDumper):  # type: ignore[misc]
+class _Dumper(EsriDumper):
     """esridump's ``EsriDumper`` with the requests, errors and paging of §3.6.4 (see the module docstring).
 
     Reused from esridump as they are: ``get_metadata``, ``get_feature_count``, ``_find_oid_field_name``,

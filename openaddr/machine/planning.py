@@ -131,7 +131,9 @@ def _plan_file(
     if errors:
         first = errors[0].replace(str(local), path)
         log.warning("%s is invalid (%d errors): %s", path, len(errors), first)
-        targets = [(entry.layer, entry.name, entry.data) for entry in entries] or [(None, None, {})]
+        targets: list[tuple[str | None, str | None, Mapping[str, Any]]] = [
+            (entry.layer, entry.name, entry.data) for entry in entries
+        ] or [(None, None, {})]
         recorded = db_runs.owner_entries(engine, path, job_id=owner.job_id, set_id=owner.set_id)
         for layer, name, _data in targets:
             if (layer, name) in recorded:  # a retried planning task: recorded already
@@ -240,7 +242,8 @@ def plan_ci_job(
     """
     files = ci_sources(conf)
     owner = ci_owner(conf, dag_run_id)
-    github = conf.get("github") if isinstance(conf.get("github"), dict) else conf
+    nested = conf.get("github")
+    github: Mapping[str, Any] = nested if isinstance(nested, dict) else conf
     assert owner.job_id is not None
     if db_jobs.get_job(engine, owner.job_id) is None:
         db_jobs.create_job(

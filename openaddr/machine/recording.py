@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import openaddr
 from openaddr.db import jobs as db_jobs, runs as db_runs
@@ -30,6 +30,14 @@ if TYPE_CHECKING:
     from openaddr.storage import Storage
 
 log = logging.getLogger(__name__)
+
+
+class _LayerKey(TypedDict):
+    """The columns that name a source layer entry in the ``runs`` table."""
+
+    source_path: str
+    source_layer: str | None
+    layer_name: str | None
 
 
 def process_source(
@@ -62,7 +70,7 @@ def process_source(
     """
     entry = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
     started = started or db_runs.utcnow()
-    common = {"source_path": entry.path, "source_layer": entry.layer, "layer_name": entry.name}
+    common = _LayerKey(source_path=entry.path, source_layer=entry.layer, layer_name=entry.name)
 
     if not owner.rerun:
         reusable = db_runs.find_reusable_run(engine, **common, layer_digest=entry.digest, kind=owner.kind)
@@ -290,4 +298,4 @@ def record_task_failure(
         recorded.append(run["id"])
     for job_id in sorted(jobs):
         db_jobs.update_job(engine, job_id)
-    return [run for run_id in recorded if (run := db_runs.get_run(engine, run_id)) is not None]
+    return [found for run_id in recorded if (found := db_runs.get_run(engine, run_id)) is not None]

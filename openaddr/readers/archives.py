@@ -196,7 +196,7 @@ def _gunzip(path: Path, work_dir: Path, budget: _Budget) -> Path:
     return target
 
 
-def _copy(src: IO[bytes], dst: IO[bytes], budget: _Budget) -> None:
+def _copy(src: IO[bytes] | gzip.GzipFile, dst: IO[bytes], budget: _Budget) -> None:
     while chunk := src.read(_CHUNK):
         dst.write(chunk)
         budget.add(len(chunk))

@@ -15,7 +15,7 @@ import io
 import itertools
 import logging
 import re
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import numpy as np
 import pyarrow as pa
@@ -120,6 +120,7 @@ class CsvRows:
         self.exhausted = False
 
     def close(self) -> None:
+        """Close the file."""
         self._fh.close()
 
     def _failure(self, exc: Exception) -> ConformError:
@@ -303,7 +304,7 @@ def arrow_tables(
     """
     names = [f"c{i}" for i in range(width)]
 
-    def invalid(row: pacsv.InvalidRow) -> str:
+    def invalid(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
         if row.actual_columns > row.expected_columns:
             long_rows.append(1)
             return "skip"
@@ -358,6 +359,8 @@ class CsvBase(Reader):
     encoding = "utf-8"
     dialect: dict[str, Any]
     header: list[str]
+    #: the column index of each name a batch may pick (set by the subclass once it has read the header)
+    _index: dict[str, int]
     _headers = 0
     _skip = 0
 
@@ -428,7 +431,7 @@ class CsvBase(Reader):
             if is_utf8(self.encoding):
                 with self.path.open("rb") as raw:
                     bom = len(codecs.BOM_UTF8) if raw.read(3) == codecs.BOM_UTF8 else 0
-                native = pa.OSFile(str(self.path))
+                native = pa.OSFile(str(self.path), mode="r")
                 native.seek(bom + len("".join(consumed).encode("utf-8")))
                 source: Any = native
             else:
@@ -438,7 +441,11 @@ class CsvBase(Reader):
             ):
                 self.skipped = skipped_before + len(long_rows)
                 arrays = {i: table.column(f"c{i}") for i in include}
-                yield self._batch(lambda i, a=arrays: a[i].to_pylist(), table.num_rows, picks)
+
+                def arrow_column(i: int, arrays: Mapping[int, Any] = arrays) -> list[str]:
+                    return cast("list[str]", arrays[i].to_pylist())  # strings, never null (null_values=[])
+
+                yield self._batch(arrow_column, table.num_rows, picks)
         except (UnicodeDecodeError, _ArrowFailed) as exc:
             line = undecodable_line(self.path, self.encoding)
             if line:
@@ -471,7 +478,11 @@ class CsvBase(Reader):
                 while len(pending) >= batch_size or (pending and rows.exhausted):
                     chunk, pending = pending[:batch_size], pending[batch_size:]
                     transposed = list(zip(*chunk, strict=True)) if width else []
-                    yield self._batch(lambda i, t=transposed: list(t[i]), len(chunk), picks)
+
+                    def python_column(i: int, transposed: list[tuple[str, ...]] = transposed) -> list[str]:
+                        return list(transposed[i])
+
+                    yield self._batch(python_column, len(chunk), picks)
                 if rows.exhausted:
                     break
         finally:

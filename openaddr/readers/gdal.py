@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -68,8 +68,11 @@ _GDAL_ERRORS = (
 )
 
 
-def open_options(path: Path) -> dict[str, str]:
-    """Dataset open options: the GML driver must not write a ``.gfs`` file beside a read-only input."""
+def open_options(path: Path) -> dict[str, Any]:
+    """Dataset open options: the GML driver must not write a ``.gfs`` file beside a read-only input.
+
+    Typed as pyogrio's ``**kwargs`` (``Any``), which it passes on to OGR as open options.
+    """
     return {"WRITE_GFS": "NO"} if path.suffix.lower() in (".gml", ".xml") else {}
 
 
@@ -77,7 +80,7 @@ def open_options(path: Path) -> dict[str, str]:
 MAX_LAYERS = 1000
 
 
-def layer_names(path: Path, options: Mapping[str, str]) -> list[str]:
+def layer_names(path: Path, options: Mapping[str, Any]) -> list[str]:
     """The layer names of a dataset, opened with ``options``.
 
     ``pyogrio.list_layers`` takes no open options, and the GML driver it opens writes a ``.gfs`` beside the input;
@@ -98,7 +101,7 @@ def layer_names(path: Path, options: Mapping[str, str]) -> list[str]:
 
 
 def resolve_layer(
-    path: Path, layer: object, label: str, options: Mapping[str, str] | None = None
+    path: Path, layer: object, label: str, options: Mapping[str, Any] | None = None
 ) -> tuple[int, str]:
     """The index and name of ``conform.layer``: an integer is an index, a string a name, absent is 0 (§6.2).
 
@@ -164,7 +167,7 @@ class GdalReader(Reader):
         try:
             if self._points is not None:
                 self._layer, self.layer_name = 0, self._open_path.stem
-                info = self._points.info
+                info: Mapping[str, Any] = self._points.info
             else:
                 self._layer, self.layer_name = resolve_layer(
                     self._open_path, conform.get("layer"), label, self._options
@@ -176,7 +179,8 @@ class GdalReader(Reader):
         self.geometry_type = geometry_type_name(info["geometry_type"])
         self.feature_count = int(info.get("features") or 0)
         self.driver = str(info.get("driver") or "")
-        self._skip, self._limit = 0, None
+        self._skip: int = 0
+        self._limit: int | None = None
         # OLCStringsAsUTF8 (shapefiles with .cpg or language id, FileGDB, GeoPackage, GML): GDAL decodes.
         self._decode: str | None = None
         if info.get("encoding") != "UTF-8":
@@ -291,7 +295,7 @@ class GdalReader(Reader):
             geometries = geoms.tolist()
         return Batch(columns=columns, size=n, geometries=geometries, xy=xy)
 
-    def _texts(self, column: pa.Array, name: str) -> list[str]:
+    def _texts(self, column: pa.Array[Any], name: str) -> list[str]:
         if self._decode is not None and (
             pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
         ):
@@ -310,13 +314,13 @@ def _identity(item: _In) -> _In:
 
 
 def _decoded_texts(
-    column: pa.Array, encoding: str, name: str, label: str, errors: str = "strict"
+    column: pa.Array[Any], encoding: str, name: str, label: str, errors: str = "strict"
 ) -> list[str]:
     """Texts of a string column whose bytes are in ``encoding`` (GDAL did not recode them)."""
     from openaddr.errors import ConformError
 
     if errors == "strict" and pc.all(pc.string_is_ascii(column)).as_py() is not False:
-        return column.fill_null("").to_pylist()
+        return _null_as_empty(column)
     raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()).to_pylist()
     try:
         return ["" if v is None else v.decode(encoding, errors) for v in raw]
@@ -327,6 +331,11 @@ def _decoded_texts(
         ) from None
 
 
+def _null_as_empty(texts: Any) -> list[str]:
+    """The values of an Arrow string array or a compute result over one, null as ``''``."""
+    return cast("list[str]", texts.fill_null("").to_pylist())
+
+
 def _decodes(value: bytes, encoding: str) -> bool:
     try:
         value.decode(encoding)
@@ -335,7 +344,7 @@ def _decodes(value: bytes, encoding: str) -> bool:
     return True
 
 
-def arrow_texts(column: pa.Array) -> list[str]:
+def arrow_texts(column: pa.Array[Any]) -> list[str]:
     """The §6.1 texts of an Arrow column as GDAL delivers it.
 
     null → ``''``; integers decimal; floats ``repr``; dates ``YYYY/MM/DD``; date-times ``YYYY/MM/DD HH:MM:SS``;
@@ -343,9 +352,9 @@ def arrow_texts(column: pa.Array) -> list[str]:
     """
     t = column.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return column.fill_null("").to_pylist()
+        return _null_as_empty(column)
     if pa.types.is_integer(t):
-        return pc.cast(column, pa.string()).fill_null("").to_pylist()
+        return _null_as_empty(pc.cast(column, pa.string()))
     if pa.types.is_floating(t):
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         texts = float_texts(values)
@@ -354,10 +363,10 @@ def arrow_texts(column: pa.Array) -> list[str]:
                 texts[i] = ""
         return texts
     if pa.types.is_boolean(t):
-        return pc.if_else(column, "True", "False").fill_null("").to_pylist()
+        return _null_as_empty(pc.if_else(column, "True", "False"))
     if pa.types.is_date(t):
         text = pc.cast(column.cast(pa.date32()), pa.string())
-        return pc.replace_substring(text, "-", "/").fill_null("").to_pylist()
+        return _null_as_empty(pc.replace_substring(text, "-", "/"))
     if pa.types.is_timestamp(t):
         return [_datetime_text(v) for v in column.to_pylist()]
     if pa.types.is_time(t):
@@ -399,7 +408,7 @@ def _time_text(value: Any) -> str:
     )
 
 
-def sample_values(column: pa.Array, decode: str | None) -> list[Any]:
+def sample_values(column: pa.Array[Any], decode: str | None) -> list[Any]:
     """Native values for ``sample.json`` (§9.4): integers, floats, strings, null; dates and times as text."""
     t = column.type
     if decode is not None and (pa.types.is_string(t) or pa.types.is_large_string(t)):
@@ -487,7 +496,7 @@ def _threaded(items: Iterator[_In], work: Callable[[_In], _Out], name: str, dept
                 break
             if isinstance(item, _Failed):
                 raise item.exc
-            yield item  # type: ignore[misc]
+            yield cast("_Out", item)  # anything else on the queue is a result of work()
     finally:
         stop.set()
         while worker.is_alive():

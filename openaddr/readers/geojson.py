@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ijson
 import numpy as np
@@ -28,7 +28,7 @@ from openaddr.readers.reader import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Mapping
+    from collections.abc import Collection, Generator, Iterator, Mapping
     from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class _Part:
     size: int
 
 
-def iter_features(path: Path, label: str) -> Iterator[Any]:
+def iter_features(path: Path, label: str) -> Generator[Any]:
     """The members of the ``features`` array, one at a time.
 
     The bytes go through a :class:`~openaddr.readers.limits.JsonShape` before ijson parses them, so a feature
@@ -162,7 +162,7 @@ class GeoJsonReader(Reader):
             self.skipped += len(features) - len(kept)
             features = [f for f, _ in kept]
             geometries = [g for _, g in kept]
-        x, y, geoms, keep = self._geometry(geometries)
+        x, y, geoms, keep = self._geometry(cast("list[dict[str, Any]]", geometries))  # all dicts now
         if keep is not None:
             features = [f for f, k in zip(features, keep.tolist(), strict=True) if k]
         properties = [f.get("properties") for f in features]

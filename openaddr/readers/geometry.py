@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ _WKT_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|[Nn]a[Nn]|[Ii]nf(
 _MULTIPOINT = re.compile(r"MULTIPOINT( Z)? \(((?:\([^()]*\)|EMPTY)(?:, (?:\([^()]*\)|EMPTY))*)\)")
 
 
-def points_from_wkb(wkb: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+def points_from_wkb(wkb: pa.Array[Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """x and y of a WKB column that holds only little-endian 2D or 3D points (and nulls), parsed with numpy.
 
     This is the fast path for address points: no geometry object is built.
@@ -40,17 +40,26 @@ def points_from_wkb(wkb: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     n = len(wkb)
     if n == 0:
         return np.empty(0), np.empty(0)
+    offset_type: type[np.signedinteger[Any]]
     if pa.types.is_large_binary(wkb.type):
         offset_type = np.int64
     elif pa.types.is_binary(wkb.type):
         offset_type = np.int32
     else:
         return None
-    buffers = wkb.buffers()
+    _, offset_buffer, data_buffer = wkb.buffers()
+    assert offset_buffer is not None  # a binary array always has its offsets
     offsets = np.frombuffer(
-        buffers[1], dtype=offset_type, count=n + 1, offset=wkb.offset * np.dtype(offset_type).itemsize
+        memoryview(offset_buffer),
+        dtype=offset_type,
+        count=n + 1,
+        offset=wkb.offset * np.dtype(offset_type).itemsize,
     ).astype(np.int64)
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
+    data = (
+        np.frombuffer(memoryview(data_buffer), dtype=np.uint8)
+        if data_buffer is not None
+        else np.empty(0, np.uint8)
+    )
     starts = offsets[:-1]
     lengths = offsets[1:] - starts
     valid = np.asarray(wkb.is_valid()) if wkb.null_count else np.ones(n, dtype=bool)
@@ -83,7 +92,7 @@ def points_from_wkb(wkb: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     return x, y
 
 
-def geometries_from_wkb(wkb: pa.Array | list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+def geometries_from_wkb(wkb: pa.Array[Any] | list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     """Shapely geometries of a WKB column, M values dropped.
 
     :return: the geometries (None where missing) and a mask of *broken* ones: WKB GEOS refuses (a ring that
@@ -105,7 +114,8 @@ def _drop_m(geoms: np.ndarray) -> np.ndarray:
     m = shapely.has_m(geoms)
     if m.any():
         z = shapely.has_z(geoms)
-        for mask, dims in ((m & z, 3), (m & ~z, 2)):
+        parts: tuple[tuple[np.ndarray, Literal[2, 3]], ...] = ((m & z, 3), (m & ~z, 2))
+        for mask, dims in parts:
             if mask.any():
                 geoms[mask] = shapely.from_wkb(shapely.to_wkb(geoms[mask], output_dimension=dims))
     return geoms
@@ -124,7 +134,9 @@ def reproject(geoms: np.ndarray, transformer: pyproj.Transformer | None) -> np.n
             out[:, 1] = yy
         return out
 
-    return shapely.transform(geoms, _xy, include_z=None)
+    # include_z=None (shapely >= 2.1) keeps each geometry's own dimensions; types-shapely still says bool.
+    reprojected: np.ndarray = shapely.transform(geoms, _xy, include_z=None)  # type: ignore[call-overload]
+    return reprojected
 
 
 def centroids(geoms: np.ndarray, broken: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -198,7 +198,11 @@ class CheckedReader:
         self._shape = shape
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
+        """Up to ``size`` bytes (all that are left by default), fed to the :class:`JsonShape` first.
+
+        :raises RecordTooLargeError: the nesting or a member is over its limit
+        """
+        data: bytes = self._raw.read(size)
         self._shape.feed(data)
         return data
 

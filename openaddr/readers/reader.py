@@ -13,7 +13,7 @@ import codecs
 import functools
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import numpy as np
 import pyarrow as pa
@@ -184,7 +184,8 @@ def float_texts(values: np.ndarray) -> list[str]:
     values = np.ascontiguousarray(values, dtype=np.float64)
     if len(values) == 0:
         return []
-    texts: list[str] = pc.cast(pa.array(values, type=pa.float64()), pa.string()).to_pylist()
+    # A float64 array has no nulls here, so neither has its text.
+    texts = cast("list[str]", pc.cast(pa.array(values, type=pa.float64()), pa.string()).to_pylist())
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(values)
         # Arrow and repr agree on the digits; they differ in notation for whole numbers ("5" vs "5.0"),

@@ -161,6 +161,8 @@ def gdal_sample(path: Path, conform: Mapping[str, Any], label: str, size: int) -
     open_path, tmp = lowercase_extension(path)
     # A point shapefile's attributes come from its .dbf alone: GDAL would load the whole .shx.
     points = PointRecords.for_layer(open_path, conform.get("layer"), check_records=False)
+    info: Mapping[str, Any]
+    options: Mapping[str, Any]
     try:
         if points is not None:
             source, layer, options, info = points.dbf, None, {}, points.info
@@ -184,7 +186,7 @@ def gdal_sample(path: Path, conform: Mapping[str, Any], label: str, size: int) -
 
 
 def _gdal_rows(
-    source: Path | bytes, layer: int | None, options: Mapping[str, str], size: int, decode: str | None = None
+    source: Path | bytes, layer: int | None, options: Mapping[str, Any], size: int, decode: str | None = None
 ) -> tuple[Rows, str | None]:
     # pyogrio turns GDAL warnings (e.g. "parsed incompletely to real") into Python warnings: log them instead
     with warnings.catch_warnings(record=True) as caught:
@@ -196,7 +198,7 @@ def _gdal_rows(
 
 
 def _read_rows(
-    source: Path | bytes, layer: int | None, options: Mapping[str, str], size: int, decode: str | None
+    source: Path | bytes, layer: int | None, options: Mapping[str, Any], size: int, decode: str | None
 ) -> tuple[Rows, str | None]:
     with pyogrio.raw.open_arrow(
         io.BytesIO(source) if isinstance(source, bytes) else source,

@@ -25,6 +25,7 @@ import pyogrio
 from openaddr.readers.archives import link_file, temporary_folder
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class PointRecords:
     :param info: the layer as :func:`pyogrio.read_info` would describe it (see :meth:`open`)
     """
 
-    def __init__(self, shp: Path, dbf: Path, count: int, info: dict[str, Any]) -> None:
+    def __init__(self, shp: Path, dbf: Path, count: int, info: Mapping[str, Any]) -> None:
         self.shp = shp
         self.dbf = dbf
         self.count = count
@@ -159,7 +160,7 @@ class PointRecords:
 
 
 def _layer_info(
-    dbf_info: dict[str, Any], header: bytes, shp: Path, folder: Path, count: int
+    dbf_info: Mapping[str, Any], header: bytes, shp: Path, folder: Path, count: int
 ) -> dict[str, Any]:
     """The layer description GDAL would give for ``shp``: fields and encoding of the ``.dbf``, and the CRS GDAL
     reads from the ``.prj`` beside an empty shapefile with the same header (None without a ``.prj``)."""

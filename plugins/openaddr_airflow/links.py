@@ -18,7 +18,7 @@ class RunOutputsLink(BaseOperatorLink):
     the URL over in its ``run_links`` attribute.
     """
 
-    name: ClassVar[str] = "Run outputs"  # type: ignore[misc]
+    name: ClassVar[str] = "Run outputs"
     key: ClassVar[str] = "outputs"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
@@ -29,5 +29,5 @@ class RunOutputsLink(BaseOperatorLink):
 class ResultsSiteLink(RunOutputsLink):
     """ "Results site": the run's page on the Machine's results site (``<base URL>/runs/<id>/``)."""
 
-    name: ClassVar[str] = "Results site"  # type: ignore[misc]
+    name: ClassVar[str] = "Results site"
     key: ClassVar[str] = "site"

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from mypy_boto3_cloudwatch import CloudWatchClient
+
 log = logging.getLogger(__name__)
 
 #: DAGs whose processing tasks count.
@@ -55,7 +57,7 @@ def publish_machine_tasks(
     try:
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-        client = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="cloudwatch").get_conn()
+        client: CloudWatchClient = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="cloudwatch").get_conn()
         client.put_metric_data(
             Namespace=namespace,
             MetricData=[

@@ -7,16 +7,20 @@ command line with ``-x url=<database URL>`` (default: :func:`openaddr.db.default
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from alembic import context
 
 from openaddr.db.migrate import VERSION_TABLE
 from openaddr.db.schema import metadata
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
 log = logging.getLogger(__name__)
 
 
-def _configure_and_run(connection: object | None = None, url: str | None = None) -> None:
+def _configure_and_run(connection: Connection | None = None, url: str | None = None) -> None:
     context.configure(
         connection=connection,
         url=url,

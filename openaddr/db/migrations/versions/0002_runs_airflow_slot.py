@@ -23,7 +23,10 @@ _TASK_INSTANCE = ["airflow_dag_id", "airflow_dag_run_id", "airflow_task_id", "ai
 
 
 def upgrade() -> None:
-    # Batch mode: SQLite rebuilds the table (its reflected CHECK constraint and partial index included).
+    """Add ``airflow_slot`` (0 for existing runs) and make it part of the task instance's unique constraint.
+
+    Batch mode: SQLite rebuilds the table (its reflected CHECK constraint and partial index included).
+    """
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("airflow_slot", sa.Integer, nullable=False, server_default=sa.text("0")))
         batch.drop_constraint("uq_runs_airflow_task_instance", type_="unique")
@@ -31,7 +34,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Fails while a task instance has runs in more than one slot: such runs cannot be told apart without it.
+    """Drop ``airflow_slot`` and restore one run per task instance.
+
+    Fails while a task instance has runs in more than one slot: such runs cannot be told apart without it.
+    """
     with op.batch_alter_table("runs") as batch:
         batch.drop_constraint("uq_runs_airflow_task_entry", type_="unique")
         batch.create_unique_constraint("uq_runs_airflow_task_instance", _TASK_INSTANCE)
