@@ -1,6 +1,6 @@
 """The fuzz suite's settings and its figures.
 
-``make test`` runs a bounded, derandomised sample (``FUZZ_EXAMPLES`` cases in all, 300 by default); ``make fuzz``
+``make test`` runs a bounded, derandomised sample (``FUZZ_EXAMPLES`` cases in all, 264 by default); ``make fuzz``
 sets ``FUZZ_EXAMPLES`` high and ``FUZZ_SEED`` to a random seed it prints. At the end of the session the figures
 (cases, outcomes per exit status, worst memory and time) are printed, and written as JSON to ``FUZZ_FIGURES`` when
 that is set.

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 #: Peak resident memory a case may use (issue 10: 1 GiB per case); the watchdog kills the run above it.
 RSS_LIMIT = 1 << 30
 #: Seconds a case may run (wall clock).
-TIMEOUT = float(os.environ.get("FUZZ_TIMEOUT") or 30)
+TIMEOUT = float(os.environ.get("FUZZ_TIMEOUT") or 20)
 #: Cases run at once (threads, each waiting on its own subprocess).
 JOBS = int(os.environ.get("FUZZ_JOBS") or os.cpu_count() or 2)
 #: Largest file a case may write (a guard for the machine, not a limit under test).

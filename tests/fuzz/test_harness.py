@@ -25,17 +25,43 @@ from tests.fuzz.strategies import PROCESS_ONE
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tests.fuzz.harness import Outcome
+
 pytestmark = pytest.mark.fuzz
 
 
-def test_unmodified_bases_pass(fuzz_root: Path) -> None:
-    """Every base as it is: conform and process-one succeed, validate and test-source accept real corpus files."""
-    cases = [conform_case("control", runnable, "unmodified") for runnable in RUNNABLES]
-    cases += [process_one_case("control", r, "unmodified") for r in RUNNABLES if r.name in PROCESS_ONE]
+def _controls() -> dict[str, Case]:
+    cases = {f"conform-{r.name}": conform_case("control", r, "unmodified") for r in RUNNABLES}
+    for runnable in RUNNABLES:
+        if runnable.name in PROCESS_ONE:
+            cases[f"process-one-{runnable.name}"] = process_one_case("control", runnable, "unmodified")
     for command in ("validate", "test-source"):
         for base in corpus_files_with_tests()[:3]:
-            cases.append(source_case("control", command, base, "unmodified", read_shared(base)))
-    outcomes = run_cases(cases, fuzz_root)
+            cases[f"{command}-{base.rsplit('/', 1)[-1]}"] = source_case(
+                "control", command, base, "unmodified", read_shared(base)
+            )
+    return cases
+
+
+CONTROL_IDS = [f"conform-{r.name}" for r in RUNNABLES] + [f"process-one-{r}" for r in PROCESS_ONE]
+
+
+@pytest.fixture(scope="session")
+def control_outcomes(fuzz_root: Path) -> dict[str, Outcome]:
+    """Every unmodified base through its commands, run in parallel once."""
+    cases = _controls()
+    return dict(zip(cases, run_cases(cases.values(), fuzz_root), strict=True))
+
+
+@pytest.mark.parametrize("name", [*CONTROL_IDS, "validate", "test-source"])
+def test_unmodified_base_passes(name: str, control_outcomes: dict[str, Outcome]) -> None:
+    """Every base as it is exits 0 and breaks no property (validate and test-source: three corpus files each)."""
+    outcomes = [
+        o
+        for key, o in control_outcomes.items()
+        if key == name or key.startswith(f"{name}-") and name in ("validate", "test-source")
+    ]
+    assert outcomes
     failures = [o.report() for o in outcomes if o.problems or o.exit_code != 0]
     assert not failures, "\n".join(failures)
 
