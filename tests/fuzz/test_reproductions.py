@@ -48,15 +48,19 @@ pytestmark = pytest.mark.fuzz
 CORPUS_BASE = "corpus/sources/us/ct/city_of_haddam.json"
 
 
-def _corpus(mutate: Callable[[dict[str, Any]], Any]) -> bytes:
+def _corpus(mutate: Callable[[dict[str, Any]], Any] | None) -> bytes:
     doc = load(CORPUS_BASE)
-    mutate(doc["layers"]["addresses"][0])
+    if mutate is None:  # the one document-level reproduction: layers as a list
+        doc["layers"] = []
+    else:
+        mutate(doc["layers"]["addresses"][0])
     return dumps(doc)
 
 
-def _invalid(what: str, mutate: Callable[[dict[str, Any]], Any], command: str = "validate") -> Case:
+def _invalid(what: str, mutate: Callable[[dict[str, Any]], Any] | None, command: str) -> Case:
+    """``validate`` must say invalid (exit 1); ``test-source`` may exit 0, 1 or 2 but must not crash."""
     case = source_case("reproduction", command, CORPUS_BASE, what, _corpus(mutate))
-    return replace(case, expect_exit=(1,))
+    return replace(case, expect_exit=(1,)) if command == "validate" else case
 
 
 def _conform(entry: dict[str, Any], key: str, value: Any) -> None:
@@ -97,7 +101,10 @@ def _nested_geojson(depth: int) -> Case:
     collection = load("fixtures/machine/data/us-pa-bucks.geojson")
     collection["features"][0]["properties"]["SITUS_FNAME"] = nested(depth, "dict")
     return conform_case(
-        "reproduction", runnable, f"{depth} nested properties", files={"bucks.geojson": dumps(collection)}
+        "reproduction",
+        runnable,
+        f"{depth} nested properties",
+        files={RUNNABLE["bucks"].argument: dumps(collection)},
     )
 
 
@@ -145,7 +152,7 @@ def _truncated_geojson() -> Case:
         "reproduction",
         RUNNABLE["bucks"],
         "ends at half",
-        files={"bucks.geojson": data[: len(data) // 2]},
+        files={RUNNABLE["bucks"].argument: data[: len(data) // 2]},
         must_fail=True,
     )
 
@@ -195,6 +202,49 @@ def _usage(command: str, what: str) -> Case:
     )
 
 
+#: What the validator must reject (exit 1, a named error, no traceback), each run through ``validate`` and
+#: ``test-source``: id → (what, mutation of the first addresses entry, or of the document for ``layers``).
+REJECTED: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+    "name-dotdot": ("name ../../x", lambda e: e.update(name="../../x")),
+    "name-absolute": ("name /abs/dir", lambda e: e.update(name="/abs/dir")),
+    "name-nul": ("name a\\x00b", lambda e: e.update(name="a\x00b")),
+    "nesting-600": ("600 nested objects", lambda e: _conform(e, "street", nested(600, "dict"))),
+    "int-4301-digits": (
+        "a 4,301-digit integer",
+        lambda e: _conform(e, "accuracy", Raw("1" * 4301, "4301 digits")),
+    ),
+    "repeat-overflow": (
+        "a{4294967296}",
+        lambda e: _conform(e, "street", {"function": "regexp", "field": "x", "pattern": "a{4294967296}"}),
+    ),
+    "3000-parentheses": (
+        "3,000 nested parentheses",
+        lambda e: _conform(
+            e, "street", {"function": "regexp", "field": "x", "pattern": "(" * 3000 + ")" * 3000}
+        ),
+    ),
+    "layers-list": ("layers a list", None),  # type: ignore[dict-item]  # the document's layers (see _corpus)
+    "function-list": (
+        '"function": ["join"]',
+        lambda e: _conform(e, "street", {"function": ["join"], "fields": ["a", "b"]}),
+    ),
+    "chain-functions-not-list": (
+        "chain.functions a string",
+        lambda e: _conform(e, "street", {"function": "chain", "variable": "v", "functions": "remove_prefix"}),
+    ),
+    "acceptance-tests-not-list": (
+        "acceptance-tests an object",
+        lambda e: e["test"].update({"acceptance-tests": {"a": 1}}),
+    ),
+    "surrogate-in-expected": (
+        "a lone surrogate in expected",
+        lambda e: e["test"]["acceptance-tests"][0]["expected"].update(street="\ud800"),
+    ),
+    "encoding-rot13": ("encoding rot13", lambda e: _conform(e, "encoding", "rot13")),
+    "srs-5000-digits": ("srs EPSG:<5000 digits>", lambda e: _conform(e, "srs", "EPSG:" + "9" * 5000)),
+}
+
+
 #: id → the case (built lazily: the bases are read from ../shared).
 REPRODUCTIONS: dict[str, Callable[[], Case]] = {
     # 1. the trust boundary: names that are paths, and what the validator crashes on
@@ -203,57 +253,13 @@ REPRODUCTIONS: dict[str, Callable[[], Case]] = {
     "name-failure-deletes-outputs": lambda: _named("../../../../../in", decoys=True),
     "name-nul-process-one": lambda: _named("a\x00b"),
     "name-surrogate-process-one": lambda: _named("\ud800"),
-    "name-dotdot-validate": lambda: _invalid("name ../../x", lambda e: e.update(name="../../x")),
-    "name-absolute-validate": lambda: _invalid("name /abs/dir", lambda e: e.update(name="/abs/dir")),
-    "validate-nesting-600": lambda: _invalid(
-        "600 nested objects", lambda e: _conform(e, "street", nested(600, "dict"))
-    ),
-    "validate-int-4301-digits": lambda: _invalid(
-        "4,301 digits", lambda e: _conform(e, "accuracy", Raw("1" * 4301, "4301 digits"))
-    ),
-    "validate-repeat-overflow": lambda: _invalid(
-        "a{4294967296}",
-        lambda e: _conform(e, "street", {"function": "regexp", "field": "x", "pattern": "a{4294967296}"}),
-    ),
-    "validate-3000-parentheses": lambda: _invalid(
-        "3,000 parentheses",
-        lambda e: _conform(
-            e, "street", {"function": "regexp", "field": "x", "pattern": "(" * 3000 + ")" * 3000}
-        ),
-    ),
-    "validate-layers-list": lambda: replace(
-        source_case(
-            "reproduction",
-            "validate",
-            CORPUS_BASE,
-            "layers a list",
-            dumps({**load(CORPUS_BASE), "layers": []}),
-        ),
-        expect_exit=(1,),
-    ),
-    "validate-function-list": lambda: _invalid(
-        '"function": ["join"]', lambda e: _conform(e, "street", {"function": ["join"], "fields": ["a", "b"]})
-    ),
-    "validate-chain-functions-not-list": lambda: _invalid(
-        "chain.functions a string",
-        lambda e: _conform(e, "street", {"function": "chain", "variable": "v", "functions": "remove_prefix"}),
-    ),
-    "validate-acceptance-tests-not-list": lambda: _invalid(
-        "acceptance-tests an object", lambda e: e["test"].update({"acceptance-tests": {"a": 1}})
-    ),
-    "validate-surrogate-in-expected": lambda: _invalid(
-        "lone surrogate in expected",
-        lambda e: e["test"]["acceptance-tests"][0]["expected"].update(street="\ud800"),
-    ),
-    "test-source-surrogate-in-expected": lambda: _invalid(
-        "lone surrogate in expected",
-        lambda e: e["test"]["acceptance-tests"][0]["expected"].update(street="\ud800"),
-        "test-source",
-    ),
-    "validate-encoding-rot13": lambda: _invalid("encoding rot13", lambda e: _conform(e, "encoding", "rot13")),
-    "validate-srs-5000-digits": lambda: _invalid(
-        "srs EPSG:<5000 digits>", lambda e: _conform(e, "srs", "EPSG:" + "9" * 5000)
-    ),
+    **{
+        f"{command}-{name}": (
+            lambda command=command, what=what, mutate=mutate: _invalid(what, mutate, command)
+        )
+        for name, (what, mutate) in REJECTED.items()
+        for command in ("validate", "test-source")
+    },
     # 2. patterns that cannot hang (the second one hangs a backtracking engine with a timeout-less fallback too)
     "regex-test-source": lambda: _regex_test_source("(a+)+$", "a" * 40 + "!"),
     "regex-conform": lambda: _regex_conform("(a+)+$", "a" * 40 + "!"),
