@@ -353,7 +353,7 @@ def _shapefile(stem: str, folder: str = "conforms", prj: bool = True) -> tuple[s
     return tuple(f"{folder}/{stem}{suffix}" for suffix in suffixes)
 
 
-#: Sources with local data, each known to conform today (see tests/fuzz/test_fuzz.py::test_bases_conform).
+#: Sources with local data; each conforms as it is (tests/fuzz/test_harness.py::test_unmodified_base_passes).
 RUNNABLES: tuple[Runnable, ...] = (
     Runnable("lake-man", "conforms/lake-man.json", _shapefile("lake-man")),
     Runnable("lake-man-utf8", "conforms/lake-man-utf8.json", _shapefile("lake-man-utf8")),

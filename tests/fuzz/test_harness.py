@@ -112,10 +112,9 @@ def test_each_broken_property_is_caught(code: str, expected: str | None, fuzz_ro
         assert expected in outcome.problems, outcome.report()
 
 
-def test_memory_and_time_are_measured(fuzz_root: Path) -> None:
+def test_peak_memory_is_measured(fuzz_root: Path) -> None:
     outcome = run_case(
         PROBE, fuzz_root, program=_python("import time; b = b'x' * (300 << 20); time.sleep(0.5)")
     )
     assert outcome.problems == []
     assert 300 << 20 < outcome.peak_rss < 600 << 20
-    assert outcome.seconds >= 0.5
