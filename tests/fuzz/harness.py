@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tests.fuzz.cases import CASE, ESCAPE_MARKER, IN, Special
 
@@ -378,35 +378,64 @@ def run_cases(cases: Iterable[Case], root: Path, jobs: int = JOBS) -> list[Outco
 
 
 def figures(outcomes: list[Outcome]) -> dict[str, object]:
-    """Cases, outcomes per exit status, failures per category, worst memory and time (with their cases)."""
+    """Cases, outcomes per exit status, failures per category, worst memory and time (with their cases).
+
+    The worst figures are given twice: over every case, and over the cases that ended by themselves (a case the
+    watchdog killed shows the limit, not what the command would have used).
+    """
     by_status: dict[str, int] = {}
+    by_label: dict[str, dict[str, int]] = {}
     failing: dict[str, int] = {}
     for outcome in outcomes:
         by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
+        statuses = by_label.setdefault(outcome.case.label, {})
+        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
         if outcome.problems:
             failing[outcome.case.label] = failing.get(outcome.case.label, 0) + 1
-    memory = max(outcomes, key=lambda o: o.peak_rss)
-    slowest = max(outcomes, key=lambda o: o.seconds)
-    return {
+    ended = [o for o in outcomes if o.status not in ("timeout", "memory")] or outcomes
+    data: dict[str, object] = {
         "cases": len(outcomes),
         "failed": sum(1 for o in outcomes if o.problems),
         "by status": dict(sorted(by_status.items())),
         "failed by category": dict(sorted(failing.items())),
-        "worst peak RSS MiB": round(memory.peak_rss / 2**20, 1),
-        "worst peak RSS case": repr(memory.case),
-        "worst time s": round(slowest.seconds, 2),
-        "worst time case": repr(slowest.case),
-        "total case time s": round(sum(o.seconds for o in outcomes), 1),
+        "time in cases s": round(sum(o.seconds for o in outcomes), 1),
     }
+    for name, group in (("", outcomes), (" (ended by itself)", ended)):
+        memory = max(group, key=lambda o: o.peak_rss)
+        slowest = max(group, key=lambda o: o.seconds)
+        data[f"worst peak RSS MiB{name}"] = round(memory.peak_rss / 2**20, 1)
+        data[f"worst peak RSS case{name}"] = repr(memory.case)
+        data[f"worst time s{name}"] = round(slowest.seconds, 2)
+        data[f"worst time case{name}"] = repr(slowest.case)
+    data["by category and status"] = dict(sorted(by_label.items()))
+    data["outcomes"] = [
+        {
+            "case": repr(o.case),
+            "status": o.status,
+            "seconds": round(o.seconds, 2),
+            "peak RSS MiB": round(o.peak_rss / 2**20, 1),
+            "problems": o.problems,
+        }
+        for o in outcomes
+    ]
+    return data
 
 
-def format_figures(data: dict[str, object]) -> str:
+def format_figures(data: dict[str, Any]) -> str:
+    """The figures as the few lines printed at the end of a session."""
     lines = [f"fuzz: {data['cases']} cases, {data['failed']} failed"]
-    lines.append("  outcomes: " + ", ".join(f"{k}: {v}" for k, v in data["by status"].items()))  # type: ignore[attr-defined]
-    lines.append(f"  worst peak RSS: {data['worst peak RSS MiB']} MiB ({data['worst peak RSS case']})")
-    lines.append(f"  worst time: {data['worst time s']} s ({data['worst time case']})")
-    lines.append(f"  time in cases: {data['total case time s']} s")
-    failing = data["failed by category"]
-    if failing:
-        lines.append("  failed by category/command: " + ", ".join(f"{k}: {v}" for k, v in failing.items()))  # type: ignore[attr-defined]
+    lines.append("  outcomes: " + ", ".join(f"{k}: {v}" for k, v in data["by status"].items()))
+    for name in ("", " (ended by itself)"):
+        lines.append(
+            f"  worst peak RSS{name}: {data[f'worst peak RSS MiB{name}']} MiB ({data[f'worst peak RSS case{name}']})"
+        )
+        lines.append(
+            f"  worst time{name}: {data[f'worst time s{name}']} s ({data[f'worst time case{name}']})"
+        )
+    lines.append(f"  time in cases: {data['time in cases s']} s")
+    if data["failed by category"]:
+        lines.append(
+            "  failed by category/command: "
+            + ", ".join(f"{k}: {v}" for k, v in data["failed by category"].items())
+        )
     return "\n".join(lines)
