@@ -8,10 +8,13 @@ Each case gets a folder of its own, the *sandbox*::
         w/x/y/out/     --out (deep enough that "../" names stay inside the sandbox)
 
 The command runs in its own session (so the whole process group can be killed) with the case folder as working
-directory. A watchdog thread samples the resident memory of the process tree every 20 ms and kills it above
-:data:`RSS_LIMIT` or after :data:`TIMEOUT` seconds; ``os.wait4`` gives the exact peak (``ru_maxrss``) of that one
-child, so cases can run in parallel threads without mixing their figures (``RUSAGE_CHILDREN`` would be shared). A
-file-size limit (``RLIMIT_FSIZE``) keeps a runaway output from filling the disk.
+directory. A watchdog thread samples the resident memory of the process tree every 20 ms and kills it when one
+process goes above :data:`RSS_LIMIT` or after :data:`TIMEOUT` seconds; ``os.wait4`` gives the exact peak
+(``ru_maxrss``) of that one child and the descendants it waited for, so cases can run in parallel threads without
+mixing their figures (``RUSAGE_CHILDREN`` would be shared). The peak is that of the largest process, as in the
+README's conform figures. A
+file-size limit (``RLIMIT_FSIZE``, 2 GiB) keeps a runaway output from filling the disk: Python ignores SIGXFSZ, so a
+write past it fails with EFBIG inside the command (which then ends as it handles that error).
 
 A case passes when the command exits 0, 1 or 2, prints no traceback, changes nothing in the sandbox outside
 ``--out`` (inputs, working directory, temporary folder), stays under 1 GiB and finishes in time; see
@@ -72,7 +75,7 @@ class Outcome:
     :param status: ``exit 0``, ``exit 1``, ``exit 2``, another ``exit N``, ``signal N``, ``timeout`` or ``memory``
     :param exit_code: the exit code, or None when the run was killed or died of a signal
     :param seconds: wall-clock time
-    :param peak_rss: peak resident memory in bytes
+    :param peak_rss: peak resident memory of its largest process, in bytes
     :param problems: the properties it broke (empty: the case passed)
     :param folder: the sandbox (kept when the case failed)
     :param stderr: the end of its standard error
@@ -161,9 +164,9 @@ def changes(before: Snapshot, after: Snapshot) -> list[str]:
 # --- running -------------------------------------------------------------------------------------------------------
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and its descendants (0 once it is gone)."""
-    total = 0
+def _tree_rss(pid: int) -> list[int]:
+    """Resident bytes of a process and of each of its descendants (empty once it is gone)."""
+    sizes = []
     pending = [pid]
     while pending:
         current = pending.pop()
@@ -171,17 +174,22 @@ def _tree_rss(pid: int) -> int:
             with open(f"/proc/{current}/status", "rb") as status:
                 for line in status:
                     if line.startswith(b"VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+                        sizes.append(int(line.split()[1]) * 1024)
                         break
             with open(f"/proc/{current}/task/{current}/children", "rb") as children:
                 pending += [int(child) for child in children.read().split()]
         except (OSError, ValueError):
             continue
-    return total
+    return sizes
 
 
 class _Watchdog(threading.Thread):
-    """Samples the process tree's memory; kills the process group above the limit or after the timeout."""
+    """Samples the memory of the process tree; kills the process group when one process goes over
+    :data:`RSS_LIMIT`, when the whole tree goes over twice that (forked workers share pages, so their sum
+    overstates; this only guards the machine), or after the timeout.
+
+    :ivar peak: the largest resident set of any one process seen
+    """
 
     def __init__(self, pid: int, timeout: float) -> None:
         super().__init__(daemon=True)
@@ -193,9 +201,9 @@ class _Watchdog(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.02):
-            rss = _tree_rss(self.pid)
-            self.peak = max(self.peak, rss)
-            if rss > RSS_LIMIT:
+            sizes = _tree_rss(self.pid) or [0]
+            self.peak = max(self.peak, *sizes)
+            if max(sizes) > RSS_LIMIT or sum(sizes) > 2 * RSS_LIMIT:
                 self.kill("memory")
             elif time.monotonic() > self.deadline:
                 self.kill("timeout")
