@@ -12,9 +12,8 @@ directory. A watchdog thread samples the resident memory of the process tree eve
 process goes above :data:`RSS_LIMIT` or after :data:`TIMEOUT` seconds; ``os.wait4`` gives the exact peak
 (``ru_maxrss``) of that one child and the descendants it waited for, so cases can run in parallel threads without
 mixing their figures (``RUSAGE_CHILDREN`` would be shared). The peak is that of the largest process, as in the
-README's conform figures. A
-file-size limit (``RLIMIT_FSIZE``, 2 GiB) keeps a runaway output from filling the disk: Python ignores SIGXFSZ, so a
-write past it fails with EFBIG inside the command (which then ends as it handles that error).
+README's conform figures. A file-size limit (``RLIMIT_FSIZE``, 2 GiB) keeps a runaway output from filling the disk:
+Python ignores SIGXFSZ, so a write past it fails with EFBIG inside the command, which ends as it handles that error.
 
 A case passes when the command exits 0, 1 or 2, prints no traceback, changes nothing in the sandbox outside
 ``--out`` (inputs, working directory, temporary folder), stays under 1 GiB and finishes in time; see
