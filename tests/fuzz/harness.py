@@ -9,10 +9,10 @@ Each case gets a folder of its own, the *sandbox*::
 
 The command runs in its own session (so the whole process group can be killed) with the case folder as working
 directory. A watchdog thread samples the resident memory of the process tree every 20 ms and kills it when one
-process goes above :data:`RSS_LIMIT` or after :data:`TIMEOUT` seconds; ``os.wait4`` gives the exact peak
-(``ru_maxrss``) of that one child and the descendants it waited for, so cases can run in parallel threads without
-mixing their figures (``RUSAGE_CHILDREN`` would be shared). The peak is that of the largest process, as in the
-README's conform figures. A file-size limit (``RLIMIT_FSIZE``, 2 GiB) keeps a runaway output from filling the disk:
+process goes above :data:`RSS_LIMIT` or after :data:`TIMEOUT` seconds. The exact peak (``ru_maxrss`` of the command
+and the descendants it waited for, i.e. its largest process, as in the README's conform figures) comes from
+``os.wait4`` in a small launcher (:data:`LAUNCHER`), one per case, so cases run in parallel threads without mixing
+their figures (``RUSAGE_CHILDREN`` would be shared) and without the harness's own memory in them. A file-size limit (``RLIMIT_FSIZE``, 2 GiB) keeps a runaway output from filling the disk:
 Python ignores SIGXFSZ, so a write past it fails with EFBIG inside the command, which ends as it handles that error.
 
 A case passes when the command exits 0, 1 or 2, prints no traceback, changes nothing in the sandbox outside
@@ -58,6 +58,28 @@ TRACEBACK = "Traceback (most recent call last)"
 _RECORD_LOCK = threading.Lock()
 #: Every outcome of the session, for the figures (tests/fuzz/conftest.py prints them).
 RECORDED: list[Outcome] = []
+
+
+#: Runs the command as its own child and writes that child's ``ru_maxrss`` (KiB) to the file named first. The harness
+#: cannot take ``os.wait4``'s figure for its own child: a forked child's peak counts the parent's resident pages before
+#: ``exec`` (a 500 MiB parent gives ``/bin/true`` a 511 MiB peak), and pytest holds the generated inputs. This
+#: launcher runs without ``site`` and weighs about 10 MiB. It exits as the command did (same code, same signal).
+LAUNCHER = """
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+os._exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def openaddr_command() -> list[str]:
@@ -258,10 +280,11 @@ def run_case(case: Case, root: Path, timeout: float = TIMEOUT, program: list[str
         **case.env,
     }
     stdout_path, stderr_path = root / f"{folder.name}.stdout", root / f"{folder.name}.stderr"
+    report = root / f"{folder.name}.maxrss"
     started = time.monotonic()
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            argv,
+            [sys.executable, "-S", "-c", LAUNCHER, str(report), *argv],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
@@ -275,7 +298,7 @@ def run_case(case: Case, root: Path, timeout: float = TIMEOUT, program: list[str
         pass
     watchdog = _Watchdog(process.pid, timeout)
     watchdog.start()
-    _, wait_status, usage = os.wait4(process.pid, 0)
+    _, wait_status, _ = os.wait4(process.pid, 0)
     seconds = time.monotonic() - started
     watchdog.done.set()
     watchdog.join()
@@ -291,16 +314,18 @@ def run_case(case: Case, root: Path, timeout: float = TIMEOUT, program: list[str
         status, exit_code = f"signal {-code} ({signal.Signals(-code).name})", None
     else:
         status, exit_code = f"exit {code}", code
+    measured = int(report.read_text() or 0) * 1024 if report.exists() else 0
     outcome = Outcome(
         case,
         status,
         exit_code,
         seconds,
-        max(usage.ru_maxrss * 1024, watchdog.peak),
+        max(measured, watchdog.peak),
         folder=folder,
         stderr=_tail(stderr_path),
     )
     outcome.problems = judge(outcome, before, snapshot(folder, out), out, stdout_path, stderr_path, timeout)
+    report.unlink(missing_ok=True)
     if not outcome.problems:
         shutil.rmtree(folder, ignore_errors=True)
         stdout_path.unlink()

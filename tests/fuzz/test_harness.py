@@ -118,3 +118,11 @@ def test_peak_memory_is_measured(fuzz_root: Path) -> None:
     )
     assert outcome.problems == []
     assert 300 << 20 < outcome.peak_rss < 600 << 20
+
+
+def test_peak_memory_is_the_commands_own(fuzz_root: Path) -> None:
+    """The harness's own memory (here 400 MiB more) does not show in a small command's peak."""
+    ballast = b"x" * (400 << 20)
+    outcome = run_case(PROBE, fuzz_root, program=_python("pass"))
+    assert outcome.peak_rss < 100 << 20
+    del ballast
