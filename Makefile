@@ -31,6 +31,17 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+## A long run of the fuzz suite (tests/fuzz, issue 10): FUZZ_EXAMPLES random cases (default 5000) from a random
+## seed it prints first; the figures are printed at the end and written to bench-out/fuzz-figures.json.
+## Repeat a run with FUZZ_SEED=<seed>; FUZZ_JOBS and FUZZ_TIMEOUT set parallelism and the time limit of a case.
+.PHONY: fuzz
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	@seed=$${FUZZ_SEED:-$$($(BIN)/python -c 'import random; print(random.getrandbits(32))')}; \
+	echo "fuzz seed: $$seed (repeat with FUZZ_SEED=$$seed)"; \
+	FUZZ_SEED=$$seed FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_FIGURES=bench-out/fuzz-figures.json \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/fuzz $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
