@@ -13,6 +13,8 @@ This module imports no transport at import time, so the transports (and ``esri.p
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -319,8 +321,14 @@ def _copy_file(
         raise UnsupportedURLError(f"Refusing to read a file on another host: {url}")
     source = Path(url2pathname(unquote(parts.path)))
     try:
+        # Never read a FIFO or a device: a blocking open of a FIFO waits for a writer, a device never ends.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DownloadError(f"Cannot read {url}: not a regular file")
+        os.set_blocking(fd, True)
         with (
-            source.open("rb") as src,
+            open(fd, "rb") as src,
             CacheWriter(work_dir, stem, settings=settings, clock=clock, progress=progress) as out,
         ):
             while chunk := src.read(1 << 20):
