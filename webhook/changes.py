@@ -86,12 +86,17 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}"
 
 
-def get_json(client: github.Github, url: str, params: Mapping[str, Any] | None = None) -> Any:
-    """GET an absolute GitHub URL through the client; errors become :class:`ReadError`."""
+def get_json(client: github.Github, url: str, what: str, params: Mapping[str, Any] | None = None) -> Any:
+    """GET an absolute GitHub URL through the client.
+
+    :param what: what is read, for the error (a status description holds 140 characters: no URL there)
+    :raises ReadError: "<what>: HTTP <status> <message>" or the connection error's name
+    """
     try:
         _, data = client.requester.requestJsonAndCheck("GET", url, parameters=dict(params or {}))
     except (GithubException, requests.RequestException, OSError) as error:
-        raise ReadError(f"GET {url}: {_describe(error)}") from error
+        log.warning("GET %s failed: %s", url, _describe(error))
+        raise ReadError(f"{what}: {_describe(error)}") from error
     return data
 
 
@@ -108,7 +113,9 @@ def push_paths(payload: Mapping[str, Any]) -> list[str]:
 
 def compare(client: github.Github, compare_url: str, base: str, head: str) -> dict[str, Any]:
     """The compare API's answer for ``base...head``."""
-    data: dict[str, Any] = get_json(client, expand(compare_url, base=base, head=head))
+    data: dict[str, Any] = get_json(
+        client, expand(compare_url, base=base, head=head), f"compare {base[:7]}...{head[:7]}"
+    )
     return data
 
 
@@ -144,7 +151,9 @@ def pull_changed_paths(client: github.Github, pull: Mapping[str, Any]) -> list[s
         return _files_of(answer)
     paths: list[str] = []
     for page in range(1, PULL_FILES_PAGES + 1):
-        items = get_json(client, pull["url"] + "/files", {"per_page": PULL_FILES_PAGE, "page": page})
+        items = get_json(
+            client, pull["url"] + "/files", "pull request files", {"per_page": PULL_FILES_PAGE, "page": page}
+        )
         paths += [item["filename"] for item in items if item.get("status") != "removed"]
         if len(items) < PULL_FILES_PAGE:
             break
@@ -190,7 +199,7 @@ def fetch_contents(
             return None
         encoding, content = data.get("encoding"), data.get("content") or ""
         if encoding in ("none", None, "") and not content and blobs_url:
-            blob = get_json(client(), expand(blobs_url, sha=data["sha"]))
+            blob = get_json(client(), expand(blobs_url, sha=data["sha"]), f"{path} blob")
             encoding, content = blob.get("encoding"), blob.get("content") or ""
         if encoding != "base64":
             raise ReadError(f"{path}: unexpected encoding {encoding!r}")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -29,7 +30,7 @@ from webhook.db import get_db
 from webhook.trigger import AirflowTrigger, TriggerFailed
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     import github
     from flask import Response
@@ -91,9 +92,16 @@ def check_signature(
     return None, partial_secret(matched)
 
 
-def _client() -> github.Github:
+def _client_factory() -> Callable[[], github.Github]:
+    """Makes PyGithub clients with the app's GitHub settings (also outside the request's thread)."""
     config = current_app.config
-    return github_client(config["GITHUB_TOKEN"], config["GITHUB_API_URL"], timeout=config["GITHUB_TIMEOUT"])
+    return functools.partial(
+        github_client, config["GITHUB_TOKEN"], config["GITHUB_API_URL"], timeout=config["GITHUB_TIMEOUT"]
+    )
+
+
+def _client() -> github.Github:
+    return _client_factory()()
 
 
 def _trigger() -> AirflowTrigger:
@@ -230,7 +238,7 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
         else:
             pull = payload.get("pull_request")
             if rerun:
-                pull = changes.get_json(client, payload["issue"]["pull_request"]["url"])
+                pull = changes.get_json(client, payload["issue"]["pull_request"]["url"], "pull request")
             assert pull is not None
             repository = payload["repository"]
             commit_sha = pull["head"]["sha"]
@@ -253,7 +261,7 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
             paths = changes.pull_changed_paths(client, pull)
         paths = [path for path in paths if changes.is_source_path(path)]
         files = changes.fetch_contents(
-            _client,
+            _client_factory(),
             paths,
             contents_url=contents_url,
             blobs_url=blobs_url,
@@ -268,7 +276,7 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
         _post_status(status_url, CommitStatus("success", "Nothing to check"))
         return {"url": None, "files": [], "status_url": status_url}, 200
 
-    paths = [file.path for file in files]
+    paths = sorted(file.path for file in files)
     size = sum(len(file.content_b64) for file in files)
     if len(files) > MAX_FILES or size > MAX_CONF_BYTES:
         message = f"{len(files)} files of {size} bytes; at most {MAX_FILES} files and {MAX_CONF_BYTES} bytes"

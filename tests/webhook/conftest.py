@@ -9,37 +9,38 @@ The Airflow stand-in (:class:`FakeAirflow`) implements what the webhook calls, s
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.servers import send
+from tests.webhook.hooktools import (
+    AIRFLOW_PASSWORD,
+    AIRFLOW_USER,
+    BASE_SHA,
+    HEAD_SHA,
+    OWNER,
+    REPO,
+    SECRET,
+    new_ids,
+)
 from webhook import create_app
 from webhook.db import close_engine
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     import sqlalchemy as sa
     from flask import Flask
     from flask.testing import FlaskClient
 
     from tests.github_server import FakeGitHub, FakeRepository
-
-PAYLOADS = Path(__file__).parent / "payloads"
-SECRET = "It's a Secret to Everybody"
-OWNER = REPO = "openaddresses"
-BASE_SHA = "b" * 40
-HEAD_SHA = "e" * 40
-AIRFLOW_USER, AIRFLOW_PASSWORD = "ci_webhook", "op-password"
 
 
 class FakeAirflow:
@@ -156,22 +157,6 @@ def repository(fake_github: FakeGitHub, tmp_path: Path, corpus_sources: Path) ->
     return repo
 
 
-def load_payload(name: str, github: FakeGitHub) -> dict[str, Any]:
-    """A recorded payload with its URLs on the fake GitHub and its placeholder shas made real."""
-    text = (PAYLOADS / f"{name}.json").read_text()
-    text = text.replace("https://api.github.com", github.base_url)
-    text = text.replace("HEADSHA", HEAD_SHA).replace("BASESHA", BASE_SHA)
-    for i in range(1, 4):
-        text = text.replace(f"C{i}SHA", str(i) * 40)
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
-def signature(body: bytes, secret: str = SECRET, algorithm: str = "sha256") -> str:
-    digest = hmac.new(secret.encode(), body, getattr(hashlib, algorithm)).hexdigest()
-    return f"{algorithm}={digest}"
-
-
 @pytest.fixture
 def app(
     db_url: sa.URL, fake_github: FakeGitHub, fake_airflow: FakeAirflow, monkeypatch: pytest.MonkeyPatch
@@ -199,15 +184,7 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def deliver(
-    client: FlaskClient, event: str, payload: Any, delivery: str | None = None, secret: str = SECRET
-) -> Any:
-    """POST a signed delivery; return the response."""
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    headers = {
-        "X-GitHub-Event": event,
-        "X-GitHub-Delivery": delivery or secrets.token_hex(8),
-        "X-Hub-Signature-256": signature(body, secret),
-        "Content-Type": "application/json",
-    }
-    return client.post("/hook", data=body, headers=headers)
+@pytest.fixture(autouse=True)
+def _fresh_delivery_ids() -> None:
+    """Delivery ids unique to each test: PostgreSQL's test database lives for the whole session."""
+    new_ids()
