@@ -80,3 +80,45 @@ def test_flask_cli_finds_the_app(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "/hook" in result.stdout
     assert "POST" in result.stdout
+
+
+def test_gunicorn_serves_the_app(tmp_path) -> None:
+    import hashlib
+    import hmac
+    import time
+    from pathlib import Path
+
+    import requests
+
+    from devstack.procs import free_port
+
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "GITHUB_WEBHOOK_SECRETS": "s3cret-key", "HOME": str(tmp_path)}
+    env["OPENADDR_DATABASE_URL"] = f"sqlite:///{tmp_path / 'machine.db'}"
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    server = subprocess.Popen(
+        [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "1", "webhook:create_app()"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        body = b'{"zen": "Design for failure."}'
+        digest = hmac.new(b"s3cret-key", body, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": "ping", "X-Hub-Signature-256": f"sha256={digest}"}
+        for _ in range(100):
+            try:
+                response = requests.post(
+                    f"http://127.0.0.1:{port}/hook", data=body, headers=headers, timeout=5
+                )
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                time.sleep(0.2)
+        assert response.status_code == 200
+        assert response.json() == {"message": "pong"}
+        assert response.headers["X-Partial-Secret"] == "s..key"
+    finally:
+        server.terminate()
+        server.wait(30)
