@@ -24,7 +24,8 @@ Endpoints (JSON shaped like GitHub's, reduced to the fields the Machine and PyGi
 
 Knobs: :meth:`~FakeGitHub.fail_next` (the next N requests to a path answer 500 or another status),
 :attr:`~FakeGitHub.max_statuses` (statuses per sha and context before GitHub's 422 "maximum number of statuses"),
-:meth:`~FakeGitHub.echo_state_next` (answer a status post with another state).
+:meth:`~FakeGitHub.echo_state_next` (answer a status post with another state), :attr:`~FakeGitHub.delay` (seconds before every answer; the most
+requests answered at once is :attr:`~FakeGitHub.max_in_flight`).
 * ``GET /repos/{owner}/{repo}/compare/{base}...{head}`` (files between the merge base and the head, from the
   commits' folders and parents, at most 300), ``GET …/contents/{path}?ref=`` (base64; over 1 MB without content,
   encoding ``none``), ``GET …/git/blobs/{sha}``, ``GET …/pulls/{number}`` and ``…/pulls/{number}/files``
@@ -45,6 +46,7 @@ import json
 import re
 import tarfile
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -233,6 +235,11 @@ class FakeGitHub:
             self._failures: dict[str, collections.deque[tuple[int, dict[str, str]]]] = {}
             self._echo_states: collections.deque[str] = collections.deque()
             self._next_status_id = 1
+            #: Seconds every request waits before it is answered (real GitHub takes 0.2–0.4 s).
+            self.delay = 0.0
+            #: Requests being answered now, and the most there were at once.
+            self.in_flight = 0
+            self.max_in_flight = 0
 
     # Registration and knobs ---------------------------------------------------------------------------------
 
@@ -285,6 +292,19 @@ class FakeGitHub:
     # Serving ------------------------------------------------------------------------------------------------
 
     def dispatch(self, handler: _Handler, request: GitHubRequest) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            delay = self.delay
+        try:
+            if delay:
+                time.sleep(delay)
+            self._dispatch(handler, request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _dispatch(self, handler: _Handler, request: GitHubRequest) -> None:
         with self._lock:
             self.requests.append(request)
             self.hits[request.path] += 1

@@ -24,6 +24,8 @@ from webhook import MAX_BODY
 from webhook.hook import is_rerun_request
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from flask import Flask
     from flask.testing import FlaskClient
 
@@ -288,24 +290,27 @@ def test_redelivery_gets_the_original_answer_and_nothing_new(
     assert len(jobs_of(app, "redelivered")) == 1
 
 
-def test_concurrent_duplicate_deliveries_make_one_job(
+def test_50_concurrent_deliveries_make_one_job_each(
     app: Flask,
     fake_github: FakeGitHub,
     fake_airflow: FakeAirflow,
     repository: FakeRepository,
 ) -> None:
+    """50 deliveries at once: 10 delivery ids, each sent 5 times."""
     payload = load_payload("push", fake_github)
 
-    def one(_: int) -> Any:
-        response = deliver(app.test_client(), "push", payload, "concurrent")
-        return response.status_code, response.get_json()["id"]
+    def one(i: int) -> Any:
+        response = deliver(app.test_client(), "push", payload, f"concurrent-{i % 10}")
+        return i % 10, response.status_code, response.get_json()["id"]
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(one, range(8)))
-    assert {status for status, _ in results} == {200}
-    assert len({job_id for _, job_id in results}) == 1
-    assert len(jobs_of(app, "concurrent")) == 1
-    assert len(fake_airflow.runs) == 1
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert {status for _, status, _ in results} == {200}
+    for n in range(10):
+        [job] = jobs_of(app, f"concurrent-{n}")
+        assert {job_id for i, _, job_id in results if i == n} == {job["id"]}
+    assert len(fake_airflow.runs) == 10
+    assert len(fake_github.statuses) == 10
 
 
 def test_push_to_default_branch_without_source_changes(
@@ -406,6 +411,26 @@ def test_pull_request_past_300_files_uses_the_paginated_list(
     assert sorted(response.get_json()["files"]) == ["sources/xx/changed.json", "sources/xx/new.json"]
     pages = [r.query["page"] for r in fake_github.requests if r.path.endswith("/pulls/7/files")]
     assert pages == ["1", "2", "3", "4"]
+
+
+def test_contents_are_fetched_in_parallel_bounded(
+    app: Flask,
+    client: FlaskClient,
+    fake_github: FakeGitHub,
+    fake_airflow: FakeAirflow,
+    repository: FakeRepository,
+    corpus_sources: Path,
+) -> None:
+    """A pull request of 200 source files, GitHub answering each request after 0.05 s."""
+    head = repository.commits[HEAD_SHA] / "sources" / "xx"
+    for i, path in enumerate(sorted(corpus_sources.rglob("*.json"))[:198]):
+        (head / f"many-{i:03}.json").write_bytes(path.read_bytes())
+    fake_github.delay = 0.05
+    response = deliver(client, "pull_request", load_payload("pull_request", fake_github), "many")
+    assert response.status_code == 200
+    assert len(response.get_json()["files"]) == 200
+    assert 1 < fake_github.max_in_flight <= app.config["GITHUB_FETCH_WORKERS"]
+    assert len(fake_airflow.runs) == 1
 
 
 def test_file_over_1_mb_comes_from_the_blobs_api(
