@@ -646,7 +646,10 @@ def _get_contents(
 ) -> None:
     repository = server.repository(params)
     sha = repository.resolve(request.query.get("ref") or repository.default_branch) if repository else None
-    content = repository.files(sha).get(params["path"]) if repository and sha else None
+    file = repository.commits[sha] / params["path"] if repository and sha else None
+    content = (
+        file.read_bytes() if file is not None and ".." not in params["path"] and file.is_file() else None
+    )
     if repository is None or content is None:
         server.not_found(handler)
         return

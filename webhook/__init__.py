@@ -85,7 +85,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         AIRFLOW_PASSWORD=None,
         AIRFLOW_TIMEOUT=5.0,
         # Contents fetched at once: real GitHub answers in 0.2–0.4 s, 200 files must fit GitHub's 10 s.
-        GITHUB_FETCH_WORKERS=16,
+        GITHUB_FETCH_WORKERS=32,
         MAX_CONTENT_LENGTH=MAX_BODY,
     )
     app.config.from_prefixed_env(ENV_PREFIX)

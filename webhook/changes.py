@@ -167,7 +167,7 @@ def fetch_contents(
     contents_url: str,
     blobs_url: str | None,
     ref: str,
-    workers: int = 16,
+    workers: int = 32,
 ) -> list[ChangedFile]:
     """Fetch each path through the contents API at ``ref``, in parallel (at most ``workers`` at once).
 

@@ -95,8 +95,14 @@ def check_signature(
 def _client_factory() -> Callable[[], github.Github]:
     """Makes PyGithub clients with the app's GitHub settings (also outside the request's thread)."""
     config = current_app.config
+    # No pause between requests (PyGithub's default is 0.25 s per client): the reads of one delivery are bounded
+    # by GITHUB_FETCH_WORKERS instead, and must fit GitHub's 10 s.
     return functools.partial(
-        github_client, config["GITHUB_TOKEN"], config["GITHUB_API_URL"], timeout=config["GITHUB_TIMEOUT"]
+        github_client,
+        config["GITHUB_TOKEN"],
+        config["GITHUB_API_URL"],
+        timeout=config["GITHUB_TIMEOUT"],
+        seconds_between_requests=None,
     )
 
 
