@@ -49,6 +49,7 @@ MAX_CONF_BYTES = 5 * 1024 * 1024
 STATUS_ATTEMPTS = 2
 STATUS_BACKOFF = 0.5
 TRIGGER_EXTENSION = "openaddr_airflow_trigger"
+DATABASE_DOWN = "The Machine database is unavailable"
 
 
 def _answer(body: Mapping[str, Any], status: int = 200, partial: str | None = None) -> Response:
@@ -207,7 +208,11 @@ def hook() -> Response:
 
     delivery_id = request.headers.get("X-GitHub-Delivery") or None
     if delivery_id is not None:
-        job = _recorded(delivery_id)
+        try:
+            job = _recorded(delivery_id)
+        except sa.exc.OperationalError as error:
+            log.error("Cannot look up delivery %s: %s", delivery_id, error)
+            return _answer({"error": DATABASE_DOWN}, 500, partial)
         if job is not None:
             log.info("Delivery %s already made job %s", delivery_id, job["id"])
             return _answer(job_answer(job), 200, partial)
@@ -242,10 +247,10 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
             comments_url = None
             contents_url, blobs_url = repository["contents_url"], repository.get("blobs_url")
         else:
-            pull = payload.get("pull_request")
             if rerun:
                 pull = changes.get_json(client, payload["issue"]["pull_request"]["url"], "pull request")
-            assert pull is not None
+            else:
+                pull = payload["pull_request"]
             repository = payload["repository"]
             commit_sha = pull["head"]["sha"]
             status_url, comments_url = pull["statuses_url"], pull.get("comments_url")
@@ -305,8 +310,8 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
         },
         "sources": [{"path": f.path, "blob_sha": f.blob_sha, "content_b64": f.content_b64} for f in files],
     }
-    connection = get_db()
     try:
+        connection = get_db()
         with connection.begin():
             create_job(
                 connection,
@@ -330,7 +335,7 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
         return job_answer(job), 200
     except (TriggerFailed, sa.exc.OperationalError) as error:
         log.error("Could not create job for %s %s: %s", event, commit_sha, error)
-        message = str(error) if isinstance(error, TriggerFailed) else "the Machine database is unavailable"
+        message = str(error) if isinstance(error, TriggerFailed) else DATABASE_DOWN
         _post_status(status_url, error_status(paths, message))
         return {"error": message, "files": paths, "status_url": status_url}, 500
 

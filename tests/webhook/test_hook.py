@@ -521,3 +521,33 @@ def test_expired_token_is_renewed_once(
     assert deliver(client, "pull_request", load_payload("pull_request", fake_github)).status_code == 200
     assert fake_airflow.logins == 2
     assert len(fake_airflow.runs) == 2
+
+
+def test_database_down_answers_500_before_anything_else(
+    app: Flask,
+    client: FlaskClient,
+    fake_github: FakeGitHub,
+    fake_airflow: FakeAirflow,
+    repository: FakeRepository,
+) -> None:
+    from webhook.db import close_engine
+
+    close_engine(app)
+    app.config["DATABASE_URL"] = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"  # connection refused
+    response = deliver(client, "push", load_payload("push", fake_github), "db-down")
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "The Machine database is unavailable"}
+    assert fake_github.requests == []
+    assert fake_airflow.runs == {}
+
+
+def test_malformed_payload_is_400(
+    client: FlaskClient, fake_github: FakeGitHub, fake_airflow: FakeAirflow
+) -> None:
+    payload = load_payload("pull_request", fake_github)
+    del payload["pull_request"]
+    response = deliver(client, "pull_request", payload)
+    assert response.status_code == 400
+    assert "pull_request" in response.get_json()["error"]
+    assert deliver(client, "push", b"not json").status_code == 400
+    assert fake_airflow.runs == {}
