@@ -551,3 +551,32 @@ def test_malformed_payload_is_400(
     assert "pull_request" in response.get_json()["error"]
     assert deliver(client, "push", b"not json").status_code == 400
     assert fake_airflow.runs == {}
+
+
+def test_plan_job_takes_the_webhooks_job_and_conf(
+    app: Flask,
+    client: FlaskClient,
+    fake_github: FakeGitHub,
+    fake_airflow: FakeAirflow,
+    repository: FakeRepository,
+    tmp_path: Path,
+) -> None:
+    """What ``plan_job`` does with the trigger: the webhook's job row is used, not made again, and every changed
+    file's layer entries are planned from the content the webhook sent."""
+    from openaddr.machine import plan_ci_job
+    from openaddr.storage import open_storage
+    from webhook.db import get_engine
+
+    answer = deliver(client, "pull_request", load_payload("pull_request", fake_github), "planned").get_json()
+    run = fake_airflow.runs[f"ci__{answer['id']}"]
+    arguments = plan_ci_job(
+        get_engine(app), open_storage(tmp_path / "storage"), run["conf"], dag_run_id=run["dag_run_id"]
+    )
+    [job] = jobs_of(app, "planned")
+    assert job["id"] == answer["id"]
+    planned = {argument["entry"]["path"] for argument in arguments}
+    assert planned == {"sources/xx/changed.json", "sources/xx/new.json"}
+    assert {argument["run_owner"]["job_id"] for argument in arguments} == {answer["id"]}
+    assert all(argument["run_owner"]["pull_request"] for argument in arguments)
+    stored = tmp_path / "storage" / "jobs" / answer["id"] / "sources" / "xx" / "new.json"
+    assert stored.read_bytes() == repository.files(HEAD_SHA)["sources/xx/new.json"]
