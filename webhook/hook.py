@@ -234,6 +234,16 @@ def hook() -> Response:
     return _answer(body_out, status, partial)
 
 
+def _too_much(status_url: str | None, paths: list[str], message: str) -> tuple[dict[str, Any], int]:
+    """A change too big for one trigger: *error* status and 200 (a redelivery cannot make it smaller).
+
+    The status names no paths: 140 characters of them would leave no room for the reason.
+    """
+    log.error("Not checking %d files: %s", len(paths), message)
+    _post_status(status_url, error_status([], message))
+    return {"url": None, "files": [], "status_url": status_url}, 200
+
+
 def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> tuple[dict[str, Any], int]:
     """Steps 7–10 for a push, a pull request or a re-run comment."""
     config = current_app.config
@@ -271,6 +281,8 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
         else:
             paths = changes.pull_changed_paths(client, pull)
         paths = [path for path in paths if changes.is_source_path(path)]
+        if len(paths) > MAX_FILES:
+            return _too_much(status_url, paths, f"{len(paths)} source files; at most {MAX_FILES}")
         files = changes.fetch_contents(
             _client_factory(),
             paths,
@@ -289,10 +301,8 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
 
     paths = sorted(file.path for file in files)
     size = sum(len(file.content_b64) for file in files)
-    if len(files) > MAX_FILES or size > MAX_CONF_BYTES:
-        message = f"{len(files)} files of {size} bytes; at most {MAX_FILES} files and {MAX_CONF_BYTES} bytes"
-        _post_status(status_url, error_status(paths, message))
-        return {"url": None, "files": [], "status_url": status_url}, 200
+    if size > MAX_CONF_BYTES:
+        return _too_much(status_url, paths, f"{size} bytes of source files; at most {MAX_CONF_BYTES}")
 
     job_id = str(uuid.uuid4())
     dag_run_id = f"ci__{job_id}"

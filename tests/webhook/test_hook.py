@@ -580,3 +580,27 @@ def test_plan_job_takes_the_webhooks_job_and_conf(
     assert all(argument["run_owner"]["pull_request"] for argument in arguments)
     stored = tmp_path / "storage" / "jobs" / answer["id"] / "sources" / "xx" / "new.json"
     assert stored.read_bytes() == repository.files(HEAD_SHA)["sources/xx/new.json"]
+
+
+def test_more_than_200_source_files_is_an_error_before_fetching(
+    client: FlaskClient,
+    fake_github: FakeGitHub,
+    fake_airflow: FakeAirflow,
+    repository: FakeRepository,
+) -> None:
+    from openaddr.machine import MAX_CI_FILES
+    from webhook.hook import MAX_FILES
+
+    assert MAX_FILES == MAX_CI_FILES
+    head = repository.commits[HEAD_SHA] / "sources" / "xx"
+    content = (head / "new.json").read_bytes()
+    for i in range(MAX_FILES):
+        (head / f"copy-{i:03}.json").write_bytes(content.replace(b"{", b'{"n": %d, ' % i, 1))
+    response = deliver(client, "pull_request", load_payload("pull_request", fake_github), "too-many")
+    assert response.status_code == 200
+    assert response.get_json()["files"] == []
+    [status] = fake_github.statuses
+    assert status["state"] == "error"
+    assert status["description"] == "Errored on : 202 source files; at most 200"
+    assert not [r for r in fake_github.requests if "/contents/" in r.path]
+    assert fake_airflow.runs == {}
