@@ -142,7 +142,8 @@ def job_url(job_id: str) -> str:
 def job_answer(job: Mapping[str, Any], contents: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The 200 answer of a created job: ``{"id", "url", "files": {path: [content_b64, blob_sha]}, "status_url"}``.
 
-    A redelivery is answered from the job row, which keeps blob shas but not contents: ``content_b64`` is then null.
+    :param job: the job row (``id``, ``task_files`` {blob sha: path}, ``github_status_url``)
+    :param contents: ``{path: content_b64}``; a path missing gets null
     """
     files = {
         path: [(contents or {}).get(path), blob_sha]
@@ -185,6 +186,22 @@ def skip_reason(event: str, payload: Mapping[str, Any]) -> str | None:
     return f"event {event}"
 
 
+def _sent_contents(job: Mapping[str, Any]) -> dict[str, str]:
+    """The contents the job's trigger carried, read back from its DAG run's conf (the job row keeps blob shas
+    only), for a redelivery's answer. Airflow failing here costs only the contents: they are then null, logged."""
+    dag_run_id = job.get("airflow_dag_run_id") or f"ci__{job['id']}"
+    try:
+        conf = _trigger().dag_run(dag_run_id).get("conf") or {}
+    except TriggerFailed as error:
+        log.warning("Answering the redelivery of job %s without contents: %s", job["id"], error)
+        return {}
+    return {
+        source["path"]: source["content_b64"]
+        for source in conf.get("sources") or []
+        if isinstance(source, dict) and "path" in source and "content_b64" in source
+    }
+
+
 def _recorded(delivery_id: str) -> dict[str, Any] | None:
     """The job of a delivery id, read in a transaction of its own."""
     connection = get_db()
@@ -215,7 +232,7 @@ def hook() -> Response:
             return _answer({"error": DATABASE_DOWN}, 500, partial)
         if job is not None:
             log.info("Delivery %s already made job %s", delivery_id, job["id"])
-            return _answer(job_answer(job), 200, partial)
+            return _answer(job_answer(job, _sent_contents(job)), 200, partial)
 
     event = request.headers.get("X-GitHub-Event", "")
     if event == "ping":
@@ -342,7 +359,7 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
         job = _recorded(delivery_id) if delivery_id else None
         if job is None:
             raise
-        return job_answer(job), 200
+        return job_answer(job, _sent_contents(job)), 200
     except (TriggerFailed, sa.exc.OperationalError) as error:
         log.error("Could not create job for %s %s: %s", event, commit_sha, error)
         message = str(error) if isinstance(error, TriggerFailed) else DATABASE_DOWN

@@ -59,28 +59,45 @@ class AirflowTrigger:
                 self._token = str(response.json()["access_token"])
             return self._token
 
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Call ``/api/v2<path>`` with the token, renewing a refused token once."""
+        try:
+            for attempt in (1, 2):
+                token = self._get_token()
+                response = self._session.request(
+                    method,
+                    f"{self.url}/api/v2{path}",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self.timeout,
+                    **kwargs,
+                )
+                if response.status_code == 401 and attempt == 1:
+                    with self._lock:
+                        self._token = None
+                    continue
+                return response
+        except requests.RequestException as error:
+            raise TriggerFailed(f"Airflow is unreachable: {type(error).__name__}") from error
+        raise AssertionError("unreachable")
+
+    def dag_run(self, dag_run_id: str, dag_id: str = DAG_ID) -> dict[str, Any]:
+        """A DAG run as the REST API shows it (``state``, ``conf``, …).
+
+        :raises TriggerFailed: on a connection error, a timeout or any answer but 200
+        """
+        response = self._request("GET", f"/dags/{dag_id}/dagRuns/{dag_run_id}")
+        if response.status_code != 200:
+            raise TriggerFailed(f"Airflow answered HTTP {response.status_code}")
+        answer: dict[str, Any] = response.json()
+        return answer
+
     def trigger(self, dag_run_id: str, conf: Mapping[str, Any], dag_id: str = DAG_ID) -> dict[str, Any]:
         """Create the DAG run ``dag_run_id`` of ``dag_id`` with ``conf``; return Airflow's answer.
 
         :raises TriggerFailed: on a connection error, a timeout or any answer but 200
         """
         body = {"dag_run_id": dag_run_id, "logical_date": None, "conf": dict(conf)}
-        try:
-            for attempt in (1, 2):
-                token = self._get_token()
-                response = self._session.post(
-                    f"{self.url}/api/v2/dags/{dag_id}/dagRuns",
-                    json=body,
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=self.timeout,
-                )
-                if response.status_code == 401 and attempt == 1:
-                    with self._lock:
-                        self._token = None
-                    continue
-                break
-        except requests.RequestException as error:
-            raise TriggerFailed(f"Airflow is unreachable: {type(error).__name__}") from error
+        response = self._request("POST", f"/dags/{dag_id}/dagRuns", json=body)
         if response.status_code != 200:
             detail = response.text[:300]
             log.error("Airflow answered %s to triggering %s: %s", response.status_code, dag_run_id, detail)

@@ -4,7 +4,7 @@
 The Airflow stand-in (:class:`FakeAirflow`) implements what the webhook calls, shaped like Airflow 3.3.2's answers:
 ``POST /auth/token`` (``{"username", "password"}`` → 201 ``{"access_token"}``) and
 ``POST /api/v2/dags/{dag_id}/dagRuns`` (Bearer token; ``logical_date`` must be present, else 422; a taken
-``dag_run_id`` 409; else 200 with the run). It records every run it created.
+``dag_run_id`` 409; else 200 with the run) and ``GET …/dagRuns/{dag_run_id}``. It records every run it created.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class FakeAirflow:
                 body = json.loads(self.rfile.read(length) or b"null")
                 server.handle(self, self.path, dict(self.headers.items()), body)
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                server.get(self, self.path, dict(self.headers.items()))
+
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet."""
 
@@ -81,6 +84,20 @@ class FakeAirflow:
 
     def json(self, handler: BaseHTTPRequestHandler, data: Any, status: int) -> None:
         send(handler, json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
+
+    def get(self, handler: BaseHTTPRequestHandler, path: str, headers: dict[str, str]) -> None:
+        token = headers.get("Authorization", "").removeprefix("Bearer ")
+        with self._lock:
+            if token not in self.tokens:
+                self.json(handler, {"detail": "Not authenticated"}, 401)
+                return
+            run = next(
+                (run for run in self.runs.values() if path.endswith(f"/dagRuns/{run['dag_run_id']}")), None
+            )
+        if run is None:
+            self.json(handler, {"detail": "Not Found"}, 404)
+            return
+        self.json(handler, run, 200)
 
     def handle(self, handler: BaseHTTPRequestHandler, path: str, headers: dict[str, str], body: Any) -> None:
         if path == "/auth/token":

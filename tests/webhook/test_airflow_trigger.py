@@ -150,6 +150,8 @@ def test_push_triggers_a_real_dag_run(
         "sources/xx/new.json",
     ]
     assert [status["state"] for status in fake_github.statuses] == ["pending"]
+    again = deliver(real_app.test_client(), "push", load_payload("push", fake_github), "real-push")
+    assert again.get_json() == response.get_json()
 
 
 def test_refused_login_records_nothing(
