@@ -24,20 +24,29 @@ Endpoints (JSON shaped like GitHub's, reduced to the fields the Machine and PyGi
 
 Knobs: :meth:`~FakeGitHub.fail_next` (the next N requests to a path answer 500 or another status),
 :attr:`~FakeGitHub.max_statuses` (statuses per sha and context before GitHub's 422 "maximum number of statuses"),
-:meth:`~FakeGitHub.echo_state_next` (answer a status post with another state). More endpoints (compare, contents,
-pull-request files) are added with :meth:`FakeGitHub.route` at class level, or :meth:`FakeGitHub.add_route` in a test.
+:meth:`~FakeGitHub.echo_state_next` (answer a status post with another state), :attr:`~FakeGitHub.delay` (seconds before every answer; the most
+requests answered at once is :attr:`~FakeGitHub.max_in_flight`).
+* ``GET /repos/{owner}/{repo}/compare/{base}...{head}`` (files between the merge base and the head, from the
+  commits' folders and parents, at most 300), ``GET …/contents/{path}?ref=`` (base64; over 1 MB without content,
+  encoding ``none``), ``GET …/git/blobs/{sha}``, ``GET …/pulls/{number}`` and ``…/pulls/{number}/files``
+  (paginated) of the pull requests in :attr:`FakeRepository.pulls`.
+
+More endpoints are added with :meth:`FakeGitHub.route` at class level, or :meth:`FakeGitHub.add_route` in a test.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import datetime
 import gzip
+import hashlib
 import io
 import json
 import re
 import tarfile
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,13 +89,22 @@ class FakeRepository:
     default_branch: str = "master"
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Path] = field(default_factory=dict)
+    #: The parent of each commit that has one (for the merge base of a compare).
+    parents: dict[str, str] = field(default_factory=dict)
+    #: Pull requests by number: ``{"base": sha, "head": sha}``.
+    pulls: dict[int, dict[str, str]] = field(default_factory=dict)
     _tarballs: dict[str, bytes] = field(default_factory=dict, repr=False)
 
-    def add_commit(self, sha: str, folder: Path, branch: str | None = None) -> None:
-        """Register commit ``sha`` with the content of ``folder``; move ``branch`` to it when given."""
+    def add_commit(
+        self, sha: str, folder: Path, branch: str | None = None, parent: str | None = None
+    ) -> None:
+        """Register commit ``sha`` with the content of ``folder`` (child of ``parent``); move ``branch`` to it
+        when given."""
         if not re.fullmatch(r"[0-9a-f]{40}", sha):
             raise ValueError(f"not a commit sha: {sha!r}")
         self.commits[sha] = Path(folder)
+        if parent is not None:
+            self.parents[sha] = parent
         self._tarballs.pop(sha, None)
         if branch is not None:
             self.branches[branch] = sha
@@ -103,6 +121,25 @@ class FakeRepository:
             if len(matches) == 1:
                 return matches[0]
         return None
+
+    def ancestors(self, sha: str) -> list[str]:
+        """``sha`` and its ancestors, nearest first."""
+        line = [sha]
+        while line[-1] in self.parents:
+            line.append(self.parents[line[-1]])
+        return line
+
+    def merge_base(self, base: str, head: str) -> str | None:
+        """The nearest ancestor of ``head`` that is also an ancestor of ``base``."""
+        of_base = set(self.ancestors(base))
+        return next((sha for sha in self.ancestors(head) if sha in of_base), None)
+
+    def files(self, sha: str) -> dict[str, bytes]:
+        """Every file of a commit: ``{path: content}``."""
+        folder = self.commits[sha]
+        return {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+        }
 
     def tarball(self, sha: str) -> bytes:
         """The gzipped tarball GitHub would serve for ``sha`` (built once, members sorted)."""
@@ -198,6 +235,11 @@ class FakeGitHub:
             self._failures: dict[str, collections.deque[tuple[int, dict[str, str]]]] = {}
             self._echo_states: collections.deque[str] = collections.deque()
             self._next_status_id = 1
+            #: Seconds every request waits before it is answered (real GitHub takes 0.2–0.4 s).
+            self.delay = 0.0
+            #: Requests being answered now, and the most there were at once.
+            self.in_flight = 0
+            self.max_in_flight = 0
 
     # Registration and knobs ---------------------------------------------------------------------------------
 
@@ -250,6 +292,19 @@ class FakeGitHub:
     # Serving ------------------------------------------------------------------------------------------------
 
     def dispatch(self, handler: _Handler, request: GitHubRequest) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            delay = self.delay
+        try:
+            if delay:
+                time.sleep(delay)
+            self._dispatch(handler, request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _dispatch(self, handler: _Handler, request: GitHubRequest) -> None:
         with self._lock:
             self.requests.append(request)
             self.hits[request.path] += 1
@@ -326,6 +381,8 @@ class FakeGitHub:
             "contents_url": api + "/contents/{+path}",
             "pulls_url": api + "/pulls{/number}",
             "statuses_url": api + "/statuses/{sha}",
+            "blobs_url": api + "/git/blobs{/sha}",
+            "issue_comment_url": api + "/issues/comments{/number}",
         }
 
     def commit_json(self, repository: FakeRepository, sha: str) -> dict[str, Any]:
@@ -519,6 +576,154 @@ def _post_installation_token(
         {"token": f"ghs_fake_{params['installation']}", "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
         201,
     )
+
+
+def git_blob_sha(content: bytes) -> str:
+    """git's blob sha of ``content``."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+#: The contents API answers files over 1 MB without content (encoding "none"); the git blobs API has them.
+CONTENTS_LIMIT = 1024 * 1024
+
+
+def _diff(repository: FakeRepository, base: str, head: str) -> list[dict[str, Any]]:
+    old, new = repository.files(base), repository.files(head)
+    files = []
+    for path in sorted(set(old) | set(new)):
+        if path not in new:
+            status, content = "removed", old[path]
+        elif path not in old:
+            status, content = "added", new[path]
+        elif old[path] != new[path]:
+            status, content = "modified", new[path]
+        else:
+            continue
+        files.append({"sha": git_blob_sha(content), "filename": path, "status": status})
+    return files
+
+
+@FakeGitHub.route("GET", _REPO + r"/compare/(?P<base>[^/.]+(?:\.[^/.]+)*?)\.\.\.(?P<head>[^/]+)")
+def _get_compare(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    if repository is None:
+        server.not_found(handler)
+        return
+    base, head = repository.resolve(params["base"]), repository.resolve(params["head"])
+    if base is None or head is None:
+        server.not_found(handler)
+        return
+    merge_base = repository.merge_base(base, head) or base
+    files = _diff(repository, merge_base, head)
+    ahead = repository.ancestors(head).index(merge_base) if merge_base in repository.ancestors(head) else 0
+    behind = repository.ancestors(base).index(merge_base) if merge_base in repository.ancestors(base) else 0
+    status = (
+        "identical" if base == head else "behind" if ahead == 0 else "ahead" if behind == 0 else "diverged"
+    )
+    api = server.url(f"/repos/{repository.owner}/{repository.name}")
+    for item in files:
+        item["contents_url"] = f"{api}/contents/{item['filename']}?ref={head}"
+    server.json(
+        handler,
+        {
+            "status": status,
+            "ahead_by": ahead,
+            "behind_by": behind,
+            "base_commit": server.commit_json(repository, base),
+            "merge_base_commit": server.commit_json(repository, merge_base),
+            "commits": [],
+            # GitHub lists at most 300 files in a compare.
+            "files": files[:300],
+        },
+    )
+
+
+@FakeGitHub.route("GET", _REPO + r"/contents/(?P<path>.+)")
+def _get_contents(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    sha = repository.resolve(request.query.get("ref") or repository.default_branch) if repository else None
+    file = repository.commits[sha] / params["path"] if repository and sha else None
+    content = (
+        file.read_bytes() if file is not None and ".." not in params["path"] and file.is_file() else None
+    )
+    if repository is None or content is None:
+        server.not_found(handler)
+        return
+    blob = git_blob_sha(content)
+    large = len(content) > CONTENTS_LIMIT
+    server.json(
+        handler,
+        {
+            "type": "file",
+            "encoding": "none" if large else "base64",
+            "size": len(content),
+            "name": params["path"].rsplit("/", 1)[-1],
+            "path": params["path"],
+            "content": "" if large else base64.encodebytes(content).decode(),
+            "sha": blob,
+            "url": server.url(f"/repos/{repository.owner}/{repository.name}/contents/{params['path']}"),
+        },
+    )
+
+
+@FakeGitHub.route("GET", _REPO + r"/git/blobs/(?P<sha>[0-9a-f]{40})")
+def _get_blob(server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]) -> None:
+    repository = server.repository(params)
+    if repository is not None:
+        for sha in repository.commits:
+            for content in repository.files(sha).values():
+                if git_blob_sha(content) == params["sha"]:
+                    data = base64.encodebytes(content).decode()
+                    server.json(
+                        handler,
+                        {"sha": params["sha"], "size": len(content), "encoding": "base64", "content": data},
+                    )
+                    return
+    server.not_found(handler)
+
+
+def pull_json(server: FakeGitHub, repository: FakeRepository, number: int) -> dict[str, Any]:
+    """A pull request as the pulls API and webhook payloads show it."""
+    pull = repository.pulls[number]
+    api = server.url(f"/repos/{repository.owner}/{repository.name}")
+    repo = server.repository_json(repository)
+    return {
+        "url": f"{api}/pulls/{number}",
+        "number": number,
+        "state": "open",
+        "statuses_url": f"{api}/statuses/{pull['head']}",
+        "comments_url": f"{api}/issues/{number}/comments",
+        "head": {"ref": "feature", "sha": pull["head"], "repo": repo},
+        "base": {"ref": repository.default_branch, "sha": pull["base"], "repo": repo},
+    }
+
+
+@FakeGitHub.route("GET", _REPO + r"/pulls/(?P<number>[0-9]+)")
+def _get_pull(server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]) -> None:
+    repository = server.repository(params)
+    if repository is None or int(params["number"]) not in repository.pulls:
+        server.not_found(handler)
+        return
+    server.json(handler, pull_json(server, repository, int(params["number"])))
+
+
+@FakeGitHub.route("GET", _REPO + r"/pulls/(?P<number>[0-9]+)/files")
+def _get_pull_files(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    repository = server.repository(params)
+    if repository is None or int(params["number"]) not in repository.pulls:
+        server.not_found(handler)
+        return
+    pull = repository.pulls[int(params["number"])]
+    files = _diff(repository, repository.merge_base(pull["base"], pull["head"]) or pull["base"], pull["head"])
+    per_page = min(100, int(request.query.get("per_page") or 30))
+    page = int(request.query.get("page") or 1)
+    server.json(handler, files[(page - 1) * per_page : page * per_page])
 
 
 # Fixtures ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""The Machine's Flask app: GitHub's way in (``POST /hook``, machine-ci.md §2).
+
+``create_app(test_config=None)`` is an application factory in the manner of Flask's tutorial ("flaskr"); there is
+no module-level app. ``flask --app webhook run`` serves it for development, gunicorn in production
+(``gunicorn 'webhook:create_app()'``).
+
+Configuration, in this order (later wins): the defaults below, then the environment, then ``test_config``.
+
+| variable | config key | meaning |
+|---|---|---|
+| ``GITHUB_WEBHOOK_SECRETS`` | ``GITHUB_WEBHOOK_SECRETS`` | comma-separated secrets; a delivery must be signed by one |
+| ``OPENADDR_DATABASE_URL`` | ``DATABASE_URL`` | the Machine database (default ``$OPENADDR_HOME/machine.db``, else ``./var/machine.db``) |
+| ``OA_WEBHOOK_GITHUB_TOKEN`` | ``GITHUB_TOKEN`` | token for every GitHub call (contents, compare, statuses) |
+| ``OA_WEBHOOK_GITHUB_API_URL`` | ``GITHUB_API_URL`` | GitHub's REST API root (default ``https://api.github.com``) |
+| ``OA_WEBHOOK_GAG_GITHUB_STATUS`` | ``GAG_GITHUB_STATUS`` | ``yes``/``true``/``1``: never post commit statuses |
+| ``OA_WEBHOOK_REJECT_NEW_JOBS`` | ``REJECT_NEW_JOBS`` | ``yes``/``true``/``1``: answer every delivery 503 |
+| ``OA_WEBHOOK_BASE_URL`` | ``BASE_URL`` | public URL of this site (job links in statuses) |
+| ``OA_WEBHOOK_AIRFLOW_API_URL`` | ``AIRFLOW_API_URL`` | Airflow's api-server, e.g. ``http://127.0.0.1:8080`` |
+| ``OA_WEBHOOK_AIRFLOW_USERNAME`` | ``AIRFLOW_USERNAME`` | the Airflow user that triggers ``openaddr_ci`` (role ``op``) |
+| ``OA_WEBHOOK_AIRFLOW_PASSWORD`` | ``AIRFLOW_PASSWORD`` | its password (``POST /auth/token``) |
+| ``OA_WEBHOOK_TESTING`` | ``TESTING`` | testing: unsigned deliveries are accepted when no secret is set |
+
+Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
+Without a webhook secret the app refuses to start unless ``TESTING`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from openaddr.db import DATABASE_URL_VARIABLE, default_database_url
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: Prefix of the app's own environment variables.
+ENV_PREFIX = "OA_WEBHOOK"
+#: Secrets shared with the Airflow side keep their deployment-wide name (style guide point 14).
+SECRETS_VARIABLE = "GITHUB_WEBHOOK_SECRETS"
+#: GitHub's deliveries are at most 25 MB (§2.1 step 1).
+MAX_BODY = 25 * 1024 * 1024
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+class ConfigurationError(RuntimeError):
+    """The app cannot start with this configuration (e.g. no webhook secret outside testing)."""
+
+
+def as_bool(value: Any) -> bool:
+    """A setting from the environment or a mapping as a boolean (``yes``/``true``/``1``/``on``, any case)."""
+    if isinstance(value, bool):
+        return value
+    return str(value or "").strip().lower() in _TRUE
+
+
+def parse_secrets(value: Any) -> list[str]:
+    """``GITHUB_WEBHOOK_SECRETS``: a comma-separated string or a list; blanks dropped."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create and configure the app.
+
+    :param test_config: settings applied last (tests); its presence does not by itself mean testing
+    :return: the app, with the ``hook`` blueprint registered
+    :raises ConfigurationError: no webhook secret is configured and ``TESTING`` is not set
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(
+        GITHUB_WEBHOOK_SECRETS=[],
+        DATABASE_URL=None,
+        GITHUB_TOKEN=None,
+        GITHUB_API_URL=None,
+        GITHUB_TIMEOUT=10.0,
+        GAG_GITHUB_STATUS=False,
+        REJECT_NEW_JOBS=False,
+        BASE_URL=None,
+        AIRFLOW_API_URL=None,
+        AIRFLOW_USERNAME=None,
+        AIRFLOW_PASSWORD=None,
+        AIRFLOW_TIMEOUT=5.0,
+        # Contents fetched at once: real GitHub answers in 0.2–0.4 s, 200 files must fit GitHub's 10 s.
+        GITHUB_FETCH_WORKERS=32,
+        MAX_CONTENT_LENGTH=MAX_BODY,
+    )
+    app.config.from_prefixed_env(ENV_PREFIX)
+    if SECRETS_VARIABLE in os.environ:
+        app.config[SECRETS_VARIABLE] = os.environ[SECRETS_VARIABLE]
+    if os.environ.get(DATABASE_URL_VARIABLE, "").strip():
+        app.config["DATABASE_URL"] = os.environ[DATABASE_URL_VARIABLE].strip()
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+
+    app.config[SECRETS_VARIABLE] = parse_secrets(app.config[SECRETS_VARIABLE])
+    for key in ("GAG_GITHUB_STATUS", "REJECT_NEW_JOBS", "TESTING"):
+        app.config[key] = as_bool(app.config.get(key))
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = default_database_url()
+    if app.config["BASE_URL"]:
+        app.config["BASE_URL"] = str(app.config["BASE_URL"]).rstrip("/")
+    if not app.config[SECRETS_VARIABLE] and not app.config["TESTING"]:
+        raise ConfigurationError(
+            f"No webhook secret: set {SECRETS_VARIABLE} (comma-separated) to the secrets of the GitHub webhook "
+            f"(unsigned deliveries are accepted only with {ENV_PREFIX}_TESTING=true)"
+        )
+
+    from webhook import db, hook
+
+    db.init_app(app)
+    app.register_blueprint(hook.bp)
+    return app
