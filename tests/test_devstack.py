@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -258,6 +259,18 @@ def _supervised_sleeper(home: Path) -> subprocess.Popen[bytes]:
     return supervise.start(airflow_home, airflow_home / "logs", [Program("sleeper", ["sleep", "600"])], env)
 
 
+def _environ_once_exec(pid: int) -> list[bytes]:
+    """``/proc/<pid>/environ`` of a program supervisord just started: it reads empty while the forked child is
+    still being set up, so wait (a few seconds at most) until the program is ``sleep`` itself."""
+    deadline = time.monotonic() + 10
+    while True:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        named = Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
+        if (named and environ) or time.monotonic() > deadline:
+            return environ.split(b"\0")
+        time.sleep(0.05)
+
+
 def test_stop_says_so_when_nothing_runs(tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-m", "devstack", "--stop", "--home", str(tmp_path / "var")],
@@ -273,7 +286,7 @@ def test_an_orphaned_stack_refuses_a_second_start_and_stop_says_it_was_orphaned(
     try:
         sleeper = supervise.pids(home / "airflow")["sleeper"]
         # Programs inherit supervisord's environment: the stack's settings reach every component.
-        environ = Path(f"/proc/{sleeper}/environ").read_bytes().split(b"\0")
+        environ = _environ_once_exec(sleeper)
         assert f"AIRFLOW_HOME={home / 'airflow'}".encode() in environ
         state = home_state(home)
         assert state.orphaned
