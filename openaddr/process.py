@@ -363,7 +363,7 @@ def _conform_steps(
     """Steps 6–10 of §1.2; the stage ends at ``deadline`` or after ``settings.conform_time_limit``."""
     from openaddr.canonical import random_seed
     from openaddr.readers import open_reader
-    from openaddr.readers.archives import prepare_input
+    from openaddr.readers.archives import ArchiveLimits, prepare_input
     from openaddr.readers.choose import choose_input
     from openaddr.readers.sample import take_sample
 
@@ -377,7 +377,7 @@ def _conform_steps(
     if settings.conform_time_limit:
         stage_end = time.time() + settings.conform_time_limit
         deadline = stage_end if deadline is None else min(deadline, stage_end)
-    limits = settings.archive_limits()
+    limits = ArchiveLimits.from_settings(settings)
     paths = prepare_input(
         input_path, work / "unzipped", compression=compression, file=conform.get("file"), limits=limits
     )

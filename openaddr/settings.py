@@ -39,7 +39,6 @@ from pydantic_settings.sources.utils import parse_env_vars
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from openaddr.readers.archives import ArchiveLimits
 
 log = logging.getLogger(__name__)
 
@@ -290,14 +289,6 @@ class Settings(BaseSettings):
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (field names), validated like the original."""
         return type(self).model_validate({**self.model_dump(), **changes})
-
-    def archive_limits(self) -> ArchiveLimits:
-        """The decompression caps (processing.md §4.2) as :class:`~openaddr.readers.archives.ArchiveLimits`."""
-        from openaddr.readers.archives import ArchiveLimits
-
-        return ArchiveLimits(
-            max_total_bytes=self.max_decompressed_bytes, max_ratio=self.max_compression_ratio
-        )
 
 
 class _MappingSource(EnvSettingsSource):

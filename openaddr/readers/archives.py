@@ -25,6 +25,8 @@ from openaddr.errors import ConformError, SourceProblem
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
+    from openaddr.settings import Settings
+
 log = logging.getLogger(__name__)
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
@@ -92,6 +94,11 @@ class ArchiveLimits:
     ratio_floor: int = 100 * 2**20
     max_members: int = 1_000_000
     max_depth: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArchiveLimits:
+        """The caps ``OPENADDR_MAX_DECOMPRESSED_BYTES`` and ``OPENADDR_MAX_COMPRESSION_RATIO`` set."""
+        return cls(max_total_bytes=settings.max_decompressed_bytes, max_ratio=settings.max_compression_ratio)
 
 
 class _Budget:

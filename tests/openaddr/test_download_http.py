@@ -772,7 +772,9 @@ def test_settings_from_env() -> None:
     assert settings.max_download_bytes == 1000
     assert settings.download_time_limit is None
     assert settings.conform_time_limit == 60.0
-    limits = settings.archive_limits()
+    from openaddr.readers.archives import ArchiveLimits
+
+    limits = ArchiveLimits.from_settings(settings)
     assert (limits.max_total_bytes, limits.max_ratio) == (5000, 50.0)
     assert Settings.from_env({"OPENADDR_RETRY_DELAYS": ""}).retry_delays == ()
 
