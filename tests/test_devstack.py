@@ -119,9 +119,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One ``python -m devstack --once`` on free ports (not 8765: the demo sources are rewritten)."""
     home = tmp_path_factory.mktemp("embedded") / "var"
     config = (ROOT / "airflow.cfg").read_bytes()
+    webhook_port = free_port()
     result = _launch(
         "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()),
-        "--webhook-port", str(free_port()), "--once",
+        "--webhook-port", str(webhook_port), "--once",
         timeout=RUN_TIMEOUT,
     )  # fmt: skip
     left = _left_running(result.stderr) + processes_of(home / "airflow")
@@ -132,6 +133,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "result": result,
         "left": left,
         "config_unchanged": config == (ROOT / "airflow.cfg").read_bytes(),
+        "webhook_port": webhook_port,
     }
 
 
@@ -154,6 +156,29 @@ def test_the_demo_batch_run_succeeds_and_everything_stops(demo_run: dict):
     assert (home / "airflow" / "secrets.env").stat().st_mode & 0o777 == 0o600
     for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
         assert (home / "airflow" / "logs" / f"{component}.log").stat().st_size > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_task_instances_link_to_the_webhook_app_over_http(demo_run: dict):
+    result, home = demo_run["result"], demo_run["home"]
+    app = f"http://127.0.0.1:{demo_run['webhook_port']}"
+    assert f"Webhook     {app}/" in result.stdout
+    assert (home / "webhook-secret").stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(home / "airflow" / "airflow.db") as metadata:
+        rows = metadata.execute(
+            "SELECT key, value FROM xcom WHERE dag_id = 'openaddr_batch' AND task_id = 'process_source' "
+            "AND key LIKE '_link_%'"
+        ).fetchall()
+    links: dict[str, list[str]] = {}
+    for key, value in rows:
+        links.setdefault(key, []).append(json.loads(value))
+    assert set(links) == {"_link_RunOutputsLink", "_link_ResultsSiteLink"}
+    assert all(
+        re.fullmatch(rf"{app}/files/runs/\d+/index.json", url) for url in links["_link_RunOutputsLink"]
+    )
+    assert all(re.fullmatch(rf"{app}/runs/\d+/", url) for url in links["_link_ResultsSiteLink"])
+    assert (home / "airflow" / "logs" / "webhook.log").stat().st_size > 0
 
 
 @pytest.mark.integration
