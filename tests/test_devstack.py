@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -422,3 +423,50 @@ def test_the_webhook_program_serves_a_published_run_over_http(tmp_path: Path, fi
         if supervisord.poll() is None:
             procs.kill(procs.session_members(supervisord.pid), signal.SIGKILL)
         supervisord.wait(timeout=30)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
+    """``make run`` left running: the "Results site" and "Run outputs" links its task instances recorded open."""
+    home, webhook_port = tmp_path / "var", free_port()
+    arguments = ["--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port())]
+    command = [sys.executable, "-m", "devstack", *arguments, "--webhook-port", str(webhook_port)]
+    with (tmp_path / "stderr.log").open("w") as stderr:
+        launcher = subprocess.Popen(
+            command, cwd=ROOT, env=_clean_environment(), stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(launcher.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not any(line.startswith("Running;") for line in lines):
+            assert launcher.poll() is None, "".join(lines) + (tmp_path / "stderr.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        with sqlite3.connect(home / "airflow" / "airflow.db") as metadata:
+            rows = metadata.execute(
+                "SELECT key, value FROM xcom WHERE task_id = 'process_source' AND key LIKE '_link_%'"
+            ).fetchall()
+        links = {key: json.loads(value) for key, value in rows}
+        site, outputs = links["_link_ResultsSiteLink"], links["_link_RunOutputsLink"]
+        assert site.startswith(f"http://127.0.0.1:{webhook_port}/runs/")
+        page = requests.get(site, timeout=10)
+        assert page.status_code == 200
+        run_id = int(site.rstrip("/").rsplit("/", 1)[1])
+        assert f"<h1>Run {run_id}: sources/" in page.text
+        index = requests.get(outputs, timeout=10)
+        assert index.status_code == 200
+        keys, values = index.json()
+        assert outputs == f"http://127.0.0.1:{webhook_port}/files/runs/{run_id}/index.json"
+        # The published state names its files by http URLs of the app, which open too.
+        log_url = dict(zip(keys, values, strict=True))["output"]
+        assert log_url.startswith(f"http://127.0.0.1:{webhook_port}/files/runs/{run_id}/")
+        assert requests.get(log_url, timeout=10).status_code == 200
+    finally:
+        said = stop_home(home)
+        launcher.wait(timeout=60)
+        reader.join(timeout=10)
+    assert said.startswith(f"Stopped the stack of {home} through its launcher"), said
+    assert processes_of(home / "airflow") == []
