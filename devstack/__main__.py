@@ -1,8 +1,8 @@
 """``python -m devstack`` (``make run`` / ``make stop``): the Machine on its embedded default.
 
-``python -m devstack [--home var] [--port 8080] [--demo-port 8765] [--once] [--new-set]`` starts the stack
-(:class:`devstack.stack.Stack`: ``airflow db migrate``, then supervisord with the demo data server, the
-api-server, scheduler, dag-processor and triggerer), waits until each is healthy, unpauses the DAGs, follows the
+``python -m devstack [--home var] [--port 8080] [--demo-port 8765] [--webhook-port 8079] [--once] [--new-set]``
+starts the stack (:class:`devstack.stack.Stack`: ``airflow db migrate``, then supervisord with the demo data
+server, the webhook app (:mod:`devstack.webhook`), the api-server, scheduler, dag-processor and triggerer), waits until each is healthy, unpauses the DAGs, follows the
 batch run over the demo sources and prints what the set recorded. Ctrl-C, SIGTERM or SIGHUP stops everything.
 ``--stop`` stops the stack of ``--home`` from another shell, also one whose launcher died.
 """
@@ -23,6 +23,7 @@ from devstack.airflow_api import ADMIN, parse_time
 from devstack.demo import DEFAULT_DEMO_PORT, demo_server, demo_sources
 from devstack.report import format_report, set_report
 from devstack.stack import DAG_IDS, DEFAULT_PORT, Stack
+from devstack.webhook import DEFAULT_WEBHOOK_PORT, webhook_env, webhook_server, webhook_url
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--demo-port", type=int, default=DEFAULT_DEMO_PORT, help="the demo data server (%(default)s)"
+    )
+    parser.add_argument(
+        "--webhook-port",
+        type=int,
+        default=DEFAULT_WEBHOOK_PORT,
+        help="the webhook app: runs' pages and files, POST /hook (%(default)s)",
     )
     parser.add_argument("--parallelism", type=int, help="task slots (default: airflow.cfg)")
     parser.add_argument(
@@ -132,13 +139,14 @@ def run(args: argparse.Namespace) -> int:
     control.check_home_free(home)
     procs.check_port_free(args.port, "Airflow api-server")
     procs.check_port_free(args.demo_port, "demo data server")
+    procs.check_port_free(args.webhook_port, "webhook app")
     pid_path = home / "airflow" / control.LAUNCHER_PID
     pid_path.parent.mkdir(parents=True, exist_ok=True)
     pid_path.write_text(f"{os.getpid()}\n")
     try:
         sources = demo_sources(home, args.demo_port)
-        env = {"AIRFLOW_VAR_OPENADDR_SOURCES": str(sources)}
-        programs = [demo_server(args.demo_port)]
+        env = {"AIRFLOW_VAR_OPENADDR_SOURCES": str(sources), **webhook_env(home, args.webhook_port)}
+        programs = [demo_server(args.demo_port), webhook_server(args.webhook_port)]
         with Stack(home, args.port, env=env, parallelism=args.parallelism, programs=programs) as stack:
             healthy = time.monotonic() - started
             login = f"{ADMIN} / {stack.password()}"
@@ -159,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 + f"\nAirflow UI  {stack.url}/  (login {login}; the password is kept across starts in "
                 f"{stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\n"
                 f"REST API    {stack.url}/api/v2/  (token: POST {stack.url}/auth/token)\n"
+                f"Webhook     {webhook_url(args.webhook_port)}/  (POST /hook, runs at /runs/<id>/, files at "
+                f"/files/; secret in {home / 'webhook-secret'})\n"
                 f"Machine DB  {stack.machine_db}\n"
                 f"Storage     {stack.storage}/\n"
                 f"Logs        {stack.logs}/<program>.log\n"

@@ -10,21 +10,28 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import requests
 
 from devstack import ROOT, StackError, procs, supervise
 from devstack.control import check_home_free, home_state, stop_home
 from devstack.demo import DEMO, DEMO_URL, demo_sources
 from devstack.procs import free_port, processes_of
 from devstack.report import set_report
-from devstack.stack import SECRET_KEYS, load_secrets
+from devstack.stack import SECRET_KEYS, Stack, load_secrets
 from devstack.supervise import Program
+from devstack.webhook import webhook_env, webhook_server
+from openaddr.db import make_engine, upgrade
+from openaddr.db.runs import insert_run
 from openaddr.sources import load_source
+from openaddr.storage import LocalStorage
+from openaddr_airflow.links import run_links
 
 #: The launcher's whole run: ~25 s to healthy, ~35 s for the demo set (a scheduled run, then ours), ~15 s to
 #: stop; up to twice that on a busy 2-core machine.
@@ -113,8 +120,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One ``python -m devstack --once`` on free ports (not 8765: the demo sources are rewritten)."""
     home = tmp_path_factory.mktemp("embedded") / "var"
     config = (ROOT / "airflow.cfg").read_bytes()
+    webhook_port = free_port()
     result = _launch(
-        "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()), "--once",
+        "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()),
+        "--webhook-port", str(webhook_port), "--once",
         timeout=RUN_TIMEOUT,
     )  # fmt: skip
     left = _left_running(result.stderr) + processes_of(home / "airflow")
@@ -125,6 +134,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "result": result,
         "left": left,
         "config_unchanged": config == (ROOT / "airflow.cfg").read_bytes(),
+        "webhook_port": webhook_port,
     }
 
 
@@ -147,6 +157,29 @@ def test_the_demo_batch_run_succeeds_and_everything_stops(demo_run: dict):
     assert (home / "airflow" / "secrets.env").stat().st_mode & 0o777 == 0o600
     for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
         assert (home / "airflow" / "logs" / f"{component}.log").stat().st_size > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_task_instances_link_to_the_webhook_app_over_http(demo_run: dict):
+    result, home = demo_run["result"], demo_run["home"]
+    app = f"http://127.0.0.1:{demo_run['webhook_port']}"
+    assert f"Webhook     {app}/" in result.stdout
+    assert (home / "webhook-secret").stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(home / "airflow" / "airflow.db") as metadata:
+        rows = metadata.execute(
+            "SELECT key, value FROM xcom WHERE dag_id = 'openaddr_batch' AND task_id = 'process_source' "
+            "AND key LIKE '_link_%'"
+        ).fetchall()
+    links: dict[str, list[str]] = {}
+    for key, value in rows:
+        links.setdefault(key, []).append(json.loads(value))
+    assert set(links) == {"_link_RunOutputsLink", "_link_ResultsSiteLink"}
+    assert all(
+        re.fullmatch(rf"{app}/files/runs/\d+/index.json", url) for url in links["_link_RunOutputsLink"]
+    )
+    assert all(re.fullmatch(rf"{app}/runs/\d+/", url) for url in links["_link_ResultsSiteLink"])
+    assert (home / "airflow" / "logs" / "webhook.log").stat().st_size > 0
 
 
 @pytest.mark.integration
@@ -200,7 +233,8 @@ def test_a_second_start_shows_the_earlier_demo_set_says_so_and_keeps_the_passwor
     home, first = demo_run["home"], demo_run["result"]
     first_run = re.search(r"Demo batch run (\S+):", first.stdout).group(1)
     result = _launch(
-        "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()), "--once",
+        "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()),
+        "--webhook-port", str(free_port()), "--once",
         timeout=RUN_TIMEOUT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -328,3 +362,123 @@ def test_a_second_start_is_refused_while_a_launcher_runs(tmp_path: Path):
         launcher.kill()
         launcher.wait()
     check_home_free(home)  # a launcher that is gone does not count
+
+
+def test_the_stack_runs_the_webhook_app_and_points_the_links_at_it(tmp_path: Path):
+    home, port, app_port = tmp_path / "var", free_port(), free_port()
+    stack = Stack(home, port, env=webhook_env(home, app_port), programs=[webhook_server(app_port)])
+    config = supervise.render_config(stack.airflow_home, stack.logs, stack.programs())
+    section = config.split("[program:webhook]\n", 1)[1].split("\n\n", 1)[0]
+    command = section.splitlines()[0]
+    assert f"-m gunicorn --bind 127.0.0.1:{app_port}" in command
+    assert command.endswith("'webhook:create_app()'")
+    assert f"priority={supervise.EXTRA_PRIORITY}" in section  # started before Airflow, stopped after it
+    env = stack.environment()
+    url = f"http://127.0.0.1:{app_port}"
+    assert (env["OPENADDR_BASE_URL"], env["OPENADDR_RESULTS_PUBLIC_URL"]) == (url, f"{url}/files")
+    # The app runs embedded on the stack's database and storage, with a secret generated once, private.
+    assert (env["OPENADDR_EMBEDDED"], env["OPENADDR_RESULTS"]) == ("1", str(stack.storage))
+    secret = home / "webhook-secret"
+    assert env["GITHUB_WEBHOOK_SECRETS"] == secret.read_text().strip()
+    assert len(env["GITHUB_WEBHOOK_SECRETS"]) >= 32
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert webhook_env(home, app_port)["GITHUB_WEBHOOK_SECRETS"] == env["GITHUB_WEBHOOK_SECRETS"]
+
+
+def test_the_webhook_program_serves_a_published_run_over_http(tmp_path: Path, fixtures: Path):
+    """The app as supervisord runs it in the stack: the run's page and its "Run outputs" link open over http."""
+    home, app_port = tmp_path / "var", free_port()
+    stack = Stack(home, free_port(), env=webhook_env(home, app_port))
+    env = {**_clean_environment(), **stack.environment()}
+    upgrade(stack.machine_database_url)
+    engine = make_engine(stack.machine_database_url)
+    try:
+        source = (fixtures / "sources" / "us-wy-park.json").read_bytes()
+        path = "sources/us/wy/park.json"
+        run_id = insert_run(
+            engine, source_path=path, source_layer="addresses", layer_name="primary", source_data=source
+        )
+        storage = LocalStorage(stack.storage, public_url=env["OPENADDR_RESULTS_PUBLIC_URL"])
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        (state_dir / "output.txt").write_text("processed\n")
+        (state_dir / "index.json").write_text(json.dumps([["source", "output"], ["park.json", "output.txt"]]))
+        storage.publish_run(run_id, state_dir)
+    finally:
+        engine.dispose()
+    links = run_links(storage, run_id, env["OPENADDR_BASE_URL"])
+    (stack.logs).mkdir(parents=True)
+    supervisord = supervise.start(stack.airflow_home, stack.logs, [webhook_server(app_port)], env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = requests.get(links["site"], timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, procs.tail(stack.logs / "webhook.log")
+                time.sleep(0.2)
+        assert page.status_code == 200, procs.tail(stack.logs / "webhook.log")
+        assert f"Run {run_id}: {path}" in page.text
+        outputs = requests.get(links["outputs"], timeout=5)
+        assert outputs.status_code == 200
+        keys, values = outputs.json()
+        assert (
+            dict(zip(keys, values, strict=True))["output"]
+            == f"{links['outputs'].rsplit('/', 1)[0]}/output.txt"
+        )
+        assert (
+            requests.get(f"http://127.0.0.1:{app_port}/files/../webhook-secret", timeout=5).status_code == 404
+        )
+    finally:
+        stop_home(home)
+        if supervisord.poll() is None:
+            procs.kill(procs.session_members(supervisord.pid), signal.SIGKILL)
+        supervisord.wait(timeout=30)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
+    """``make run`` left running: the "Results site" and "Run outputs" links its task instances recorded open."""
+    home, webhook_port = tmp_path / "var", free_port()
+    arguments = ["--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port())]
+    command = [sys.executable, "-m", "devstack", *arguments, "--webhook-port", str(webhook_port)]
+    with (tmp_path / "stderr.log").open("w") as stderr:
+        launcher = subprocess.Popen(
+            command, cwd=ROOT, env=_clean_environment(), stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(launcher.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not any(line.startswith("Running;") for line in lines):
+            assert launcher.poll() is None, "".join(lines) + (tmp_path / "stderr.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        with sqlite3.connect(home / "airflow" / "airflow.db") as metadata:
+            rows = metadata.execute(
+                "SELECT key, value FROM xcom WHERE task_id = 'process_source' AND key LIKE '_link_%'"
+            ).fetchall()
+        links = {key: json.loads(value) for key, value in rows}
+        site, outputs = links["_link_ResultsSiteLink"], links["_link_RunOutputsLink"]
+        assert site.startswith(f"http://127.0.0.1:{webhook_port}/runs/")
+        page = requests.get(site, timeout=10)
+        assert page.status_code == 200
+        run_id = int(site.rstrip("/").rsplit("/", 1)[1])
+        assert f"<h1>Run {run_id}: sources/" in page.text
+        index = requests.get(outputs, timeout=10)
+        assert index.status_code == 200
+        keys, values = index.json()
+        assert outputs == f"http://127.0.0.1:{webhook_port}/files/runs/{run_id}/index.json"
+        # The published state names its files by http URLs of the app, which open too.
+        log_url = dict(zip(keys, values, strict=True))["output"]
+        assert log_url.startswith(f"http://127.0.0.1:{webhook_port}/files/runs/{run_id}/")
+        assert requests.get(log_url, timeout=10).status_code == 200
+    finally:
+        said = stop_home(home)
+        launcher.wait(timeout=60)
+        reader.join(timeout=10)
+    assert said.startswith(f"Stopped the stack of {home} through its launcher"), said
+    assert processes_of(home / "airflow") == []

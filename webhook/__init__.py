@@ -19,6 +19,8 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OA_WEBHOOK_AIRFLOW_USERNAME`` | ``AIRFLOW_USERNAME`` | the Airflow user that triggers ``openaddr_ci`` (role ``op``) |
 | ``OA_WEBHOOK_AIRFLOW_PASSWORD`` | ``AIRFLOW_PASSWORD`` | its password (``POST /auth/token``) |
 | ``OA_WEBHOOK_TESTING`` | ``TESTING`` | testing: unsigned deliveries are accepted when no secret is set |
+| ``OPENADDR_EMBEDDED`` | ``FILES_FOLDER`` | ``1``: serve the local storage (``OPENADDR_RESULTS`` if a folder, else ``$OPENADDR_HOME/storage``) under ``/files/`` |
+| ``OA_WEBHOOK_FILES_FOLDER`` | ``FILES_FOLDER`` | a storage folder to serve under ``/files/`` (default: none, or the embedded one) |
 
 Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
 Without a webhook secret the app refuses to start unless ``TESTING`` is set.
@@ -27,11 +29,12 @@ Without a webhook secret the app refuses to start unless ``TESTING`` is set.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from openaddr.db import DATABASE_URL_VARIABLE, default_database_url
+from openaddr.db import DATABASE_URL_VARIABLE, DEFAULT_FOLDER, default_database_url
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -63,6 +66,20 @@ def parse_secrets(value: Any) -> list[str]:
     return [str(item).strip() for item in items if str(item).strip()]
 
 
+def embedded_storage_folder() -> str | None:
+    """The embedded mode's run storage, as the tasks find it: ``OPENADDR_RESULTS`` when it is a local folder, else
+    ``$OPENADDR_HOME/storage`` (else ``./var/storage``); None outside the embedded mode (``OPENADDR_EMBEDDED``
+    unset) or when the storage is not a local folder."""
+    from openaddr.settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.embedded:
+        return None
+    if settings.results:
+        return None if "://" in settings.results else str(Path(settings.results).resolve())
+    return str(((settings.home or Path.cwd() / DEFAULT_FOLDER) / "storage").resolve())
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create and configure the app.
 
@@ -87,10 +104,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # Contents fetched at once: real GitHub answers in 0.2–0.4 s, 200 files must fit GitHub's 10 s.
         GITHUB_FETCH_WORKERS=32,
         MAX_CONTENT_LENGTH=MAX_BODY,
+        FILES_FOLDER=None,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     if SECRETS_VARIABLE in os.environ:
         app.config[SECRETS_VARIABLE] = os.environ[SECRETS_VARIABLE]
+    if not app.config.get("FILES_FOLDER"):
+        app.config["FILES_FOLDER"] = embedded_storage_folder()
     if os.environ.get(DATABASE_URL_VARIABLE, "").strip():
         app.config["DATABASE_URL"] = os.environ[DATABASE_URL_VARIABLE].strip()
     if test_config is not None:
@@ -109,8 +129,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             f"(unsigned deliveries are accepted only with {ENV_PREFIX}_TESTING=true)"
         )
 
-    from webhook import db, hook
+    from webhook import db, hook, site
 
     db.init_app(app)
     app.register_blueprint(hook.bp)
+    app.register_blueprint(site.bp)
     return app

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
+
+    from openaddr.storage import Storage
+
+
+def http_url(url: str | None) -> str:
+    """``url`` when it is an absolute http(s) URL with a host, else ``""``: Airflow 3's UI drops every other
+    link (``file:``, relative, null), so the task hands over no link rather than a dead one."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    return url if parts.scheme in ("http", "https") and parts.netloc else ""
+
+
+def run_links(storage: Storage, run_id: int | str, base_url: str | None) -> dict[str, str]:
+    """The extra links of the task instance that recorded run ``run_id``.
+
+    ``outputs``: the storage's public URL of ``runs/<id>/index.json`` (``openaddr_results_public_url``, or the
+    bucket's https URL); ``site``: ``<base URL>/runs/<id>/`` (``openaddr_base_url``). Each is ``""`` when no
+    http(s) URL can be made — never a ``file:`` URL.
+    """
+    from openaddr.storage import run_prefix
+
+    site = http_url((base_url or "").rstrip("/"))
+    return {
+        "outputs": http_url(storage.url(f"{run_prefix(run_id)}/index.json")),
+        "site": f"{site}/runs/{run_id}/" if site else "",
+    }
 
 
 class RunOutputsLink(BaseOperatorLink):

@@ -180,8 +180,8 @@ class ProcessSourceOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException, AirflowTaskTimeout
 
         from openaddr.machine import RunOwner, process_entries
-        from openaddr.storage import run_prefix
         from openaddr_airflow import config
+        from openaddr_airflow.links import run_links
 
         config.settings()  # a malformed OPENADDR_* variable fails the task here, named
         storage = config.machine_storage()
@@ -200,10 +200,7 @@ class ProcessSourceOperator(BaseOperator):
         for result in results:
             self.log.info("%s: run %s, %s", result["label"], result["run_id"], result["message"])
         first = results[0]["run_id"]
-        self.run_links = {"outputs": storage.url(f"{run_prefix(first)}/index.json")}
-        site = config.base_url()
-        if site:
-            self.run_links["site"] = f"{site}/runs/{first}/"
+        self.run_links = run_links(storage, first, config.base_url())
         if all(result["skipped"] for result in results):
             runs = ", ".join(str(result["run_id"]) for result in results)
             raise AirflowSkipException(f"{self.label}: source says to skip (runs {runs})")

@@ -113,7 +113,10 @@ def test_ci_job_records_every_file_and_posts_the_failure(
     sources: dict[str, bytes],
     fake_github: FakeGitHub,
     fixtures: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The storage is served over http (the webhook app's /files/ in embedded mode): the UI shows only http links.
+    monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_RESULTS_PUBLIC_URL", "http://results.test/files")
     files = {path: sources[path] for path in (PARK, MISSING, BROKEN)}
     job_id = str(uuid.uuid4())
     dag_run = machine_dags.dags["openaddr_ci"].test(run_conf=ci_conf(job_id, files, fake_github))
@@ -157,7 +160,7 @@ def test_ci_job_records_every_file_and_posts_the_failure(
         key[1] for key, ti in tis.items() if ti.rendered_map_index == "us-wy-park/addresses/primary"
     )
     links = extra_links(dag_run, park_index)
-    assert links["_link_RunOutputsLink"] == index.as_uri()
+    assert links["_link_RunOutputsLink"] == f"http://results.test/files/runs/{park['id']}/index.json"
     assert links["_link_ResultsSiteLink"] == f"http://results.test/runs/{park['id']}/"
 
     # The broken file failed at planning: GitHub saw the failure from the start, with the job URL and the token.

@@ -1,0 +1,146 @@
+"""The run page and, in embedded mode, the published run files over http (what the Airflow UI's links open)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import TYPE_CHECKING
+
+import pytest
+
+from openaddr.db import runs as db_runs
+from openaddr.db.runs import finish_run, insert_run
+from openaddr.outputs import STATE_KEYS
+from openaddr.storage import LocalStorage
+from webhook import create_app
+from webhook.db import close_engine, get_engine
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import sqlalchemy as sa
+    from flask import Flask
+
+SITE = "http://127.0.0.1:5000"
+PARK = "sources/us/wy/park.json"
+
+
+@pytest.fixture
+def storage_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "storage"
+    folder.mkdir()
+    (tmp_path / "secret.txt").write_text("outside the storage\n")
+    return folder
+
+
+@pytest.fixture
+def site(db_url: sa.URL, storage_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    for key in ("GITHUB_WEBHOOK_SECRETS", "OPENADDR_DATABASE_URL", "OPENADDR_RESULTS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OPENADDR_EMBEDDED", "1")
+    monkeypatch.setenv("OPENADDR_HOME", str(storage_folder.parent))
+    app = create_app({"TESTING": True, "DATABASE_URL": db_url.render_as_string(hide_password=False)})
+    yield app
+    close_engine(app)
+
+
+def publish_park(app: Flask, fixtures: Path, tmp_path: Path) -> int:
+    """A run of the real us-wy-park source recorded and published as ``process_source`` does."""
+    source = (fixtures / "sources" / "us-wy-park.json").read_bytes()
+    engine = get_engine(app)
+    run_id = insert_run(
+        engine, source_path=PARK, source_layer="addresses", layer_name="primary", source_data=source
+    )
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    shutil.copy(fixtures / "data" / "us-wy-park.zip", state_dir / "cache.zip")
+    (state_dir / "output.txt").write_text("processed us-wy-park\n")
+    values = {key: None for key in STATE_KEYS}
+    values.update(source="us-wy-park.json", cache="cache.zip", output="output.txt", **{"address count": 12})
+    (state_dir / "index.json").write_text(json.dumps([list(values), list(values.values())]))
+    storage = LocalStorage(app.config["FILES_FOLDER"], public_url=f"{SITE}/files")
+    storage.publish_run(run_id, state_dir)
+    state = json.loads((storage.path(f"runs/{run_id}/index.json")).read_text())
+    finish_run(
+        engine,
+        run_id,
+        state=dict(zip(*state, strict=True)),
+        attempt_started=db_runs.utcnow(),
+        message=db_runs.OK_MESSAGE,
+    )
+    return run_id
+
+
+def test_embedded_mode_serves_the_local_storage(site: Flask, storage_folder: Path) -> None:
+    assert site.config["FILES_FOLDER"] == str(storage_folder.resolve())
+
+
+def test_a_published_run_is_served_and_its_page_links_its_files(
+    site: Flask, fixtures: Path, tmp_path: Path
+) -> None:
+    run_id = publish_park(site, fixtures, tmp_path)
+    client = site.test_client()
+
+    index = client.get(f"/files/runs/{run_id}/index.json")
+    assert index.status_code == 200
+    keys, values = index.get_json()
+    state = dict(zip(keys, values, strict=True))
+    # The published state names its files by their http URLs, which this route serves.
+    assert state["cache"] == f"{SITE}/files/runs/{run_id}/cache.zip"
+    cache = client.get(f"/files/runs/{run_id}/cache.zip")
+    assert cache.status_code == 200
+    assert cache.data == (fixtures / "data" / "us-wy-park.zip").read_bytes()
+
+    page = client.get(f"/runs/{run_id}/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert f"Run {run_id}: {PARK}" in html
+    assert "succeeded" in html
+    assert db_runs.OK_MESSAGE in html
+    assert f'href="/files/runs/{run_id}/index.json"' in html
+    assert f'href="/files/runs/{run_id}/cache.zip"' in html
+    assert f'href="{SITE}/files/runs/{run_id}/cache.zip"' in html
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../secret.txt",
+        "runs/../../secret.txt",
+        "..%2Fsecret.txt",
+        "%2E%2E/secret.txt",
+        "/etc/passwd",
+        "runs/1/../../../secret.txt",
+    ],
+)
+def test_the_files_route_refuses_paths_outside_the_storage(site: Flask, path: str) -> None:
+    answer = site.test_client().get(f"/files/{path}", follow_redirects=True)
+    assert answer.status_code == 404
+    assert b"outside the storage" not in answer.data
+
+
+def test_no_files_outside_the_embedded_mode(db_url: sa.URL, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENADDR_EMBEDDED", raising=False)
+    monkeypatch.delenv("OA_WEBHOOK_FILES_FOLDER", raising=False)
+    app = create_app({"TESTING": True, "DATABASE_URL": db_url.render_as_string(hide_password=False)})
+    try:
+        assert app.config["FILES_FOLDER"] is None
+        assert app.test_client().get("/files/runs/1/index.json").status_code == 404
+    finally:
+        close_engine(app)
+
+
+def test_an_unknown_run_is_404(site: Flask) -> None:
+    assert site.test_client().get("/runs/999999/").status_code == 404
+
+
+def test_the_files_view_refuses_a_raw_parent_path(site: Flask) -> None:
+    """Past the client's URL normalisation too: the view itself is given ``..``."""
+    from werkzeug.exceptions import NotFound
+
+    view = site.view_functions["site.files"]
+    with site.test_request_context("/files/x"), pytest.raises(NotFound):
+        view(path="../secret.txt")
+    with site.test_request_context("/files/x"), pytest.raises(NotFound):
+        view(path="runs/../../secret.txt")

@@ -1,0 +1,69 @@
+"""The first pages of the results site (machine-ci.md §9): a run's page, and in embedded mode the run files.
+
+* ``GET /runs/<id>/``: the run's row of the Machine database (status, message, counts, its job or set, its task
+  instance) and links to its published files — a plain server-rendered page; the full site is still to come.
+* ``GET /files/<path>``: the storage folder over http, only when the app has a ``FILES_FOLDER`` (the embedded mode
+  of ``make run`` sets it to ``$OPENADDR_HOME/storage``), so that the Airflow UI's "Run outputs" link opens.
+  :func:`flask.send_from_directory` refuses every path outside the folder (``..``, absolute paths) with 404.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, abort, current_app, render_template, send_from_directory
+
+from openaddr.db.runs import get_run
+from openaddr.storage import run_prefix
+from webhook.db import get_engine
+
+if TYPE_CHECKING:
+    from flask import Response
+
+bp = Blueprint("site", __name__)
+
+
+def files_folder() -> Path | None:
+    """The storage folder served under ``/files/``, or None when this app serves no files."""
+    folder = current_app.config.get("FILES_FOLDER")
+    return Path(folder) if folder else None
+
+
+@bp.get("/files/<path:path>")
+def files(path: str) -> Response:
+    """A published file of the local storage (404 outside it, or when no folder is served)."""
+    folder = files_folder()
+    if folder is None:
+        abort(404)
+    return send_from_directory(folder, path)
+
+
+def run_files(run_id: int) -> list[dict[str, Any]]:
+    """The files published under ``runs/<id>/`` with their ``/files/`` path and size, when files are served."""
+    folder = files_folder()
+    if folder is None:
+        return []
+    prefix = run_prefix(run_id)
+    run_folder = folder / prefix
+    if not run_folder.is_dir():
+        return []
+    return [
+        {
+            "name": path.relative_to(run_folder).as_posix(),
+            "key": f"{prefix}/{path.relative_to(run_folder).as_posix()}",
+            "size": path.stat().st_size,
+        }
+        for path in sorted(run_folder.rglob("*"))
+        if path.is_file()
+    ]
+
+
+@bp.get("/runs/<int:run_id>/")
+def run_page(run_id: int) -> str:
+    """A run's state from the Machine database, with links to its published files."""
+    run = get_run(get_engine(), run_id)
+    if run is None:
+        abort(404)
+    state = run.get("state") or {}
+    return render_template("run.html", run=run, state=state, files=run_files(run_id))
