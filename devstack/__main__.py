@@ -23,7 +23,7 @@ from devstack.airflow_api import ADMIN, parse_time
 from devstack.demo import DEFAULT_DEMO_PORT, demo_server, demo_sources
 from devstack.report import format_report, set_report
 from devstack.stack import DAG_IDS, DEFAULT_PORT, Stack
-from devstack.webhook import DEFAULT_WEBHOOK_PORT, webhook_env, webhook_server, webhook_url
+from devstack.webhook import AIRFLOW_USER, DEFAULT_WEBHOOK_PORT, webhook_env, webhook_server, webhook_url
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -145,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
     pid_path.write_text(f"{os.getpid()}\n")
     try:
         sources = demo_sources(home, args.demo_port)
-        env = {"AIRFLOW_VAR_OPENADDR_SOURCES": str(sources), **webhook_env(home, args.webhook_port)}
+        env = {
+            "AIRFLOW_VAR_OPENADDR_SOURCES": str(sources),
+            **webhook_env(home, args.webhook_port, args.port),
+        }
         programs = [demo_server(args.demo_port), webhook_server(args.webhook_port)]
         with Stack(home, args.port, env=env, parallelism=args.parallelism, programs=programs) as stack:
             healthy = time.monotonic() - started
@@ -168,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\n"
                 f"REST API    {stack.url}/api/v2/  (token: POST {stack.url}/auth/token)\n"
                 f"Webhook     {webhook_url(args.webhook_port)}/  (POST /hook, runs at /runs/<id>/, files at "
-                f"/files/; secret in {home / 'webhook-secret'})\n"
+                f"/files/; secret in {home / 'webhook-secret'}; triggers openaddr_ci as Airflow user "
+                f"{AIRFLOW_USER})\n"
                 f"Machine DB  {stack.machine_db}\n"
                 f"Storage     {stack.storage}/\n"
                 f"Logs        {stack.logs}/<program>.log\n"

@@ -20,13 +20,14 @@ import pytest
 import requests
 
 from devstack import ROOT, StackError, procs, supervise
+from devstack.airflow_api import ADMIN, PASSWORDS_FILE
 from devstack.control import check_home_free, home_state, stop_home
 from devstack.demo import DEMO, DEMO_URL, demo_sources
 from devstack.procs import free_port, processes_of
 from devstack.report import set_report
 from devstack.stack import SECRET_KEYS, Stack, load_secrets
 from devstack.supervise import Program
-from devstack.webhook import webhook_env, webhook_server
+from devstack.webhook import AIRFLOW_ROLE, AIRFLOW_USER, load_airflow_password, webhook_env, webhook_server
 from openaddr.db import make_engine, upgrade
 from openaddr.db.runs import insert_run
 from openaddr.sources import load_source
@@ -366,7 +367,7 @@ def test_a_second_start_is_refused_while_a_launcher_runs(tmp_path: Path):
 
 def test_the_stack_runs_the_webhook_app_and_points_the_links_at_it(tmp_path: Path):
     home, port, app_port = tmp_path / "var", free_port(), free_port()
-    stack = Stack(home, port, env=webhook_env(home, app_port), programs=[webhook_server(app_port)])
+    stack = Stack(home, port, env=webhook_env(home, app_port, port), programs=[webhook_server(app_port)])
     config = supervise.render_config(stack.airflow_home, stack.logs, stack.programs())
     section = config.split("[program:webhook]\n", 1)[1].split("\n\n", 1)[0]
     command = section.splitlines()[0]
@@ -382,13 +383,42 @@ def test_the_stack_runs_the_webhook_app_and_points_the_links_at_it(tmp_path: Pat
     assert env["GITHUB_WEBHOOK_SECRETS"] == secret.read_text().strip()
     assert len(env["GITHUB_WEBHOOK_SECRETS"]) >= 32
     assert secret.stat().st_mode & 0o777 == 0o600
-    assert webhook_env(home, app_port)["GITHUB_WEBHOOK_SECRETS"] == env["GITHUB_WEBHOOK_SECRETS"]
+    again = webhook_env(home, app_port, port)
+    assert again["GITHUB_WEBHOOK_SECRETS"] == env["GITHUB_WEBHOOK_SECRETS"]
+    # It triggers openaddr_ci on this stack's api-server as a user of its own, with a generated password kept
+    # (private) in SimpleAuthManager's password file, which Airflow keeps and extends with admin's.
+    assert env["OA_WEBHOOK_AIRFLOW_API_URL"] == stack.url
+    assert env["OA_WEBHOOK_AIRFLOW_USERNAME"] == AIRFLOW_USER != ADMIN
+    users = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
+    assert sorted(users) == sorted([f"{ADMIN}:admin", f"{AIRFLOW_USER}:{AIRFLOW_ROLE}"])
+    passwords_file = stack.airflow_home / PASSWORDS_FILE
+    assert json.loads(passwords_file.read_text()) == {AIRFLOW_USER: env["OA_WEBHOOK_AIRFLOW_PASSWORD"]}
+    assert len(env["OA_WEBHOOK_AIRFLOW_PASSWORD"]) >= 24
+    assert passwords_file.stat().st_mode & 0o777 == 0o600
+    assert again["OA_WEBHOOK_AIRFLOW_PASSWORD"] == env["OA_WEBHOOK_AIRFLOW_PASSWORD"]
+
+
+def test_the_webhook_password_joins_an_existing_airflow_password_file(tmp_path: Path):
+    """A home of an earlier start: admin's password stays, the webhook's is added, the file becomes private."""
+    airflow_home = tmp_path / "airflow"
+    airflow_home.mkdir()
+    passwords_file = airflow_home / PASSWORDS_FILE
+    passwords_file.write_text(json.dumps({ADMIN: "kept-admin-password"}) + "\n")
+    passwords_file.chmod(0o644)
+    password = load_airflow_password(airflow_home)
+    assert json.loads(passwords_file.read_text()) == {ADMIN: "kept-admin-password", AIRFLOW_USER: password}
+    assert passwords_file.stat().st_mode & 0o777 == 0o600
+    assert load_airflow_password(airflow_home) == password
+    passwords_file.write_text("[]\n")
+    with pytest.raises(StackError, match="not a JSON object"):
+        load_airflow_password(airflow_home)
 
 
 def test_the_webhook_program_serves_a_published_run_over_http(tmp_path: Path, fixtures: Path):
     """The app as supervisord runs it in the stack: the run's page and its "Run outputs" link open over http."""
     home, app_port = tmp_path / "var", free_port()
-    stack = Stack(home, free_port(), env=webhook_env(home, app_port))
+    port = free_port()
+    stack = Stack(home, port, env=webhook_env(home, app_port, port))
     env = {**_clean_environment(), **stack.environment()}
     upgrade(stack.machine_database_url)
     engine = make_engine(stack.machine_database_url)
