@@ -470,9 +470,10 @@ def test_the_webhook_program_serves_a_published_run_over_http(tmp_path: Path, fi
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
-    """``make run`` left running: the "Results site" and "Run outputs" links its task instances recorded open."""
-    home, webhook_port = tmp_path / "var", free_port()
-    arguments = ["--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port())]
+    """``make run`` left running: the "Results site" and "Run outputs" links its task instances recorded open,
+    and the webhook's Airflow user logs in and may trigger ``openaddr_ci``."""
+    home, webhook_port, airflow_port = tmp_path / "var", free_port(), free_port()
+    arguments = ["--home", str(home), "--port", str(airflow_port), "--demo-port", str(free_port())]
     command = [sys.executable, "-m", "devstack", *arguments, "--webhook-port", str(webhook_port)]
     with (tmp_path / "stderr.log").open("w") as stderr:
         launcher = subprocess.Popen(
@@ -506,6 +507,19 @@ def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
         log_url = dict(zip(keys, values, strict=True))["output"]
         assert log_url.startswith(f"http://127.0.0.1:{webhook_port}/files/runs/{run_id}/")
         assert requests.get(log_url, timeout=10).status_code == 200
+        # The webhook's Airflow credentials work: a token, with which it may create openaddr_ci runs (an
+        # empty body passes the authorization and fails validation: 422, not 403) and may not create pools.
+        api = f"http://127.0.0.1:{airflow_port}"
+        password = json.loads((home / "airflow" / PASSWORDS_FILE).read_text())[AIRFLOW_USER]
+        login = requests.post(
+            f"{api}/auth/token", json={"username": AIRFLOW_USER, "password": password}, timeout=30
+        )
+        assert login.status_code == 201, login.text
+        bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        probe = requests.post(f"{api}/api/v2/dags/openaddr_ci/dagRuns", json={}, headers=bearer, timeout=30)
+        assert probe.status_code == 422, probe.text
+        pools = requests.post(f"{api}/api/v2/pools", json={}, headers=bearer, timeout=30)
+        assert pools.status_code == 403, pools.text
     finally:
         said = stop_home(home)
         launcher.wait(timeout=60)
