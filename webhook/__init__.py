@@ -16,7 +16,7 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OA_WEBHOOK_REJECT_NEW_JOBS`` | ``REJECT_NEW_JOBS`` | ``yes``/``true``/``1``: answer every delivery 503 |
 | ``OA_WEBHOOK_BASE_URL`` | ``BASE_URL`` | public URL of this site (job links in statuses) |
 | ``OA_WEBHOOK_AIRFLOW_API_URL`` | ``AIRFLOW_API_URL`` | Airflow's api-server, e.g. ``http://127.0.0.1:8080`` |
-| ``OA_WEBHOOK_AIRFLOW_USERNAME`` | ``AIRFLOW_USERNAME`` | the Airflow user that triggers ``openaddr_ci`` (role ``op``) |
+| ``OA_WEBHOOK_AIRFLOW_USERNAME`` | ``AIRFLOW_USERNAME`` | the Airflow user that triggers ``openaddr_ci`` (role ``user`` or better) |
 | ``OA_WEBHOOK_AIRFLOW_PASSWORD`` | ``AIRFLOW_PASSWORD`` | its password (``POST /auth/token``) |
 | ``OA_WEBHOOK_TESTING`` | ``TESTING`` | testing: unsigned deliveries are accepted when no secret is set |
 | ``OPENADDR_EMBEDDED`` | ``FILES_FOLDER`` | ``1``: serve the local storage (``OPENADDR_RESULTS`` if a folder, else ``$OPENADDR_HOME/storage``) under ``/files/`` |
