@@ -2,7 +2,7 @@
 
 The fixture migrates a throwaway SQLite metadata database, serializes the project's DAGs (``airflow dags
 reserialize``, so no dag-processor is needed) and starts ``airflow api-server`` alone on a free loopback port with
-a SimpleAuthManager user ``ci_webhook`` of role ``op``. Without a scheduler the triggered runs stay queued: the tests
+a SimpleAuthManager user ``ci_webhook`` of role ``user`` (the least that may trigger, as under ``make run``). Without a scheduler the triggered runs stay queued: the tests
 read them back through the REST API.
 """
 
@@ -75,7 +75,7 @@ def real_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealAirfl
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:user",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
         }
