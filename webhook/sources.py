@@ -152,6 +152,8 @@ def run_view(run: Mapping[str, Any]) -> dict[str, Any]:
         "links": run_links(run),
         "css": LABEL_CLASSES.get(run.get("label") or "", ""),
         "date": when.strftime("%Y-%m-%d %H:%M UTC") if when else "",
+        "day": when.strftime("%Y-%m-%d") if when else "",
+        "time": when.strftime("%H:%M UTC") if when else "",
         "iso": when.isoformat() if when else "",
         "change_text": "" if change is None else f"{change:+.1f} %",
         "change_css": "fail" if change is not None and change < -10 else "",
