@@ -158,6 +158,7 @@ class Recorder:
         warning: str | None = None,
         state_changes: dict[str, Any] | None = None,
         task: AirflowTask | None = None,
+        source_data: bytes = b'{"coverage": {}, "layers": {"addresses": [{"name": "primary"}]}}',
     ) -> int:
         """One run, recorded at ``when``: failed (a crash), or published from a copy of a real state directory."""
         started = when - dt.timedelta(minutes=5)
@@ -168,7 +169,7 @@ class Recorder:
             source_path=path,
             source_layer=layer,
             layer_name=name,
-            source_data=b'{"coverage": {}, "layers": {"addresses": [{"name": "primary"}]}}',
+            source_data=source_data,
             set_id=set_id,
             job_id=job_id,
             is_merged=is_merged,
@@ -392,6 +393,24 @@ def test_latest_redirects_follow_the_newest_merged_accepted_run(site: Flask, rec
         answer = client.get(route)
         assert (answer.status_code, answer.get_data(as_text=True)) == (404, "No latest run found")
         assert answer.headers["Cache-Control"] == "no-store"
+
+
+def test_the_source_zip_is_the_first_address_entry_of_the_file_that_has_one(
+    site: Flask, recorder: Recorder
+) -> None:
+    document = b'{"layers": {"addresses": [{"name": "zeta"}, {"name": "beta"}, {"name": "alpha"}]}}'
+    alpha = recorder.run(recorder.at(0), name="alpha", source_data=document)
+    beta = recorder.run(recorder.at(1), name="beta", source_data=document)
+    client = site.test_client()
+    assert f"/runs/{beta}/" in client.get("/latest/run/us/wy/park.zip").headers["Location"]
+    recorder.run(
+        recorder.at(2), name="zeta", failed=True, source_data=document
+    )  # zeta has no zip: beta still
+    assert f"/runs/{beta}/" in client.get("/latest/run/us/wy/park.zip").headers["Location"]
+    zeta = recorder.run(recorder.at(3), name="zeta", source_data=document)
+    assert f"/runs/{zeta}/" in client.get("/latest/run/us/wy/park.zip").headers["Location"]
+    location = client.get("/latest/run/us/wy/park/addresses/alpha.zip").headers["Location"]
+    assert f"/runs/{alpha}/" in location
 
 
 # -- health ------------------------------------------------------------------------------------------------------
