@@ -25,6 +25,7 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OPENADDR_RESULTS_PUBLIC_URL`` | ``RESULTS_PUBLIC_URL`` | public URL of that storage (links to published files) |
 | ``OA_WEBHOOK_SITE_MAX_AGE`` | ``SITE_MAX_AGE`` | ``Cache-Control: max-age`` of the site's pages, seconds (default 60) |
 | ``OA_WEBHOOK_AIRFLOW_UI_URL`` | ``AIRFLOW_UI_URL`` | Airflow's UI, for links to task instances and their logs (default: none) |
+| ``OA_WEBHOOK_DEBUG_HEADERS`` | ``DEBUG_HEADERS`` | ``yes``/``true``/``1``: ``GET /headers`` answers the request headers (default: 404) |
 
 Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
 Without a webhook secret the app refuses to start unless ``TESTING`` is set.
@@ -113,6 +114,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         RESULTS_PUBLIC_URL=None,
         SITE_MAX_AGE=60,
         AIRFLOW_UI_URL=None,
+        DEBUG_HEADERS=False,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     if SECRETS_VARIABLE in os.environ:
@@ -131,7 +133,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
 
     app.config[SECRETS_VARIABLE] = parse_secrets(app.config[SECRETS_VARIABLE])
-    for key in ("GAG_GITHUB_STATUS", "REJECT_NEW_JOBS", "TESTING"):
+    for key in ("GAG_GITHUB_STATUS", "REJECT_NEW_JOBS", "TESTING", "DEBUG_HEADERS"):
         app.config[key] = as_bool(app.config.get(key))
     if not app.config["DATABASE_URL"]:
         app.config["DATABASE_URL"] = default_database_url()
@@ -143,10 +145,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             f"(unsigned deliveries are accepted only with {ENV_PREFIX}_TESTING=true)"
         )
 
-    from webhook import db, hook, responses, site
+    from webhook import db, hook, responses, site, sources
 
     db.init_app(app)
     responses.init_app(app)
     app.register_blueprint(hook.bp)
     app.register_blueprint(site.bp)
+    app.register_blueprint(sources.bp)
     return app
