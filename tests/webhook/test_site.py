@@ -177,19 +177,23 @@ def test_latest_runs_are_the_newest_merged_accepted_run_of_each_entry(site: Flas
             )
         return run_id
 
-    old = record("sources/a.json", merged=True, status=True, age=3)
-    record("sources/a.json", merged=False, status=True, age=1)  # a pull request's run: not latest
-    record("sources/a.json", merged=True, status=True, warning="count fell 50%", age=0)  # held by the gate
-    failed = record("sources/b.json", merged=True, status=False, age=2)
-    newer = record("sources/b.json", merged=True, status=True, age=1)
+    old = record("sources/latest-test/a.json", merged=True, status=True, age=3)
+    record("sources/latest-test/a.json", merged=False, status=True, age=1)  # a pull request's run: not latest
+    record(
+        "sources/latest-test/a.json", merged=True, status=True, warning="count fell 50%", age=0
+    )  # held by the gate
+    failed = record("sources/latest-test/b.json", merged=True, status=False, age=2)
+    newer = record("sources/latest-test/b.json", merged=True, status=True, age=1)
     # The PostgreSQL test database is shared: look at this test's entries only.
     mine = [
-        run["id"] for run in latest_runs(engine) if run["source_path"] in ("sources/a.json", "sources/b.json")
+        run["id"]
+        for run in latest_runs(engine)
+        if run["source_path"] in ("sources/latest-test/a.json", "sources/latest-test/b.json")
     ]
     assert mine == [old, newer]
-    assert [run["id"] for run in latest_runs(engine, source_path="sources/b.json", successful=True)] == [
-        newer
-    ]
+    assert [
+        run["id"] for run in latest_runs(engine, source_path="sources/latest-test/b.json", successful=True)
+    ] == [newer]
     assert failed not in [run["id"] for run in latest_runs(engine)]
 
 
