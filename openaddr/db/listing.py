@@ -16,7 +16,6 @@ And what is derived from runs without the database:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
@@ -28,6 +27,7 @@ from openaddr.db.schema import jobs, row_dict, runs, sets, zips
 from openaddr.errors import SourceProblem
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Iterable, Mapping
 
     from openaddr.db.runs import Bind
@@ -85,7 +85,10 @@ def list_jobs(bind: Bind, *, before: int | None = None, limit: int = 25) -> list
 
 
 def newest_job_run_time(bind: Bind, job_ids: Iterable[str]) -> dt.datetime | None:
-    """The newest ``datetime_tz`` of the runs of these jobs, or None (a job's file states follow its runs)."""
+    """The newest ``datetime_tz`` of the runs of these jobs, or None (a job's file states follow its runs).
+
+    ``MAX`` keeps the column's type, so SQLite's text comes back as an aware datetime too.
+    """
     ids = list(job_ids)
     if not ids:
         return None
@@ -93,11 +96,6 @@ def newest_job_run_time(bind: Bind, job_ids: Iterable[str]) -> dt.datetime | Non
         value: dt.datetime | None = connection.execute(
             sa.select(sa.func.max(runs.c.datetime_tz)).where(runs.c.job_id.in_(ids))
         ).scalar_one()
-    # SQLite's MAX() returns text, which the column type does not convert.
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value is not None and value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
     return value
 
 
