@@ -166,6 +166,24 @@ def human_size_filter(size: Any) -> str:
     return human_size(size)
 
 
+def link_url(value: Any) -> str | None:
+    """A URL from the database that may be a link: http(s), or a path of this site; None for anything else
+    (``javascript:``, ``data:``, a protocol-relative ``//host``)."""
+    if not isinstance(value, str):
+        return None
+    if value.lower().startswith(("https://", "http://")) or (
+        value.startswith("/") and not value.startswith("//")
+    ):
+        return value
+    return None
+
+
+@bp.app_template_filter("link_url")
+def link_url_filter(value: Any) -> str | None:
+    """Jinja filter :func:`link_url`."""
+    return link_url(value)
+
+
 @bp.app_template_filter("thousands")
 def thousands_filter(number: Any) -> str:
     """A count with thousands separators (empty for None)."""

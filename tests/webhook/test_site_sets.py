@@ -637,6 +637,32 @@ def test_database_strings_are_escaped(site: Flask) -> None:
     assert "<b>x</b>" not in text(client.get("/jobs/"))
 
 
+def test_only_http_urls_become_links(site: Flask) -> None:
+    engine = get_engine(site)
+    set_id = create_set(engine, owner=OWNER, repository=REPO, commit_sha=SHA, now=T0)
+    insert_run(
+        engine,
+        source_path=PARK,
+        source_layer="addresses",
+        layer_name="primary",
+        set_id=set_id,
+        state=state(cache="javascript:alert(1)", processed="//evil.example/x.zip", output="data:text/html,x"),
+        message="Failed to produce sample data",
+        now=T0,
+    )
+    complete_set(engine, set_id, render_world="javascript:alert(2)", render_usa="https://ok.example/usa.png")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(zips), [{**zip_row("x.zip", "global", "", None, 4096), "url": "javascript:x"}]
+        )
+    client = site.test_client()
+    for route in ("/", f"/sets/{set_id}/"):
+        html = text(client.get(route))
+        assert not re.search(r'href="(javascript|data):|href="//', html), route
+    html = text(client.get(f"/sets/{set_id}/"))
+    assert 'href="https://ok.example/usa.png"' in html
+
+
 @pytest.mark.parametrize(
     ("route", "newest"),
     [
