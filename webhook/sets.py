@@ -137,9 +137,10 @@ def set_times(set_row: Mapping[str, Any] | None) -> dt.datetime | None:
 
 
 def state_text(rows: list[list[str]]) -> str:
-    """``state.txt``: a header and the rows, tab-separated (csv's excel-tab: a tab or newline in a value is quoted)."""
+    """``state.txt``: a header and the rows, tab-separated with CRLF line ends as 7.5.5 wrote it (csv's
+    ``excel-tab``: a value holding a tab, a quote or a line break is quoted)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, dialect="excel-tab", lineterminator="\n")
+    writer = csv.writer(buffer, dialect="excel-tab")
     writer.writerow(listing.STATE_TXT_COLUMNS)
     writer.writerows(rows)
     return buffer.getvalue()

@@ -167,6 +167,7 @@ def fill(app: Flask) -> dict[str, Any]:
             "source": "paris.json",
             "output": "output.txt",
             "source_problem": "Could not download source data",
+            "version": "1\n2",
         },
         **common,
     )
@@ -343,7 +344,7 @@ def test_the_index_lists_twenty_runs_unless_all(site: Flask) -> None:
 def test_an_empty_site_answers(site: Flask) -> None:
     client = site.test_client()
     assert "No completed set" in text(client.get("/"))
-    assert text(client.get("/state.txt")) == "\t".join(listing.STATE_TXT_COLUMNS) + "\n"
+    assert text(client.get("/state.txt")) == "\t".join(listing.STATE_TXT_COLUMNS) + "\r\n"
     assert client.get("/latest/set").status_code == 404
     assert "No latest set found" in client.get("/latest/set").get_data(as_text=True)
     assert json.loads(text(client.get("/latest/licenses.json"))) == {"licenses": []}
@@ -389,11 +390,15 @@ def test_state_txt_has_the_columns_sorted_by_path_and_survives_a_tab(site: Flask
     assert park["cache time"] == "0:00:01.500000"
     assert park["code version"] == "8.0.0"
     assert rows[0]["attribution name"] == "Tab\there <b>bold</b>"
-    # The tab is quoted: one line per run, and every line but the quoted one has exactly 17 tabs.
-    lines = text(answer).splitlines()
-    assert len(lines) == 1 + len(rows)
-    assert '\t"Tab\there <b>bold</b>"\t' in lines[1]
-    assert all(line.count("\t") == 17 for line in lines if "Tab" not in line)
+    # A tab or a line break in a value is quoted: one CRLF-ended record per run, 17 separators in each but the tab's.
+    body = text(answer)
+    assert rows[3]["version"] == "1\n2"
+    assert '\t"1\n2"\t' in body
+    assert '\t"Tab\there <b>bold</b>"\t' in body
+    records = body.split("\r\n")
+    assert records[-1] == ""
+    assert len(records[:-1]) == 1 + len(rows)
+    assert [record.count("\t") for record in records[:-1]] == [17, 18] + [17] * (len(rows) - 1)
 
 
 def test_a_set_state_txt_is_that_sets_runs_with_absolute_urls(site: Flask) -> None:
