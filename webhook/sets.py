@@ -41,6 +41,8 @@ bp = Blueprint("sets", __name__)
 INDEX_RUNS = 20
 #: ``index.json``'s licence phrase per licence class.
 LICENSE_PHRASES = {"": "Freely Shareable", "sa": "Share-Alike Required"}
+#: The largest id or sequence the tables hold (``INTEGER``); larger numbers in a URL name nothing.
+MAX_ID = 2**31 - 1
 #: A commit sha at the end of a GitHub statuses URL.
 _STATUS_SHA = re.compile(r"/statuses/([0-9a-fA-F]{7,40})/?$")
 
@@ -61,10 +63,19 @@ def site_repository() -> tuple[str, str]:
 
 
 def set_id_arg(text: str) -> int:
-    """A set id from the URL; 400 when it is not a positive integer."""
+    """A set id from the URL; 400 when it is not a positive integer, 404 when it is too large to be one."""
     if not text.isascii() or not text.isdigit() or int(text) < 1:
         abort(400, description=f"Bad set id {text!r}")
+    if int(text) > MAX_ID:
+        abort(404, description=f"Set {text} not found")
     return int(text)
+
+
+def page_before() -> tuple[int | None, int]:
+    """:func:`~webhook.responses.page_args`, ``past`` capped at what the tables hold (SQLite cannot bind
+    integers past 64 bits)."""
+    past, size = page_args()
+    return (min(past, MAX_ID + 1) if past is not None else None), size
 
 
 def github_blob_url(
@@ -303,7 +314,7 @@ def latest_set() -> BaseResponse:
 @bp.get("/sets/")
 def sets_list() -> Response:
     """Sets, 25 per page, newest first (``?past=<id>&n=<n>``)."""
-    past, size = page_args()
+    past, size = page_before()
     page = listing.list_sets(get_db(), before=past, limit=size + 1)
     shown, more = page[:size], len(page) > size
     next_url = url_for("sets.sets_list", past=shown[-1]["id"], n=request.args.get("n")) if more else None
@@ -370,7 +381,7 @@ def job_icon(status: bool | None) -> str:
 @bp.get("/jobs/")
 def jobs_list() -> Response:
     """Jobs, 25 per page, newest first by sequence (``?past=<sequence>&n=<n>``)."""
-    past, size = page_args()
+    past, size = page_before()
     connection = get_db()
     page = listing.list_jobs(connection, before=past, limit=size + 1)
     shown, more = page[:size], len(page) > size

@@ -517,6 +517,7 @@ def test_the_sets_list_pages_newest_first(site: Flask) -> None:
     assert [int(n) for n in re.findall(r'<td><a href="/sets/(\d+)/">', html)] == [listed[2]]
     for bad in ("past=x", "n=0", "n=-3", "past=0", "n=100000"):
         assert client.get(f"/sets/?{bad}").status_code == 400
+    assert "More…" not in text(client.get(f"/sets/?past={'9' * 20}"))
 
 
 def test_a_set_page_shows_its_runs_problems_first(site: Flask) -> None:
@@ -564,6 +565,7 @@ def test_set_json_and_bad_or_unknown_ids(site: Flask) -> None:
         assert client.get(route.format("-1")).status_code == 400
         assert client.get(route.format("0")).status_code == 400
         assert client.get(route.format("99999")).status_code == 404
+        assert client.get(route.format("9" * 20)).status_code == 404  # past PostgreSQL's integer
 
 
 # --------------------------------------------------------------------------------------------------------------
