@@ -26,6 +26,8 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OA_WEBHOOK_SITE_MAX_AGE`` | ``SITE_MAX_AGE`` | ``Cache-Control: max-age`` of the site's pages, seconds (default 60) |
 | ``OA_WEBHOOK_AIRFLOW_UI_URL`` | ``AIRFLOW_UI_URL`` | Airflow's UI, for links to task instances and their logs (default: none) |
 | ``OA_WEBHOOK_DEBUG_HEADERS`` | ``DEBUG_HEADERS`` | ``yes``/``true``/``1``: ``GET /headers`` answers the request headers (default: 404) |
+| ``OA_WEBHOOK_SITE_OWNER`` | ``SITE_OWNER`` | owner of the repository whose latest set the site shows (default ``openaddresses``) |
+| ``OA_WEBHOOK_SITE_REPOSITORY`` | ``SITE_REPOSITORY`` | that repository (default ``openaddresses``) |
 
 Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
 Without a webhook secret the app refuses to start unless ``TESTING`` is set.
@@ -115,6 +117,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SITE_MAX_AGE=60,
         AIRFLOW_UI_URL=None,
         DEBUG_HEADERS=False,
+        SITE_OWNER="openaddresses",
+        SITE_REPOSITORY="openaddresses",
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     if SECRETS_VARIABLE in os.environ:
@@ -145,11 +149,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             f"(unsigned deliveries are accepted only with {ENV_PREFIX}_TESTING=true)"
         )
 
-    from webhook import db, hook, responses, site, sources
+    from webhook import db, hook, responses, sets, site, sources
 
     db.init_app(app)
     responses.init_app(app)
     app.register_blueprint(hook.bp)
     app.register_blueprint(site.bp)
     app.register_blueprint(sources.bp)
+    app.register_blueprint(sets.bp)
     return app
