@@ -1,0 +1,373 @@
+"""Writing one collection zip (machine-ci.md §8 "Content"), streaming.
+
+A :class:`CollectionZip` is written to a local file: ``README.txt`` first, then each run zip's members as
+:func:`add_run_zip` passes them on, then ``LICENSE.txt`` when it is finished. One run zip feeds every collection it
+belongs to (``global`` and its area) in one pass: each CSV member is read row by row, rewritten once, and the same
+bytes go to every target's open member, so neither a run's CSV nor a collection is ever held in memory (the
+original's collect kept growing with the data, openaddresses/machine#536). What stays in memory per CSV member is
+its 0.1° squares, bounded by the area the source covers, not by its rows.
+
+Rewriting a CSV member (§8): the 11 columns of ``out.csv`` (:data:`openaddr.canonical.OUTPUT_COLUMNS`) in order,
+taken by name from the member's header (a missing column is empty); a row whose ``LAT`` or ``LON`` is not a finite
+plain decimal number (the rule of ``stats.json``'s ``invalid_coordinates``) or lies outside ±90 / ±180 is dropped and
+counted; rows at (0, 0) are kept and counted. The CSV dialect is ``out.csv``'s: minimal quoting, CRLF, UTF-8 (bytes
+that are not UTF-8 pass through unchanged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+from xml.sax.saxutils import escape
+
+from openaddr.canonical import OUTPUT_COLUMNS
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: The project's site, as the original texts name it.
+SITE = "http://openaddresses.io"
+
+# Plain decimal numbers, as stats.json's invalid_coordinates counts them (openaddr.outputs._NUMBER).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_FLUSH_BYTES = 1 << 20
+_COPY_CHUNK = 1 << 20
+#: Columns of a summary CSV (§8).
+SUMMARY_COLUMNS = ("count", "lon", "lat", "area")
+
+
+def readme_text(day: dt.date, owner: str, repository: str, commit_sha: str | None) -> str:
+    """``README.txt`` of a collection (§8), word for word.
+
+    A set without a commit (a local folder that is not a git work tree) links the default branch, ``HEAD``.
+    """
+    return (
+        f"Data collected around {day.isoformat()} by OpenAddresses ({SITE}).\n"
+        "\n"
+        "Address data is essential infrastructure. Street names, house numbers and\n"
+        "postal codes, when combined with geographic coordinates, are the hub that\n"
+        "connects digital to physical places.\n"
+        "\n"
+        "Data licenses can be found in LICENSE.txt.\n"
+        "\n"
+        "Data source information can be found at\n"
+        f"https://github.com/{owner}/{repository}/tree/{commit_sha or 'HEAD'}/sources\n"
+    )
+
+
+@dataclass(frozen=True)
+class LicenseBlock:
+    """One source's block of ``LICENSE.txt``."""
+
+    source: str
+    website: str | None
+    license: str | None
+    attribution_required: str | None
+    attribution_name: str | None
+
+    @property
+    def attribution(self) -> str:
+        """``No`` when attribution is not required (``"false"``), else the attribution name, else ``Yes``."""
+        if self.attribution_required == "false":
+            return "No"
+        return self.attribution_name or "Yes"
+
+    def text(self) -> str:
+        """The block's four lines."""
+        return (
+            f"{self.source}\n"
+            f"Website: {self.website or 'Unknown'}\n"
+            f"License: {self.license or 'Unknown'}\n"
+            f"Required attribution: {self.attribution}\n"
+        )
+
+
+def license_text(blocks: Sequence[LicenseBlock]) -> str:
+    """``LICENSE.txt`` of a collection (§8): the heading, then each block, separated by blank lines."""
+    return "\n".join([f"Data collected by OpenAddresses ({SITE}).\n", *(block.text() for block in blocks)])
+
+
+def summary_vrt(csv_name: str) -> str:
+    """A GDAL VRT reading a summary CSV beside it: polygons from the WKT column ``area``, in EPSG:4326.
+
+    :param csv_name: the summary CSV's file name (no folder), e.g. ``alameda-summary.csv``
+    """
+    layer = csv_name[: -len(".csv")] if csv_name.lower().endswith(".csv") else csv_name
+    return (
+        "<OGRVRTDataSource>\n"
+        f'    <OGRVRTLayer name="{_xml(layer)}">\n'
+        f'        <SrcDataSource relativeToVRT="1">{_xml(csv_name)}</SrcDataSource>\n'
+        "        <GeometryType>wkbPolygon</GeometryType>\n"
+        "        <LayerSRS>EPSG:4326</LayerSRS>\n"
+        '        <GeometryField encoding="WKT" field="area" reportSrcColumn="false"/>\n'
+        "    </OGRVRTLayer>\n"
+        "</OGRVRTDataSource>\n"
+    )
+
+
+def _xml(text: str) -> str:
+    return escape(text, {'"': "&quot;"})
+
+
+def summary_names(member: str) -> tuple[str, str]:
+    """The summary CSV and VRT members of a CSV member: ``us/ca/x.csv`` → ``summary/us/ca/x-summary.csv`` and
+    ``….vrt``."""
+    stem = member[: -len(".csv")]
+    return f"summary/{stem}-summary.csv", f"summary/{stem}-summary.vrt"
+
+
+def _deflate_compressor() -> Any:
+    from openaddr.outputs import _deflate_compressor as compressor
+
+    return compressor()
+
+
+class CollectionZip:
+    """One collection zip being written to a local file (deflate, zip64), ``README.txt`` first.
+
+    :param path: the local file to write
+    :param readme: the ``README.txt`` text
+    :param date_time: the members' modification time (the collection's)
+    """
+
+    def __init__(self, path: Path, readme: str, date_time: tuple[int, int, int, int, int, int]) -> None:
+        self.path = path
+        self.date_time = date_time
+        self.zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+        self.names: set[str] = set()
+        self.address_count = 0
+        self.blocks: list[LicenseBlock] = []
+        self.write_text("README.txt", readme)
+
+    def _info(self, name: str) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(name, date_time=self.date_time)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        return info
+
+    def has(self, name: str) -> bool:
+        """Whether a member of this name was written."""
+        return name in self.names
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a small text member (UTF-8)."""
+        self.names.add(name)
+        self.zip.writestr(self._info(name), text.encode("utf-8"))
+
+    @contextlib.contextmanager
+    def member(self, name: str) -> Iterator[IO[bytes]]:
+        """A member open for streaming writes (zip64 headers: its size is not known in advance)."""
+        self.names.add(name)
+        with self.zip.open(self._info(name), "w", force_zip64=True) as handle:
+            # zipfile has no hook for another deflate implementation; its writer only calls compress() and
+            # flush() on this attribute, so ISA-L's compatible compressor can take its place (as the run zips do).
+            if hasattr(handle, "_compressor"):
+                handle._compressor = _deflate_compressor()
+            yield handle
+
+    def close(self) -> None:
+        """Write ``LICENSE.txt`` and finish the archive."""
+        self.write_text("LICENSE.txt", license_text(self.blocks))
+        self.zip.close()
+
+    def discard(self) -> None:
+        """Abandon the archive and remove its file."""
+        with contextlib.suppress(Exception):
+            self.zip.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class RunZipResult:
+    """What one run zip contributed: its name (the first CSV member without ``.csv``: ``<source>``, or
+    ``<source>-<name>`` for a later address entry of the file), address rows written, rows dropped for their
+    coordinates, rows at (0, 0), and members skipped because a collection already held one of the same name."""
+
+    name: str | None = None
+    rows: int = 0
+    dropped: int = 0
+    null_island: int = 0
+    duplicates: list[str] = field(default_factory=list)
+
+
+def square(value: float) -> int:
+    """The 0.1° square index of a coordinate: the largest ``i`` with ``i / 10 <= value``.
+
+    ``floor(value * 10)`` is off by one when the product rounds across an integer; comparing against ``i / 10``,
+    the double nearest the decimal, settles it exactly for every coordinate written with one decimal or more.
+    """
+    index = math.floor(value * 10)
+    if (index + 1) / 10 <= value:
+        return index + 1
+    if index / 10 > value:
+        return index - 1
+    return index
+
+
+def _coordinate(text: str, limit: float) -> float | None:
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    value = float(text)
+    return value if abs(value) <= limit else None  # inf fails the bound; the pattern has no nan
+
+
+def summary_csv(squares: dict[tuple[int, int], int]) -> Iterator[str]:
+    """The summary CSV's lines (header first), one per 0.1° square sorted by (lat, lon): ``count``, the south-west
+    corner with one decimal and the square as WKT (§8)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for (lat_i, lon_i), count in sorted(squares.items()):
+        west, south, east, north = (f"{n / 10:.1f}" for n in (lon_i, lat_i, lon_i + 1, lat_i + 1))
+        area = f"POLYGON(({west} {south},{west} {north},{east} {north},{east} {south},{west} {south}))"
+        writer.writerow((count, west, south, area))
+        if buffer.tell() > _FLUSH_BYTES:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _rewrite_csv(
+    source: IO[bytes], targets: Sequence[IO[bytes]], result: RunZipResult
+) -> dict[tuple[int, int], int]:
+    """Stream one CSV member into every target, rewritten (module docstring); return its 0.1° squares."""
+    text = io.TextIOWrapper(source, encoding="utf-8", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    header = next(reader, None) or []
+    positions = {name: index for index, name in reversed(list(enumerate(header)))}
+    picks = [positions.get(column) for column in OUTPUT_COLUMNS]
+    lon_at, lat_at = picks[OUTPUT_COLUMNS.index("LON")], picks[OUTPUT_COLUMNS.index("LAT")]
+    as_is = header == list(OUTPUT_COLUMNS)
+    width = len(OUTPUT_COLUMNS)
+    squares: dict[tuple[int, int], int] = {}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(OUTPUT_COLUMNS)
+
+    def flush() -> None:
+        data = buffer.getvalue().encode("utf-8", "surrogateescape")
+        for target in targets:
+            target.write(data)
+        buffer.seek(0)
+        buffer.truncate()
+
+    for row in reader:
+        if not row:
+            continue  # a blank line is no record
+        size = len(row)
+        lon = _coordinate(row[lon_at], 180.0) if lon_at is not None and lon_at < size else None
+        lat = _coordinate(row[lat_at], 90.0) if lat_at is not None and lat_at < size else None
+        if lon is None or lat is None:
+            result.dropped += 1
+            continue
+        if lon == 0.0 and lat == 0.0:
+            result.null_island += 1
+        if not (as_is and size == width):
+            row = [row[i] if i is not None and i < size else "" for i in picks]
+        writer.writerow(row)
+        result.rows += 1
+        key = (square(lat), square(lon))
+        squares[key] = squares.get(key, 0) + 1
+        if buffer.tell() > _FLUSH_BYTES:
+            flush()
+    flush()
+    text.detach()
+    return squares
+
+
+def add_run_zip(zip_path: Path, targets: Sequence[CollectionZip]) -> RunZipResult:
+    """Add a run zip's members to every target collection (§8 "Content" step 2), in the zip's order.
+
+    ``README.txt`` is left out; each ``.csv`` member is rewritten and followed by its summary CSV and VRT; any
+    other member is copied. A member whose name a target already holds (two runs naming the same file) is skipped
+    for that target and reported.
+
+    :param zip_path: the run's processed zip, as a local file
+    :param targets: the collections the run belongs to
+    """
+    result = RunZipResult()
+    with zipfile.ZipFile(zip_path) as source:
+        for info in source.infolist():
+            name = info.filename
+            if name == "README.txt" or info.is_dir():
+                continue
+            is_csv = name.lower().endswith(".csv")
+            if is_csv and result.name is None:
+                result.name = name[: -len(".csv")]
+            written = [name, *summary_names(name)] if is_csv else [name]
+            wanted = []
+            for target in targets:
+                if any(target.has(n) for n in written):
+                    log.warning("%s: %s already holds %s; skipped", zip_path.name, target.path.name, name)
+                    result.duplicates.append(name)
+                else:
+                    wanted.append(target)
+            if not wanted:
+                continue
+            with source.open(info) as member, contextlib.ExitStack() as stack:
+                handles = [stack.enter_context(target.member(name)) for target in wanted]
+                if is_csv:
+                    before = result.rows
+                    squares = _rewrite_csv(member, handles, result)
+                else:
+                    _copy(member, handles)
+            if is_csv:
+                for target in wanted:
+                    target.address_count += result.rows - before
+                _write_summary(wanted, name, squares)
+    return result
+
+
+def _copy(source: IO[bytes], targets: Sequence[IO[bytes]]) -> None:
+    while chunk := source.read(_COPY_CHUNK):
+        for target in targets:
+            target.write(chunk)
+
+
+def _write_summary(
+    targets: Sequence[CollectionZip], member: str, squares: dict[tuple[int, int], int]
+) -> None:
+    csv_name, vrt_name = summary_names(member)
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(target.member(csv_name)) for target in targets]
+        for chunk in summary_csv(squares):
+            data = chunk.encode("utf-8")
+            for handle in handles:
+                handle.write(data)
+    vrt = summary_vrt(csv_name.rsplit("/", 1)[-1])
+    for target in targets:
+        target.write_text(vrt_name, vrt)
+
+
+def zip_time(moment: dt.datetime) -> tuple[int, int, int, int, int, int]:
+    """A zip member time (local fields, no zone) from an aware datetime in UTC."""
+    return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "CollectionZip",
+    "LicenseBlock",
+    "RunZipResult",
+    "add_run_zip",
+    "license_text",
+    "readme_text",
+    "square",
+    "summary_csv",
+    "summary_names",
+    "summary_vrt",
+    "zip_time",
+]
