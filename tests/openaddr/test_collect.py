@@ -10,7 +10,10 @@ the tests read its zips byte for byte.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
+import re
 import zipfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,16 +21,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import sqlalchemy as sa
 
+from openaddr.canonical import OUTPUT_COLUMNS
 from openaddr.cli import main
 from openaddr.collect import COLLECTIONS_FOLDER, collect, collection_name, repository_of
-from openaddr.collect.archive import square
+from openaddr.collect.archive import CollectionZip, add_run_zip, square
 from openaddr.collect.areas import AREAS, areas_of, in_area, source_name
 from openaddr.db import make_engine, upgrade
 from openaddr.db.collect import ZipRow, collect_runs, current_zips, record_zips
 from openaddr.db.jobs import complete_set, create_job, create_set
 from openaddr.db.runs import copy_run, finish_run, insert_run
 from openaddr.db.schema import runs, zips
-from openaddr.outputs import STATE_KEYS, csv_header, encode_address_csv, write_package, write_state
+from openaddr.outputs import _NUMBER, STATE_KEYS, csv_header, encode_address_csv, write_package, write_state
 from openaddr.storage import LocalStorage, open_storage
 from tests.db_fixtures import BACKENDS, create_database, drop_database
 
@@ -818,6 +822,82 @@ def test_collect_command_needs_database_and_storage(
     assert "collect needs --storage (or OPENADDR_RESULTS)" in capsys.readouterr().err
     assert main(["collect", "last", "--database", "sqlite://", "--storage", str(tmp_path)]) == 2
     assert "SET must be a set id or 'latest'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The CSV rewrite against the plain reader-and-writer one
+
+
+def reference_rewrite(data: bytes) -> tuple[bytes, int]:
+    """What §8 asks, written the obvious way: csv.reader, stats.json's number pattern, csv.writer."""
+    number = re.compile(_NUMBER)
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    header = next(reader, None) or []
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(OUTPUT_COLUMNS)
+    dropped = 0
+
+    def valid(row: list[str], column: str, limit: float) -> bool:
+        if column not in header or header.index(column) >= len(row):
+            return False
+        text = row[header.index(column)].strip()
+        return bool(number.match(text)) and abs(float(text)) <= limit
+
+    for row in reader:
+        if not row:
+            continue
+        if not (valid(row, "LON", 180) and valid(row, "LAT", 90)):
+            dropped += 1
+            continue
+        writer.writerow(
+            [
+                row[header.index(c)] if c in header and header.index(c) < len(row) else ""
+                for c in OUTPUT_COLUMNS
+            ]
+        )
+    return out.getvalue().encode("utf-8"), dropped
+
+
+TRICKY = [
+    HEADER
+    + b'1,2,3,"Main St, Rear",,,,,,,h\r\n'
+    + b'1.5,2.5,4,"The ""Oaks""",,,,,,,h\r\n'
+    + b'3,4,5,"Two\nLines",,,,,,,h\n'  # a quoted line break, and LF line ends
+    + b"\r\n"  # a blank line
+    + b"5,6,7,Short row\r\n"  # 4 fields
+    + b"7,8,9,Long row,,,,,,,h,extra\r\n"  # 12 fields
+    + b'9,10,11,Mid"quote,,,,,,,h\r\n'  # a quote inside an unquoted field
+    + b"-1,-2,12,K\xc3\xb6ln,,,,,,,h\r"  # a lone CR line end, non-ASCII text
+    + b"\xd9\xa1,2,13,Arabic-Indic digit,,,,,,,h\r\n"  # float() takes it, the pattern does not
+    + b"+1.,.5,14,Signs,,,,,,,h\r\n"
+    + b"1,2,15,No line end,,,,,,,h",
+    b'STREET,LON,EXTRA,LAT\r\n"A, B",1,x,2\r\nC,,y,3\r\nD,4,z,5\r\n',  # other columns, other order
+    b"LON,LAT\r\n",  # a header only
+    b"",  # nothing at all
+]
+
+
+@pytest.mark.parametrize("data", TRICKY, ids=["ours", "legacy", "header-only", "empty"])
+def test_rewrite_equals_the_plain_rewrite(data: bytes, tmp_path: Path) -> None:
+    source = tmp_path / "run.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("README.txt", "readme")
+        archive.writestr("x/y.csv", data)
+    targets = [CollectionZip(tmp_path / f"{n}.zip", "readme", (2026, 1, 1, 0, 0, 0)) for n in ("a", "b")]
+    result = add_run_zip(source, targets)
+    for target in targets:
+        target.close()
+    expected, dropped = reference_rewrite(data)
+    for n in ("a", "b"):
+        with zipfile.ZipFile(tmp_path / f"{n}.zip") as written:
+            assert written.read("x/y.csv") == expected
+            assert written.namelist() == [
+                "README.txt", "x/y.csv", "summary/x/y-summary.csv", "summary/x/y-summary.vrt", "LICENSE.txt",
+            ]  # fmt: skip
+    assert result.dropped == dropped
+    assert result.rows == len(list(csv.reader(io.StringIO(expected.decode(), newline="")))) - 1
+    assert targets[0].address_count == targets[1].address_count == result.rows
 
 
 # --------------------------------------------------------------------------------------------------------------
