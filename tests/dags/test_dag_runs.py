@@ -439,7 +439,9 @@ def test_collect_publishes_the_latest_set(machine_dags: DagBag, machine: Machine
 
     # Runs recorded and published the way process_source does, in the storage the DAG is configured with.
     world = World(machine.engine, "", LocalStorage(machine.storage), tmp_path)
-    set_id = create_set(machine.engine, owner="openaddresses", repository="openaddresses", commit_sha="a" * 40)
+    set_id = create_set(
+        machine.engine, owner="openaddresses", repository="openaddresses", commit_sha="a" * 40
+    )
     world.clock = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     world.run("alameda", "sources/us/ca/alameda.json", ALAMEDA, set_id=set_id)
     world.run("sp", "sources/br/sp.json", ALAMEDA, set_id=set_id, share_alike="true")
@@ -451,7 +453,9 @@ def test_collect_publishes_the_latest_set(machine_dags: DagBag, machine: Machine
     assert len(published) == 18 == len(AREAS) * 2
     with zipfile.ZipFile(machine.storage / "collections" / "openaddr-collected-us_west.zip") as west:
         assert west.read("us/ca/alameda.csv") == ALAMEDA_CSV
-    with zipfile.ZipFile(machine.storage / "collections" / "openaddr-collected-south_america-sa.zip") as sa_zip:
+    with zipfile.ZipFile(
+        machine.storage / "collections" / "openaddr-collected-south_america-sa.zip"
+    ) as sa_zip:
         assert "br/sp.csv" in sa_zip.namelist()
     rows = {row["url"].rsplit("/", 1)[1]: row for row in current_zips(machine.engine)}
     assert set(rows) == set(published)

@@ -973,3 +973,34 @@ def test_finite_coordinate_rule_matches_stats() -> None:
     stats.add_coordinates(lons, lats)
     assert stats.invalid_coordinates == 7
     assert stats.null_island == 1
+
+
+@pytest.mark.integration
+def test_collect_on_s3(s3_bucket: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'machine.db'}"
+    upgrade(url)
+    engine = make_engine(url, poolclass=sa.NullPool)
+    storage = open_storage(f"s3://{s3_bucket}/machine")
+    world = World(engine, url, storage, tmp_path)  # World only publishes and deletes: any Storage
+    set_id = create_set(
+        engine, owner="openaddresses", repository="openaddresses", commit_sha=COMMIT, now=world.tick()
+    )
+    world.run("alameda", "sources/us/ca/alameda.json", ALAMEDA, set_id=set_id)
+    world.run("berlin", "sources/de/berlin.json", BERLIN, set_id=set_id)
+    complete_set(engine, set_id, now=world.tick())
+    work = tmp_path / "work"
+    work.mkdir()
+    result = collect(engine, storage, "latest", now=NOW, work_dir=work)
+    engine.dispose()
+    assert storage.list_keys(COLLECTIONS_FOLDER) == sorted(
+        f"collections/{collection_name(area, attr)}" for area in AREAS for attr in ("", "sa")
+    )
+    assert result.dropped == {world.ids["berlin"]: 7}
+    assert list(work.iterdir()) == []  # downloads and collections removed
+    with storage.local_file("collections/openaddr-collected-global.zip", work) as path:
+        with zipfile.ZipFile(path) as archive:
+            assert archive.read("us/ca/alameda.csv") == ALAMEDA_CSV
+            assert archive.read("de/berlin.csv") == BERLIN_CSV
+            assert archive.read("summary/us/ca/alameda-summary.csv") == ALAMEDA_SUMMARY
+    urls = {c.url for c in result.collections}
+    assert all(u.startswith(f"{storage.endpoint_url}/{s3_bucket}/machine/collections/") for u in urls)
