@@ -229,6 +229,8 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
     if not owner or not repository or "/" in repository:
         return usage(f"--repository must be OWNER/NAME, not {args.repository!r}")
 
+    import sqlalchemy.exc
+
     from openaddr.collect import collect
     from openaddr.db import make_engine
     from openaddr.storage import open_storage
@@ -243,6 +245,9 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
         result = collect(engine, storage, which, owner=owner, repository=repository, work_dir=work_dir)
     except LookupError as exc:
         sys.stderr.write(f"openaddr collect: {exc.args[0] if exc.args else exc}\n")
+        return 1
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        sys.stderr.write(f"openaddr collect: cannot use the Machine database: {str(exc).splitlines()[0]}\n")
         return 1
     finally:
         engine.dispose()

@@ -822,6 +822,14 @@ def test_collect_command_needs_database_and_storage(
     assert "collect needs --storage (or OPENADDR_RESULTS)" in capsys.readouterr().err
     assert main(["collect", "last", "--database", "sqlite://", "--storage", str(tmp_path)]) == 2
     assert "SET must be a set id or 'latest'" in capsys.readouterr().err
+    args = ["collect", "latest", "--database", "sqlite://", "--storage", str(tmp_path)]
+    assert main([*args, "--repository", "openaddresses"]) == 2
+    assert "--repository must be OWNER/NAME, not 'openaddresses'" in capsys.readouterr().err
+    assert main(args) == 1  # an empty database has no table, let alone a set
+    assert (
+        "openaddr collect: cannot use the Machine database: (sqlite3.OperationalError) no such table: sets"
+        in (capsys.readouterr().err)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -898,6 +906,21 @@ def test_rewrite_equals_the_plain_rewrite(data: bytes, tmp_path: Path) -> None:
     assert result.dropped == dropped
     assert result.rows == len(list(csv.reader(io.StringIO(expected.decode(), newline="")))) - 1
     assert targets[0].address_count == targets[1].address_count == result.rows
+
+
+def test_a_member_name_already_collected_is_skipped_and_reported(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.zip", tmp_path / "second.zip"
+    for path, street in ((first, "First"), (second, "Second")):
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x/y.vrt", "vrt")
+            archive.writestr("x/y.csv", HEADER + f"1,2,3,{street},,,,,,,h\r\n".encode())
+    target = CollectionZip(tmp_path / "c.zip", "readme", (2026, 1, 1, 0, 0, 0))
+    assert add_run_zip(first, [target]).duplicates == []
+    assert add_run_zip(second, [target]).duplicates == ["x/y.vrt", "x/y.csv"]
+    target.close()
+    with zipfile.ZipFile(tmp_path / "c.zip") as written:
+        assert written.read("x/y.csv") == HEADER + b"1,2,3,First,,,,,,,h\r\n"
+        assert target.address_count == 1
 
 
 # --------------------------------------------------------------------------------------------------------------
