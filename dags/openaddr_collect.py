@@ -10,12 +10,15 @@ merged (or not known to be unmerged) and is not held by the quality gate, else t
 `collections/openaddr-collected-<area>.zip` and `…-<area>-sa.zip` (share-alike sources) for the areas `global`,
 `us_northeast`, `us_midwest`, `us_south`, `us_west`, `europe`, `asia`, `south_america` and `north_america`.
 Each zip holds `README.txt`, every run zip's members (CSVs rewritten to the 11 output columns, rows with invalid
-coordinates dropped), a 0.1° summary CSV + VRT per CSV, and `LICENSE.txt`. The zips are built by streaming into
+coordinates dropped), a 0.1° summary CSV + VRT per CSV, and `LICENSE.txt`. Beside them, the **72 line-delimited
+GeoJSON collections** `collections/openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip`, one per area, licence
+class and layer type (addresses, buildings, parcels, centerlines), hold each run's `out.geojson` as member
+`<source>/<name>.geojsonl`. The zips are built by streaming into
 the scratch folder, uploaded under a staging key and then moved to their stable names (a public URL never points at
 a half-written file); the `zips` table is updated in one transaction afterwards. The task's return value lists
 each collection's URL, size and address count.
 
-Not yet: the GeoJSON-lines and GeoParquet collections and the cross-source dedupe (issue 13's later steps).
+Not yet: the GeoParquet collections and the cross-source dedupe (issue 13's later steps).
 
 Owner: the OpenAddresses Machine maintainers.
 """

@@ -260,6 +260,8 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
         out.write(f"{dropped} rows dropped for invalid coordinates, from {len(result.dropped)} runs\n")
     for run_id, reason in sorted(result.skipped.items()):
         out.write(f"Run {run_id} left out: {reason}\n")
+    for run_id, reason in sorted(result.geojson_skipped.items()):
+        out.write(f"Run {run_id} not in the GeoJSON collections: {reason}\n")
     return 0
 
 

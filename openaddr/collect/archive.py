@@ -372,6 +372,36 @@ def add_run_zip(zip_path: Path, targets: Sequence[CollectionZip]) -> RunZipResul
     return result
 
 
+def add_geojson(gz_path: Path, member: str, targets: Sequence[CollectionZip]) -> int:
+    """Add a run's gzipped line-delimited GeoJSON (``out.geojson.gz``, processing.md §9.3) to every target as the
+    member ``member``, the features as the run published them; return the number of features.
+
+    A target that already holds ``member`` is left out (and the features are not counted for it).
+    """
+    from isal import igzip
+
+    wanted = [target for target in targets if not target.has(member)]
+    for target in targets:
+        if target.has(member):
+            log.warning("%s: %s already holds %s; skipped", gz_path.name, target.path.name, member)
+    features = 0
+    last = b"\n"
+    with igzip.open(gz_path, "rb") as source, contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(target.member(member)) for target in wanted]
+        while chunk := source.read(_COPY_CHUNK):
+            features += chunk.count(b"\n")
+            last = chunk[-1:]
+            for handle in handles:
+                handle.write(chunk)
+        if last != b"\n":  # a last line without its line end
+            features += 1
+            for handle in handles:
+                handle.write(b"\n")
+    for target in wanted:
+        target.address_count += features
+    return features
+
+
 def _copy(source: IO[bytes], targets: Sequence[IO[bytes]]) -> None:
     while chunk := source.read(_COPY_CHUNK):
         for target in targets:
@@ -403,6 +433,7 @@ __all__ = [
     "CollectionZip",
     "LicenseBlock",
     "RunZipResult",
+    "add_geojson",
     "add_run_zip",
     "license_text",
     "readme_text",

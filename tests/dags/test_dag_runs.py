@@ -450,7 +450,7 @@ def test_collect_publishes_the_latest_set(machine_dags: DagBag, machine: Machine
     dag_run = machine_dags.dags["openaddr_collect"].test()
     assert dag_run.state == "success"
     published = sorted(path.name for path in (machine.storage / "collections").iterdir())
-    assert len(published) == 18 == len(AREAS) * 2
+    assert len(published) == 90 == len(AREAS) * 2 * 5  # the address zips and four GeoJSON layer types
     with zipfile.ZipFile(machine.storage / "collections" / "openaddr-collected-us_west.zip") as west:
         assert west.read("us/ca/alameda.csv") == ALAMEDA_CSV
     with zipfile.ZipFile(

@@ -31,7 +31,15 @@ from openaddr.db.collect import ZipRow, collect_runs, current_zips, record_zips
 from openaddr.db.jobs import complete_set, create_job, create_set
 from openaddr.db.runs import copy_run, finish_run, insert_run
 from openaddr.db.schema import runs, zips
-from openaddr.outputs import _NUMBER, STATE_KEYS, csv_header, encode_address_csv, write_package, write_state
+from openaddr.outputs import (
+    _NUMBER,
+    STATE_KEYS,
+    csv_header,
+    encode_address_csv,
+    encode_feature_geojson,
+    write_package,
+    write_state,
+)
 from openaddr.storage import LocalStorage, open_storage
 from tests.db_fixtures import BACKENDS, create_database, drop_database
 
@@ -296,6 +304,16 @@ class World:
         )
         (state_dir / "cache.zip").write_bytes(b"not a real cache")
         (state_dir / "sample.json").write_text("[]")
+        if processed and legacy_csv is None:
+            points = [
+                f'{{"type":"Point","coordinates":[{r[0]},{r[1]}]}}' if r[0] and r[1] else None for r in rows
+            ]
+            geometries = points if layer == "addresses" else ['{"type":"Polygon","coordinates":[]}'] * 2
+            count = len(geometries)
+            values = {"street": [r[3] for r in rows] or ["Lot"] * count}
+            (state_dir / "out.geojson").write_bytes(
+                encode_feature_geojson(geometries, ["street"], values, [f"h{i}" for i in range(count)])
+            )
         if processed and layer == "addresses":
             zip_path = state_dir / f"{package.rsplit('/', 1)[-1]}.zip"
             if legacy_csv is None:
@@ -310,13 +328,14 @@ class World:
                     legacy.writestr(f"{package}.csv", legacy_csv)
             state["processed"] = "out.csv"
         elif processed:
-            (state_dir / "out.geojson").write_text('{"type": "FeatureCollection", "features": []}')
             state["processed"] = "out.geojson"
         write_state(state_dir, state)
         published = self.storage.publish_run(run_id, state_dir)
         urls = {"cache": published["cache.zip"], "sample": published["sample.json"]}
         for key, url in published.items():
-            if key.endswith(".zip") and not key.startswith("cache.") or key == "out.geojson.gz":
+            if layer == "addresses" and key.endswith(".zip") and not key.startswith("cache."):
+                urls["processed"] = url
+            elif layer != "addresses" and key == "out.geojson.gz":
                 urls["processed"] = url
         finish_run(
             self.engine, run_id, state=state, urls=urls,
@@ -574,16 +593,24 @@ def test_input_runs_follow_the_rule(world: World) -> None:
 # The published zips
 
 
-def test_eighteen_collections_with_stable_names(collected: Collected) -> None:
-    names = sorted(collection_name(area, attr) for area in AREAS for attr in ("", "sa"))
-    assert len(names) == 18
-    keys = collected.world.storage.list_keys(COLLECTIONS_FOLDER)
-    assert keys == [f"collections/{n}" for n in names]  # no staging folder left behind
-    assert [c.name for c in collected.result.collections] == [
-        collection_name(area, attr) for area in AREAS for attr in ("", "sa")
+def test_collections_with_stable_names(collected: Collected) -> None:
+    address = [collection_name(area, attr) for area in AREAS for attr in ("", "sa")]
+    geojson = [
+        collection_name(area, attr, layer)
+        for layer in ("addresses", "buildings", "parcels", "centerlines")
+        for area in AREAS
+        for attr in ("", "sa")
     ]
+    assert len(address) == 18
+    assert len(geojson) == 72
+    assert "openaddr-collected-us_west-sa-parcels.geojsonl.zip" in geojson
+    keys = collected.world.storage.list_keys(COLLECTIONS_FOLDER)
+    assert keys == sorted(f"collections/{n}" for n in address + geojson)  # no staging folder left behind
+    assert [c.name for c in collected.result.collections][:18] == address
+    assert {c.name for c in collected.result.collections[18:]} == set(geojson)
     for c in collected.result.collections:
         assert c.url == f"http://files.test/storage/collections/{c.name}"
+        assert (c.layer is None) == (c.name in address)
 
 
 def test_area_assignment_and_member_order(collected: Collected) -> None:
@@ -709,6 +736,64 @@ def test_summary_vrt_reads_the_polygons_with_gdal(collected: Collected, tmp_path
     assert bounds == [(-122.3, 37.8, -122.2, 37.9), (-122.2, 37.8, -122.1, 37.9)]
 
 
+def geojson_members(archive: zipfile.ZipFile) -> list[str]:
+    return [n for n in archive.namelist() if n.endswith(".geojsonl")]
+
+
+def test_geojson_collections(collected: Collected) -> None:
+    files = collected.files
+    # Address entries: the members of the CSV collections, named <source>/<name>, but the legacy zip without GeoJSON.
+    for name, members in EXPECTED.items():
+        layered = name.replace(".zip", "-addresses.geojsonl.zip")
+        expected = [
+            {"fr/paris-arrondissements": "fr/paris/arrondissements", "fr/paris": "fr/paris/city"}.get(
+                m, f"{m}/primary"
+            )
+            + ".geojsonl"
+            for m in members
+            if m != "us/tx"
+        ]
+        archive = files[layered]
+        assert archive.namelist() == ["README.txt", *expected, "LICENSE.txt"], layered
+        assert archive.read("README.txt") == files[name].read("README.txt")
+    assert geojson_members(files["openaddr-collected-global-parcels.geojsonl.zip"]) == [
+        "us/hi/parcels/parcels.geojsonl"
+    ]
+    assert geojson_members(files["openaddr-collected-us_west-parcels.geojsonl.zip"]) == [
+        "us/hi/parcels/parcels.geojsonl"
+    ]
+    for area in AREAS:
+        for attr in ("", "sa"):
+            for layer in ("buildings", "centerlines"):
+                assert geojson_members(files[collection_name(area, attr, layer)]) == []
+    assert files["openaddr-collected-us_west-parcels.geojsonl.zip"].read("LICENSE.txt") == (
+        b"Data collected by OpenAddresses (http://openaddresses.io).\n"
+        b"\n"
+        b"us/hi/parcels/parcels\nWebsite: https://example.org\nLicense: CC0\nRequired attribution: No\n"
+    )
+
+
+def test_geojson_features_are_copied_as_published(collected: Collected) -> None:
+    import gzip
+
+    storage = collected.world.storage
+    ids = collected.world.ids
+    west = collected.files["openaddr-collected-us_west-addresses.geojsonl.zip"]
+    published = gzip.decompress(storage.get_bytes(f"runs/{ids['alameda']}/out.geojson.gz"))
+    assert west.read("us/ca/alameda/primary.geojsonl") == published
+    assert published.splitlines()[1] == (
+        b'{"type":"Feature","geometry":{"type":"Point","coordinates":[-122.25,37.85]},'
+        b'"properties":{"hash":"h1","street":"1st St, Rear"}}'
+    )
+    parcels = collected.files["openaddr-collected-global-parcels.geojsonl.zip"]
+    assert parcels.read("us/hi/parcels/parcels.geojsonl") == gzip.decompress(
+        storage.get_bytes(f"runs/{ids['parcels']}/out.geojson.gz")
+    )
+    assert collected.result.geojson_skipped.keys() == {ids["texas"]}
+    assert "out.geojson.gz does not exist" in collected.result.geojson_skipped[ids["texas"]]
+    assert ids["parcels"] in collected.result.runs
+
+
 def test_dropped_rows_are_counted(collected: Collected) -> None:
     ids = collected.world.ids
     assert collected.result.dropped == {ids["berlin"]: 7, ids["texas"]: 1}
@@ -721,8 +806,7 @@ def test_runs_left_out_are_reported(collected: Collected) -> None:
     assert set(skipped) == {ids["elsewhere"], ids["missing"]}
     assert "is not in this storage" in skipped[ids["elsewhere"]]
     assert "does not exist" in skipped[ids["missing"]]
-    assert ids["failing-now"] not in collected.result.runs  # no processed zip: nothing to report
-    assert ids["parcels"] not in collected.result.runs
+    assert ids["failing-now"] not in collected.result.runs  # no processed output: nothing to report
 
 
 def test_zips_rows_are_current_with_sizes_and_counts(collected: Collected) -> None:
@@ -731,7 +815,7 @@ def test_zips_rows_are_current_with_sizes_and_counts(collected: Collected) -> No
         rows = {r.url: r for r in connection.execute(sa.select(zips)).all()}
     old = rows.pop("https://old.example/openaddr-collected-global.zip")
     assert old.is_current is False
-    assert len(rows) == 18
+    assert len(rows) == 90
     for c in collected.result.collections:
         row = rows[c.url]
         path = storage.path(f"collections/{c.name}")
@@ -739,11 +823,15 @@ def test_zips_rows_are_current_with_sizes_and_counts(collected: Collected) -> No
         assert row.content_length == path.stat().st_size
         assert row.collection == c.area
         assert row.license_attr == c.license_attr
-        assert row.layer is None
+        assert row.layer == c.layer
         assert row.datetime == NOW
-        members = EXPECTED[c.name]
         with zipfile.ZipFile(path) as archive:
-            lines = sum(len(archive.read(f"{m}.csv").splitlines()) - 1 for m in members)
+            if c.layer is None:
+                lines = sum(len(archive.read(f"{m}.csv").splitlines()) - 1 for m in EXPECTED[c.name])
+            else:
+                lines = sum(
+                    len(archive.read(n).splitlines()) for n in archive.namelist() if n.endswith(".geojsonl")
+                )
         assert row.address_count == c.address_count == lines
     assert rows["http://files.test/storage/collections/openaddr-collected-global.zip"].address_count == 51
 
@@ -763,7 +851,7 @@ def test_collect_again_replaces_rows_and_files(collected: Collected) -> None:
     later = NOW + dt.timedelta(days=1)
     again = collect(world.engine, world.storage, 2, now=later, work_dir=world.folder)
     current = current_zips(world.engine)
-    assert len(current) == 18
+    assert len(current) == 90
     assert {row["url"] for row in current} == {c.url for c in again.collections}
     assert all(row["datetime"] == later for row in current)
     with zipfile.ZipFile(world.storage.path("collections/openaddr-collected-asia.zip")) as asia:
@@ -798,13 +886,18 @@ def test_collect_command(
     )  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert out[0] == "Set 2: 24 runs collected"
+    assert out[0] == "Set 2: 25 runs collected"
     assert out[1].startswith("openaddr-collected-global.zip\t")
     assert out[1].endswith(
         "\t51 addresses\thttp://files.test/storage/collections/openaddr-collected-global.zip"
     )
-    assert len([line for line in out if line.startswith("openaddr-collected-")]) == 18
+    assert len([line for line in out if line.startswith("openaddr-collected-")]) == 90
     assert "8 rows dropped for invalid coordinates, from 2 runs" in out
+    texas = world.ids["texas"]
+    assert (
+        f"Run {texas} not in the GeoJSON collections: {world.storage.url(f'runs/{texas}/out.geojson.gz')} does not exist"
+        in out
+    )
     assert (
         f"Run {world.ids['elsewhere']} left out: https://elsewhere.example/runs/1/us/nm/elsewhere.zip is not in this storage"
         in out
@@ -1015,9 +1108,8 @@ def test_collect_on_s3(s3_bucket: str, tmp_path: Path) -> None:
     work.mkdir()
     result = collect(engine, storage, "latest", now=NOW, work_dir=work)
     engine.dispose()
-    assert storage.list_keys(COLLECTIONS_FOLDER) == sorted(
-        f"collections/{collection_name(area, attr)}" for area in AREAS for attr in ("", "sa")
-    )
+    assert len(storage.list_keys(COLLECTIONS_FOLDER)) == 90
+    assert f"collections/{collection_name('global', '')}" in storage.list_keys(COLLECTIONS_FOLDER)
     assert result.dropped == {world.ids["berlin"]: 7}
     assert list(work.iterdir()) == []  # downloads and collections removed
     with storage.local_file("collections/openaddr-collected-global.zip", work) as path:
