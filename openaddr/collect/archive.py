@@ -12,6 +12,9 @@ taken by name from the member's header (a missing column is empty); a row whose 
 plain decimal number (the rule of ``stats.json``'s ``invalid_coordinates``) or lies outside ±90 / ±180 is dropped and
 counted; rows at (0, 0) are kept and counted. The CSV dialect is ``out.csv``'s: minimal quoting, CRLF, UTF-8 (bytes
 that are not UTF-8 pass through unchanged).
+
+:func:`add_geojson` adds a run's gzipped line-delimited GeoJSON to the GeoJSON collections the same way: one pass,
+streamed into every target's member, the lines as they are.
 """
 
 from __future__ import annotations
