@@ -249,16 +249,64 @@ def summary_csv(squares: dict[tuple[int, int], int]) -> Iterator[str]:
     yield buffer.getvalue()
 
 
+#: Records checked at once: their coordinates are parsed and their squares counted column-wise.
+_BATCH = 20_000
+
+
+def _check_coordinates(lons: list[str], lats: list[str]) -> tuple[Any, Any, Any]:
+    """Which coordinate texts are valid (:func:`_coordinate`'s rule), and their values (NaN when not): one batch,
+    column-wise. Texts that cannot reach Arrow (bytes that were not UTF-8) are checked one by one."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from openaddr.outputs import _NUMBER
+
+    def parse(texts: list[str]) -> Any:
+        array = pc.utf8_trim_whitespace(pa.array(texts, type=pa.string()))
+        kept = pc.if_else(pc.match_substring_regex(array, _NUMBER), array, None)
+        assert isinstance(kept, pa.Array)  # an array's if_else is an array
+        return pc.cast(kept, pa.float64()).to_numpy(zero_copy_only=False)
+
+    try:
+        lon, lat = parse(lons), parse(lats)
+    except (UnicodeEncodeError, pa.ArrowInvalid):
+        nan = math.nan
+        lon = np.array([v if (v := _coordinate(t, 180.0)) is not None else nan for t in lons], dtype=float)
+        lat = np.array([v if (v := _coordinate(t, 90.0)) is not None else nan for t in lats], dtype=float)
+    with np.errstate(invalid="ignore"):
+        valid = (np.abs(lon) <= 180.0) & (np.abs(lat) <= 90.0)  # NaN compares False
+    return valid, lon, lat
+
+
+def _count_squares(lon: Any, lat: Any, squares: dict[tuple[int, int], int]) -> None:
+    """Add valid coordinates to the 0.1° square counts (:func:`square`, column-wise)."""
+    import numpy as np
+
+    def index(values: Any) -> Any:
+        i = np.floor(values * 10)
+        i += (i + 1) / 10 <= values
+        i -= i / 10 > values
+        return i.astype(np.int64)
+
+    keys = (index(lat) + 1000) * 10_000 + (index(lon) + 2000)
+    found, counts = np.unique(keys, return_counts=True)
+    for key, count in zip(found.tolist(), counts.tolist(), strict=True):
+        square_key = (key // 10_000 - 1000, key % 10_000 - 2000)
+        squares[square_key] = squares.get(square_key, 0) + count
+
+
 def _rewrite_csv(
     source: IO[bytes], targets: Sequence[IO[bytes]], result: RunZipResult
 ) -> dict[tuple[int, int], int]:
     """Stream one CSV member into every target, rewritten (module docstring); return its 0.1° squares.
 
-    The csv module parses and writes only what needs it: a line without a quote character is one whole record
-    whose fields are its comma-separated parts, and when the member already has the 11 columns in order such a
-    line is written back as it is (the writer would produce the same bytes: minimal quoting quotes only fields
-    with a comma, quote or line break). Quoted records (which may span lines) and members with other columns go
-    through ``csv.reader`` and ``csv.writer``. A test holds both paths to the plain reader-and-writer rewrite.
+    Records are gathered in batches whose coordinates are checked and counted column-wise. The csv module parses
+    and writes only what needs it: a line without a quote character is one whole record whose fields are its
+    comma-separated parts, and when the member already has the 11 columns in order such a line is written back as
+    it is (the writer would produce the same bytes: minimal quoting quotes only fields with a comma, quote or line
+    break). Quoted records (which may span lines) and members with other columns go through ``csv.reader`` and
+    ``csv.writer``. A test holds both paths to the plain reader-and-writer rewrite.
     """
     text = io.TextIOWrapper(source, encoding="utf-8", errors="surrogateescape", newline="")
     lines = iter(text)
@@ -271,20 +319,43 @@ def _rewrite_csv(
     squares: dict[tuple[int, int], int] = {}
     side = io.StringIO()
     writer = csv.writer(side, lineterminator="\r\n")
-    out: list[str] = [",".join(OUTPUT_COLUMNS) + "\r\n"]
-    pending = 0
-    rows = dropped = null_island = 0
-    floor = math.floor
+    records: list[str] = []
+    lons: list[str] = []
+    lats: list[str] = []
+    first = [",".join(OUTPUT_COLUMNS) + "\r\n"]
 
     def flush() -> None:
-        data = "".join(out).encode("utf-8", "surrogateescape")
+        valid, lon, lat = _check_coordinates(lons, lats)
+        kept = int(valid.sum())
+        result.rows += kept
+        result.dropped += len(records) - kept
+        lon, lat = lon[valid], lat[valid]
+        result.null_island += int(((lon == 0.0) & (lat == 0.0)).sum())
+        _count_squares(lon, lat, squares)
+        kept_records = itertools.compress(records, valid.tolist())
+        data = "".join(itertools.chain(first, kept_records)).encode("utf-8", "surrogateescape")
         for target in targets:
             target.write(data)
-        out.clear()
+        first.clear()
+        records.clear()
+        lons.clear()
+        lats.clear()
 
     for line in lines:
-        quoted = '"' in line
-        if quoted:
+        if as_is and '"' not in line:
+            line = line.rstrip("\r\n")
+            if not line:
+                continue  # a blank line is no record
+            if line.count(",") == width - 1:
+                lon_text, lat_text, _ = line.split(",", 2)
+                records.append(line + "\r\n")
+                lons.append(lon_text)
+                lats.append(lat_text)
+                if len(records) >= _BATCH:
+                    flush()
+                continue
+            row = line.split(",")
+        elif '"' in line:
             row = next(csv.reader(itertools.chain((line,), lines)), [])
         else:
             line = line.rstrip("\r\n")
@@ -292,43 +363,18 @@ def _rewrite_csv(
         if not row:
             continue  # a blank line is no record
         size = len(row)
-        lon = _coordinate(row[lon_at], 180.0) if lon_at is not None and lon_at < size else None
-        lat = _coordinate(row[lat_at], 90.0) if lat_at is not None and lat_at < size else None
-        if lon is None or lat is None:
-            dropped += 1
-            continue
-        if lon == 0.0 and lat == 0.0:
-            null_island += 1
-        if as_is and size == width and not quoted:
-            out.append(line + "\r\n")
-            pending += len(line)
-        else:
-            writer.writerow(
-                row
-                if as_is and size == width
-                else [row[i] if i is not None and i < size else "" for i in picks]
-            )
-            written = side.getvalue()
-            out.append(written)
-            pending += len(written)
-            side.seek(0)
-            side.truncate()
-        rows += 1
-        # square(), inlined: this loop runs once per address
-        y = floor(lat * 10)
-        y = y + 1 if (y + 1) / 10 <= lat else y - 1 if y / 10 > lat else y
-        x = floor(lon * 10)
-        x = x + 1 if (x + 1) / 10 <= lon else x - 1 if x / 10 > lon else x
-        key = (y, x)
-        squares[key] = squares.get(key, 0) + 1
-        if pending > _FLUSH_BYTES:
+        lons.append(row[lon_at] if lon_at is not None and lon_at < size else "")
+        lats.append(row[lat_at] if lat_at is not None and lat_at < size else "")
+        writer.writerow(
+            row if as_is and size == width else [row[i] if i is not None and i < size else "" for i in picks]
+        )
+        records.append(side.getvalue())
+        side.seek(0)
+        side.truncate()
+        if len(records) >= _BATCH:
             flush()
-            pending = 0
     flush()
     text.detach()
-    result.rows += rows
-    result.dropped += dropped
-    result.null_island += null_island
     return squares
 
 

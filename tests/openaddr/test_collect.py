@@ -932,7 +932,7 @@ def test_collect_command_needs_database_and_storage(
 def reference_rewrite(data: bytes) -> tuple[bytes, int]:
     """What §8 asks, written the obvious way: csv.reader, stats.json's number pattern, csv.writer."""
     number = re.compile(_NUMBER)
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
     header = next(reader, None) or []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -957,7 +957,7 @@ def reference_rewrite(data: bytes) -> tuple[bytes, int]:
                 for c in OUTPUT_COLUMNS
             ]
         )
-    return out.getvalue().encode("utf-8"), dropped
+    return out.getvalue().encode("utf-8", "surrogateescape"), dropped
 
 
 TRICKY = [
@@ -974,12 +974,13 @@ TRICKY = [
     + b"+1.,.5,14,Signs,,,,,,,h\r\n"
     + b"1,2,15,No line end,,,,,,,h",
     b'STREET,LON,EXTRA,LAT\r\n"A, B",1,x,2\r\nC,,y,3\r\nD,4,z,5\r\n',  # other columns, other order
+    HEADER + b"1,2,3,Stra\xdfe,,,,,,,h\r\n1\xff,2,4,Bad byte in LON,,,,,,,h\r\n",  # bytes that are not UTF-8
     b"LON,LAT\r\n",  # a header only
     b"",  # nothing at all
 ]
 
 
-@pytest.mark.parametrize("data", TRICKY, ids=["ours", "legacy", "header-only", "empty"])
+@pytest.mark.parametrize("data", TRICKY, ids=["ours", "legacy", "latin-1", "header-only", "empty"])
 def test_rewrite_equals_the_plain_rewrite(data: bytes, tmp_path: Path) -> None:
     source = tmp_path / "run.zip"
     with zipfile.ZipFile(source, "w") as archive:
@@ -997,7 +998,10 @@ def test_rewrite_equals_the_plain_rewrite(data: bytes, tmp_path: Path) -> None:
                 "README.txt", "x/y.csv", "summary/x/y-summary.csv", "summary/x/y-summary.vrt", "LICENSE.txt",
             ]  # fmt: skip
     assert result.dropped == dropped
-    assert result.rows == len(list(csv.reader(io.StringIO(expected.decode(), newline="")))) - 1
+    assert (
+        result.rows
+        == len(list(csv.reader(io.StringIO(expected.decode("utf-8", "surrogateescape"), newline="")))) - 1
+    )
     assert targets[0].address_count == targets[1].address_count == result.rows
 
 
