@@ -1,4 +1,4 @@
-"""The ``openaddr`` command line: validate, test-source, conform, process-one, db-upgrade.
+"""The ``openaddr`` command line: validate, test-source, conform, process-one, db-upgrade, collect.
 
 Exit status: 0 success, 1 a failure recorded in the state (``index.json`` with a named source problem) or an
 invalid source file, 2 bad usage (a missing or unreadable file, a FIFO or device given as a file, ``--out`` that is
@@ -65,6 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db-upgrade", help="create or upgrade the Machine database to the newest schema")
     p.add_argument(
         "url", nargs="?", help="SQLAlchemy URL (default: OPENADDR_DATABASE_URL, else var/machine.db)"
+    )
+
+    p = sub.add_parser(
+        "collect", help="build and publish the regional collections of a set (machine-ci.md §8)"
+    )
+    p.add_argument(
+        "set", metavar="SET", help="a set id, or 'latest': the newest completed set of --repository"
+    )
+    p.add_argument(
+        "--database", help="SQLAlchemy URL of the Machine database (default: OPENADDR_DATABASE_URL)"
+    )
+    p.add_argument(
+        "--storage", help="the run storage: a folder, file:// or s3:// URL (default: OPENADDR_RESULTS)"
+    )
+    p.add_argument("--public-url", help="public URL of the storage (default: OPENADDR_RESULTS_PUBLIC_URL)")
+    p.add_argument(
+        "--repository",
+        default="openaddresses/openaddresses",
+        metavar="OWNER/NAME",
+        help="whose latest set 'latest' means (default: openaddresses/openaddresses)",
+    )
+    p.add_argument(
+        "--work-dir", help="parent of the temporary folder (default: OPENADDR_SCRATCH, else the system's)"
     )
     return parser
 
@@ -170,8 +193,76 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Se
             return 1
         sys.stdout.write(f"Machine database at revision {head_revision()}\n")
         return 0
+    if args.command == "collect":
+        return collect_command(args, settings)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def collect_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``openaddr collect SET``: build and publish the collections of a set, then print one line per collection
+    (name, size, addresses, URL) and what was dropped or left out.
+
+    The database and storage come from the options, else ``OPENADDR_DATABASE_URL`` and ``OPENADDR_RESULTS``;
+    naming neither is bad usage (exit status 2), never a local default.
+
+    :return: 0 when published, 1 when the set cannot be collected (unknown, incomplete) or publishing failed
+    """
+    from pathlib import Path
+
+    def usage(message: str) -> int:
+        sys.stderr.write(f"openaddr collect: error: {message}\n")
+        return 2
+
+    database = args.database or settings.database_url
+    storage_url = args.storage or settings.results
+    if not database:
+        return usage("collect needs --database (or OPENADDR_DATABASE_URL)")
+    if not storage_url:
+        return usage("collect needs --storage (or OPENADDR_RESULTS)")
+    which: int | str = args.set
+    if args.set != "latest":
+        if not args.set.isdigit():
+            return usage(f"SET must be a set id or 'latest', not {args.set!r}")
+        which = int(args.set)
+    owner, _, repository = args.repository.partition("/")
+    if not owner or not repository or "/" in repository:
+        return usage(f"--repository must be OWNER/NAME, not {args.repository!r}")
+
+    import sqlalchemy.exc
+
+    from openaddr.collect import collect
+    from openaddr.db import make_engine
+    from openaddr.storage import open_storage
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    storage = open_storage(storage_url, public_url=args.public_url or settings.results_public_url)
+    work_dir = Path(args.work_dir) if args.work_dir else settings.scratch
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(database)
+    try:
+        result = collect(engine, storage, which, owner=owner, repository=repository, work_dir=work_dir)
+    except LookupError as exc:
+        sys.stderr.write(f"openaddr collect: {exc.args[0] if exc.args else exc}\n")
+        return 1
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        sys.stderr.write(f"openaddr collect: cannot use the Machine database: {str(exc).splitlines()[0]}\n")
+        return 1
+    finally:
+        engine.dispose()
+    out = sys.stdout
+    out.write(f"Set {result.set_id}: {len(result.runs)} runs collected\n")
+    for item in result.collections:
+        out.write(f"{item.name}\t{item.content_length} bytes\t{item.address_count} addresses\t{item.url}\n")
+    dropped = sum(result.dropped.values())
+    if dropped:
+        out.write(f"{dropped} rows dropped for invalid coordinates, from {len(result.dropped)} runs\n")
+    for run_id, reason in sorted(result.skipped.items()):
+        out.write(f"Run {run_id} left out: {reason}\n")
+    for run_id, reason in sorted(result.geojson_skipped.items()):
+        out.write(f"Run {run_id} not in the GeoJSON collections: {reason}\n")
+    return 0
 
 
 if __name__ == "__main__":

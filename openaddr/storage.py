@@ -21,6 +21,7 @@ Guarantees, on both backends:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -413,6 +414,64 @@ class Storage(ABC):
         log.info("Published run %s at %s", run_id, urls.get("index.json") or self.url(prefix))
         return urls
 
+    def publish_files(self, prefix: str, files: Mapping[str, Path]) -> dict[str, str]:
+        """Publish local files under the folder ``prefix``, each complete before any is visible.
+
+        Every file is first uploaded under a private staging folder ``<prefix>/.staging-<uuid>/`` (S3 multipart
+        above ``multipart_threshold``); only when all are there is each moved (local) or server-side copied (S3)
+        to ``<prefix>/<name>``, replacing the object of that name. A reader never sees a partial object: a URL
+        gives the earlier complete file until the new one replaces it. Other objects under ``prefix`` are left
+        alone. When an upload fails, the staging folder is removed and nothing is replaced.
+
+        :param prefix: the destination folder, e.g. ``collections``
+        :param files: object name below ``prefix`` → local file
+        :return: object name → public URL
+        """
+        folder = _folder(prefix)[:-1]
+        staging = f"{folder}/{STAGING_PREFIX}{uuid.uuid4().hex}"
+        try:
+            for name, path in files.items():
+                self.put_file(path, f"{staging}/{check_key(name)}", content_type=content_type_for(name))
+        except BaseException:
+            log.error("Upload to %s failed; removing %s", folder, staging)
+            self._cleanup(staging)
+            raise
+        try:
+            for name in files:
+                self._promote(f"{staging}/{name}", f"{folder}/{name}", content_type_for(name))
+        finally:
+            self._cleanup(staging)
+        return {name: self.url(f"{folder}/{name}") for name in files}
+
+    def key_of(self, url: str) -> str | None:
+        """The key of one of this storage's public URLs (as :meth:`url` makes them), or None for another URL."""
+        base = self.url("k")[:-1]
+        if not url.startswith(base) or len(url) == len(base):
+            return None
+        try:
+            return check_key(unquote(url[len(base) :]))
+        except ValueError:
+            return None
+
+    @contextlib.contextmanager
+    def local_file(self, key: str, folder: Path) -> Iterator[Path]:
+        """``key`` as a local file for the duration of the block: the stored file itself (local storage) or a
+        download into ``folder``, removed when the block ends (S3; streamed to disk, never held in memory).
+
+        :raises ObjectNotFoundError: when nothing is stored there
+        """
+        with tempfile.TemporaryDirectory(prefix="download-", dir=folder) as tmp:
+            path = Path(tmp) / "object"
+            self._download(key, path)
+            yield path
+
+    @abstractmethod
+    def _download(self, key: str, destination: Path) -> None:
+        """Stream ``key`` into the local file ``destination``.
+
+        :raises ObjectNotFoundError: when nothing is stored there
+        """
+
     def _withdraw(self, prefix: str, *, keep: str) -> None:
         """Delete an earlier publication under ``prefix`` (its state first) and stale staging folders."""
         kept = _folder(keep)
@@ -487,6 +546,24 @@ class LocalStorage(Storage):
         """The content of ``key``."""
         try:
             return self.path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectNotFoundError(f"{self.url(key)} does not exist") from exc
+
+    @contextlib.contextmanager
+    def local_file(self, key: str, folder: Path) -> Iterator[Path]:
+        """The stored file of ``key`` itself (no copy); it stays readable through an open handle even when a
+        publication replaces it meanwhile (rename).
+
+        :raises ObjectNotFoundError: when nothing is stored there
+        """
+        path = self.path(key)
+        if not path.is_file():
+            raise ObjectNotFoundError(f"{self.url(key)} does not exist")
+        yield path
+
+    def _download(self, key: str, destination: Path) -> None:
+        try:
+            shutil.copyfile(self.path(key), destination)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFoundError(f"{self.url(key)} does not exist") from exc
 
@@ -674,6 +751,20 @@ class S3Storage(Storage):
             raise
         body: bytes = response["Body"].read()
         return body
+
+    def _download(self, key: str, destination: Path) -> None:
+        """Download ``key`` to a local file (ranged GETs in parallel above the threshold, boto3's transfer
+        manager)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.download_file(
+                self.bucket, self.full_key(key), str(destination), Config=self.transfer_config
+            )
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFoundError(f"s3://{self.bucket}/{self.full_key(key)} does not exist") from exc
+            raise
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists (one ``HeadObject``)."""

@@ -100,6 +100,16 @@ def test_schedules(dagbag: DagBag) -> None:
     assert dagbag.dags["openaddr_ci"].get_task("process_source").max_active_tis_per_dagrun is None
 
 
+def test_collect_runs_when_the_batch_completes_a_set(dagbag: DagBag) -> None:
+    emitted = {outlet.uri for outlet in dagbag.dags["openaddr_batch"].get_task("complete_set").outlets}
+    collect = dagbag.dags["openaddr_collect"]
+    scheduled_on = {asset.uri for asset in collect.timetable.asset_condition.objects}
+    assert emitted == scheduled_on == {"openaddr://sets/latest"}
+    assert [task.task_id for task in collect.tasks] == ["collect_set"]
+    assert collect.max_active_runs == 1
+    assert "openaddr-collected-<area>.zip" in collect.doc_md
+
+
 @pytest.mark.parametrize(
     ("dag_id", "planner", "finish"),
     [("openaddr_ci", "plan_job", "finish_job"), ("openaddr_batch", "list_sources", "complete_set")],
@@ -135,5 +145,5 @@ def test_parsing_imports_no_gdal_proj_or_conform_code() -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == []
-    assert result["dags"] == ["openaddr_batch", "openaddr_ci"]
+    assert result["dags"] == ["openaddr_batch", "openaddr_ci", "openaddr_collect"]
     assert result["loaded"] == []

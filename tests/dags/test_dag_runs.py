@@ -426,3 +426,39 @@ def test_unset_optional_variables_are_not_asked_of_the_api_server(
     assert fake_github.statuses[-1]["context"] == "openaddresses/from-the-database"
     assert "openaddr_github_status_context" in asked
     assert not {"openaddr_base_url", "openaddr_gag_github_status"} & set(asked)
+
+
+def test_collect_publishes_the_latest_set(machine_dags: DagBag, machine: Machine, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from openaddr.collect.areas import AREAS
+    from openaddr.db.collect import current_zips
+    from openaddr.db.jobs import complete_set, create_set
+    from openaddr.storage import LocalStorage
+    from tests.openaddr.test_collect import ALAMEDA, ALAMEDA_CSV, World
+
+    # Runs recorded and published the way process_source does, in the storage the DAG is configured with.
+    world = World(machine.engine, "", LocalStorage(machine.storage), tmp_path)
+    set_id = create_set(
+        machine.engine, owner="openaddresses", repository="openaddresses", commit_sha="a" * 40
+    )
+    world.clock = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    world.run("alameda", "sources/us/ca/alameda.json", ALAMEDA, set_id=set_id)
+    world.run("sp", "sources/br/sp.json", ALAMEDA, set_id=set_id, share_alike="true")
+    complete_set(machine.engine, set_id)
+
+    dag_run = machine_dags.dags["openaddr_collect"].test()
+    assert dag_run.state == "success"
+    published = sorted(path.name for path in (machine.storage / "collections").iterdir())
+    assert len(published) == 90 == len(AREAS) * 2 * 5  # the address zips and four GeoJSON layer types
+    with zipfile.ZipFile(machine.storage / "collections" / "openaddr-collected-us_west.zip") as west:
+        assert west.read("us/ca/alameda.csv") == ALAMEDA_CSV
+    with zipfile.ZipFile(
+        machine.storage / "collections" / "openaddr-collected-south_america-sa.zip"
+    ) as sa_zip:
+        assert "br/sp.csv" in sa_zip.namelist()
+    rows = {row["url"].rsplit("/", 1)[1]: row for row in current_zips(machine.engine)}
+    assert set(rows) == set(published)
+    assert rows["openaddr-collected-global.zip"]["address_count"] == 3
+    assert rows["openaddr-collected-global-sa.zip"]["address_count"] == 3
+    assert not any((tmp_path / "scratch").glob("openaddr-collect-*"))  # the work folder is cleaned up
