@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 
-from openaddr.db.schema import row_dict, runs, sets
+from openaddr.db.schema import jobs, row_dict, runs, sets
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -706,3 +706,167 @@ def owner_entries(
             sa.select(runs.c.source_layer, runs.c.layer_name).where(owned, runs.c.source_path == source_path)
         ).all()
     return {(row.source_layer, row.layer_name) for row in rows}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Merged work (machine-ci.md §2.4)
+# --------------------------------------------------------------------------------------------------------------
+
+#: How far back the daily recheck looks for runs whose merge is not known to have happened (§2.4).
+MERGED_RECHECK_WINDOW = dt.timedelta(days=30)
+
+
+def merged_clause() -> sa.ColumnElement[bool]:
+    """Whether a run counts as merged work (§2.4): a run of a set, or a run whose commit is known to be on the
+    default branch (``is_merged`` true). Unknown (null) is not merged: "latest" never shows a pull request's run
+    because GitHub could not be asked."""
+    return sa.or_(runs.c.set_id.is_not(None), runs.c.is_merged.is_(True))
+
+
+def latest_merged_runs(
+    bind: Bind,
+    *,
+    source_path: str | None = None,
+    successful: bool = False,
+    exclude_job_id: str | None = None,
+) -> dict[tuple[str, str | None, str | None], dict[str, Any]]:
+    """Per (source path, layer, name), the newest merged run with a result (§2.4: only merged runs feed "latest").
+
+    Merged is :func:`merged_clause` (sets, or jobs whose commit is on the default branch); a run still pending
+    (status null) is never "latest". Newest is by ``datetime_tz`` (when the result was recorded), then id.
+
+    :param source_path: only this path (default: every path)
+    :param successful: only successful runs (status true), e.g. the run a count is compared with
+    :param exclude_job_id: leave out this job's runs (a job compared with what was merged before it)
+    :return: ``{(path, layer, name): run}``
+    """
+    conditions: list[sa.ColumnElement[bool]] = [merged_clause(), runs.c.status.is_not(None)]
+    if source_path is not None:
+        conditions.append(runs.c.source_path == source_path)
+    if successful:
+        conditions.append(runs.c.status.is_(True))
+    if exclude_job_id is not None:
+        conditions.append(sa.or_(runs.c.job_id.is_(None), runs.c.job_id != exclude_job_id))
+    rank = (
+        sa.func.row_number()
+        .over(
+            partition_by=(runs.c.source_path, runs.c.source_layer, runs.c.layer_name),
+            order_by=(runs.c.datetime_tz.desc(), runs.c.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = sa.select(runs.c.id, rank).where(*conditions).subquery()
+    query = (
+        sa.select(runs)
+        .join(ranked, ranked.c.id == runs.c.id)
+        .where(ranked.c.rank == 1)
+        .order_by(runs.c.source_path, runs.c.source_layer, runs.c.layer_name)
+    )
+    with transaction(bind) as connection:
+        rows = connection.execute(query).all()
+    return {(row.source_path, row.source_layer, row.layer_name): row_dict(row) for row in rows}
+
+
+@dataclass(frozen=True)
+class JobCommit:
+    """A commit of a CI job's runs whose merge is to be checked: where it lives and what it is.
+
+    :param owner: GitHub owner (``jobs.github_owner``)
+    :param repository: GitHub repository (``jobs.github_repository``)
+    :param commit_sha: the commit the runs read their source at
+    """
+
+    owner: str
+    repository: str
+    commit_sha: str
+
+
+def unmerged_commits(
+    bind: Bind,
+    *,
+    job_id: str | None = None,
+    since: dt.datetime | None = None,
+    only_unknown: bool = False,
+) -> list[JobCommit]:
+    """The distinct (owner, repository, commit) of job runs not known to be merged (``is_merged`` not true).
+
+    Runs of sets, runs without a commit and jobs without a GitHub owner and repository (manual triggers) are left
+    out: there is nothing to ask GitHub.
+
+    :param job_id: only this job's runs
+    :param since: only runs recorded at or after this time (the daily recheck's 30 days)
+    :param only_unknown: only runs never checked (``is_merged`` null), as when a job's runs are recorded
+    """
+    merged = (
+        runs.c.is_merged.is_(None)
+        if only_unknown
+        else sa.or_(runs.c.is_merged.is_(None), runs.c.is_merged.is_(False))
+    )
+    conditions: list[sa.ColumnElement[bool]] = [
+        merged,
+        runs.c.set_id.is_(None),
+        runs.c.commit_sha.is_not(None),
+        jobs.c.github_owner.is_not(None),
+        jobs.c.github_repository.is_not(None),
+    ]
+    if job_id is not None:
+        conditions.append(runs.c.job_id == job_id)
+    if since is not None:
+        conditions.append(runs.c.datetime_tz >= since)
+    query = (
+        sa.select(jobs.c.github_owner, jobs.c.github_repository, runs.c.commit_sha)
+        .select_from(runs.join(jobs, jobs.c.id == runs.c.job_id))
+        .where(*conditions)
+        .distinct()
+        .order_by(jobs.c.github_owner, jobs.c.github_repository, runs.c.commit_sha)
+    )
+    with transaction(bind) as connection:
+        rows = connection.execute(query).all()
+    return [JobCommit(str(owner), str(repository), str(sha)) for owner, repository, sha in rows]
+
+
+def set_commit_merged(
+    bind: Bind,
+    commit: JobCommit,
+    merged: bool,
+    *,
+    job_id: str | None = None,
+    since: dt.datetime | None = None,
+) -> int:
+    """Record whether ``commit`` is on its repository's default branch on the job runs of that commit whose
+    ``is_merged`` is not true (a merged run never goes back: a commit on the default branch stays there).
+
+    :param merged: the answer of :func:`openaddr.machine.merged.commit_merged`
+    :param job_id: only this job's runs
+    :param since: only runs recorded at or after this time
+    :return: how many runs were updated
+    """
+    owned = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.github_owner == commit.owner, jobs.c.github_repository == commit.repository)
+        .scalar_subquery()
+    )
+    conditions: list[sa.ColumnElement[bool]] = [
+        runs.c.commit_sha == commit.commit_sha,
+        runs.c.set_id.is_(None),
+        runs.c.job_id.in_(owned),
+        sa.or_(runs.c.is_merged.is_(None), runs.c.is_merged.is_(False)),
+    ]
+    if job_id is not None:
+        conditions.append(runs.c.job_id == job_id)
+    if since is not None:
+        conditions.append(runs.c.datetime_tz >= since)
+    if not merged:
+        # Already false stays false: only unknown runs learn that they are not merged.
+        conditions.append(runs.c.is_merged.is_(None))
+    with transaction(bind) as connection:
+        count = connection.execute(sa.update(runs).where(*conditions).values(is_merged=merged)).rowcount
+    log.info(
+        "%s/%s@%s: %s on the default branch (%d runs)",
+        commit.owner,
+        commit.repository,
+        commit.commit_sha,
+        "merged" if merged else "not",
+        count,
+    )
+    return int(count)
