@@ -370,7 +370,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def post_job_comment(
-    engine: sa.Engine,
+    engine: db_runs.Bind,
     client: github.Github,
     job_id: str,
     *,
@@ -388,11 +388,12 @@ def post_job_comment(
     :return: the comment's id, or None when the job has no comments URL or the post failed
     :raises LookupError: no job has this id
     """
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
-            return _post_and_record(connection, client, job_id, base_url, airflow_url)
-    return _post_and_record(engine, client, job_id, base_url, airflow_url)
+    if engine.dialect.name != "postgresql":
+        # SQLite serialises writers for a whole transaction: GitHub is not asked inside one.
+        return _post_and_record(engine, client, job_id, base_url, airflow_url)
+    with db_runs.transaction(engine) as connection:
+        connection.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
+        return _post_and_record(connection, client, job_id, base_url, airflow_url)
 
 
 def _post_and_record(

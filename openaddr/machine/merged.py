@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import datetime as dt
 
     import github
-    import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +65,12 @@ def commit_merged(
     if branch is None:
         return None
     try:
-        repo = client.get_repo(f"{owner}/{repository}", lazy=True)
-        status = repo.compare(urllib.parse.quote(branch, safe=""), commit_sha).status
+        # The compare endpoint PyGithub's Repository.compare calls, without fetching the repository again.
+        path = "/repos/{}/{}/compare/{}...{}".format(
+            *(urllib.parse.quote(part, safe="") for part in (owner, repository, branch, commit_sha))
+        )
+        _, answer = client.requester.requestJsonAndCheck("GET", path)
+        status = answer.get("status") if isinstance(answer, dict) else None
     except (GithubException, *_NETWORK_ERRORS) as exc:
         log.warning(
             "Cannot compare %s...%s in %s/%s: %s", branch, commit_sha, owner, repository, _describe(exc)
@@ -87,7 +90,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def check_job_merged(engine: sa.Engine, client: github.Github, job_id: str) -> bool | None:
+def check_job_merged(engine: db_runs.Bind, client: github.Github, job_id: str) -> bool | None:
     """Check the commit of a job's runs that were never checked (``is_merged`` null) and record the answer.
 
     Called when the job's runs are recorded; runs of a job whose owner, repository or commit is unknown (a manual
@@ -124,7 +127,7 @@ class RefreshSummary:
 
 
 def refresh_merged(
-    engine: sa.Engine,
+    engine: db_runs.Bind,
     client: github.Github,
     *,
     now: dt.datetime | None = None,
