@@ -254,7 +254,7 @@ def _headline(job: Mapping[str, Any], rows: Iterable[CommentRow], base_url: str 
         if key in counts
     ]
     job_link = link(f"job {job['id']}", f"{base_url.rstrip('/')}/jobs/{job['id']}" if base_url else None)
-    line = f"**OpenAddresses Machine: {verdict}** — {total} entries: {', '.join(parts) or 'none'}"
+    line = f"**OpenAddresses Machine: {verdict}** — {total} {'entry' if total == 1 else 'entries'}: {', '.join(parts) or 'none'}"
     return f"{line} ({job_link})" if job_link else f"{line} (job {cell(job['id'])})"
 
 
