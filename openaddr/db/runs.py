@@ -728,6 +728,7 @@ def latest_merged_runs(
     *,
     source_path: str | None = None,
     successful: bool = False,
+    accepted: bool = False,
     exclude_job_id: str | None = None,
 ) -> dict[tuple[str, str | None, str | None], dict[str, Any]]:
     """Per (source path, layer, name), the newest merged run with a result (§2.4: only merged runs feed "latest").
@@ -737,6 +738,8 @@ def latest_merged_runs(
 
     :param source_path: only this path (default: every path)
     :param successful: only successful runs (status true), e.g. the run a count is compared with
+    :param accepted: only accepted runs (§10): no quality warning, or a warning a maintainer accepted; a rejected
+        run is left out (what latest URLs, collections and the health page use)
     :param exclude_job_id: leave out this job's runs (a job compared with what was merged before it)
     :return: ``{(path, layer, name): run}``
     """
@@ -745,6 +748,10 @@ def latest_merged_runs(
         conditions.append(runs.c.source_path == source_path)
     if successful:
         conditions.append(runs.c.status.is_(True))
+    if accepted:
+        conditions.append(
+            sa.or_(runs.c.accepted.is_(True), sa.and_(runs.c.accepted.is_(None), runs.c.warning.is_(None)))
+        )
     if exclude_job_id is not None:
         conditions.append(sa.or_(runs.c.job_id.is_(None), runs.c.job_id != exclude_job_id))
     rank = (

@@ -8,9 +8,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import sqlalchemy as sa
 
 from openaddr.db.jobs import create_job, create_set
 from openaddr.db.runs import get_run, insert_run, latest_merged_runs, set_commit_merged, unmerged_commits
+from openaddr.db.schema import runs
 from openaddr.machine.merged import MergedCheckFailed, check_job_merged, commit_merged, refresh_merged
 from tests.openaddr.test_github import fast_client
 
@@ -18,7 +20,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import github
-    import sqlalchemy as sa
 
     from tests.github_server import FakeGitHub, FakeRepository
 
@@ -219,3 +220,31 @@ def test_latest_counts_only_merged_runs(db: sa.Connection) -> None:
     # A pending run is never latest, merged or not.
     insert_run(db, source_path=path, source_layer="addresses", layer_name="primary", set_id=set_id)
     assert latest_merged_runs(db, source_path=path)[key]["id"] == failed["id"]
+
+
+def test_latest_accepted_leaves_held_and_rejected_runs_out(db: sa.Connection) -> None:
+    path = f"sources/{uuid.uuid4().hex}.json"
+    key = (path, "addresses", "primary")
+    set_id = create_set(db, owner=OWNER, repository=REPO, commit_sha=HEAD)
+
+    def set_run(days: int, *, warning: str | None = None) -> int:
+        return insert_run(
+            db,
+            source_path=path,
+            source_layer="addresses",
+            layer_name="primary",
+            set_id=set_id,
+            state={"address count": 10, "processed": "x.zip", "sample": "s.json", "cache": "c.zip"},
+            warning=warning,
+            now=NOW - dt.timedelta(days=days),
+        )
+
+    fine = set_run(3)
+    held = set_run(2, warning="Address count dropped 50 %")
+    assert latest_merged_runs(db, source_path=path)[key]["id"] == held
+    assert latest_merged_runs(db, source_path=path, accepted=True)[key]["id"] == fine
+    db.execute(sa.update(runs).where(runs.c.id == held).values(accepted=True))
+    assert latest_merged_runs(db, source_path=path, accepted=True)[key]["id"] == held
+    rejected = set_run(1, warning="No valid coordinates")
+    db.execute(sa.update(runs).where(runs.c.id == rejected).values(accepted=False))
+    assert latest_merged_runs(db, source_path=path, accepted=True)[key]["id"] == held
