@@ -383,7 +383,22 @@ def load_source(path: str | Path) -> Source:
     :raises SourceFileError: the file is over a limit, is not JSON, or is not a JSON object
     """
     path = Path(path)
-    original, text, structure = _parse(read_source_bytes(path), path)
+    return parse_source(read_source_bytes(path), path)
+
+
+def parse_source(data: bytes, path: str | Path) -> Source:
+    """A source file's bytes, read within the limits of a source file and upgraded to the v2 layout: what
+    :func:`load_source` does after reading, for bytes that never were a local file (a snapshot from GitHub).
+
+    :param path: the file's name, in messages and as the source's name (``sources/us/wy/park.json``)
+    :raises SourceFileError: over a limit, not JSON, or not a JSON object
+    """
+    path = Path(path)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise SourceFileError(
+            f"{path}: larger than the limit of {MAX_SOURCE_BYTES:,} bytes for a source file"
+        )
+    original, text, structure = _parse(data, path)
     if not isinstance(original, dict):
         raise SourceFileError(f"{path}: a source file must hold a JSON object, not {type(original).__name__}")
     check_strings(original, path, text, structure)

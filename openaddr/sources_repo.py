@@ -27,6 +27,7 @@ import requests
 from github import GithubException, RateLimitExceededException
 
 from openaddr.errors import OpenaddrError
+from openaddr.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -200,29 +201,37 @@ class _Retrying:
         self.sleep = sleep
 
     def __call__(self, what: str, step: Callable[[], T]) -> T:
-        for attempt in range(1, self.attempts + 1):
+        """Run ``step``, retried on transient GitHub failures (:class:`openaddr.retry.RetryPolicy`, tenacity)."""
+        policy = RetryPolicy(
+            delays=(self.retry_delay,) * (self.attempts - 1), max_retry_after=self.retry_delay, name=what
+        )
+        tries = 0
+
+        def attempt() -> T:
+            nonlocal tries
+            tries += 1
             try:
                 return step()
             except Exception as error:
-                if not _is_transient(error):
-                    raise SourcesLocationError(
-                        f"Could not {what} of {self.where}: {_describe(error)}"
-                    ) from error
-                if attempt == self.attempts:
-                    raise SourcesLocationError(
-                        f"Could not {what} of {self.where} after {attempt} attempts: {_describe(error)}"
-                    ) from error
-                log.warning(
-                    "Could not %s of %s (attempt %d/%d), retrying in %ss: %s",
-                    what,
-                    self.where,
-                    attempt,
-                    self.attempts,
-                    self.retry_delay,
-                    _describe(error),
-                )
-                self.sleep(self.retry_delay)
-        raise AssertionError("unreachable")
+                if _is_transient(error) and tries < self.attempts:
+                    log.warning(
+                        "Could not %s of %s (attempt %d/%d), retrying in %ss: %s",
+                        what,
+                        self.where,
+                        tries,
+                        self.attempts,
+                        self.retry_delay,
+                        _describe(error),
+                    )
+                raise
+
+        try:
+            return policy.call(attempt, transient=_is_transient, sleep=self.sleep, log_retries=False)
+        except Exception as error:
+            after = f" after {tries} attempts" if _is_transient(error) else ""
+            raise SourcesLocationError(
+                f"Could not {what} of {self.where}{after}: {_describe(error)}"
+            ) from error
 
 
 def _check_names(owner: str, repository: str) -> None:

@@ -21,6 +21,11 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OA_WEBHOOK_TESTING`` | ``TESTING`` | testing: unsigned deliveries are accepted when no secret is set |
 | ``OPENADDR_EMBEDDED`` | ``FILES_FOLDER`` | ``1``: serve the local storage (``OPENADDR_RESULTS`` if a folder, else ``$OPENADDR_HOME/storage``) under ``/files/`` |
 | ``OA_WEBHOOK_FILES_FOLDER`` | ``FILES_FOLDER`` | a storage folder to serve under ``/files/`` (default: none, or the embedded one) |
+| ``OPENADDR_RESULTS`` | ``RESULTS`` | the run storage the site reads samples from (default: ``FILES_FOLDER``) |
+| ``OPENADDR_RESULTS_PUBLIC_URL`` | ``RESULTS_PUBLIC_URL`` | public URL of that storage (links to published files) |
+| ``OA_WEBHOOK_SITE_MAX_AGE`` | ``SITE_MAX_AGE`` | ``Cache-Control: max-age`` of the site's pages, seconds (default 60) |
+| ``OA_WEBHOOK_AIRFLOW_UI_URL`` | ``AIRFLOW_UI_URL`` | Airflow's UI, for links to task instances and their logs (default: none) |
+| ``OA_WEBHOOK_DEBUG_HEADERS`` | ``DEBUG_HEADERS`` | ``yes``/``true``/``1``: ``GET /headers`` answers the request headers (default: 404) |
 
 Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
 Without a webhook secret the app refuses to start unless ``TESTING`` is set.
@@ -105,19 +110,30 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         GITHUB_FETCH_WORKERS=32,
         MAX_CONTENT_LENGTH=MAX_BODY,
         FILES_FOLDER=None,
+        RESULTS=None,
+        RESULTS_PUBLIC_URL=None,
+        SITE_MAX_AGE=60,
+        AIRFLOW_UI_URL=None,
+        DEBUG_HEADERS=False,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     if SECRETS_VARIABLE in os.environ:
         app.config[SECRETS_VARIABLE] = os.environ[SECRETS_VARIABLE]
     if not app.config.get("FILES_FOLDER"):
         app.config["FILES_FOLDER"] = embedded_storage_folder()
+    for key, variable in (
+        ("RESULTS", "OPENADDR_RESULTS"),
+        ("RESULTS_PUBLIC_URL", "OPENADDR_RESULTS_PUBLIC_URL"),
+    ):
+        if os.environ.get(variable, "").strip() and not app.config.get(key):
+            app.config[key] = os.environ[variable].strip()
     if os.environ.get(DATABASE_URL_VARIABLE, "").strip():
         app.config["DATABASE_URL"] = os.environ[DATABASE_URL_VARIABLE].strip()
     if test_config is not None:
         app.config.from_mapping(test_config)
 
     app.config[SECRETS_VARIABLE] = parse_secrets(app.config[SECRETS_VARIABLE])
-    for key in ("GAG_GITHUB_STATUS", "REJECT_NEW_JOBS", "TESTING"):
+    for key in ("GAG_GITHUB_STATUS", "REJECT_NEW_JOBS", "TESTING", "DEBUG_HEADERS"):
         app.config[key] = as_bool(app.config.get(key))
     if not app.config["DATABASE_URL"]:
         app.config["DATABASE_URL"] = default_database_url()
@@ -129,9 +145,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             f"(unsigned deliveries are accepted only with {ENV_PREFIX}_TESTING=true)"
         )
 
-    from webhook import db, hook, site
+    from webhook import db, hook, responses, site, sources
 
     db.init_app(app)
+    responses.init_app(app)
     app.register_blueprint(hook.bp)
     app.register_blueprint(site.bp)
+    app.register_blueprint(sources.bp)
     return app

@@ -1,7 +1,9 @@
 """The first pages of the results site (machine-ci.md §9): a run's page, and in embedded mode the run files.
 
-* ``GET /runs/<id>/``: the run's row of the Machine database (status, message, counts, its job or set, its task
-  instance) and links to its published files — a plain server-rendered page; the full site is still to come.
+* ``GET /runs/<id>/``: the run's row of the Machine database (machine-ci.md §9.2): status (success, warning, failure,
+  skipped), message, problems, counts, its job or set, whether it is merged and accepted, the warning of the quality
+  gate, its stats (``runs.stats``), its state, links to its data (zip or GeoJSON, sample, output, preview), the
+  Airflow task instance (its log, with ``AIRFLOW_UI_URL``), its sample toggle and the files served here.
 * ``GET /files/<path>``: the storage folder over http, only when the app has a ``FILES_FOLDER`` (the embedded mode
   of ``make run`` sets it to ``$OPENADDR_HOME/storage``), so that the Airflow UI's "Run outputs" link opens.
   :func:`flask.send_from_directory` refuses every path outside the folder (``..``, absolute paths) with 404.
@@ -9,14 +11,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, abort, current_app, render_template, send_from_directory
+from flask import Blueprint, abort, current_app, make_response, render_template, send_from_directory
 
+from openaddr.db.results import run_label
 from openaddr.db.runs import get_run
 from openaddr.storage import run_prefix
 from webhook.db import get_engine
+from webhook.responses import conditional
 
 if TYPE_CHECKING:
     from flask import Response
@@ -60,10 +65,22 @@ def run_files(run_id: int) -> list[dict[str, Any]]:
 
 
 @bp.get("/runs/<int:run_id>/")
-def run_page(run_id: int) -> str:
+def run_page(run_id: int) -> Response:
     """A run's state from the Machine database, with links to its published files."""
+    from webhook.sources import run_view, source_name
+
     run = get_run(get_engine(), run_id)
     if run is None:
         abort(404)
+    run.pop("source_data", None)
     state = run.get("state") or {}
-    return render_template("run.html", run=run, state=state, files=run_files(run_id))
+    stats = run.get("stats")
+    page = render_template(
+        "run.html",
+        run=run_view({**run, "label": run_label(run)}),
+        source=source_name(run.get("source_path")),
+        state=state,
+        stats=json.dumps(stats, indent=2, ensure_ascii=False, default=str) if stats is not None else None,
+        files=run_files(run_id),
+    )
+    return conditional(make_response(page), run.get("datetime_tz"))

@@ -11,8 +11,7 @@ import base64
 import binascii
 import dataclasses
 import logging
-import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import openaddr
@@ -90,9 +89,8 @@ def plan_sources(
     :return: the entries to process, in file order
     """
     planned: list[PlannedEntry] = []
-    with tempfile.TemporaryDirectory(prefix="openaddr-plan-") as folder:
-        for snapshot in files:
-            planned += _plan_file(engine, storage, snapshot, Path(folder), prefix=prefix, owner=owner)
+    for snapshot in files:
+        planned += _plan_file(engine, storage, snapshot, prefix=prefix, owner=owner)
     return planned
 
 
@@ -100,23 +98,19 @@ def _plan_file(
     engine: sa.Engine,
     storage: Storage,
     snapshot: SourceSnapshot,
-    folder: Path,
     *,
     prefix: str,
     owner: RunOwner,
 ) -> list[PlannedEntry]:
-    from openaddr.sources import load_source
+    from openaddr.sources import parse_source
     from openaddr.validation import describe_issue, fatal_issues
 
     path = check_source_path(snapshot.path)
     key = f"{prefix}/{path[len('sources/') :]}"
     storage.put_bytes(snapshot.content, key, content_type="application/json")
-    # load_source reads a file, and names the source after it: keep the repository path.
-    local = folder / path
-    local.parent.mkdir(parents=True, exist_ok=True)
-    local.write_bytes(snapshot.content)
+    # Parsed from memory (no temporary file a killed task could leave behind), named by its repository path.
     try:
-        source = load_source(local)
+        source = parse_source(snapshot.content, path)
         # Strict (schema 2) files are invalid on any problem; the others only on an unsafe one (processing.md §2.5,
         # issue 10); their other problems are warnings in the run's log.
         errors = [describe_issue(source, issue) for issue in fatal_issues(source)]
@@ -126,10 +120,8 @@ def _plan_file(
     except Exception as exc:  # a document too malformed to expand must fail alone, not stop the whole job
         log.warning("%s: cannot read its layers", path, exc_info=True)
         errors, entries, source = [f"{path}: cannot read its layers: {exc!r}"], [], None
-    finally:
-        local.unlink(missing_ok=True)
     if errors:
-        first = errors[0].replace(str(local), path)
+        first = errors[0]
         log.warning("%s is invalid (%d errors): %s", path, len(errors), first)
         targets: list[tuple[str | None, str | None, Mapping[str, Any]]] = [
             (entry.layer, entry.name, entry.data) for entry in entries

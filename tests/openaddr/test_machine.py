@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import textwrap
 import time
 import uuid
@@ -450,9 +451,17 @@ def test_plan_ci_job_of_a_manual_trigger(
 
 
 def test_invalid_files_are_recorded_as_failed_runs_and_not_planned(
-    engine: sa.Engine, storage: LocalStorage, corpus_sources: Path, uid: str
+    engine: sa.Engine,
+    storage: LocalStorage,
+    corpus_sources: Path,
+    uid: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id = f"job-{uid}"
+    # Planning parses the files from memory: no temporary folder a killed task could leave behind (with this
+    # missing temporary folder, making one would fail).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     good_raw, good = read_corpus(corpus_sources, MULTI_LAYER[2])
     _, province = read_corpus(corpus_sources, "ca/nb/province.json")
     province["layers"]["parcels"][0]["protocol"] = (

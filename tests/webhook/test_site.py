@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from typing import TYPE_CHECKING
@@ -144,3 +145,61 @@ def test_the_files_view_refuses_a_raw_parent_path(site: Flask) -> None:
         view(path="../secret.txt")
     with site.test_request_context("/files/x"), pytest.raises(NotFound):
         view(path="runs/../../secret.txt")
+
+
+def test_pages_are_cached_briefly_and_conditional(site: Flask, fixtures: Path, tmp_path: Path) -> None:
+    run_id = publish_park(site, fixtures, tmp_path)
+    client = site.test_client()
+    page = client.get(f"/runs/{run_id}/")
+    assert page.headers["Cache-Control"] == "public, max-age=60"
+    assert "Access-Control-Allow-Origin" not in page.headers  # HTML is not shared
+    index = client.get(f"/files/runs/{run_id}/index.json")
+    assert index.headers["Access-Control-Allow-Origin"] == "*"
+    assert client.get("/runs/999999/").headers["Cache-Control"] == "no-store"
+    assert client.get("/static/site.css").status_code == 200
+
+
+def test_latest_runs_are_the_newest_merged_accepted_run_of_each_entry(site: Flask) -> None:
+    from openaddr.db.results import latest_runs
+
+    engine = get_engine(site)
+    when = db_runs.utcnow()
+
+    def record(
+        path: str, *, merged: bool | None, status: bool, warning: str | None = None, age: int = 0
+    ) -> int:
+        run_id = insert_run(
+            engine, source_path=path, source_layer="addresses", layer_name="primary", is_merged=merged
+        )
+        with engine.begin() as connection:
+            connection.execute(
+                sa_update(run_id, status=status, warning=warning, datetime_tz=when - dt.timedelta(hours=age))
+            )
+        return run_id
+
+    old = record("sources/latest-test/a.json", merged=True, status=True, age=3)
+    record("sources/latest-test/a.json", merged=False, status=True, age=1)  # a pull request's run: not latest
+    record(
+        "sources/latest-test/a.json", merged=True, status=True, warning="count fell 50%", age=0
+    )  # held by the gate
+    failed = record("sources/latest-test/b.json", merged=True, status=False, age=2)
+    newer = record("sources/latest-test/b.json", merged=True, status=True, age=1)
+    # The PostgreSQL test database is shared: look at this test's entries only.
+    mine = [
+        run["id"]
+        for run in latest_runs(engine)
+        if run["source_path"] in ("sources/latest-test/a.json", "sources/latest-test/b.json")
+    ]
+    assert mine == [old, newer]
+    assert [
+        run["id"] for run in latest_runs(engine, source_path="sources/latest-test/b.json", successful=True)
+    ] == [newer]
+    assert failed not in [run["id"] for run in latest_runs(engine)]
+
+
+def sa_update(run_id: int, **values: object) -> sa.Update:
+    import sqlalchemy
+
+    from openaddr.db.schema import runs
+
+    return sqlalchemy.update(runs).where(runs.c.id == run_id).values(**values)
