@@ -716,64 +716,6 @@ def owner_entries(
 MERGED_RECHECK_WINDOW = dt.timedelta(days=30)
 
 
-def merged_clause() -> sa.ColumnElement[bool]:
-    """Whether a run counts as merged work (§2.4): a run of a set, or a run whose commit is known to be on the
-    default branch (``is_merged`` true). Unknown (null) is not merged: "latest" never shows a pull request's run
-    because GitHub could not be asked."""
-    return sa.or_(runs.c.set_id.is_not(None), runs.c.is_merged.is_(True))
-
-
-def latest_merged_runs(
-    bind: Bind,
-    *,
-    source_path: str | None = None,
-    successful: bool = False,
-    accepted: bool = False,
-    exclude_job_id: str | None = None,
-) -> dict[tuple[str, str | None, str | None], dict[str, Any]]:
-    """Per (source path, layer, name), the newest merged run with a result (§2.4: only merged runs feed "latest").
-
-    Merged is :func:`merged_clause` (sets, or jobs whose commit is on the default branch); a run still pending
-    (status null) is never "latest". Newest is by ``datetime_tz`` (when the result was recorded), then id.
-
-    :param source_path: only this path (default: every path)
-    :param successful: only successful runs (status true), e.g. the run a count is compared with
-    :param accepted: only accepted runs (§10): no quality warning, or a warning a maintainer accepted; a rejected
-        run is left out (what latest URLs, collections and the health page use)
-    :param exclude_job_id: leave out this job's runs (a job compared with what was merged before it)
-    :return: ``{(path, layer, name): run}``
-    """
-    conditions: list[sa.ColumnElement[bool]] = [merged_clause(), runs.c.status.is_not(None)]
-    if source_path is not None:
-        conditions.append(runs.c.source_path == source_path)
-    if successful:
-        conditions.append(runs.c.status.is_(True))
-    if accepted:
-        conditions.append(
-            sa.or_(runs.c.accepted.is_(True), sa.and_(runs.c.accepted.is_(None), runs.c.warning.is_(None)))
-        )
-    if exclude_job_id is not None:
-        conditions.append(sa.or_(runs.c.job_id.is_(None), runs.c.job_id != exclude_job_id))
-    rank = (
-        sa.func.row_number()
-        .over(
-            partition_by=(runs.c.source_path, runs.c.source_layer, runs.c.layer_name),
-            order_by=(runs.c.datetime_tz.desc(), runs.c.id.desc()),
-        )
-        .label("rank")
-    )
-    ranked = sa.select(runs.c.id, rank).where(*conditions).subquery()
-    query = (
-        sa.select(runs)
-        .join(ranked, ranked.c.id == runs.c.id)
-        .where(ranked.c.rank == 1)
-        .order_by(runs.c.source_path, runs.c.source_layer, runs.c.layer_name)
-    )
-    with transaction(bind) as connection:
-        rows = connection.execute(query).all()
-    return {(row.source_path, row.source_layer, row.layer_name): row_dict(row) for row in rows}
-
-
 @dataclass(frozen=True)
 class JobCommit:
     """A commit of a CI job's runs whose merge is to be checked: where it lives and what it is.

@@ -7,7 +7,7 @@ marker, and failing that a new one is posted.
 
 The body (:func:`job_comment_body`) is a Markdown table, one row per path, layer and name: status (✔ success, ❌
 failure, ⚠ warning, skipped), source problem, address count, change against the latest merged run of the same entry
-(:func:`openaddr.db.runs.latest_merged_runs`, in %, when both have counts), and links to the run page, its sample,
+(:func:`openaddr.db.results.latest_runs`: merged, accepted and successful; in %, when both have counts), and links to the run page, its sample,
 its log, its zip and its preview image. Paths and problems come from strangers' pull requests: every cell is escaped
 (:func:`cell`) so that no text can break the table, inject HTML or links, or mention anyone, and the body stays under
 GitHub's 65,536 characters, saying how many rows were cut.
@@ -30,7 +30,7 @@ from github import GithubException
 from github.IssueComment import IssueComment
 from github.PaginatedList import PaginatedList
 
-from openaddr.db import jobs as db_jobs, runs as db_runs
+from openaddr.db import jobs as db_jobs, results, runs as db_runs
 from openaddr.db.schema import jobs
 
 if TYPE_CHECKING:
@@ -151,18 +151,6 @@ class CommentRow:
         )
 
 
-def run_status(run: Mapping[str, Any] | None) -> str:
-    """The row status of a run: pending (no result), skipped, warning (a success held by the quality gate),
-    success or failure."""
-    if run is None or run.get("status") is None:
-        return "pending"
-    if run["status"] is False or run.get("accepted") is False:
-        return "failure"
-    if (run.get("state") or {}).get("skipped"):
-        return "skipped"
-    return "warning" if run.get("warning") else "success"
-
-
 def change_percent(count: int | None, previous: Mapping[str, Any] | None) -> float | None:
     """The change of ``count`` against the previous run's address count in %, when both are known (and the previous
     one is not zero)."""
@@ -183,18 +171,22 @@ def job_rows(
     """
     runs = {run["id"]: run for run in db_runs.job_runs(bind, job["id"])}
     rows: list[CommentRow] = []
-    results: Mapping[str, Any] = job.get("file_results") or {}
-    paths = sorted(set(results) | set(job.get("file_states") or {}))
+    file_results: Mapping[str, Any] = job.get("file_results") or {}
+    paths = sorted(set(file_results) | set(job.get("file_states") or {}))
     for path in paths:
-        result = results.get(path)
+        result = file_results.get(path)
         entries = (result or {}).get("entries") or []
-        latest = db_runs.latest_merged_runs(bind, source_path=path, successful=True, exclude_job_id=job["id"])
+        # The latest merged, accepted success of each entry from before this job (§2.3, §10).
+        latest = {
+            (run["source_path"], run["source_layer"], run["layer_name"]): run
+            for run in results.latest_runs(bind, source_path=path, successful=True, exclude_job_id=job["id"])
+        }
         if not entries:
             rows.append(CommentRow(path, None, None, "pending", None, None, None, ()))
             continue
         for entry in entries:
             run = runs.get(entry.get("run_id")) if entry.get("run_id") is not None else None
-            status = run_status(run)
+            status = results.run_label(run) if run is not None else "pending"
             count = run.get("address_count") if run else None
             previous = latest.get((path, entry.get("layer"), entry.get("name")))
             rows.append(

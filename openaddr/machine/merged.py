@@ -6,7 +6,7 @@ the job's runs are all recorded (:func:`check_job_merged`, from the run listener
 commit): GitHub's compare ``<default branch>...<commit>`` answers ``identical`` (a push to the default branch) or
 ``behind`` (the commit is an ancestor of the branch's head: merged), ``ahead`` or ``diverged`` (not merged). When
 GitHub cannot answer, ``is_merged`` stays as it is and the failure is logged: the Machine never guesses. Only merged
-runs feed "latest" (:func:`openaddr.db.runs.latest_merged_runs`).
+runs feed "latest" (:func:`openaddr.db.results.latest_runs`).
 
 The client is PyGithub's :class:`github.Github`, the object the GitHub provider's ``GithubHook`` hands out.
 """

@@ -8,11 +8,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import sqlalchemy as sa
 
 from openaddr.db.jobs import create_job, create_set
-from openaddr.db.runs import get_run, insert_run, latest_merged_runs, set_commit_merged, unmerged_commits
-from openaddr.db.schema import runs
+from openaddr.db.results import latest_runs
+from openaddr.db.runs import get_run, insert_run, unmerged_commits
 from openaddr.machine.merged import MergedCheckFailed, check_job_merged, commit_merged, refresh_merged
 from tests.openaddr.test_github import fast_client
 
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import github
+    import sqlalchemy as sa
 
     from tests.github_server import FakeGitHub, FakeRepository
 
@@ -180,9 +180,16 @@ def test_recheck_keeps_what_github_could_not_answer(
     assert get_run(db, pull["id"])["is_merged"] is False
 
 
-def test_latest_counts_only_merged_runs(db: sa.Connection) -> None:
+def latest(db: sa.Connection, path: str, **options: Any) -> int:
+    """The id of the latest run of ``path``'s one entry on the results site."""
+    (run,) = latest_runs(db, source_path=path, **options)
+    return int(run["id"])
+
+
+def test_only_merged_runs_feed_latest(
+    db: sa.Connection, repository: FakeRepository, client: github.Github, tmp_path: Path
+) -> None:
     path = f"sources/{uuid.uuid4().hex}.json"
-    key = (path, "addresses", "primary")
     set_id = create_set(db, owner=OWNER, repository=REPO, commit_sha=HEAD)
     from_set = insert_run(
         db,
@@ -193,58 +200,21 @@ def test_latest_counts_only_merged_runs(db: sa.Connection) -> None:
         state={"address count": 10, "processed": "x.zip", "sample": "s.json", "cache": "c.zip"},
         now=NOW - dt.timedelta(days=3),
     )
-    assert latest_merged_runs(db, source_path=path)[key]["id"] == from_set
+    assert latest(db, path) == from_set
 
-    # Newer runs of pull requests: not merged (false) or not known (null) — latest does not move.
-    job_run(db, PULL, path=path, when=NOW - dt.timedelta(days=2))
-    unmerged = job_run(db, PULL, path=path, when=NOW - dt.timedelta(days=1))
-    (commit,) = unmerged_commits(db, job_id=unmerged["job_id"])
-    set_commit_merged(db, commit, False, job_id=unmerged["job_id"])
-    assert latest_merged_runs(db, source_path=path)[key]["id"] == from_set
+    # A newer run of a pull request: unknown, then checked and not merged — latest does not move.
+    pull = job_run(db, PULL, path=path, when=NOW - dt.timedelta(days=1))
+    assert latest(db, path) == from_set
+    assert check_job_merged(db, client, pull["job_id"]) is False
+    assert latest(db, path) == from_set
 
-    # A merged job run moves it; a failed merged run is latest too, but not the latest success.
-    merged = job_run(db, HEAD, path=path, when=NOW - dt.timedelta(hours=12), count=12)
-    check_merged = set_commit_merged(
-        db, unmerged_commits(db, job_id=merged["job_id"])[0], True, job_id=merged["job_id"]
-    )
-    assert check_merged == 1
-    failed = job_run(db, HEAD, path=path, when=NOW, status=False)
-    set_commit_merged(db, unmerged_commits(db, job_id=failed["job_id"])[0], True, job_id=failed["job_id"])
-    assert latest_merged_runs(db, source_path=path)[key]["id"] == failed["id"]
-    assert latest_merged_runs(db, source_path=path, successful=True)[key]["id"] == merged["id"]
-    assert (
-        latest_merged_runs(db, source_path=path, successful=True, exclude_job_id=merged["job_id"])[key]["id"]
-        == from_set
-    )
+    # A push to the default branch is merged at once and becomes latest; a job leaves itself out when it compares.
+    push = job_run(db, HEAD, path=path, when=NOW - dt.timedelta(days=2), count=12)
+    assert check_job_merged(db, client, push["job_id"]) is True
+    assert latest(db, path) == push["id"]
+    assert latest(db, path, successful=True, exclude_job_id=push["job_id"]) == from_set
 
-    # A pending run is never latest, merged or not.
-    insert_run(db, source_path=path, source_layer="addresses", layer_name="primary", set_id=set_id)
-    assert latest_merged_runs(db, source_path=path)[key]["id"] == failed["id"]
-
-
-def test_latest_accepted_leaves_held_and_rejected_runs_out(db: sa.Connection) -> None:
-    path = f"sources/{uuid.uuid4().hex}.json"
-    key = (path, "addresses", "primary")
-    set_id = create_set(db, owner=OWNER, repository=REPO, commit_sha=HEAD)
-
-    def set_run(days: int, *, warning: str | None = None) -> int:
-        return insert_run(
-            db,
-            source_path=path,
-            source_layer="addresses",
-            layer_name="primary",
-            set_id=set_id,
-            state={"address count": 10, "processed": "x.zip", "sample": "s.json", "cache": "c.zip"},
-            warning=warning,
-            now=NOW - dt.timedelta(days=days),
-        )
-
-    fine = set_run(3)
-    held = set_run(2, warning="Address count dropped 50 %")
-    assert latest_merged_runs(db, source_path=path)[key]["id"] == held
-    assert latest_merged_runs(db, source_path=path, accepted=True)[key]["id"] == fine
-    db.execute(sa.update(runs).where(runs.c.id == held).values(accepted=True))
-    assert latest_merged_runs(db, source_path=path, accepted=True)[key]["id"] == held
-    rejected = set_run(1, warning="No valid coordinates")
-    db.execute(sa.update(runs).where(runs.c.id == rejected).values(accepted=False))
-    assert latest_merged_runs(db, source_path=path, accepted=True)[key]["id"] == held
+    # The pull request is merged: the recheck makes its (newer) run latest.
+    repository.add_commit(MERGE, tmp_path / "tree", branch="master", parent=PULL)
+    refresh_merged(db, client, now=NOW)
+    assert latest(db, path) == pull["id"]
