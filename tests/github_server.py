@@ -19,6 +19,10 @@ Endpoints (JSON shaped like GitHub's, reduced to the fields the Machine and PyGi
   header) and answered 201 with the status; without Authorization 401; an unknown state or a description over 140
   characters 422, as GitHub validates.
 
+* ``POST /repos/{owner}/{repo}/issues/{number}/comments`` (201; recorded in :attr:`FakeGitHub.comments` by id),
+  ``GET`` of the same (paginated, ``per_page``/``page`` with a ``Link`` header), ``GET``, ``PATCH`` and ``DELETE``
+  ``/repos/{owner}/{repo}/issues/comments/{id}`` (404 when unknown); no repository needs registering.
+
 * ``POST /app/installations/{id}/access_tokens``: a GitHub App's installation token, for a request carrying the
   App's JWT (``Authorization: Bearer …``); answered 201 with ``{"token": "ghs_fake_<id>", "expires_at"}``.
 
@@ -235,6 +239,9 @@ class FakeGitHub:
             self._failures: dict[str, collections.deque[tuple[int, dict[str, str]]]] = {}
             self._echo_states: collections.deque[str] = collections.deque()
             self._next_status_id = 1
+            #: Issue comments by id: ``{"id", "owner", "repository", "issue", "body", "authorization"}``.
+            self.comments: dict[int, dict[str, Any]] = {}
+            self._next_comment_id = 1001
             #: Seconds every request waits before it is answered (real GitHub takes 0.2–0.4 s).
             self.delay = 0.0
             #: Requests being answered now, and the most there were at once.
@@ -724,6 +731,138 @@ def _get_pull_files(
     per_page = min(100, int(request.query.get("per_page") or 30))
     page = int(request.query.get("page") or 1)
     server.json(handler, files[(page - 1) * per_page : page * per_page])
+
+
+def _comment_json(server: FakeGitHub, comment: dict[str, Any]) -> dict[str, Any]:
+    api = server.url(f"/repos/{comment['owner']}/{comment['repository']}")
+    return {
+        "id": comment["id"],
+        "node_id": f"IC_{comment['id']}",
+        "url": f"{api}/issues/comments/{comment['id']}",
+        "html_url": f"https://github.com/{comment['owner']}/{comment['repository']}/pull/{comment['issue']}",
+        "issue_url": f"{api}/issues/{comment['issue']}",
+        "body": comment["body"],
+        "user": server.user_json("openaddr-bot"),
+        "created_at": comment["created_at"],
+        "updated_at": comment["updated_at"],
+    }
+
+
+def _comment_body(server: FakeGitHub, handler: _Handler, request: GitHubRequest) -> str | None:
+    """The ``body`` of a comment request, or None after answering GitHub's error."""
+    if not request.headers.get("Authorization"):
+        server.json(handler, {"message": "Requires authentication", "documentation_url": DOCS}, 401)
+        return None
+    try:
+        body = json.loads(request.body or b"null")
+    except ValueError:
+        server.json(handler, {"message": "Problems parsing JSON", "documentation_url": DOCS}, 400)
+        return None
+    text = body.get("body") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text or len(text) > 65536:
+        error = {"resource": "IssueComment", "field": "body", "code": "invalid"}
+        server.json(
+            handler, {"message": "Validation Failed", "errors": [error], "documentation_url": DOCS}, 422
+        )
+        return None
+    return text
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@FakeGitHub.route("POST", _REPO + r"/issues/(?P<number>[0-9]+)/comments")
+def _post_comment(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    text = _comment_body(server, handler, request)
+    if text is None:
+        return
+    with server._lock:
+        comment = {
+            "id": server._next_comment_id,
+            "owner": params["owner"],
+            "repository": params["repo"],
+            "issue": int(params["number"]),
+            "body": text,
+            "authorization": request.headers["Authorization"],
+            "created_at": _now(),
+            "updated_at": _now(),
+        }
+        server._next_comment_id += 1
+        server.comments[comment["id"]] = comment
+    server.json(handler, _comment_json(server, comment), 201)
+
+
+@FakeGitHub.route("GET", _REPO + r"/issues/(?P<number>[0-9]+)/comments")
+def _list_comments(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    with server._lock:
+        found = [
+            _comment_json(server, c)
+            for c in sorted(server.comments.values(), key=lambda c: c["id"])
+            if (c["owner"], c["repository"], c["issue"])
+            == (params["owner"], params["repo"], int(params["number"]))
+        ]
+    per_page = min(100, int(request.query.get("per_page") or 30))
+    page = int(request.query.get("page") or 1)
+    headers = {}
+    if page * per_page < len(found):
+        url = server.url(request.path)
+        headers["Link"] = f'<{url}?per_page={per_page}&page={page + 1}>; rel="next"'
+    server.json(handler, found[(page - 1) * per_page : page * per_page], **headers)
+
+
+def _known_comment(server: FakeGitHub, params: dict[str, str]) -> dict[str, Any] | None:
+    comment = server.comments.get(int(params["id"]))
+    if comment is None or (comment["owner"], comment["repository"]) != (params["owner"], params["repo"]):
+        return None
+    return comment
+
+
+@FakeGitHub.route("GET", _REPO + r"/issues/comments/(?P<id>[0-9]+)")
+def _get_comment(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    with server._lock:
+        comment = _known_comment(server, params)
+    if comment is None:
+        server.not_found(handler)
+        return
+    server.json(handler, _comment_json(server, comment))
+
+
+@FakeGitHub.route("PATCH", _REPO + r"/issues/comments/(?P<id>[0-9]+)")
+def _edit_comment(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    with server._lock:
+        comment = _known_comment(server, params)
+    if comment is None:
+        server.not_found(handler)
+        return
+    text = _comment_body(server, handler, request)
+    if text is None:
+        return
+    with server._lock:
+        comment.update(body=text, updated_at=_now())
+    server.json(handler, _comment_json(server, comment))
+
+
+@FakeGitHub.route("DELETE", _REPO + r"/issues/comments/(?P<id>[0-9]+)")
+def _delete_comment(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    with server._lock:
+        comment = _known_comment(server, params)
+        if comment is not None:
+            del server.comments[comment["id"]]
+    if comment is None:
+        server.not_found(handler)
+        return
+    send(handler, b"", status=204)
 
 
 # Fixtures ---------------------------------------------------------------------------------------------------

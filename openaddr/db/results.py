@@ -46,6 +46,7 @@ def latest_runs_query(
     source_path: str | None = None,
     merged_only: bool = True,
     accepted_only: bool = True,
+    exclude_job_id: str | None = None,
 ) -> sa.Select[Any]:
     """The newest recorded run of every layer entry, as a SELECT of the ``runs`` columns.
 
@@ -54,6 +55,7 @@ def latest_runs_query(
     :param source_path: only the entries of this source path
     :param merged_only: only merged runs (§2.4); false for a job's own view
     :param accepted_only: only accepted runs (§10)
+    :param exclude_job_id: leave this job's runs out (a job's PR comment compares with what was merged before it)
     """
     conditions: list[sa.ColumnElement[bool]] = [runs.c.status.is_not(None)]
     if set_id is not None:
@@ -66,6 +68,8 @@ def latest_runs_query(
         conditions.append(merged())
     if accepted_only:
         conditions.append(accepted())
+    if exclude_job_id is not None:
+        conditions.append(sa.or_(runs.c.job_id.is_(None), runs.c.job_id != exclude_job_id))
     rank = (
         sa.func.row_number()
         .over(partition_by=ENTRY_COLUMNS, order_by=(runs.c.datetime_tz.desc(), runs.c.id.desc()))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 
-from openaddr.db.schema import row_dict, runs, sets
+from openaddr.db.schema import jobs, row_dict, runs, sets
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -706,3 +706,116 @@ def owner_entries(
             sa.select(runs.c.source_layer, runs.c.layer_name).where(owned, runs.c.source_path == source_path)
         ).all()
     return {(row.source_layer, row.layer_name) for row in rows}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Merged work (machine-ci.md §2.4)
+# --------------------------------------------------------------------------------------------------------------
+
+#: How far back the daily recheck looks for runs whose merge is not known to have happened (§2.4).
+MERGED_RECHECK_WINDOW = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class JobCommit:
+    """A commit of a CI job's runs whose merge is to be checked: where it lives and what it is.
+
+    :param owner: GitHub owner (``jobs.github_owner``)
+    :param repository: GitHub repository (``jobs.github_repository``)
+    :param commit_sha: the commit the runs read their source at
+    """
+
+    owner: str
+    repository: str
+    commit_sha: str
+
+
+def unmerged_commits(
+    bind: Bind,
+    *,
+    job_id: str | None = None,
+    since: dt.datetime | None = None,
+    only_unknown: bool = False,
+) -> list[JobCommit]:
+    """The distinct (owner, repository, commit) of job runs not known to be merged (``is_merged`` not true).
+
+    Runs of sets, runs without a commit and jobs without a GitHub owner and repository (manual triggers) are left
+    out: there is nothing to ask GitHub.
+
+    :param job_id: only this job's runs
+    :param since: only runs recorded at or after this time (the daily recheck's 30 days)
+    :param only_unknown: only runs never checked (``is_merged`` null), as when a job's runs are recorded
+    """
+    merged = (
+        runs.c.is_merged.is_(None)
+        if only_unknown
+        else sa.or_(runs.c.is_merged.is_(None), runs.c.is_merged.is_(False))
+    )
+    conditions: list[sa.ColumnElement[bool]] = [
+        merged,
+        runs.c.set_id.is_(None),
+        runs.c.commit_sha.is_not(None),
+        jobs.c.github_owner.is_not(None),
+        jobs.c.github_repository.is_not(None),
+    ]
+    if job_id is not None:
+        conditions.append(runs.c.job_id == job_id)
+    if since is not None:
+        conditions.append(runs.c.datetime_tz >= since)
+    query = (
+        sa.select(jobs.c.github_owner, jobs.c.github_repository, runs.c.commit_sha)
+        .select_from(runs.join(jobs, jobs.c.id == runs.c.job_id))
+        .where(*conditions)
+        .distinct()
+        .order_by(jobs.c.github_owner, jobs.c.github_repository, runs.c.commit_sha)
+    )
+    with transaction(bind) as connection:
+        rows = connection.execute(query).all()
+    return [JobCommit(str(owner), str(repository), str(sha)) for owner, repository, sha in rows]
+
+
+def set_commit_merged(
+    bind: Bind,
+    commit: JobCommit,
+    merged: bool,
+    *,
+    job_id: str | None = None,
+    since: dt.datetime | None = None,
+) -> int:
+    """Record whether ``commit`` is on its repository's default branch on the job runs of that commit whose
+    ``is_merged`` is not true (a merged run never goes back: a commit on the default branch stays there).
+
+    :param merged: the answer of :func:`openaddr.machine.merged.commit_merged`
+    :param job_id: only this job's runs
+    :param since: only runs recorded at or after this time
+    :return: how many runs were updated
+    """
+    owned = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.github_owner == commit.owner, jobs.c.github_repository == commit.repository)
+        .scalar_subquery()
+    )
+    conditions: list[sa.ColumnElement[bool]] = [
+        runs.c.commit_sha == commit.commit_sha,
+        runs.c.set_id.is_(None),
+        runs.c.job_id.in_(owned),
+        sa.or_(runs.c.is_merged.is_(None), runs.c.is_merged.is_(False)),
+    ]
+    if job_id is not None:
+        conditions.append(runs.c.job_id == job_id)
+    if since is not None:
+        conditions.append(runs.c.datetime_tz >= since)
+    if not merged:
+        # Already false stays false: only unknown runs learn that they are not merged.
+        conditions.append(runs.c.is_merged.is_(None))
+    with transaction(bind) as connection:
+        count = connection.execute(sa.update(runs).where(*conditions).values(is_merged=merged)).rowcount
+    log.info(
+        "%s/%s@%s: %s on the default branch (%d runs)",
+        commit.owner,
+        commit.repository,
+        commit.commit_sha,
+        "merged" if merged else "not",
+        count,
+    )
+    return int(count)

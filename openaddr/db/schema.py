@@ -8,7 +8,7 @@ that always come back timezone-aware in UTC. The database itself is created by t
 Columns beyond 7.5.5's ``ci/schema.pgsql``:
 
 * ``jobs``: ``github_delivery_id`` (unique), ``github_event``, ``is_rerun``, ``airflow_dag_run_id``,
-  ``github_comment_id`` (§7.2);
+  ``github_comment_id`` (§7.2), ``github_comment_error`` (why the §2.3 comment could not be posted);
 * ``sets``: ``airflow_dag_run_id`` (§7.2, unique: a retried ``create_set`` finds its set again);
 * ``runs``: ``source_layer``, ``layer_name``, ``layer_digest``, ``stats``, ``warning``, ``accepted``,
   ``airflow_ti`` (§7.2); the task instance that made the run (``airflow_dag_id``, ``airflow_dag_run_id``,
@@ -124,6 +124,8 @@ jobs = sa.Table(
     sa.Column("is_rerun", sa.Boolean),
     sa.Column("airflow_dag_run_id", sa.Text),
     sa.Column("github_comment_id", sa.BigInteger),
+    # Why the pull-request comment could not be posted (null once a post succeeds); the job never fails for it.
+    sa.Column("github_comment_error", sa.Text),
     # 7.5.5 declared it DESC; both backends scan a B-tree backwards, so ORDER BY sequence DESC uses it as well, and
     # SQLite cannot reflect DESC index columns (the migrated schema could not be compared with this one).
     sa.Index("jobs_sequence_reverse", "sequence"),

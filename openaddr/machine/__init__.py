@@ -11,7 +11,10 @@ SQLAlchemy engine of the Machine database (:mod:`openaddr.db`, which holds every
 * :mod:`~openaddr.machine.child`: the ``openaddr process-one`` child process, its deadline and memory limit;
 * :mod:`~openaddr.machine.recording`: running and recording one entry, and what a failed task leaves behind;
 * :mod:`~openaddr.machine.scratch`: the tasks' work folders in the scratch folder (locked, removed on exit, swept
-  after a kill).
+  after a kill);
+* :mod:`~openaddr.machine.merged`: merged work (§2.4), whether a job run's commit is on the default branch (checked
+  when a job finishes, rechecked daily by ``openaddr_refresh_merged``);
+* :mod:`~openaddr.machine.comments`: the pull-request comment of a finished job (§2.3).
 
 The flow of a CI job (DAG ``openaddr_ci``):
 

@@ -8,6 +8,7 @@ Read inside tasks and listeners only, never while a DAG file is parsed (style gu
 | run storage | variable ``openaddr_results`` (a folder, ``file://`` or ``s3://bucket/prefix`` URL; S3 goes through the Amazon provider's ``aws_default``) | ``OPENADDR_RESULTS`` | ``$OPENADDR_HOME/storage`` (embedded mode only) |
 | public URL of the storage | variable ``openaddr_results_public_url`` | ``OPENADDR_RESULTS_PUBLIC_URL`` | the backend's own |
 | results site | variable ``openaddr_base_url`` | ``OPENADDR_BASE_URL`` | none |
+| Airflow UI (log links in PR comments) | ``[api] base_url`` | ``AIRFLOW__API__BASE_URL`` | none: no log links |
 | sources location | variable ``openaddr_sources`` (a checkout folder or ``github:owner/repository[@ref]``) | ``OPENADDR_SOURCES`` | ``github:openaddresses/openaddresses`` |
 | GitHub | connection ``github_openaddresses`` through the GitHub provider's ``GithubHook`` (token as password, or GitHub App extras; API URL as host) | | |
 | status gag | variable ``openaddr_gag_github_status`` | ``OPENADDR_GAG_GITHUB_STATUS`` | off |
@@ -239,6 +240,17 @@ def base_url() -> str | None:
     """The results site (links in statuses and the UI), without a trailing slash."""
     value = optional_variable("openaddr_base_url", "base_url")
     return value.rstrip("/") if value else None
+
+
+def airflow_ui_url() -> str | None:
+    """The Airflow UI's URL (``[api] base_url``) for log links in pull-request comments, without a trailing slash;
+    None when the configuration does not set it (Airflow cannot guess its public name) or it is not http(s)."""
+    from airflow.sdk.configuration import conf
+
+    from openaddr_airflow.links import http_url
+
+    value = http_url(conf.get("api", "base_url", fallback=None) or None)
+    return value.rstrip("/") or None
 
 
 def sources_location() -> str:

@@ -141,12 +141,13 @@ class RunListener:
                 log.exception("Could not update the job of %s", task_instance)
 
     def post_job_status(self, job_id: str | None) -> bool:
-        """Recompute a job and post its commit status when it has a status URL and statuses are not gagged.
+        """Recompute a job and post its commit status when it has a status URL and statuses are not gagged; once
+        the job is finished, check whether its commit is merged and post or update its pull-request comment
+        (:meth:`job_finished`).
 
         :return: whether a status was posted
         """
         from openaddr.db.jobs import get_job, update_job
-        from openaddr.github import job_commit_status, post_commit_status
         from openaddr_airflow import config
 
         if not job_id:
@@ -157,6 +158,43 @@ class RunListener:
                 log.info("Job %s was never planned: no status to post", job_id)
                 return False
             job = update_job(engine, job_id)
+            posted = self._post_status(job)
+            if job.get("datetime_end") is not None:
+                self.job_finished(engine, job)
+        return posted
+
+    def job_finished(self, engine: Any, job: dict[str, Any]) -> int | None:
+        """A job whose runs are all recorded: record whether its commit is on the default branch (§2.4) and,
+        unless statuses are gagged, post or update its pull-request comment (§2.3). GitHub errors never fail the
+        job: they are logged (and the comment's recorded on the job).
+
+        :return: the comment's id, or None when none was posted
+        """
+        from openaddr.machine.comments import post_job_comment
+        from openaddr.machine.merged import check_job_merged
+        from openaddr_airflow import config
+
+        wanted = job.get("github_owner") or job.get("github_comments_url")
+        client = config.github_client() if wanted else None
+        if client is None:
+            if wanted:
+                log.warning("Job %s: connection %s is not configured", job["id"], config.GITHUB_CONN_ID)
+            return None
+        try:
+            check_job_merged(engine, client, job["id"])
+        except Exception:
+            log.exception("Could not record whether job %s is merged", job["id"])
+        if not job.get("github_comments_url") or config.github_gagged():
+            return None
+        return post_job_comment(
+            engine, client, job["id"], base_url=config.base_url(), airflow_url=config.airflow_ui_url()
+        )
+
+    def _post_status(self, job: dict[str, Any]) -> bool:
+        from openaddr.github import job_commit_status, post_commit_status
+        from openaddr_airflow import config
+
+        job_id = job["id"]
         if not job.get("github_status_url") or config.github_gagged():
             return False
         client = config.github_client()

@@ -11,6 +11,7 @@ class Tag(StrEnum):
     KIND_CI = "kind/ci"
     KIND_BATCH = "kind/batch"
     KIND_COLLECT = "kind/collect"
+    KIND_MAINTENANCE = "kind/maintenance"
     TIER_1 = "tier/1"
     TIER_2 = "tier/2"
     DATA_SOURCES = "data/sources"

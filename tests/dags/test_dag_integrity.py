@@ -145,5 +145,5 @@ def test_parsing_imports_no_gdal_proj_or_conform_code() -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == []
-    assert result["dags"] == ["openaddr_batch", "openaddr_ci", "openaddr_collect"]
+    assert result["dags"] == ["openaddr_batch", "openaddr_ci", "openaddr_collect", "openaddr_refresh_merged"]
     assert result["loaded"] == []

@@ -177,7 +177,7 @@ def test_sqlite_engine_creates_its_folder_and_enforces_foreign_keys(tmp_path: Pa
 def test_migrations_create_the_declared_schema(empty_db_url: sa.URL) -> None:
     assert current_revision(empty_db_url) is None
     upgrade(empty_db_url)
-    assert current_revision(empty_db_url) == head_revision() == "0002"
+    assert current_revision(empty_db_url) == head_revision() == "0003"
     engine = make_engine(empty_db_url)
     tables = set(sa.inspect(engine).get_table_names())
     engine.dispose()
