@@ -58,6 +58,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 import sqlalchemy as sa
 
@@ -325,6 +326,18 @@ def profiled_app() -> Any:
     return app
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process and its children (gunicorn's master and workers)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        master = psutil.Process(pid)
+        for process in [master, *master.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
@@ -422,6 +435,7 @@ def run_case(backend: str, args: argparse.Namespace) -> bool:
     results_path = out / f"results-{backend}.jsonl"
     process, url = start_webhook(database_url, github, airflow, args, out / f"gunicorn-{backend}.log")
     try:
+        cpu_before = cpu_seconds(process.pid)
         began = time.monotonic()
         subprocess.run(
             [
@@ -439,6 +453,7 @@ def run_case(backend: str, args: argparse.Namespace) -> bool:
             check=True,
         )
         wall = time.monotonic() - began
+        cpu = cpu_seconds(process.pid) - cpu_before
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -467,6 +482,8 @@ def run_case(backend: str, args: argparse.Namespace) -> bool:
               f"max {max(values):6.1f} ms")  # fmt: skip
     print(f"recorded: {found['jobs']} jobs, {found['dag_runs']} DAG runs, {found['pending']} pending statuses "
           f"(sender wall {wall:.1f} s)")  # fmt: skip
+    print(f"webhook CPU: {cpu:.1f} s in all, {cpu / len(deliveries) * 1000:.1f} ms a delivery; load average "
+          f"{os.getloadavg()[0]:.2f} at the end")  # fmt: skip
     print(f"{len(found['errors'])} errors; {len(found['lost'])} lost, {len(found['doubled'])} doubled")
     for kind in ("errors", "lost", "doubled"):
         for line in found[kind][:10]:

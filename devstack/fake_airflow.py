@@ -30,6 +30,9 @@ class FakeAirflow:
         self.username, self.password = username, password
 
         class Handler(BaseHTTPRequestHandler):
+            #: Keep-alive, as Airflow's api-server (every answer has its Content-Length).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"null")

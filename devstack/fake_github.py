@@ -184,6 +184,9 @@ Route = Callable[["FakeGitHub", "_Handler", GitHubRequest, dict[str, str]], None
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    #: Keep-alive, as GitHub's API: a client's connection serves request after request (every answer has its
+    #: Content-Length).
+    protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
