@@ -187,6 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
     #: Keep-alive, as GitHub's API: a client's connection serves request after request (every answer has its
     #: Content-Length).
     protocol_version = "HTTP/1.1"
+    #: TCP_NODELAY: the headers and the body are two writes; with Nagle's algorithm the body would wait for the
+    #: client's delayed ACK (40 ms) on a kept connection.
+    disable_nagle_algorithm = True
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
