@@ -31,6 +31,13 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+## With `make run` up, from another shell: commit a change of a demo source to the fake GitHub, send its signed push
+## delivery to the webhook and follow the job it made (python -m devstack push; another source:
+## make push ARGS="sources/us/pa/bucks.json").
+.PHONY: push
+push: $(STAMP)
+	$(BIN)/python -m devstack push $(ARGS)
+
 ## A long run of the fuzz suite (tests/fuzz, issue 10): FUZZ_EXAMPLES random cases (default 5000) from a random
 ## seed it prints first; the figures are printed at the end and written to bench-out/fuzz-figures.json.
 ## Repeat a run with FUZZ_SEED=<seed>; FUZZ_JOBS and FUZZ_TIMEOUT set parallelism and the time limit of a case.
@@ -58,6 +65,12 @@ bench: $(STAMP)
 ## The batch DAG over 1,000 generated tiny sources on the embedded stack: Airflow overhead per source.
 bench-batch: $(STAMP)
 	$(BIN)/python benchmarks/bench_batch.py
+
+## The webhook under gunicorn on PostgreSQL (then SQLite) with loopback fakes of GitHub and Airflow: signed
+## deliveries at 100/s for 30 s from a second process; p50/p99/max, errors, lost and doubled deliveries.
+.PHONY: bench-webhook
+bench-webhook: $(STAMP)
+	$(BIN)/python benchmarks/bench_webhook.py $(ARGS)
 
 ## Re-pin requirements.lock (every pin with its sha256 hashes) from pyproject.toml, keeping the current pins where they
 ## still satisfy it (uv reads the existing file); commit the result. Upgrade one: make lock ARGS="-P NAME".

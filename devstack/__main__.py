@@ -1,10 +1,14 @@
 """``python -m devstack`` (``make run`` / ``make stop``): the Machine on its embedded default.
 
-``python -m devstack [--home var] [--port 8080] [--demo-port 8765] [--webhook-port 8079] [--once] [--new-set]``
-starts the stack (:class:`devstack.stack.Stack`: ``airflow db migrate``, then supervisord with the demo data
-server, the webhook app (:mod:`devstack.webhook`), the api-server, scheduler, dag-processor and triggerer), waits until each is healthy, unpauses the DAGs, follows the
-batch run over the demo sources and prints what the set recorded. Ctrl-C, SIGTERM or SIGHUP stops everything.
+``python -m devstack [--home var] [--port 8080] [--demo-port 8765] [--github-port 8078] [--webhook-port 8079]
+[--once] [--new-set]`` starts the stack (:class:`devstack.stack.Stack`: ``airflow db migrate``, then supervisord
+with the demo data server, the fake GitHub (:mod:`devstack.github`), the webhook app (:mod:`devstack.webhook`),
+the api-server, scheduler, dag-processor and triggerer), waits until each is healthy, unpauses the DAGs, follows
+the batch run over the demo sources and prints what the set recorded. Ctrl-C, SIGTERM or SIGHUP stops everything.
 ``--stop`` stops the stack of ``--home`` from another shell, also one whose launcher died.
+
+``python -m devstack push [--home var] [PATH]`` sends a signed push delivery for a changed demo source to the
+running stack's webhook and follows what it made (:mod:`devstack.push`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import TYPE_CHECKING
 from devstack import ROOT, StackError, control, procs
 from devstack.airflow_api import ADMIN, parse_time
 from devstack.demo import DEFAULT_DEMO_PORT, demo_server, demo_sources
+from devstack.github import DEFAULT_GITHUB_PORT, STATE, github_env, github_server, github_url
+from devstack.push import write_stack_file
 from devstack.report import format_report, set_report
 from devstack.stack import DAG_IDS, DEFAULT_PORT, Stack
 from devstack.webhook import AIRFLOW_USER, DEFAULT_WEBHOOK_PORT, webhook_env, webhook_server, webhook_url
@@ -49,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--demo-port", type=int, default=DEFAULT_DEMO_PORT, help="the demo data server (%(default)s)"
+    )
+    parser.add_argument(
+        "--github-port",
+        type=int,
+        default=DEFAULT_GITHUB_PORT,
+        help="the fake GitHub the webhook and the tasks use (%(default)s)",
     )
     parser.add_argument(
         "--webhook-port",
@@ -139,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     control.check_home_free(home)
     procs.check_port_free(args.port, "Airflow api-server")
     procs.check_port_free(args.demo_port, "demo data server")
+    procs.check_port_free(args.github_port, "fake GitHub")
     procs.check_port_free(args.webhook_port, "webhook app")
     pid_path = home / "airflow" / control.LAUNCHER_PID
     pid_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +161,21 @@ def run(args: argparse.Namespace) -> int:
         env = {
             "AIRFLOW_VAR_OPENADDR_SOURCES": str(sources),
             **webhook_env(home, args.webhook_port, args.port),
+            **github_env(args.github_port),
         }
-        programs = [demo_server(args.demo_port), webhook_server(args.webhook_port)]
+        programs = [
+            demo_server(args.demo_port),
+            github_server(args.github_port, sources, home / STATE),
+            webhook_server(args.webhook_port),
+        ]
         with Stack(home, args.port, env=env, parallelism=args.parallelism, programs=programs) as stack:
+            urls = {
+                "airflow": stack.url,
+                "webhook": webhook_url(args.webhook_port),
+                "github": github_url(args.github_port),
+                "machine_database_url": stack.machine_database_url,
+            }
+            write_stack_file(home, urls)
             healthy = time.monotonic() - started
             login = f"{ADMIN} / {stack.password()}"
             _say(f"Airflow is up after {healthy:.0f} s: {stack.url}/ (login {login})")
@@ -173,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
                 f"Webhook     {webhook_url(args.webhook_port)}/  (POST /hook, runs at /runs/<id>/, files at "
                 f"/files/; secret in {home / 'webhook-secret'}; triggers openaddr_ci as Airflow user "
                 f"{AIRFLOW_USER})\n"
+                f"GitHub      {github_url(args.github_port)}/  (fake: openaddresses/openaddresses holds the demo "
+                f"sources; `make push` sends a signed push of a changed one)\n"
                 f"Machine DB  {stack.machine_db}\n"
                 f"Storage     {stack.storage}/\n"
                 f"Logs        {stack.logs}/<program>.log\n"
@@ -190,6 +217,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m devstack``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["push"]:
+        from devstack import push
+
+        return push.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up lines say nothing to a user

@@ -224,14 +224,20 @@ class AirflowApi:
         return str(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"])
 
     def wait(self, dag_id: str, run_id: str, timeout: float) -> str:
-        """Wait until a DAG run ends; return its final state (``success`` or ``failed``).
+        """Wait until a DAG run ends; return its final state (``success`` or ``failed``). A poll the api-server
+        does not answer in time is logged and repeated.
 
         :raises TimeoutError: when it has not ended after ``timeout`` seconds
         """
         started = time.monotonic()
+        state = "unknown"
         while True:
             self.check_alive()
-            state = self.state(dag_id, run_id)
+            try:
+                state = self.state(dag_id, run_id)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                # A busy api-server (a loaded 2-core machine) may miss one poll; a stopped one fails check_alive.
+                log.warning("Polling %s run %s: %s", dag_id, run_id, error)
             if state in FINAL_STATES:
                 return state
             if time.monotonic() - started > timeout:

@@ -1,11 +1,9 @@
-"""A fake GitHub REST API on loopback, as pytest fixtures.
+"""A fake GitHub REST API on loopback: :class:`FakeGitHub`, a real HTTP server in a thread of its own.
 
-Fixtures (load with ``pytest_plugins = ["tests.github_server"]``):
-
-* ``github_server`` (session): a :class:`FakeGitHub` on ``127.0.0.1``; its :attr:`~FakeGitHub.base_url` is what a
-  client takes as ``base_url`` (every URL it answers with is absolute on that origin, as GitHub's are);
-* ``fake_github``: the same server, :meth:`~FakeGitHub.reset` before the test, so no test sees another's
-  repositories, statuses or knobs.
+The tests use it through the fixtures of ``tests/github_server.py``; ``make run`` runs it as a program of its stack
+(:mod:`devstack.github`), and ``make bench-webhook`` starts one beside the webhook. Its
+:attr:`~FakeGitHub.base_url` is what a client takes as ``base_url`` (every URL it answers with is absolute on that
+origin, as GitHub's are).
 
 Endpoints (JSON shaped like GitHub's, reduced to the fields the Machine and PyGithub read):
 
@@ -52,20 +50,33 @@ import tarfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import pytest
-
-from tests.servers import send
-
 MAXIMUM_STATUSES = "This SHA and context has reached the maximum number of statuses."
 STATES = ("pending", "success", "failure", "error")
 DOCS = "https://docs.github.com/rest"
+
+
+def send(
+    handler: BaseHTTPRequestHandler,
+    body: bytes,
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Write a whole response with its ``Content-Length``."""
+    handler.send_response(status)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+    handler.wfile.flush()
 
 
 @dataclass(frozen=True)
@@ -177,6 +188,12 @@ Route = Callable[["FakeGitHub", "_Handler", GitHubRequest, dict[str, str]], None
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    #: Keep-alive, as GitHub's API: a client's connection serves request after request (every answer has its
+    #: Content-Length).
+    protocol_version = "HTTP/1.1"
+    #: TCP_NODELAY: the headers and the body are two writes; with Nagle's algorithm the body would wait for the
+    #: client's delayed ACK (40 ms) on a kept connection.
+    disable_nagle_algorithm = True
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
@@ -203,14 +220,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeGitHub:
-    """A fake GitHub REST API on ``127.0.0.1`` (port chosen by the system)."""
+    """A fake GitHub REST API on ``127.0.0.1:port`` (0: chosen by the system)."""
 
     #: Routes of every instance: (method, compiled path pattern, handler); see :meth:`route`.
     routes: ClassVar[list[tuple[str, re.Pattern[str], Route]]] = []
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._lock = threading.RLock()
-        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd = _Server(("127.0.0.1", port), _Handler)
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -299,6 +316,7 @@ class FakeGitHub:
     # Serving ------------------------------------------------------------------------------------------------
 
     def dispatch(self, handler: _Handler, request: GitHubRequest) -> None:
+        """Answer one request (after :attr:`delay`), counting it in flight."""
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -362,6 +380,7 @@ class FakeGitHub:
     # JSON shapes --------------------------------------------------------------------------------------------
 
     def user_json(self, login: str) -> dict[str, Any]:
+        """A user or organisation as GitHub shows it."""
         return {
             "login": login,
             "id": zlib.crc32(login.encode()),
@@ -371,6 +390,7 @@ class FakeGitHub:
         }
 
     def repository_json(self, repository: FakeRepository) -> dict[str, Any]:
+        """A repository as the repository API and webhook payloads show it."""
         api = self.url(f"/repos/{repository.owner}/{repository.name}")
         return {
             "id": zlib.crc32(f"{repository.owner}/{repository.name}".encode()),
@@ -393,6 +413,7 @@ class FakeGitHub:
         }
 
     def commit_json(self, repository: FakeRepository, sha: str) -> dict[str, Any]:
+        """A commit as the commits and branches APIs show it."""
         api = self.url(f"/repos/{repository.owner}/{repository.name}")
         person = {"name": "Open Addresses", "email": "oa@example.com", "date": "2025-01-01T00:00:00Z"}
         return {
@@ -863,22 +884,3 @@ def _delete_comment(
         server.not_found(handler)
         return
     send(handler, b"", status=204)
-
-
-# Fixtures ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def github_server() -> Iterator[FakeGitHub]:
-    """The fake GitHub for the whole session (use ``fake_github`` for a clean one)."""
-    server = FakeGitHub()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def fake_github(github_server: FakeGitHub) -> Iterator[FakeGitHub]:
-    """The fake GitHub, emptied for this test."""
-    github_server.reset()
-    yield github_server
-    github_server.reset()

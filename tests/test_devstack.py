@@ -124,7 +124,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     webhook_port = free_port()
     result = _launch(
         "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()),
-        "--webhook-port", str(webhook_port), "--once",
+        "--webhook-port", str(webhook_port), "--github-port", str(free_port()), "--once",
         timeout=RUN_TIMEOUT,
     )  # fmt: skip
     left = _left_running(result.stderr) + processes_of(home / "airflow")
@@ -235,7 +235,7 @@ def test_a_second_start_shows_the_earlier_demo_set_says_so_and_keeps_the_passwor
     first_run = re.search(r"Demo batch run (\S+):", first.stdout).group(1)
     result = _launch(
         "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()),
-        "--webhook-port", str(free_port()), "--once",
+        "--webhook-port", str(free_port()), "--github-port", str(free_port()), "--once",
         timeout=RUN_TIMEOUT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -471,9 +471,11 @@ def test_the_webhook_program_serves_a_published_run_over_http(tmp_path: Path, fi
 @pytest.mark.slow
 def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
     """``make run`` left running: the "Results site" and "Run outputs" links its task instances recorded open,
-    and the webhook's Airflow user logs in and may trigger ``openaddr_ci``."""
+    the webhook's Airflow user logs in and may trigger ``openaddr_ci``, and ``make push`` (a signed push delivery
+    of a changed demo source) gives a job, its DAG run, the runs rows and the statuses at the fake GitHub."""
     home, webhook_port, airflow_port = tmp_path / "var", free_port(), free_port()
     arguments = ["--home", str(home), "--port", str(airflow_port), "--demo-port", str(free_port())]
+    arguments += ["--github-port", str(free_port())]
     command = [sys.executable, "-m", "devstack", *arguments, "--webhook-port", str(webhook_port)]
     with (tmp_path / "stderr.log").open("w") as stderr:
         launcher = subprocess.Popen(
@@ -520,9 +522,80 @@ def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
         assert probe.status_code == 422, probe.text
         pools = requests.post(f"{api}/api/v2/pools", json={}, headers=bearer, timeout=30)
         assert pools.status_code == 403, pools.text
+        _push_a_changed_source(home, webhook_port)
     finally:
         said = stop_home(home)
         launcher.wait(timeout=60)
         reader.join(timeout=10)
     assert said.startswith(f"Stopped the stack of {home} through its launcher"), said
     assert processes_of(home / "airflow") == []
+
+
+def _push_a_changed_source(home: Path, webhook_port: int) -> None:
+    """``python -m devstack push`` against the running stack of ``home``, checked in the Machine database, at the
+    fake GitHub, in Airflow (as admin) and on the site."""
+    pushed = subprocess.run(
+        [sys.executable, "-m", "devstack", "push", "--home", str(home), "--timeout", str(RUN_TIMEOUT)],
+        cwd=ROOT,
+        env=_clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT + 60,
+    )
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr[-3000:]
+    urls = json.loads((home / "stack.json").read_text())
+    job_line = re.search(r"^Job +([0-9a-f-]{36}) ", pushed.stdout, re.MULTILINE)
+    pushed_line = re.search(r"^Pushed ([0-9a-f]{12}) to openaddresses/openaddresses@master", pushed.stdout)
+    assert job_line, pushed.stdout
+    assert pushed_line, pushed.stdout
+    job_id, sha = job_line.group(1), pushed_line.group(1)
+    assert f"http://127.0.0.1:{webhook_port}/jobs/{job_id}" in pushed.stdout
+    # The job and its runs rows, recorded by the webhook and the DAG run.
+    with sqlite3.connect(home / "machine.db") as machine:
+        job = machine.execute(
+            "SELECT status, github_event, github_status_url, airflow_dag_run_id, github_delivery_id FROM jobs "
+            "WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        runs = machine.execute(
+            "SELECT id, source_path, status, address_count, commit_sha FROM runs WHERE job_id = ?", (job_id,)
+        ).fetchall()
+    status, event, status_url, dag_run_id, delivery = job
+    assert (status, event, dag_run_id) == (1, "push", f"ci__{job_id}")
+    assert delivery
+    assert status_url.startswith(f"{urls['github']}/repos/openaddresses/openaddresses/statuses/{sha}")
+    assert [(path, ok, count) for _, path, ok, count, _ in runs] == [("sources/us/or/portland.json", 1, 12)]
+    assert runs[0][4].startswith(sha)
+    run_id = runs[0][0]
+    # The DAG run, as Airflow's admin sees it, succeeded; its task instance's extra link is the run's page.
+    admin = {
+        "username": ADMIN,
+        "password": json.loads((home / "airflow" / PASSWORDS_FILE).read_text())[ADMIN],
+    }
+    token = requests.post(f"{urls['airflow']}/auth/token", json=admin, timeout=60).json()["access_token"]
+    dag_run = requests.get(
+        f"{urls['airflow']}/api/v2/dags/openaddr_ci/dagRuns/ci__{job_id}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert dag_run.json()["state"] == "success", dag_run.text
+    with sqlite3.connect(home / "airflow" / "airflow.db") as metadata:
+        link = metadata.execute(
+            "SELECT value FROM xcom WHERE dag_id = 'openaddr_ci' AND run_id = ? AND key = '_link_ResultsSiteLink'",
+            (f"ci__{job_id}",),
+        ).fetchone()
+    assert json.loads(link[0]) == f"http://127.0.0.1:{webhook_port}/runs/{run_id}/"
+    page = requests.get(json.loads(link[0]), timeout=30)
+    assert page.status_code == 200
+    assert f"Run {run_id}" in page.text
+    # The commit statuses the fake GitHub received: the webhook's pending, then the job's success, both linking
+    # to the job's page.
+    statuses = requests.get(f"{urls['github']}/_admin/statuses", timeout=30).json()
+    ours = [s for s in statuses if s["sha"].startswith(sha)]
+    states = [s["state"] for s in ours]
+    assert states[0] == "pending", ours
+    assert states[-1] == "success", ours
+    assert set(states) == {"pending", "success"}, ours
+    assert {s["target_url"] for s in ours} == {f"http://127.0.0.1:{webhook_port}/jobs/{job_id}"}
+    assert ours[-1]["context"] == "openaddresses/hooked"
+    assert "Commit statuses at the fake GitHub:\n  pending" in pushed.stdout

@@ -13,7 +13,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -168,8 +168,10 @@ def fetch_contents(
     blobs_url: str | None,
     ref: str,
     workers: int = 32,
+    pool: Executor | None = None,
 ) -> list[ChangedFile]:
-    """Fetch each path through the contents API at ``ref``, in parallel (at most ``workers`` at once).
+    """Fetch each path through the contents API at ``ref``, in parallel (at most ``workers`` at once, or on
+    ``pool``'s threads when given; one path is fetched in the calling thread).
 
     A non-2xx answer skips the file with a WARNING (it was deleted); an encoding other than base64 is an error;
     files over 1 MB, which the contents API sends without content, are fetched through the git blobs API.
@@ -208,6 +210,11 @@ def fetch_contents(
     unique = list(dict.fromkeys(paths))
     if not unique:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique)))) as pool:
+    if len(unique) == 1:
+        results = [one(unique[0])]
+    elif pool is not None:
         results = list(pool.map(one, unique))
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique)))) as own:
+            results = list(own.map(one, unique))
     return [result for result in results if result is not None]

@@ -17,7 +17,9 @@ import hmac
 import json
 import logging
 import re
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -49,6 +51,9 @@ MAX_CONF_BYTES = 5 * 1024 * 1024
 STATUS_ATTEMPTS = 2
 STATUS_BACKOFF = 0.5
 TRIGGER_EXTENSION = "openaddr_airflow_trigger"
+CLIENTS_EXTENSION = "openaddr_github_clients"
+POOL_EXTENSION = "openaddr_github_fetch_pool"
+_extensions_lock = threading.Lock()
 DATABASE_DOWN = "The Machine database is unavailable"
 
 
@@ -94,21 +99,56 @@ def check_signature(
 
 
 def _client_factory() -> Callable[[], github.Github]:
-    """Makes PyGithub clients with the app's GitHub settings (also outside the request's thread)."""
-    config = current_app.config
+    """The PyGithub client of the calling thread, with the app's GitHub settings (also outside the request's
+    thread: the fetch pool's threads).
+
+    Each thread keeps its client for the life of the worker, so its HTTP connection to GitHub is reused from one
+    delivery to the next instead of being opened (TCP and TLS) for every request.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    local = app.extensions.get(CLIENTS_EXTENSION)
+    if local is None:
+        with _extensions_lock:
+            local = app.extensions.setdefault(CLIENTS_EXTENSION, threading.local())
+    config = app.config
     # No pause between requests (PyGithub's default is 0.25 s per client): the reads of one delivery are bounded
-    # by GITHUB_FETCH_WORKERS instead, and must fit GitHub's 10 s.
-    return functools.partial(
+    # by GITHUB_FETCH_WORKERS instead, and must fit GitHub's 10 s. No pause between writes either (its default is
+    # 1 s per client): a kept client posts one status a delivery, and GitHub's limit is per token anyway.
+    make = functools.partial(
         github_client,
         config["GITHUB_TOKEN"],
         config["GITHUB_API_URL"],
         timeout=config["GITHUB_TIMEOUT"],
         seconds_between_requests=None,
+        seconds_between_writes=None,
     )
+
+    def client() -> github.Github:
+        kept: github.Github | None = getattr(local, "client", None)
+        if kept is None:
+            kept = local.client = make()
+        return kept
+
+    return client
 
 
 def _client() -> github.Github:
     return _client_factory()()
+
+
+def _fetch_pool() -> ThreadPoolExecutor:
+    """The app's threads for reading contents (``GITHUB_FETCH_WORKERS``), made once per worker process."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    pool: ThreadPoolExecutor | None = app.extensions.get(POOL_EXTENSION)
+    if pool is None:
+        with _extensions_lock:
+            pool = app.extensions.get(POOL_EXTENSION)
+            if pool is None:
+                pool = ThreadPoolExecutor(
+                    app.config["GITHUB_FETCH_WORKERS"], thread_name_prefix="github-fetch"
+                )
+                app.extensions[POOL_EXTENSION] = pool
+    return pool
 
 
 def _trigger() -> AirflowTrigger:
@@ -307,6 +347,7 @@ def _make_job(event: str, payload: dict[str, Any], delivery_id: str | None) -> t
             blobs_url=blobs_url,
             ref=commit_sha,
             workers=config["GITHUB_FETCH_WORKERS"],
+            pool=_fetch_pool(),
         )
     except (changes.ReadError, KeyError, TypeError) as error:
         log.error("Could not read source files of %s %s: %s", event, commit_sha, error)
