@@ -23,18 +23,22 @@ def http_url(url: str | None) -> str:
     return url if parts.scheme in ("http", "https") and parts.netloc else ""
 
 
-def run_links(storage: Storage, run_id: int | str, base_url: str | None) -> dict[str, str]:
+def run_links(
+    storage: Storage, run_id: int | str, base_url: str | None, *, published_by: int | str | None = None
+) -> dict[str, str]:
     """The extra links of the task instance that recorded run ``run_id``.
 
     ``outputs``: the storage's public URL of ``runs/<id>/index.json`` (``openaddr_results_public_url``, or the
-    bucket's https URL); ``site``: ``<base URL>/runs/<id>/`` (``openaddr_base_url``). Each is ``""`` when no
-    http(s) URL can be made — never a ``file:`` URL.
+    bucket's https URL) of the run that published the files: ``published_by`` for a run that reused an earlier one
+    (its ``copy_of``: a copy publishes nothing of its own); ``site``: ``<base URL>/runs/<id>/``
+    (``openaddr_base_url``), the page of ``run_id`` itself. Each is ``""`` when no http(s) URL can be made — never a
+    ``file:`` URL.
     """
     from openaddr.storage import run_prefix
 
     site = http_url((base_url or "").rstrip("/"))
     return {
-        "outputs": http_url(storage.url(f"{run_prefix(run_id)}/index.json")),
+        "outputs": http_url(storage.url(f"{run_prefix(published_by or run_id)}/index.json")),
         "site": f"{site}/runs/{run_id}/" if site else "",
     }
 

@@ -199,8 +199,8 @@ class ProcessSourceOperator(BaseOperator):
             raise EntryTimedOut(f"Timed out after {self.execution_timeout}") from exc
         for result in results:
             self.log.info("%s: run %s, %s", result["label"], result["run_id"], result["message"])
-        first = results[0]["run_id"]
-        self.run_links = run_links(storage, first, config.base_url())
+        first = results[0]
+        self.run_links = run_links(storage, first["run_id"], config.base_url(), published_by=first["copy_of"])
         if all(result["skipped"] for result in results):
             runs = ", ".join(str(result["run_id"]) for result in results)
             raise AirflowSkipException(f"{self.label}: source says to skip (runs {runs})")

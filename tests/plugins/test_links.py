@@ -22,6 +22,15 @@ def test_a_served_local_storage_and_a_site_give_http_links(tmp_path: Path) -> No
     }
 
 
+def test_a_reused_run_links_the_outputs_of_the_run_that_published_them(tmp_path: Path) -> None:
+    """A copy publishes nothing under its own id: its outputs are the original's, its page is its own."""
+    storage = LocalStorage(tmp_path, public_url="http://127.0.0.1:5000/files")
+    assert run_links(storage, 18, "http://127.0.0.1:5000", published_by=17) == {
+        "outputs": "http://127.0.0.1:5000/files/runs/17/index.json",
+        "site": "http://127.0.0.1:5000/runs/18/",
+    }
+
+
 def test_an_unserved_local_storage_gives_no_link_rather_than_a_file_url(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     assert storage.url("runs/3/index.json").startswith("file://")
