@@ -210,6 +210,7 @@ def test_the_task_instances_extra_links_are_shown_and_open_the_run_on_the_site(
                 heading = tab.locator("h1").inner_text()
                 assert heading == f"Run {run['id']}: {path}"
                 if name == "processed":
+                    tab.set_viewport_size(DESKTOP)
                     tab.screenshot(
                         path=screenshots_folder() / "airflow-results-site-link.png", full_page=True
                     )

@@ -181,7 +181,9 @@ def test_ci_job_success_then_reuse_then_rerun(
     sources: dict[str, bytes],
     fake_github: FakeGitHub,
     http_server: LoopbackHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_OPENADDR_RESULTS_PUBLIC_URL", "http://results.test/files")
     dag = machine_dags.dags["openaddr_ci"]
     files = {PARK: sources[PARK]}
     first = str(uuid.uuid4())
@@ -197,10 +199,15 @@ def test_ci_job_success_then_reuse_then_rerun(
 
     # Same entry within 10 days: copied, not downloaded again.
     second = str(uuid.uuid4())
-    assert dag.test(run_conf=ci_conf(second, files)).state == "success"
+    copied = dag.test(run_conf=ci_conf(second, files))
+    assert copied.state == "success"
     (copy,) = job_runs(machine.engine, second)
     assert copy["copy_of"] == original["id"]
     assert copy["state"] == original["state"]
+    # Its page is its own; its outputs are the original's (a copy publishes nothing under its own id).
+    links = extra_links(copied, 0)
+    assert links["_link_ResultsSiteLink"] == f"http://results.test/runs/{copy['id']}/"
+    assert links["_link_RunOutputsLink"] == f"http://results.test/files/runs/{original['id']}/index.json"
     assert http_server.hits["/data/us-wy-park.zip"] == hits + 1
 
     # A re-run request processes again.
