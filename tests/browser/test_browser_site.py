@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from tests.browser.browsing import Results, Site, Watched
 
+pytestmark = pytest.mark.integration
+
 #: The site's pages every crawl starts from (machine-ci.md §9): ``{set}``, ``{job}``, ``{run}`` and ``{source}``
 #: are filled from the recorded data (:func:`fill`). Extend it when a page is added.
 PAGES = (
