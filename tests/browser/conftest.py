@@ -10,9 +10,9 @@
 * ``results`` (session): the database filled the way the DAGs fill it, through the library's task bodies
   (:mod:`openaddr.machine`): a batch set of real fixture sources (shapefile, a v2 file, a skipped one, a 404 and a
   broken file) processed by ``process-one`` subprocesses against the loopback data server, then completed; then a
-  CI job of two of them (one reused, one failing). Published to the site's storage with its http URLs.
-* ``page``: a fresh tab of the session's browser that records console errors, page errors, failed requests and
-  answers of 400 or more (:class:`Watched`).
+  CI job of two of them, both reused from the set (Park's success, Berkeley's failure). Published to the site's storage with its http URLs.
+* ``page``: the session's one tab (``tab``), at phone width, recording console errors, page errors, failed
+  requests and answers of 400 or more (:class:`~tests.browser.browsing.Watched`), cleared for each test.
 
 Screenshots go to ``$TEST_ARTIFACTS/screenshots/`` (default ``test-artifacts/`` in the checkout, git-ignored).
 """
