@@ -201,6 +201,13 @@ def source_page(source: str) -> Response | str:
     if not entries:
         return text(f"Source {source} has no runs", 404)
     document = source_document(engine, source_path(source))
+    # The stable latest URL only where it redirects: an entry whose latest successful run has a zip (not a failed
+    # or skipped one: /latest/run/… would be a 404).
+    zipped = {
+        (run["source_layer"], run["layer_name"])
+        for run in latest_entry_runs(engine, source_path(source))
+        if processed_url(run, "zip")
+    }
     newest = max(run["datetime_tz"] for entry in entries for run in entry["runs"] if run["datetime_tz"])
     if as_json:
         body: dict[str, Any] = {
@@ -211,7 +218,9 @@ def source_page(source: str) -> Response | str:
                     "source_layer": entry["source_layer"],
                     "layer_name": entry["layer_name"],
                     "latest": run_json(entry["latest"]) if entry["latest"] else None,
-                    "latest_zip_url": latest_entry_url(source, entry, "zip"),
+                    "latest_zip_url": latest_entry_url(source, entry, "zip")
+                    if (entry["source_layer"], entry["layer_name"]) in zipped
+                    else None,
                     "runs": [run_json(run) for run in entry["runs"]],
                 }
                 for entry in entries
@@ -227,7 +236,9 @@ def source_page(source: str) -> Response | str:
             {
                 **entry,
                 "latest": run_view(entry["latest"]) if entry["latest"] else None,
-                "latest_zip": latest_entry_url(source, entry, "zip", external=False),
+                "latest_zip": latest_entry_url(source, entry, "zip", external=False)
+                if (entry["source_layer"], entry["layer_name"]) in zipped
+                else None,
                 "runs": [run_view(run) for run in entry["runs"]],
             }
             for entry in entries
