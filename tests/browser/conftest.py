@@ -93,6 +93,7 @@ def browser(chromium: str) -> Iterator[Browser]:
 def tab(browser: Browser) -> Iterator[Watched]:
     """The session's one tab (opening a context costs about a second: the tests share it)."""
     context = browser.new_context(viewport=PHONE)
+    context.set_default_timeout(60_000)  # Airflow's UI on a busy 2-core machine
     try:
         yield Watched(context.new_page())
     finally:
