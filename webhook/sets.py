@@ -374,8 +374,8 @@ def set_state_txt(set_id: str) -> Response:
 
 
 def job_icon(status: bool | None) -> str:
-    """✔ success, ❌ failure, nothing while pending."""
-    return "" if status is None else ("✔" if status else "❌")
+    """✔ success, ✘ failure (not the ❌ emoji: a machine without an emoji font shows it as an empty box), nothing while pending."""
+    return "" if status is None else ("✔" if status else "✘")
 
 
 @bp.get("/jobs/")

@@ -597,7 +597,7 @@ def test_a_job_page_orders_files_and_shows_its_runs(site: Flask) -> None:
     ids = fill(site)
     client = site.test_client()
     listed = text(client.get("/jobs/"))
-    assert "❌" in listed
+    assert "✘" in listed
     assert "3 files</a>" in listed
     html = text(client.get(f"/jobs/{ids['job']}"))
     assert "This job failed" in html
@@ -608,7 +608,7 @@ def test_a_job_page_orders_files_and_shows_its_runs(site: Flask) -> None:
         "sources/xx/pending.json",
         PARK,
     ]
-    assert "❌" in files[0]
+    assert "✘" in files[0]
     assert "✔" in files[2]
     assert f'href="{FILES}/{ids["job_ok"]}/output.txt">log</a>' in files[2]
     assert f'href="{FILES}/{ids["job_ok"]}/out.zip">data</a>' in files[2]
