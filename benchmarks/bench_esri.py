@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,9 @@ def main() -> int:
         if not url:
             print("The replay server did not start", file=sys.stderr)
             return 1
+        # The server loads the layer on its first request: before any timing.
+        with urllib.request.urlopen(f"{url}?f=json", timeout=120) as response:
+            response.read()
         pages = -(-features // 1000)
         print(
             f"Layer: {features:,} features, {pages} pages of 1000, {args.latency * 1000:.0f} ms a page "
