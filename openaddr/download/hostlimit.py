@@ -188,7 +188,9 @@ local limit = tonumber(redis.call('HGET', KEYS[2], 'limit')) or maximum
 if limit > maximum then limit = maximum end
 if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+  end
   return 1
 end
 return 0

@@ -323,7 +323,7 @@ import sys, time
 from openaddr.download.hostlimit import RedisHostLimiter
 limiter = RedisHostLimiter(sys.argv[1], lease_seconds=float(sys.argv[3]), prefix=sys.argv[2])
 for _ in range(2):
-    limiter.acquire("example.com:443", 2, None)
+    limiter.acquire("example.com:443", 3, None)
 print("held", flush=True)
 time.sleep(600)
 """
@@ -331,21 +331,25 @@ time.sleep(600)
 
 @pytest.mark.integration
 def test_the_leases_of_a_killed_holder_come_back(prefix: str) -> None:
+    host = "example.com:443"
     limiter = RedisHostLimiter(REDIS_URL, lease_seconds=30, prefix=prefix)
+    mine = limiter.acquire(host, 3, None)  # a lease of 30 s, held throughout
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, REDIS_URL, prefix, "1.5"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
-        # Both slots are held: a third waits until its deadline.
+        # All three slots are held: a fourth request waits until its deadline.
         with pytest.raises(DownloadError, match="waiting for a connection slot to example.com:443"):
-            limiter.acquire("example.com:443", 2, StageClock(time.time() + 0.2))
+            limiter.acquire(host, 3, StageClock(time.time() + 0.2))
         holder.kill()
         holder.wait(10)
-        # Killed without giving them back: its leases expire and both slots come back.
-        tokens = [limiter.acquire("example.com:443", 2, StageClock(time.time() + 10)) for _ in range(2)]
-        assert len(set(tokens)) == 2
+        # Killed without giving them back: its two leases expire (mine does not) and their slots come back.
+        tokens = [limiter.acquire(host, 3, StageClock(time.time() + 10)) for _ in range(2)]
+        assert len({mine, *tokens}) == 3
+        with pytest.raises(DownloadError, match="waiting for a connection slot to example.com:443"):
+            limiter.acquire(host, 3, StageClock(time.time() + 0.2))
     finally:
         if holder.poll() is None:
             holder.kill()
