@@ -381,7 +381,9 @@ def test_the_redis_limit_is_halved_for_the_whole_fleet(prefix: str) -> None:
 
 
 @pytest.mark.integration
-def test_an_unreachable_redis_fails_clearly(generated: ReplayServer, tmp_path: Path) -> None:
+def test_an_unreachable_redis_fails_clearly(
+    generated: ReplayServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     entry = generated_entry(tmp_path, generated.layer_url(GENERATED))
     unreachable = settings(4, host_limiter="redis", redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(
@@ -392,9 +394,18 @@ def test_an_unreachable_redis_fails_clearly(generated: ReplayServer, tmp_path: P
     with pytest.raises(HostLimiterUnavailable, match="^OPENADDR_HOST_LIMITER=redis needs OPENADDR_REDIS_URL"):
         download_esri(entry, tmp_path / "out", settings=settings(4, host_limiter="redis"))
     assert generated.arrivals == []
-    # Processing the entry stops with it instead of recording a source problem.
+    # Processing the entry stops with it instead of recording a source problem: process-one exits 2 with that
+    # line, leaving no state.
     with pytest.raises(HostLimiterUnavailable):
         process_one.process_entry(entry, tmp_path / "state", settings=unreachable)
+    out = tmp_path / "process-one"
+    code = process_one.process_one_command(
+        str(entry.source.path), str(out), layer=None, name=None, settings=unreachable
+    )
+    assert code == 2
+    assert "openaddr process-one: OPENADDR_HOST_LIMITER=redis, but Redis at" in capsys.readouterr().err
+    assert not list(out.rglob("index.json"))
+    assert generated.arrivals == []
 
 
 def test_the_settings_of_the_limit() -> None:
