@@ -191,6 +191,53 @@ def test_oid_pages_give_the_same_bytes(generated: ReplayServer, tmp_path: Path) 
         assert len(concurrent.split(b"\r\n")) - 2 == FEATURES, mode
 
 
+@pytest.mark.integration
+def test_at_most_twice_the_concurrency_pages_are_held(generated: ReplayServer, tmp_path: Path) -> None:
+    # The server answers at once and the writer is slow: without back-pressure the pages would all be fetched
+    # ahead of the writer. Requests made minus pages written never exceeds the reorder buffer, 2 × 4.
+    ahead: list[int] = []
+
+    def progress(size: int) -> None:
+        ahead.append(len(generated.arrivals) - len(ahead) - 1)
+        time.sleep(0.01)
+
+    entry = generated_entry(tmp_path, generated.layer_url(GENERATED))
+    fetch(entry, tmp_path / "4", 4, progress=progress)
+    assert len(ahead) == FEATURES // PAGE
+    assert max(ahead) <= 2 * 4
+    assert max(ahead) > 1  # it did run ahead of the writer
+
+
+def test_pages_of_plain_points_give_the_bytes_of_the_general_path() -> None:
+    # A page of plain points takes the path without GEOS; the same points beside one feature without geometry
+    # (skipped) take the general one. Coordinates that format differently under %.16g and repr, integers, a Z.
+    import io
+    import random
+
+    from openaddr.download.esri import EsriCsvWriter
+
+    rng = random.Random(15)
+    tricky = [94.9588628, 0.1 + 0.2, 1e-7, 123456789.123456789, -122.1234567, 1e16, 5, -7, 2.5e-320, 1 / 3]
+    points = []
+    for i in range(400):
+        x = rng.choice([*tricky, rng.uniform(-180, 180)])
+        y = rng.choice([*tricky, rng.uniform(-90, 90)])
+        geometry = {"x": x, "y": y, **({"z": 1.5} if i % 7 == 0 else {})}
+        points.append({"attributes": {"id": i, "Name": f"n{i}", "v": rng.random()}, "geometry": geometry})
+
+    def written(page: list[dict[str, Any]]) -> tuple[str, int]:
+        fh = io.StringIO(newline="")
+        writer = EsriCsvWriter(fh, ["ID", "name", "v"])
+        writer.write_features(page)
+        return fh.getvalue(), writer.written
+
+    fast = written(points)
+    general = written([*points, {"attributes": {"id": -1}}])
+    assert fast == general
+    assert fast[1] == len(points)
+    assert "POINT (94.95886280000001 " in fast[0] or " 94.95886280000001)" in fast[0]
+
+
 # -- polite: throttling, failures ----------------------------------------------------------------------------------
 
 
