@@ -66,6 +66,8 @@ class Behaviour:
     :param unsupported: request kinds (:attr:`Request.kind`: ``count``, ``ids``, ``statistics``) answered with the
         JSON error of a server that does not support them
     :param redirect: the layer metadata request answers ``302 Found`` to this URL
+    :param ragged: offset pages hold at most ``3 + offset // 2 % 3`` features (3 to 5): sizes that keep changing
+        from page to page, the same for the same offset
     :param latency: seconds every feature page waits before its answer (the benchmark's 200 ms)
     :param latencies: seconds the n-th feature-page request of the scenario waits, cycled (pages answered out of
         the order they were asked in)
@@ -83,6 +85,7 @@ class Behaviour:
     metadata: dict[str, Any] = field(default_factory=dict)
     unsupported: tuple[str, ...] = ()
     redirect: str | None = None
+    ragged: bool = False
     latency: float = 0.0
     latencies: tuple[float, ...] = ()
 
@@ -390,6 +393,8 @@ def _features(recording: Recording, behaviour: Behaviour, params: dict[str, str]
         size = int(params.get("resultRecordCount") or len(features))
         if behaviour.cap is not None:
             size = min(size, behaviour.cap)
+        if behaviour.ragged:
+            size = min(size, 3 + offset // 2 % 3)
         return features[offset : offset + size]
     match = _OID_RANGE.match(params.get("where", ""))
     if match is None:  # where=1=1 or an envelope: everything recorded

@@ -90,6 +90,9 @@ REQUEST_TIMEOUT = 300.0
 #: §3.6.4: connection errors and timeouts are retried 5 times with esridump's back-off (10 s × attempt); a
 #: settings object may override the delays with ``esri_retry_delays``.
 RETRY_DELAYS = (10.0, 20.0, 30.0, 40.0, 50.0)
+#: Offset plans dropped (a page of another size than planned) before the rest of a layer is fetched one page at a
+#: time: a server that caps pages is learnt at the first; one whose page sizes vary would waste a window each page.
+MAX_REPLANS = 3
 #: How often an envelope box may be split before its features are taken as they come.
 MAX_ENVELOPE_DEPTH = 8
 
@@ -536,14 +539,16 @@ class _Dumper(EsriDumper):
         # then lose features between pages. Advance by what arrived, stop at the count or an empty page.
         # Concurrently: pages are planned ahead in steps of the size the last page had; a page of another size
         # than planned (a cap) drops the plan after it and plans again from what arrived, so the pages written
-        # are exactly those of the one-at-a-time download.
+        # are exactly those of the one-at-a-time download. A server whose pages keep changing size would have
+        # every plan dropped: after MAX_REPLANS the rest goes one page at a time.
         offset = 0  # of the next page to write
         step = page_size
         planned_to = 0  # the next offset to plan
+        window, replans = self._window, 0
         with self._pool() as pool:
             pending: deque[tuple[int, Future[list[dict[str, Any]]]]] = deque()
             while offset < count:
-                while len(pending) < self._window and planned_to < count:
+                while len(pending) < window and planned_to < count:
                     args = {"resultOffset": planned_to, "resultRecordCount": page_size, "where": "1=1"}
                     pending.append((planned_to, pool.submit(self._page, args)))
                     planned_to += step
@@ -560,6 +565,10 @@ class _Dumper(EsriDumper):
                         dropped.cancel()
                     pending.clear()
                     step, planned_to = len(features), offset
+                    replans += 1
+                    if replans == MAX_REPLANS and window > 1:
+                        log.info("Pages keep changing size; fetching the rest one at a time")
+                        window = 1
 
     def _page(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         query = self._build_query_args(

@@ -29,7 +29,7 @@ from esri_server import (
 
 from openaddr import process_one
 from openaddr.download import StageClock
-from openaddr.download.esri import download_esri
+from openaddr.download.esri import MAX_REPLANS, download_esri
 from openaddr.download.hostlimit import (
     RECOVERY_SUCCESSES,
     HostLimiterUnavailable,
@@ -174,6 +174,21 @@ def test_a_capped_server_replans_the_offsets_and_gives_the_same_bytes(
     concurrent = fetch(dataclasses.replace(entry, data={**entry.data, "data": url}), tmp_path / "4", 4)
     assert concurrent == sequential
     assert set(sequential_offsets) <= {a.offset for a in generated.arrivals}
+
+
+@pytest.mark.integration
+def test_pages_that_keep_changing_size_end_one_at_a_time(generated: ReplayServer, tmp_path: Path) -> None:
+    # Nearly every page another size (3, 4 or 5 features by offset): each plan is dropped, until the rest goes one
+    # page at a time, so the requests wasted stay bounded by MAX_REPLANS windows.
+    entry = generated_entry(tmp_path, generated.layer_url(GENERATED, ragged=True))
+    sequential = fetch(entry, tmp_path / "1", 1)
+    asked = len(generated.arrivals)
+    generated.arrivals.clear()
+    url = generated.layer_url(GENERATED, ragged=True, latencies=(0.01, 0.0))
+    concurrent = fetch(dataclasses.replace(entry, data={**entry.data, "data": url}), tmp_path / "4", 4)
+    assert concurrent == sequential
+    assert len(concurrent.split(b"\r\n")) - 2 == FEATURES
+    assert asked < len(generated.arrivals) <= asked + MAX_REPLANS * 2 * 4
 
 
 @pytest.mark.integration
