@@ -58,14 +58,19 @@ GEOPARQUET_VERSION = "1.1.0"
 #: Rows per row group of a published file.
 ROW_GROUP_ROWS = 65_536
 #: Bytes of rows all collections may buffer before the largest buffer is sorted and spilled.
-BUFFER_BYTES = 48 << 20
+BUFFER_BYTES = 24 << 20
 #: Rows per batch of a spilled run (the merge holds one batch per run).
-SPILL_BATCH_ROWS = 8_192
+SPILL_BATCH_ROWS = 2_048
+#: Runs merged at once at most (more are merged in passes).
+MERGE_FAN_IN = 32
 #: Records read at once from a CSV member or a GeoJSON file.
-READ_BLOCK_BYTES = 4 << 20
+READ_BLOCK_BYTES = 2 << 20
 #: Parquet compression of the published files (GDAL, DuckDB and GeoPandas all read it).
 COMPRESSION: Literal["zstd"] = "zstd"
 
+#: Columns that are (nearly) unique per row: dictionary encoding would only cost time (Arrow tries, then gives up
+#: on each row group); every other text column is dictionary encoded.
+UNIQUE_COLUMNS = ("id", "hash")
 #: Attribute columns of an address file: the CSV's columns after LON and LAT, lower case.
 ADDRESS_ATTRIBUTES = tuple(column.lower() for column in OUTPUT_COLUMNS[2:])
 #: Columns every row carries before its attributes.
@@ -291,64 +296,100 @@ def _address_batch(columns: Mapping[str, pa.Array[Any]], size: int) -> tuple[_Ba
     return batch, size - kept
 
 
-def _csv_header(member: IO[bytes]) -> list[str]:
-    text = io.TextIOWrapper(member, encoding="utf-8", errors="surrogateescape", newline="")
-    try:
-        return next(csv.reader(text), None) or []
-    finally:
-        text.detach()
+def _record_end(data: bytes) -> int:
+    """The index just past the last line end of ``data`` that ends a CSV record (one outside quotes: an even number
+    of quote characters before it, counting from a record start), 0 when there is none."""
+    if b'"' not in data:
+        return data.rfind(b"\n") + 1
+    codes = np.frombuffer(data, np.uint8)
+    parity = np.cumsum(codes == 34, dtype=np.uint8) & 1  # wraps at 256: the low bit stays the parity
+    ends = np.flatnonzero((codes == 10) & (parity == 0))
+    return int(ends[-1]) + 1 if len(ends) else 0
+
+
+def _first_record_end(data: bytes) -> int:
+    """The index just past the first record of ``data`` (its first line end outside quotes), or its length."""
+    if b'"' not in data:
+        return data.find(b"\n") + 1 or len(data)
+    codes = np.frombuffer(data, np.uint8)
+    parity = np.cumsum(codes == 34, dtype=np.uint8) & 1
+    ends = np.flatnonzero((codes == 10) & (parity == 0))
+    return int(ends[0]) + 1 if len(ends) else len(data)
+
+
+def _record_blocks(member: IO[bytes]) -> Iterator[bytes]:
+    """The member's bytes in blocks of whole records (about :data:`READ_BLOCK_BYTES` each; a longer record makes a
+    longer block)."""
+    rest = b""
+    while chunk := member.read(READ_BLOCK_BYTES):
+        data = rest + chunk
+        cut = _record_end(data)
+        if cut:
+            yield data[:cut]
+        rest = data[cut:]
+    if rest:
+        yield rest
 
 
 def read_address_csv(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[tuple[_Batch | None, int]]:
     """The address rows of a CSV member, batch by batch, with the rows dropped per batch.
 
     Columns are taken by name from the header like the zips' rewrite (the first of a repeated name; a missing one
-    is empty). Arrow's CSV reader streams the member; a record it refuses (a field count other than the header's)
-    is parsed by the csv module instead, padded or cut to the header, as the zip step keeps it: row order does not
-    matter here, the rows are sorted afterwards.
+    is empty). The member is decompressed in blocks of whole records, each parsed by Arrow's CSV reader (Arrow's
+    streaming reader holds several blocks at once: twice the memory); a record it refuses (a field count other
+    than the header's) is parsed by the csv module instead, padded or cut to the header, as the zip step keeps it:
+    row order does not matter here, the rows are sorted afterwards.
     """
     import pyarrow.csv as pacsv
 
-    with archive.open(info) as member:
-        header = _csv_header(member)
-    if not header:
-        return
-    width = len(header)
-    names = [f"c{i}" for i in range(width)]
-    wanted = {}
-    for index, name in enumerate(header):
-        if name in OUTPUT_COLUMNS and name not in wanted:
-            wanted[name] = index
     refused: list[str] = []
 
     def refuse(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
         refused.append(row.text)
         return "skip"
 
-    if any('"' in name or "\n" in name or "\r" in name for name in header):
-        # Arrow skips the header by lines; a quoted header is read by the csv module.
-        yield from _slow_csv(archive, info, wanted)
-        return
     with archive.open(info) as member:
-        reader = pacsv.open_csv(
-            member,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=READ_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.binary()),
-                include_columns=[names[i] for i in wanted.values()],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+        blocks = _record_blocks(member)
+        first = next(blocks, b"")
+        header_end = _first_record_end(first)
+        header_text = first[:header_end].decode("utf-8", "surrogateescape")
+        header = next(csv.reader(io.StringIO(header_text, newline="")), None) or []
+        if not header:
+            return
+        wanted: dict[str, int] = {}
+        for index, name in enumerate(header):
+            if name in OUTPUT_COLUMNS and name not in wanted:
+                wanted[name] = index
+        names = [f"c{i}" for i in range(len(header))]
+        read_options = pacsv.ReadOptions(column_names=names, use_threads=False)
+        parse_options = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse)
+        convert_options = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.binary()),
+            include_columns=[names[i] for i in wanted.values()],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
         )
-        for record_batch in reader:
-            columns = {name: record_batch.column(names[index]) for name, index in wanted.items()}
-            yield _address_batch(columns, record_batch.num_rows)
+
+        def parsed(block: bytes) -> Iterator[tuple[_Batch | None, int]]:
+            if block.strip():
+                table = pacsv.read_csv(
+                    pa.py_buffer(block),
+                    read_options=read_options,
+                    parse_options=parse_options,
+                    convert_options=convert_options,
+                )
+                if table.num_rows:
+                    columns = {
+                        name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
+                    }
+                    yield _address_batch(columns, table.num_rows)
             if refused:
                 yield _refused_rows(refused, wanted)
                 refused.clear()
-    if refused:
-        yield _refused_rows(refused, wanted)
+
+        yield from parsed(first[header_end:])
+        for block in blocks:
+            yield from parsed(block)
 
 
 def _refused_rows(texts: list[str], wanted: dict[str, int]) -> tuple[_Batch | None, int]:
@@ -369,25 +410,6 @@ def _rows_batch(rows: list[list[str]], wanted: dict[str, int]) -> tuple[_Batch |
         for name, index in wanted.items()
     }
     return _address_batch(columns, len(rows))
-
-
-def _slow_csv(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, wanted: dict[str, int]
-) -> Iterator[tuple[_Batch | None, int]]:
-    with archive.open(info) as member:
-        text = io.TextIOWrapper(member, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
-        next(reader, None)
-        rows: list[list[str]] = []
-        for row in reader:
-            if row:
-                rows.append(row)
-            if len(rows) >= 50_000:
-                yield _rows_batch(rows, wanted)
-                rows = []
-        if rows:
-            yield _rows_batch(rows, wanted)
-        text.detach()
 
 
 def _feature_batch(lines: list[bytes], attributes: Sequence[str], where: str) -> tuple[_Batch | None, int]:
@@ -625,22 +647,23 @@ class GeoParquetCollections:
         return table.take(order)
 
     def _spill(self, collection: _Collection) -> None:
-        import pyarrow.ipc as ipc
-
         table = self._sorted(collection)
-        self._spills += 1
-        path = self.spill_folder / f"run-{self._spills}.arrow"
-        options = ipc.IpcWriteOptions(compression="lz4")
-        with (
-            pa.OSFile(str(path), "wb") as sink,
-            ipc.new_file(sink, collection.schema, options=options) as writer,
-        ):
-            for batch in table.to_batches(max_chunksize=SPILL_BATCH_ROWS):
-                writer.write_batch(batch)
-        collection.runs.append(path)
+        collection.runs.append(self._write_run(collection.schema, [table]))
         self._buffered -= collection.buffered_bytes
         collection.buffered = []
         collection.buffered_bytes = 0
+
+    def _write_run(self, schema: pa.Schema, pieces: Iterable[pa.Table]) -> Path:
+        """A sorted run in a new spill file (Arrow IPC, uncompressed: lz4 costs more CPU than the disk saves
+        time), in batches of :data:`SPILL_BATCH_ROWS`."""
+        import pyarrow.ipc as ipc
+
+        self._spills += 1
+        path = self.spill_folder / f"run-{self._spills}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+            for piece in pieces:
+                writer.write_table(piece, max_chunksize=SPILL_BATCH_ROWS)
+        return path
 
     def close(self) -> dict[tuple[str, str, str], ParquetFile]:
         """Merge and write every collection's file (``<folder>/<name>``); remove the spilled runs."""
@@ -682,7 +705,12 @@ class GeoParquetCollections:
             )  # fmt: skip
 
         with pq.ParquetWriter(
-            path, schema, compression=COMPRESSION, write_statistics=True, store_schema=True
+            path,
+            schema,
+            compression=COMPRESSION,
+            use_dictionary=[n for n in (*(name for name, _ in PROVENANCE), *attributes) if n not in UNIQUE_COLUMNS],
+            write_statistics=[*(name for name, _ in PROVENANCE), *(f"bbox.{n}" for n in BBOX_TYPE.names)],
+            store_schema=True,
         ) as writer:
             pending: list[pa.Table] = []
             pending_rows = 0
@@ -702,7 +730,16 @@ class GeoParquetCollections:
         return ParquetFile(path, collection.rows, types, list(bbox) if bbox else None, groups)
 
     def _merged(self, collection: _Collection) -> Iterator[pa.Table]:
-        """The collection's rows in key order: its spilled runs and its buffer, merged batch-wise."""
+        """The collection's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
+        more than :data:`MERGE_FAN_IN` runs, the oldest are first merged into one (the merge holds a batch per
+        run)."""
+        while len(collection.runs) > MERGE_FAN_IN:
+            group, collection.runs = collection.runs[:MERGE_FAN_IN], collection.runs[MERGE_FAN_IN:]
+            with contextlib.ExitStack() as stack:
+                merged = _merge([_run_batches(stack, path) for path in group])
+                collection.runs.append(self._write_run(collection.schema, merged))
+            for path in group:
+                path.unlink()
         sources: list[Iterator[pa.Table]] = []
         with contextlib.ExitStack() as stack:
             for path in collection.runs:
