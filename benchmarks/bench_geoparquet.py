@@ -135,7 +135,9 @@ def _step(inputs: Sequence[tuple[Path, str, str]], work_dir: Path, queue: Any) -
     rows = dropped = 0
     for run_id, (path, source, attr) in enumerate(inputs, 1):
         keys = [(area, attr, "addresses") for area in areas_of(source)]
-        added, lost = collections.add_run_zip(path, Entry(f"sources/{source}.json", "addresses", "primary", run_id), keys)
+        added, lost = collections.add_run_zip(
+            path, Entry(f"sources/{source}.json", "addresses", "primary", run_id), keys
+        )
         rows += added + lost
         dropped += lost
     files = collections.close()

@@ -11,8 +11,9 @@ runs (:func:`openaddr.collect.collect` hands every input to :class:`GeoParquetCo
   attributes being the layer type's properties (``hash`` first); a feature without a geometry, with an empty one or
   with coordinates outside ±180 / ±90 is dropped.
 
-Every row also carries ``source_path`` (the source file, ``sources/….json``), ``layer``, ``name`` (the layer entry)
-and ``run_id``; then the WKB ``geometry`` and the ``bbox`` covering column ``{xmin, ymin, xmax, ymax}``. The file's
+Every row also carries ``source_path`` (the source file, ``sources/….json``), ``source_layer`` and ``layer_name``
+(the layer entry; the names of the ``runs`` columns, which no layer type's attribute takes: centerlines have a
+``name``) and ``run_id``; then the WKB ``geometry`` and the ``bbox`` covering column ``{xmin, ymin, xmax, ymax}``. The file's
 ``geo`` metadata (GeoParquet 1.1.0) names the primary column, the WKB encoding, the geometry types found, the
 file's bounding box and the covering; ``crs`` is omitted, which the specification defines as OGC:CRS84
 (longitude, latitude on WGS 84).
@@ -76,8 +77,8 @@ ADDRESS_ATTRIBUTES = tuple(column.lower() for column in OUTPUT_COLUMNS[2:])
 #: Columns every row carries before its attributes.
 PROVENANCE = (
     ("source_path", pa.string()),
-    ("layer", pa.string()),
-    ("name", pa.string()),
+    ("source_layer", pa.string()),
+    ("layer_name", pa.string()),
     ("run_id", pa.int64()),
 )
 BBOX_TYPE = pa.struct([(n, pa.float64()) for n in ("xmin", "ymin", "xmax", "ymax")])
@@ -317,11 +318,11 @@ def _first_record_end(data: bytes) -> int:
     return int(ends[0]) + 1 if len(ends) else len(data)
 
 
-def _record_blocks(member: IO[bytes]) -> Iterator[bytes]:
-    """The member's bytes in blocks of whole records (about :data:`READ_BLOCK_BYTES` each; a longer record makes a
-    longer block)."""
+def _record_blocks(member: IO[bytes], block_bytes: int) -> Iterator[bytes]:
+    """The member's bytes in blocks of whole records (about ``block_bytes`` each; a longer record makes a longer
+    block)."""
     rest = b""
-    while chunk := member.read(READ_BLOCK_BYTES):
+    while chunk := member.read(block_bytes):
         data = rest + chunk
         cut = _record_end(data)
         if cut:
@@ -331,7 +332,9 @@ def _record_blocks(member: IO[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def read_address_csv(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[tuple[_Batch | None, int]]:
+def read_address_csv(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, block_bytes: int = READ_BLOCK_BYTES
+) -> Iterator[tuple[_Batch | None, int]]:
     """The address rows of a CSV member, batch by batch, with the rows dropped per batch.
 
     Columns are taken by name from the header like the zips' rewrite (the first of a repeated name; a missing one
@@ -349,7 +352,7 @@ def read_address_csv(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterato
         return "skip"
 
     with archive.open(info) as member:
-        blocks = _record_blocks(member)
+        blocks = _record_blocks(member, block_bytes)
         first = next(blocks, b"")
         header_end = _first_record_end(first)
         header_text = first[:header_end].decode("utf-8", "surrogateescape")
@@ -373,7 +376,7 @@ def read_address_csv(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterato
         def parsed(block: bytes) -> Iterator[tuple[_Batch | None, int]]:
             if block.strip():
                 table = pacsv.read_csv(
-                    pa.py_buffer(block),
+                    cast("Any", pa.py_buffer(block)),  # the stubs omit buffers, which read_csv takes
                     read_options=read_options,
                     parse_options=parse_options,
                     convert_options=convert_options,
@@ -455,7 +458,7 @@ def _feature_batch(lines: list[bytes], attributes: Sequence[str], where: str) ->
 
 
 def read_geojson_lines(
-    path: Path, attributes: Sequence[str], where: str
+    path: Path, attributes: Sequence[str], where: str, block_bytes: int = READ_BLOCK_BYTES
 ) -> Iterator[tuple[_Batch | None, int]]:
     """The features of a gzipped line-delimited GeoJSON file, batch by batch, with the features dropped per
     batch.
@@ -466,7 +469,7 @@ def read_geojson_lines(
 
     rest = b""
     with igzip.open(path, "rb") as source:
-        while chunk := source.read(READ_BLOCK_BYTES):
+        while chunk := source.read(block_bytes):
             lines = (rest + chunk).split(b"\n")
             rest = lines.pop()
             lines = [line for line in lines if line.strip()]
@@ -534,11 +537,21 @@ class GeoParquetCollections:
         files, :meth:`discard` nothing)
     :param buffer_bytes: rows all collections may buffer before one is spilled
     :param row_group_rows: rows per row group of the files
+    :param merge_fan_in: spilled runs merged at once at most
+    :param block_bytes: bytes of CSV or GeoJSON read and converted at once
     """
 
     def __init__(
-        self, folder: Path, *, buffer_bytes: int = BUFFER_BYTES, row_group_rows: int = ROW_GROUP_ROWS
+        self,
+        folder: Path,
+        *,
+        buffer_bytes: int = BUFFER_BYTES,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        merge_fan_in: int = MERGE_FAN_IN,
+        block_bytes: int = READ_BLOCK_BYTES,
     ) -> None:
+        self.merge_fan_in = merge_fan_in
+        self.block_bytes = block_bytes
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.spill_folder = Path(tempfile.mkdtemp(prefix="spill-", dir=folder))
@@ -547,7 +560,8 @@ class GeoParquetCollections:
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         self.entries: list[Entry] = []
         self._buffered = 0
-        self._spills = 0
+        #: Sorted runs written to the spill folder so far (merge passes included).
+        self.spills = 0
 
     def add_collection(self, area: str, license_attr: str, layer: str) -> None:
         """Declare a collection (every declared one gets a file, empty or not)."""
@@ -585,7 +599,7 @@ class GeoParquetCollections:
                 targets = self._targets(keys, name)
                 if not targets:
                     continue
-                for batch, lost in read_address_csv(archive, info):
+                for batch, lost in read_address_csv(archive, info, self.block_bytes):
                     dropped += lost
                     if batch is not None:
                         added += len(batch)
@@ -608,7 +622,9 @@ class GeoParquetCollections:
         index = self._entry(entry)
         where = f"run {entry.run_id} ({entry.source_path}, layer {entry.layer} {entry.name!r})"
         added = dropped = 0
-        for batch, lost in read_geojson_lines(gz_path, layer_attributes(entry.layer), where):
+        for batch, lost in read_geojson_lines(
+            gz_path, layer_attributes(entry.layer), where, self.block_bytes
+        ):
             dropped += lost
             if batch is not None:
                 added += len(batch)
@@ -658,8 +674,8 @@ class GeoParquetCollections:
         time), in batches of :data:`SPILL_BATCH_ROWS`."""
         import pyarrow.ipc as ipc
 
-        self._spills += 1
-        path = self.spill_folder / f"run-{self._spills}.arrow"
+        self.spills += 1
+        path = self.spill_folder / f"run-{self.spills}.arrow"
         with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
             for piece in pieces:
                 writer.write_table(piece, max_chunksize=SPILL_BATCH_ROWS)
@@ -708,7 +724,11 @@ class GeoParquetCollections:
             path,
             schema,
             compression=COMPRESSION,
-            use_dictionary=[n for n in (*(name for name, _ in PROVENANCE), *attributes) if n not in UNIQUE_COLUMNS],
+            # the stubs omit the list of columns, which ParquetWriter takes
+            use_dictionary=cast(
+                "Any",
+                [n for n in (*(name for name, _ in PROVENANCE), *attributes) if n not in UNIQUE_COLUMNS],
+            ),
             write_statistics=[*(name for name, _ in PROVENANCE), *(f"bbox.{n}" for n in BBOX_TYPE.names)],
             store_schema=True,
         ) as writer:
@@ -731,10 +751,13 @@ class GeoParquetCollections:
 
     def _merged(self, collection: _Collection) -> Iterator[pa.Table]:
         """The collection's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
-        more than :data:`MERGE_FAN_IN` runs, the oldest are first merged into one (the merge holds a batch per
+        more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
         run)."""
-        while len(collection.runs) > MERGE_FAN_IN:
-            group, collection.runs = collection.runs[:MERGE_FAN_IN], collection.runs[MERGE_FAN_IN:]
+        while len(collection.runs) > self.merge_fan_in:
+            group, collection.runs = (
+                collection.runs[: self.merge_fan_in],
+                collection.runs[self.merge_fan_in :],
+            )
             with contextlib.ExitStack() as stack:
                 merged = _merge([_run_batches(stack, path) for path in group])
                 collection.runs.append(self._write_run(collection.schema, merged))

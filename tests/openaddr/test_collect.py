@@ -276,7 +276,10 @@ class World:
         attribution: tuple[str, str | None] = ("false", None),
         legacy_csv: bytes | None = None,
         finish: bool = True,
+        features: tuple[Sequence[str | None], dict[str, list[str]]] | None = None,
     ) -> int:
+        """Record (and publish) a run; ``features``: the geometries (GeoJSON text or None) and properties of
+        another layer type's ``out.geojson`` (default: two empty polygons with a ``street``)."""
         started = self.tick()
         run_id = insert_run(
             self.engine, source_path=path, source_layer=layer, layer_name=name, set_id=set_id, job_id=job_id,
@@ -312,8 +315,11 @@ class World:
             geometries = points if layer == "addresses" else ['{"type":"Polygon","coordinates":[]}'] * 2
             count = len(geometries)
             values = {"street": [r[3] for r in rows] or ["Lot"] * count}
+            if features is not None:
+                geometries, values = list(features[0]), features[1]
+                count = len(geometries)
             (state_dir / "out.geojson").write_bytes(
-                encode_feature_geojson(geometries, ["street"], values, [f"h{i}" for i in range(count)])
+                encode_feature_geojson(geometries, list(values), values, [f"h{i}" for i in range(count)])
             )
         if processed and layer == "addresses":
             zip_path = state_dir / f"{package.rsplit('/', 1)[-1]}.zip"
