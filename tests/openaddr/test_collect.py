@@ -909,6 +909,7 @@ def test_collect_command(
     )
     assert len([line for line in out if line.startswith("openaddr-collected-")]) == 162
     assert "8 rows dropped for invalid coordinates, from 2 runs" in out
+    assert "2 features without a usable geometry left out of the GeoParquet collections, from 1 runs" in out
     texas = world.ids["texas"]
     assert (
         f"Run {texas} not in the GeoJSON collections: {world.storage.url(f'runs/{texas}/out.geojson.gz')} does not exist"
