@@ -1,5 +1,5 @@
 """The GeoParquet collections (issue 13, 2a): the curve, the external sort, and collect's files on SQLite and
-PostgreSQL, read back with pyarrow and DuckDB, their ``geo`` metadata validated against the GeoParquet 1.1.0 JSON
+PostgreSQL, read back with pyarrow, DuckDB and GeoPandas, their ``geo`` metadata validated against the GeoParquet 1.1.0 JSON
 schema (``tests/data/geoparquet``).
 
 GDAL cannot be checked here: the GDAL inside the pyogrio wheel (and Debian bookworm's 3.6) has no Parquet driver
@@ -432,6 +432,21 @@ def test_duckdb_reads_and_filters(collected: Collected) -> None:
         assert rows == [("1", "Main St"), ("2", "1st St, Rear"), ("3", 'The "Oaks"')]
         wkb = connection.execute(f"SELECT geometry FROM read_parquet('{path}') WHERE id = 'a3'").fetchone()[0]
         assert shapely.from_wkb(bytes(wkb)).equals(shapely.Point(-122.15, 37.8))
+
+
+def test_geopandas_reads_and_filters_by_bbox(collected: Collected) -> None:
+    """GeoPandas checks the ``geo`` metadata as it reads, and its ``bbox`` filter goes through the covering."""
+    geopandas = pytest.importorskip("geopandas")
+    path = parquet_path(collected, "global", "", "addresses")
+    frame = geopandas.read_parquet(path)
+    assert len(frame) == 49
+    assert frame.crs.to_string() == "OGC:CRS84"  # no crs key: the default
+    assert frame.geometry.name == "geometry"
+    oakland = geopandas.read_parquet(path, bbox=(-122.3, 37.7, -122.1, 37.9))
+    assert sorted(oakland["id"]) == ["a1", "a2", "a3"]
+    assert set(oakland.geometry.geom_type) == {"Point"}
+    buildings = geopandas.read_parquet(parquet_path(collected, "us_west", "", "buildings"))
+    assert sorted(buildings.geometry.geom_type) == ["MultiPolygon", "Polygon", "Polygon"]
 
 
 def test_gdal_reads_the_files(collected: Collected) -> None:
