@@ -457,3 +457,20 @@ def test_gdal_reads_the_files(collected: Collected) -> None:
     meta, table = pyogrio.read_arrow(path)
     assert meta["crs"] in ("OGC:CRS84", "EPSG:4326")
     assert table.num_rows == 3
+
+
+def test_a_corrupt_geojson_names_its_run(tmp_path: Path) -> None:
+    import gzip
+
+    from openaddr.collect.geoparquet import GeoParquetError
+
+    path = tmp_path / "out.geojson.gz"
+    good = '{"type":"Feature","geometry":' + square(1.0, 1.0) + ',"properties":{"hash":"h","pid":"1"}}\n'
+    path.write_bytes(gzip.compress((good + "not json at all\n").encode()))
+    collections = GeoParquetCollections(tmp_path / "out")
+    collections.add_collection("global", "", "parcels")
+    entry = Entry("sources/xx/lots.json", "parcels", "county", 7)
+    with pytest.raises(GeoParquetError, match=r"run 7 \(sources/xx/lots\.json, layer parcels 'county'\)"):
+        collections.add_geojson(path, "xx/lots/county.geojsonl", entry, [("global", "", "parcels")])
+    collections.discard()
+    assert not (tmp_path / "out").exists()
