@@ -474,3 +474,26 @@ def test_a_corrupt_geojson_names_its_run(tmp_path: Path) -> None:
         collections.add_geojson(path, "xx/lots/county.geojsonl", entry, [("global", "", "parcels")])
     collections.discard()
     assert not (tmp_path / "out").exists()
+
+
+def test_bytes_that_are_not_utf8_become_replacement_characters(tmp_path: Path) -> None:
+    """Parquet text must be UTF-8: a byte the zips pass through becomes U+FFFD, the row is kept; a quoted header
+    and other columns are taken by name."""
+    path = tmp_path / "run.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(
+            "xx/bytes.csv",
+            b'"STREET","LAT","LON"\r\nCaf\xe9 Rd,1.5,2.5\r\n"Plain, St",1.25,2.25\r\nBad,x\xff,2\r\n',
+        )
+    collections = GeoParquetCollections(tmp_path / "out")
+    collections.add_collection("global", "", "addresses")
+    added, dropped = collections.add_run_zip(
+        path, Entry("sources/xx/bytes.json", "addresses", "primary", 1), [("global", "", "addresses")]
+    )
+    assert (added, dropped) == (2, 1)
+    table = pq.read_table(collections.close()["global", "", "addresses"].path)
+    rows = sorted(table.to_pylist(), key=lambda r: r["street"])
+    assert [(r["street"], r["number"], shapely.from_wkb(r["geometry"]).coords[0]) for r in rows] == [
+        ("Caf\ufffd Rd", "", (2.5, 1.5)),
+        ("Plain, St", "", (2.25, 1.25)),
+    ]
