@@ -81,12 +81,23 @@ define LOCK_HEADER
 # Regenerate with 'make lock' after changing pyproject.toml; tests/test_lock.py checks it is current.
 endef
 export LOCK_HEADER
+define IMAGE_LOCK_HEADER
+# The image's share of requirements.lock (docker/Dockerfile): the Machine's, Airflow's and the webhook's packages at
+# the same pins and hashes, without the development tools. Written by 'make lock'; tests/docker checks it agrees.
+endef
+export IMAGE_LOCK_HEADER
 lock:
 	test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q uv==$(UV_VERSION); }
 	cp requirements.lock requirements.lock.new
 	.venv-lock/bin/uv pip compile pyproject.toml --group dev --group bench --generate-hashes --no-header -q \
 	  --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') $(ARGS) -o requirements.lock.new
 	{ printf '%s\n' "$$LOCK_HEADER"; cat requirements.lock.new; } > requirements.lock && rm requirements.lock.new
+	cp docker/requirements.lock docker/requirements.lock.new
+	.venv-lock/bin/uv pip compile pyproject.toml --group airflow --group webhook -c requirements.lock --generate-hashes \
+	  --no-header -q --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') \
+	  -o docker/requirements.lock.new
+	{ printf '%s\n' "$$IMAGE_LOCK_HEADER"; cat docker/requirements.lock.new; } > docker/requirements.lock \
+	  && rm docker/requirements.lock.new
 
 clean:
 	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache .mypy_cache
