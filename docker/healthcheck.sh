@@ -13,10 +13,10 @@ case "${OPENADDR_ROLE:-}" in
     exec curl --fail --silent --show-error --max-time 10 "http://localhost:8974/health" -o /dev/null
     ;;
   dag-processor)
-    exec airflow jobs check --job-type DagProcessorJob --hostname "${HOSTNAME}" --local
+    exec airflow jobs check --job-type DagProcessorJob --local
     ;;
   triggerer)
-    exec airflow jobs check --job-type TriggererJob --hostname "${HOSTNAME}" --local
+    exec airflow jobs check --job-type TriggererJob --local
     ;;
   worker)
     # The worker's own node (Celery's default name, celery@<hostname>) answers a ping over the broker.
