@@ -24,8 +24,16 @@ run: $(STAMP)
 stop:
 	$(BIN)/python -m devstack --stop $(ARGS)
 
+## checkov (tests/infra) in a venv of its own: it pins cachetools<6 against Airflow's >=6. From infra/checkov.lock,
+## with hashes, like the main one.
+CHECKOV_STAMP := .venv-checkov/.installed
+$(CHECKOV_STAMP): infra/checkov.lock
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q --require-hashes --no-deps -r infra/checkov.lock
+	touch $@
+
 ## Lint (ruff, mypy --strict on openaddr/ and plugins/: pyproject's [tool.mypy]), then the whole test suite.
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -87,12 +95,27 @@ define LOCK_HEADER
 # Regenerate with 'make lock' after changing pyproject.toml; tests/test_lock.py checks it is current.
 endef
 export LOCK_HEADER
+define IMAGE_LOCK_HEADER
+# The image's share of requirements.lock (docker/Dockerfile): the Machine's, Airflow's and the webhook's packages at
+# the same pins and hashes, without the development tools. Written by 'make lock'; tests/docker checks it agrees.
+endef
+export IMAGE_LOCK_HEADER
 lock:
 	test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q uv==$(UV_VERSION); }
 	cp requirements.lock requirements.lock.new
 	.venv-lock/bin/uv pip compile pyproject.toml --group dev --group bench --generate-hashes --no-header -q \
 	  --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') $(ARGS) -o requirements.lock.new
 	{ printf '%s\n' "$$LOCK_HEADER"; cat requirements.lock.new; } > requirements.lock && rm requirements.lock.new
+	cp docker/requirements.lock docker/requirements.lock.new
+	.venv-lock/bin/uv pip compile pyproject.toml --group airflow --group webhook -c requirements.lock --generate-hashes \
+	  --no-header -q --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') \
+	  -o docker/requirements.lock.new
+	{ printf '%s\n' "$$IMAGE_LOCK_HEADER"; cat docker/requirements.lock.new; } > docker/requirements.lock \
+	  && rm docker/requirements.lock.new
+	.venv-lock/bin/uv pip compile infra/checkov.in --generate-hashes --no-header -q \
+	  --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') -o infra/checkov.lock.new
+	{ echo "# checkov's working set (infra/checkov.in), every pin with its hashes; written by 'make lock'."; \
+	  cat infra/checkov.lock.new; } > infra/checkov.lock && rm infra/checkov.lock.new
 
 clean:
-	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .venv-lock .venv-checkov $(VENV) var bench-out .pytest_cache .ruff_cache .mypy_cache

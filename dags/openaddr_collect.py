@@ -34,7 +34,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from openaddr_airflow.operators import DEFAULT_ARGS
+from openaddr_airflow.operators import BATCH_QUEUE, DEFAULT_ARGS
 from openaddr_airflow.tags import Tag
 
 #: The asset the batch DAG's complete_set emits (a test checks both files name the same URI).
@@ -84,7 +84,7 @@ def collect_set() -> dict:
     doc_md=__doc__,
     tags=[Tag.KIND_COLLECT, Tag.TIER_2],
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args={**DEFAULT_ARGS, "queue": BATCH_QUEUE},
 )
 def openaddr_collect():
     """Collect the latest set into the regional collections (see the module docstring)."""

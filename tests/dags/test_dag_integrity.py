@@ -66,17 +66,43 @@ def test_dag_policies(dagbag: DagBag, path: Path) -> None:
         assert task.retries >= 1, f"{path.name}:{task.task_id}: retries"
 
 
+#: The Celery queue of every task (issue 16): each DAG's own, but the large entries' ``large``.
+DAG_QUEUES = {
+    "openaddr_ci": "ci",
+    "openaddr_batch": "batch",
+    "openaddr_collect": "batch",
+    "openaddr_refresh_merged": "batch",
+}
+TASK_QUEUES = {"process_large_source": "large"}
+
+
+def test_every_dag_has_its_queue() -> None:
+    assert {path.stem for path in DAG_FILES} == set(DAG_QUEUES), "a new DAG needs its queue here"
+
+
+@pytest.mark.parametrize("dag_id", sorted(DAG_QUEUES))
+def test_every_task_goes_to_its_queue(dagbag: DagBag, dag_id: str) -> None:
+    from openaddr_airflow.operators import QUEUES
+
+    dag = dagbag.dags[dag_id]
+    queues = {task.task_id: task.queue for task in dag.tasks}
+    expected = {task_id: TASK_QUEUES.get(task_id, DAG_QUEUES[dag_id]) for task_id in queues}
+    assert queues == expected
+    assert set(queues.values()) <= set(QUEUES)
+    # Nothing is left on Airflow's "default" queue, which no worker consumes.
+    assert "default" not in queues.values()
+
+
 @pytest.mark.parametrize(("dag_id", "weight"), [("openaddr_ci", 1000), ("openaddr_batch", 1)])
 @pytest.mark.parametrize(
-    ("task_id", "pool", "queue"),
-    [("process_source", "oa_sources", "default"), ("process_large_source", "oa_large", "large")],
+    ("task_id", "pool"), [("process_source", "oa_sources"), ("process_large_source", "oa_large")]
 )
 def test_process_source_is_pooled_timed_and_named(
-    dagbag: DagBag, dag_id: str, weight: int, task_id: str, pool: str, queue: str
+    dagbag: DagBag, dag_id: str, weight: int, task_id: str, pool: str
 ) -> None:
     task = dagbag.dags[dag_id].get_task(task_id)
     assert task.pool == pool
-    assert task.queue == queue
+    assert task.queue == TASK_QUEUES.get(task_id, DAG_QUEUES[dag_id])
     assert task.priority_weight == weight
     assert str(task.weight_rule).endswith("absolute")
     assert task.execution_timeout == dt.timedelta(hours=3, minutes=5)
