@@ -22,7 +22,13 @@ type (§8 "Addition"):
 A GeoJSON collection holds ``README.txt``, the members, and ``LICENSE.txt`` with one block per member (titled like
 it, without the extension); its features are copied as the runs published them.
 
-Not yet built (issue 13's later steps): the GeoParquet collections, the cross-source dedupe.
+With ``dedupe`` (``openaddr collect --dedupe``; on in the DAG), the 18 ``-processed`` collections
+``openaddr-collected-<area>[-sa]-processed.zip`` are built from the finished address collections before
+publishing: the same members without the address rows another source also holds (:mod:`.dedupe`), a new summary
+per CSV, ``dedupe-report.csv`` (rows dropped per kept and dropped source) and the same ``LICENSE.txt``; they are
+published and recorded with the others (``layer`` null, like the address zips).
+
+Not yet built (issue 13's later steps): the GeoParquet collections.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from openaddr.collect.archive import (
     zip_time,
 )
 from openaddr.collect.areas import AREAS, areas_of, source_name
+from openaddr.collect.dedupe import DedupeSettings, DedupeStats, Processed, build_processed
 from openaddr.db.collect import ZipRow, collect_runs, collect_set, record_zips
 from openaddr.db.runs import utcnow
 from openaddr.db.schema import LICENSE_ATTRS
@@ -124,6 +131,8 @@ class CollectResult:
     :param null_island: rows at (0, 0), kept, per run id
     :param skipped: run id → why it did not contribute though it has a processed output
     :param geojson_skipped: run id → why an address run's ``out.geojson.gz`` is not in the GeoJSON collections
+    :param processed: with the dedupe, the ``-processed`` collections as written (rows, drops, report)
+    :param dedupe: with the dedupe, its figures per licence class (``""``, ``"sa"``)
     """
 
     set_id: int
@@ -133,6 +142,8 @@ class CollectResult:
     null_island: dict[int, int] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
     geojson_skipped: dict[int, str] = field(default_factory=dict)
+    processed: list[Processed] = field(default_factory=list)
+    dedupe: dict[str, DedupeStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,6 +211,7 @@ def collect(
     repository: str = DEFAULT_REPOSITORY,
     work_dir: Path | None = None,
     now: dt.datetime | None = None,
+    dedupe: bool | DedupeSettings = False,
 ) -> CollectResult:
     """Build and publish the address and GeoJSON collections of a set (module docstring); return what was
     published.
@@ -211,6 +223,7 @@ def collect(
     :param repository: the repository whose latest set is meant
     :param work_dir: where the temporary folder of the collections and downloads is made (default: the system's)
     :param now: the collection time (README date, member times, ``zips.datetime``; default: now)
+    :param dedupe: also build the ``-processed`` collections (True: with the default settings)
     :raises LookupError: no such set, or it is not complete
     """
     now = now or utcnow()
@@ -230,8 +243,9 @@ def collect(
                         path = folder / collection_name(area, attr, layer)
                         zips[area, attr, layer] = CollectionZip(path, readme, zip_time(now))
             counts = dict.fromkeys(zips, 0)
+            members: dict[str, str] = {}
             for item in inputs:
-                _collect_one(storage, folder, item, zips, counts, result)
+                _collect_one(storage, folder, item, zips, counts, result, members)
             for collection in zips.values():
                 collection.close()
         except BaseException:
@@ -239,6 +253,17 @@ def collect(
                 collection.discard()
             raise
         names = {collection_name(*key): collection.path for key, collection in zips.items()}
+        if dedupe:
+            settings = dedupe if isinstance(dedupe, DedupeSettings) else DedupeSettings()
+            addresses = {
+                (a, attr): (zips[a, attr, None].path, zips[a, attr, None].blocks)
+                for a, attr, layer in zips
+                if layer is None
+            }
+            result.processed, result.dedupe = build_processed(
+                folder, addresses, readme, zip_time(now), members, settings
+            )
+            names.update({p.name: p.path for p in result.processed})
         urls = storage.publish_files(COLLECTIONS_FOLDER, names)
         for (area, attr, layer), collection in zips.items():
             name = collection_name(area, attr, layer)
@@ -252,6 +277,18 @@ def collect(
                     address_count=collection.address_count,
                     sources=counts[area, attr, layer],
                     layer=layer,
+                )
+            )
+        for p in result.processed:
+            result.collections.append(
+                Collection(
+                    p.area,
+                    p.license_attr,
+                    p.name,
+                    urls[p.name],
+                    p.path.stat().st_size,
+                    p.address_count,
+                    p.sources,
                 )
             )
     record_zips(
@@ -279,9 +316,11 @@ def _collect_one(
     zips: dict[_Key, CollectionZip],
     counts: dict[_Key, int],
     result: CollectResult,
+    members: dict[str, str],
 ) -> None:
     """Add one input run to the collections it belongs to: its zip to the address ones, its GeoJSON to those of
-    its layer type; record what it contributed, dropped or lacked in ``result``."""
+    its layer type; record what it contributed, dropped or lacked in ``result``, and its CSV member's source path
+    in ``members`` (the dedupe's tie-break)."""
     areas = areas_of(item.source)
 
     def block(title: str) -> LicenseBlock:
@@ -307,6 +346,8 @@ def _collect_one(
         for target in targets:
             zips[target].blocks.append(block(added.name or item.source))
             counts[target] += 1
+        if added.name:
+            members[added.name] = f"sources/{item.source}.json"
         contributed = True
         if added.dropped:
             result.dropped[item.run_id] = added.dropped
