@@ -49,6 +49,7 @@ import itertools
 import logging
 import math
 import re
+import time
 import unicodedata
 import zipfile
 from dataclasses import dataclass, field
@@ -162,20 +163,52 @@ def normalise_unit(value: str) -> str:
     return _DIGIT_LETTER.sub("", " ".join(tokens))
 
 
+def _digest(text: str) -> int:
+    """A non-zero 64-bit BLAKE2b digest."""
+    data = text.encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") | 1
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _number_digest(value: str) -> int:
+    normalised = normalise_number(value)
+    return _digest(normalised) if normalised else 0
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _street_digest(value: str) -> int:
+    normalised = normalise_street(value)
+    return _digest(normalised) if normalised else 0
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _unit_digest(value: str) -> int:
+    return _digest(normalise_unit(value))
+
+
+def _combine(number: Any, street: Any, unit: Any) -> Any:
+    """The key of each row from its three parts' digests (uint64 arrays): mixed in turn, so order matters."""
+    return _mix(_mix(_mix(number, 21) ^ street, 22) ^ unit, 23)
+
+
 def address_key(number: str, street: str, unit: str) -> int | None:
-    """The 64-bit digest of the normalised number, street and unit; None when the number or street is empty."""
-    n, s = normalise_number(number), normalise_street(street)
+    """The 64-bit key of the normalised number, street and unit (each part's digest, cached, then mixed); None
+    when the number or street normalises to nothing."""
+    n, s = _number_digest(number), _street_digest(street)
     if not n or not s:
         return None
-    text = f"{n}\x1f{s}\x1f{normalise_unit(unit)}".encode("utf-8", "surrogateescape")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+    parts = (np.array([v], dtype=np.uint64) for v in (n, s, _unit_digest(unit)))
+    return int(_combine(*parts)[0])
 
 
 def hash_digest(value: str) -> int:
-    """The tie-break value of a row's ``HASH``: its 64-bit BLAKE2b digest."""
-    return int.from_bytes(
-        hashlib.blake2b(value.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little"
-    )
+    """The tie-break value of a row's ``HASH``: its 16 hex digits as a number (the text's own order), any other
+    text by its 64-bit BLAKE2b digest."""
+    if len(value) == 16:
+        with contextlib.suppress(ValueError):
+            if value == value.lower():
+                return int(value, 16)
+    return _digest(value)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -347,7 +380,9 @@ class Member:
 @dataclass
 class DedupeStats:
     """What a dedupe did: rows read, rows with a key, spill records (homes and guests), shards decided, the
-    largest shard (records), shards split again, the deepest split level, and candidate pairs compared."""
+    largest shard (records), shards split again, the deepest split level, pairs that matched, rows dropped from
+    global and from their region, and the seconds spent reading and spilling, deciding, and writing the
+    ``-processed`` collections."""
 
     rows: int = 0
     keyed: int = 0
@@ -359,6 +394,9 @@ class DedupeStats:
     pairs: int = 0
     dropped_global: int = 0
     dropped_regional: int = 0
+    seconds_read: float = 0.0
+    seconds_decide: float = 0.0
+    seconds_write: float = 0.0
 
 
 class Deduper:
@@ -389,8 +427,7 @@ class Deduper:
         self.shard_rows = max(2, shard_rows)
         self.boxes = [_Box() for _ in self.members]
         self.stats = DedupeStats()
-        self._buffer: list[tuple[int, float, float, int, int, bool, bool]] = []
-        self._ordinals: list[int] = []
+        self._pending: list[tuple[int, float, float, str, str, str, str, str]] = []
         self._spills = [work / f"spill-{p}.bin" for p in range(partitions)]
         self._handles: list[IO[bytes]] | None = [path.open("wb") for path in self._spills]
         self._drop_files: list[Path] = []
@@ -409,50 +446,75 @@ class Deduper:
     ) -> int:
         """Add one row (valid coordinates, or NaN for a row never to be matched); return its ordinal (0, 1, … in the
         order added)."""
-        ordinal = self.stats.rows
-        self.stats.rows += 1
-        key = address_key(number, street, unit) if lon == lon and lat == lat else None
-        self._buffer.append(
-            (
-                member,
-                lon,
-                lat,
-                key or 0,
-                hash_digest(row_hash) if key is not None else 0,
-                key is not None,
-                bool(postcode.strip()),
-            )
-        )
-        self._ordinals.append(ordinal)
-        if len(self._buffer) >= _BATCH:
+        self._pending.append((member, lon, lat, number, street, unit, postcode, row_hash))
+        if len(self._pending) >= _BATCH:
             self._flush()
-        return ordinal
+        return self.stats.rows + len(self._pending) - 1
+
+    def add_rows(self, member: int, rows: Sequence[Sequence[str]]) -> None:
+        """Add a batch of one source's collection rows (the 11 output columns), in order; a row whose coordinates
+        are not numbers is never matched."""
+        self._flush()
+        if not rows:
+            return
+        try:
+            lon = np.array([r[0] for r in rows], dtype=np.float64)
+            lat = np.array([r[1] for r in rows], dtype=np.float64)
+        except ValueError:
+            lon = np.array([_coordinate(r[0]) for r in rows], dtype=np.float64)
+            lat = np.array([_coordinate(r[1]) for r in rows], dtype=np.float64)
+        self._spill(
+            np.full(len(rows), member, dtype=np.int32),
+            lon,
+            lat,
+            [(r[2], r[3], r[4], r[8], r[10] if len(r) > 10 else "") for r in rows],
+        )
 
     def _flush(self) -> None:
-        if not self._buffer:
+        if not self._pending:
             return
+        pending, self._pending = self._pending, []
+        self._spill(
+            np.array([p[0] for p in pending], dtype=np.int32),
+            np.array([p[1] for p in pending], dtype=np.float64),
+            np.array([p[2] for p in pending], dtype=np.float64),
+            [p[3:] for p in pending],
+        )
+
+    def _spill(
+        self,
+        member: NDArray[np.int32],
+        lon: NDArray[np.float64],
+        lat: NDArray[np.float64],
+        fields: Sequence[Sequence[str]],
+    ) -> None:
+        """Key, box and spill a batch: ``fields`` is number, street, unit, postcode and HASH per row."""
         assert self._handles is not None
-        n = len(self._buffer)
-        member = np.fromiter((b[0] for b in self._buffer), dtype=np.int32, count=n)
-        lon = np.fromiter((b[1] for b in self._buffer), dtype=np.float64, count=n)
-        lat = np.fromiter((b[2] for b in self._buffer), dtype=np.float64, count=n)
-        key = np.fromiter((b[3] for b in self._buffer), dtype=np.uint64, count=n)
-        digest = np.fromiter((b[4] for b in self._buffer), dtype=np.uint64, count=n)
-        keyed = np.fromiter((b[5] for b in self._buffer), dtype=bool, count=n)
-        postcode = np.fromiter((b[6] for b in self._buffer), dtype=bool, count=n)
-        ordinal = np.asarray(self._ordinals, dtype=np.int64)
-        self._buffer.clear()
-        self._ordinals.clear()
+        n = member.size
+        ordinal = np.arange(self.stats.rows, self.stats.rows + n, dtype=np.int64)
+        self.stats.rows += n
+        numbers = np.fromiter((_number_digest(f[0]) for f in fields), dtype=np.uint64, count=n)
+        streets = np.fromiter((_street_digest(f[1]) for f in fields), dtype=np.uint64, count=n)
         valid = (lon == lon) & (lat == lat)
+        keyed = valid & (numbers != 0) & (streets != 0)
         for m in np.unique(member[valid]).tolist():
             mask = valid & (member == m)
             self.boxes[m].add(lon[mask], lat[mask])
-        member, lon, lat, key, digest, postcode, ordinal = (
-            a[keyed] for a in (member, lon, lat, key, digest, postcode, ordinal)
-        )
-        self.stats.keyed += int(member.size)
-        if not member.size:
+        chosen = np.flatnonzero(keyed)
+        self.stats.keyed += int(chosen.size)
+        if not chosen.size:
             return
+        units = np.fromiter(
+            (_unit_digest(fields[i][2]) for i in chosen.tolist()), dtype=np.uint64, count=chosen.size
+        )
+        key = _combine(numbers[chosen], streets[chosen], units)
+        digest = np.fromiter(
+            (hash_digest(fields[i][4]) for i in chosen.tolist()), dtype=np.uint64, count=chosen.size
+        )
+        postcode = np.fromiter(
+            (bool(fields[i][3].strip()) for i in chosen.tolist()), dtype=bool, count=chosen.size
+        )
+        member, lon, lat, ordinal = member[chosen], lon[chosen], lat[chosen], ordinal[chosen]
         point, cell = self.grid.emissions(lon, lat)
         home = self.grid.home(lon, lat)
         records = np.empty(point.size, dtype=RECORD)
@@ -709,15 +771,22 @@ def _csv_members(archive: zipfile.ZipFile) -> list[str]:
     ]
 
 
-def _rows(archive: zipfile.ZipFile, name: str) -> Iterator[list[str]]:
-    """The records of a collection's CSV member (11 columns, header skipped)."""
+def _rows(archive: zipfile.ZipFile, name: str) -> Iterator[tuple[list[str], str | None]]:
+    """The records of a collection's CSV member (header skipped), each with its line when it has no quote
+    character (then the line is the record as the writer would write it: minimal quoting), else None."""
     with archive.open(name) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
-        next(reader, None)
-        for row in reader:
-            if row:
-                yield row
+        lines = iter(text)
+        next(csv.reader(lines), None)
+        for line in lines:
+            if '"' not in line:
+                stripped = line.rstrip("\r\n")
+                if stripped:
+                    yield stripped.split(","), stripped + "\r\n"
+            else:
+                row = next(csv.reader(itertools.chain((line,), lines)), [])
+                if row:
+                    yield row, None
 
 
 def _coordinate(text: str) -> float:
@@ -806,13 +875,18 @@ def _build_class(
             shard_rows=settings.shard_rows,
         )
         try:
+            started = time.perf_counter()
             for index, name in enumerate(names):
-                for row in _rows(source, name):
-                    lon, lat = _coordinate(row[0]), _coordinate(row[1])
-                    deduper.add(
-                        index, lon, lat, row[2], row[3], row[4], row[8], row[10] if len(row) > 10 else ""
-                    )
+                batch: list[list[str]] = []
+                for row, _ in _rows(source, name):
+                    batch.append(row)
+                    if len(batch) >= _BATCH:
+                        deduper.add_rows(index, batch)
+                        batch = []
+                deduper.add_rows(index, batch)
+            read = time.perf_counter()
             figures = deduper.finish()
+            figures.seconds_read, figures.seconds_decide = read - started, time.perf_counter() - read
             log.info(
                 "Dedupe %s: %d rows, %d with a key, %d spill records in %d shards (largest %d), %d dropped",
                 attr or "open", figures.rows, figures.keyed, figures.records, figures.shards, figures.largest_shard,
@@ -840,6 +914,7 @@ def _build_class(
                     zips[area].write_text(REPORT_NAME, report_csv(written[area, attr].report))
                     zips[area].blocks = list(collections[area, attr][1])
                     zips[area].close()
+                figures.seconds_write = time.perf_counter() - read - figures.seconds_decide
             except BaseException:
                 for target in zips.values():
                     target.discard()
@@ -885,7 +960,7 @@ def _write_members(
             handles = [stack.enter_context(target.member(name)) for target in targets]
             for handle in handles:
                 handle.write(_HEADER)
-            batch: list[list[str]] = []
+            batch: list[tuple[list[str], str | None]] = []
             for row in itertools.chain(_rows(source, name), [None]):
                 if row is not None:
                     batch.append(row)
@@ -917,21 +992,28 @@ _HEADER = (",".join(OUTPUT_COLUMNS) + "\r\n").encode()
 
 
 def _write_batch(
-    batch: Sequence[list[str]],
+    batch: Sequence[tuple[list[str], str | None]],
     beaten: Sequence[NDArray[np.int32]],
     handles: Sequence[IO[bytes]],
     squares: Sequence[dict[tuple[int, int], int]],
     counts: Sequence[list[int]],
 ) -> None:
     """Write a batch's kept rows to each target (``beaten[t] < 0``), counting their squares, kept and dropped."""
-    lon = np.array([_coordinate(r[0]) for r in batch])
-    lat = np.array([_coordinate(r[1]) for r in batch])
+    lon = np.array([_coordinate(r[0]) for r, _ in batch])
+    lat = np.array([_coordinate(r[1]) for r, _ in batch])
+    side = io.StringIO()
+    writer = csv.writer(side, lineterminator="\r\n")
+    lines = []
+    for row, line in batch:
+        if line is None:
+            writer.writerow(row)
+            line = side.getvalue()
+            side.seek(0)
+            side.truncate()
+        lines.append(line)
     for t, handle in enumerate(handles):
         keep = beaten[t] < 0
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerows(itertools.compress(batch, keep.tolist()))
-        handle.write(out.getvalue().encode("utf-8", "surrogateescape"))
+        handle.write("".join(itertools.compress(lines, keep.tolist())).encode("utf-8", "surrogateescape"))
         kept = int(keep.sum())
         counts[t][0] += kept
         counts[t][1] += len(batch) - kept
