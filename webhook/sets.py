@@ -259,17 +259,27 @@ def collection_entry(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: How the name of a deduped address collection ends (openaddr.collect.dedupe.processed_name).
+PROCESSED_SUFFIX = "-processed.zip"
+
+
 @bp.get("/index.json")
 def index_json() -> Response:
-    """Where everything is (machine-ci.md §9.1), plus ``geojson_collections`` per layer type."""
+    """Where everything is (machine-ci.md §9.1), plus ``geojson_collections`` per layer type and
+    ``processed_collections``, the deduped address collections, per area and licence class."""
     connection = get_db()
     base = base_url()
     latest_set = latest_completed_set(connection, *site_repository())
     collections: dict[str, dict[str, Any]] = {}
+    processed: dict[str, dict[str, Any]] = {}
     geojson: dict[str, dict[str, dict[str, Any]]] = {}
     zip_rows = listing.current_zips(connection)
     for row in zip_rows:
-        target = collections if row["layer"] is None else geojson.setdefault(row["layer"], {})
+        if row["layer"] is None:
+            # the dedupe's -processed zips are recorded like the address zips; only their name tells them apart
+            target = processed if row["url"].endswith(PROCESSED_SUFFIX) else collections
+        else:
+            target = geojson.setdefault(row["layer"], {})
         target.setdefault(row["collection"], {})[row["license_attr"] or ""] = collection_entry(row)
     renders = {
         f"{key}_url": (latest_set or {}).get(key)
@@ -283,6 +293,7 @@ def index_json() -> Response:
         "latest_set_url": f"{base}/latest/set",
         **renders,
         "collections": collections,
+        "processed_collections": processed,
         "geojson_collections": geojson,
     }
     modified = listing.newest(set_times(latest_set), *(row["datetime"] for row in zip_rows))
