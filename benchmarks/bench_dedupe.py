@@ -12,7 +12,7 @@ empty), the time of each phase, the dedupe's figures, and the child's peak RSS. 
 
 Usage::
 
-    python benchmarks/bench_dedupe.py [--rows 2000000] [--also 500000] [--shard-rows 1000000] [--out bench-out]
+    python benchmarks/bench_dedupe.py [--rows 2000000] [--also 500000] [--shard-rows 500000] [--out bench-out]
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def generate(rows: int, folder: Path) -> tuple[Path, Path]:
     counties = _county_origins()
     per_county = int(rows * 0.7) // len(counties)
     per_state = (rows - per_county * len(counties)) // 6
-    g = CollectionZip(global_path, "bench\n", DATE)
-    w = CollectionZip(west_path, "bench\n", DATE)
+    g = CollectionZip(folder / "global.part", "bench\n", DATE)
+    w = CollectionZip(folder / "us_west.part", "bench\n", DATE)
     # county rows, kept as a pool the statewide sources copy from
     pool: list[tuple[float, float, str, str, str, str]] = []
     for c, (lon0, lat0) in enumerate(counties):
@@ -122,6 +122,8 @@ def generate(rows: int, folder: Path) -> tuple[Path, Path]:
             target.blocks.append(LicenseBlock(name, None, None, None, None))
     g.close()
     w.close()
+    g.path.rename(global_path)  # only complete files are reused
+    w.path.rename(west_path)
     return global_path, west_path
 
 
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--also", type=int, default=500_000, help="a second size, for the memory comparison (0: none)"
     )
-    parser.add_argument("--shard-rows", type=int, default=1_000_000)
+    parser.add_argument("--shard-rows", type=int, default=500_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

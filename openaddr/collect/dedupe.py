@@ -82,7 +82,7 @@ DEFAULT_DISTANCE_M = 10.0
 #: Side of a grid cell, degrees.
 DEFAULT_CELL_DEGREES = 0.01
 #: Rows of spill records per shard before it is split again.
-DEFAULT_SHARD_ROWS = 1_000_000
+DEFAULT_SHARD_ROWS = 500_000
 #: Spill files per level.
 DEFAULT_PARTITIONS = 64
 #: Latitude (degrees) beyond which a latitude row is one cell around the pole.
@@ -93,7 +93,9 @@ REPORT_COLUMNS = ("kept_source", "dropped_source", "count")
 
 _MARGIN_DEGREES = 1e-7
 _BATCH = 50_000
-_PAIR_BLOCK = 2048
+_PAIR_BLOCK = 1024
+#: Pairs built at once in one shard.
+_PAIR_CHUNK = 1 << 20
 #: Spill record: cell, key digest, position, row ordinal, HASH digest, member, flags (1 home, 2 postcode).
 RECORD = np.dtype(
     [
@@ -169,13 +171,13 @@ def _digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") | 1
 
 
-@functools.lru_cache(maxsize=1 << 18)
+@functools.lru_cache(maxsize=1 << 16)
 def _number_digest(value: str) -> int:
     normalised = normalise_number(value)
     return _digest(normalised) if normalised else 0
 
 
-@functools.lru_cache(maxsize=1 << 18)
+@functools.lru_cache(maxsize=1 << 16)
 def _street_digest(value: str) -> int:
     normalised = normalise_street(value)
     return _digest(normalised) if normalised else 0
@@ -652,11 +654,11 @@ class Deduper:
                 np.arange(elem_group.size) - np.repeat(np.cumsum(g_size) - g_size, g_size)
             )
             elem_start, elem_size = g_start[elem_group], g_size[elem_group]
-            # pairs, a chunk of elements at a time so no more than ~4 M pairs are built at once
+            # pairs, a chunk of elements at a time so no more than ~1 M pairs are built at once
             cum = np.cumsum(elem_size)
             begin = 0
             while begin < elem.size:
-                end = int(np.searchsorted(cum, (cum[begin - 1] if begin else 0) + 4_000_000, side="right"))
+                end = int(np.searchsorted(cum, (cum[begin - 1] if begin else 0) + _PAIR_CHUNK, side="right"))
                 end = max(end, begin + 1)
                 e, s, z = elem[begin:end], elem_start[begin:end], elem_size[begin:end]
                 i_sorted = np.repeat(e, z)
