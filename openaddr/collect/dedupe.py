@@ -44,6 +44,7 @@ import contextlib
 import csv
 import functools
 import hashlib
+import heapq
 import io
 import itertools
 import logging
@@ -434,6 +435,8 @@ class Deduper:
         self._handles: list[IO[bytes]] | None = [path.open("wb") for path in self._spills]
         self._drop_files: list[Path] = []
         self._drops: list[NDArray[Any]] = []
+        self._heap: list[tuple[int, int, int]] = []
+        self._heap_at = -1
 
     def add(
         self,
@@ -687,17 +690,25 @@ class Deduper:
 
     def decisions(self, start: int, stop: int) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
         """For the rows ``start`` ≤ ordinal < ``stop``: the member that beat each (-1: kept) in global and in
-        its region."""
+        its region. Meant for consecutive ranges: a heap of the decision files by their next ordinal touches only
+        the files with decisions in the range (any other call starts the heap afresh)."""
         kept_global = np.full(stop - start, -1, dtype=np.int32)
         kept_regional = np.full(stop - start, -1, dtype=np.int32)
-        for drops in self._drops:
-            ordinals = drops["ordinal"]
-            lo, hi = np.searchsorted(ordinals, [start, stop])
-            if lo < hi:
-                part = drops[lo:hi]
-                at = part["ordinal"] - start
-                kept_global[at] = part["kept_global"]
-                kept_regional[at] = part["kept_regional"]
+        if self._heap_at != start:
+            self._heap = [(int(d["ordinal"][0]), i, 0) for i, d in enumerate(self._drops) if d.size]
+            heapq.heapify(self._heap)
+        while self._heap and self._heap[0][0] < stop:
+            _, index, cursor = heapq.heappop(self._heap)
+            drops = self._drops[index]
+            lo = cursor + int(np.searchsorted(drops["ordinal"][cursor:], start))
+            hi = cursor + int(np.searchsorted(drops["ordinal"][cursor:], stop))
+            part = drops[lo:hi]
+            at = part["ordinal"] - start
+            kept_global[at] = part["kept_global"]
+            kept_regional[at] = part["kept_regional"]
+            if hi < drops.size:
+                heapq.heappush(self._heap, (int(drops["ordinal"][hi]), index, hi))
+        self._heap_at = stop
         return kept_global, kept_regional
 
     def reports(self) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:

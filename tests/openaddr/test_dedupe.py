@@ -256,7 +256,12 @@ def test_a_huge_cell_is_split_by_key_and_stays_exact() -> None:
         for row in rows:
             deduper.add(*row)
         stats = deduper.finish()
-        kept_global, _ = deduper.decisions(0, len(rows))
+        kept_global, kept_regional = deduper.decisions(0, len(rows))
+        # read back in consecutive slices, then out of order: the same decisions
+        slices = [deduper.decisions(a, min(a + 7, len(rows))) for a in range(0, len(rows), 7)]
+        assert np.concatenate([g for g, _ in slices]).tolist() == kept_global.tolist()
+        assert np.concatenate([r for _, r in slices]).tolist() == kept_regional.tolist()
+        assert deduper.decisions(30, 40)[0].tolist() == kept_global[30:40].tolist()
         deduper.close()
     assert stats.splits > 1
     assert stats.depth >= 2
