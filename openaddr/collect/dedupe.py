@@ -97,6 +97,8 @@ _BATCH = 50_000
 _PAIR_BLOCK = 1024
 #: Pairs built at once in one shard.
 _PAIR_CHUNK = 1 << 20
+#: Decisions read from a decision file at once.
+_DROP_CHUNK = 1 << 16
 #: Spill record: cell, key digest, position, row ordinal, HASH digest, member, flags (1 home, 2 postcode).
 RECORD = np.dtype(
     [
@@ -434,7 +436,8 @@ class Deduper:
         self._spills = [work / f"spill-{p}.bin" for p in range(partitions)]
         self._handles: list[IO[bytes]] | None = [path.open("wb") for path in self._spills]
         self._drop_files: list[Path] = []
-        self._drops: list[NDArray[Any]] = []
+        self._drop_sizes: list[int] = []
+        self._drop_first: list[int] = []
         self._heap: list[tuple[int, int, int]] = []
         self._heap_at = -1
 
@@ -572,7 +575,6 @@ class Deduper:
         self._region = np.array([m.region for m in self.members] or [0], dtype=np.int64)
         for path in self._spills:
             self._shard(path, 1)
-        self._drops = [np.load(path, mmap_mode="r") for path in self._drop_files]
         return self.stats
 
     def close(self) -> None:
@@ -581,7 +583,7 @@ class Deduper:
             for handle in self._handles:
                 handle.close()
             self._handles = None
-        self._drops = []
+        self._heap = []
 
     def _shard(self, path: Path, level: int) -> None:
         size = path.stat().st_size // RECORD.itemsize
@@ -592,11 +594,10 @@ class Deduper:
             subs = [path.with_name(f"{path.stem}-{p}.bin") for p in range(self.partitions)]
             with contextlib.ExitStack() as stack:
                 handles = [stack.enter_context(sub.open("wb")) for sub in subs]
-                data = np.memmap(path, dtype=RECORD, mode="r")
-                for start in range(0, size, self.shard_rows):
-                    chunk = np.array(data[start : start + self.shard_rows])
-                    self._scatter(chunk, self._partition(chunk, level), handles)
-                del data
+                # read, not mapped: a mapped file's pages would stay counted in the process's memory
+                with path.open("rb") as spilled:
+                    while (chunk := np.fromfile(spilled, dtype=RECORD, count=self.shard_rows)).size:
+                        self._scatter(chunk, self._partition(chunk, level), handles)
             sizes = [sub.stat().st_size for sub in subs]
             if max(sizes) < path.stat().st_size or level < 2:
                 path.unlink()
@@ -614,9 +615,11 @@ class Deduper:
         self.stats.largest_shard = max(self.stats.largest_shard, records.size)
         drops = self._decide(records)
         if drops.size:
-            out = path.with_name(f"drops-{len(self._drop_files)}.npy")
-            np.save(out, drops)
+            out = path.with_name(f"drops-{len(self._drop_files)}.bin")
+            drops.tofile(out)
             self._drop_files.append(out)
+            self._drop_sizes.append(drops.size)
+            self._drop_first.append(int(drops["ordinal"][0]))
 
     def _decide(self, rec: NDArray[Any]) -> NDArray[Any]:
         """The dropped home rows of one shard, sorted by ordinal."""
@@ -691,23 +694,31 @@ class Deduper:
     def decisions(self, start: int, stop: int) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
         """For the rows ``start`` ≤ ordinal < ``stop``: the member that beat each (-1: kept) in global and in
         its region. Meant for consecutive ranges: a heap of the decision files by their next ordinal touches only
-        the files with decisions in the range (any other call starts the heap afresh)."""
+        the files with decisions in the range, read from where the last range left them (any other call starts the
+        heap afresh). Files are read, not mapped, so memory holds one chunk of each file touched."""
         kept_global = np.full(stop - start, -1, dtype=np.int32)
         kept_regional = np.full(stop - start, -1, dtype=np.int32)
         if self._heap_at != start:
-            self._heap = [(int(d["ordinal"][0]), i, 0) for i, d in enumerate(self._drops) if d.size]
+            self._heap = [(first, i, 0) for i, first in enumerate(self._drop_first)]
             heapq.heapify(self._heap)
         while self._heap and self._heap[0][0] < stop:
             _, index, cursor = heapq.heappop(self._heap)
-            drops = self._drops[index]
-            lo = cursor + int(np.searchsorted(drops["ordinal"][cursor:], start))
-            hi = cursor + int(np.searchsorted(drops["ordinal"][cursor:], stop))
-            part = drops[lo:hi]
-            at = part["ordinal"] - start
-            kept_global[at] = part["kept_global"]
-            kept_regional[at] = part["kept_regional"]
-            if hi < drops.size:
-                heapq.heappush(self._heap, (int(drops["ordinal"][hi]), index, hi))
+            size = self._drop_sizes[index]
+            while cursor < size:
+                part = np.fromfile(
+                    self._drop_files[index], dtype=DROP, count=_DROP_CHUNK, offset=cursor * DROP.itemsize
+                )
+                part = part[part["ordinal"] >= start]  # a fresh heap starts files at their beginning
+                inside = part[part["ordinal"] < stop]
+                at = inside["ordinal"] - start
+                kept_global[at] = inside["kept_global"]
+                kept_regional[at] = inside["kept_regional"]
+                done = int((part["ordinal"] < stop).sum())
+                skipped = min(_DROP_CHUNK, size - cursor) - part.size
+                cursor += skipped + done
+                if done < part.size:  # the rest is for later ranges
+                    heapq.heappush(self._heap, (int(part["ordinal"][done]), index, cursor))
+                    break
         self._heap_at = stop
         return kept_global, kept_regional
 
@@ -715,7 +726,8 @@ class Deduper:
         """Rows dropped per (kept member, dropped member): from global, and from the dropped row's region."""
         found: list[dict[tuple[int, int], int]] = [{}, {}]
         width = np.int64(max(len(self.members), 1))
-        for drops in self._drops:
+        for path in self._drop_files:
+            drops = np.fromfile(path, dtype=DROP)
             for report, column in zip(found, ("kept_global", "kept_regional"), strict=True):
                 kept = drops[column].astype(np.int64)
                 dropped = drops["member"].astype(np.int64)

@@ -243,7 +243,10 @@ def test_a_row_beaten_only_from_outside_its_region_stays_in_the_region() -> None
     assert run(rows, members) == ([1, -1, -1], [1, -1, -1])
 
 
-def test_a_huge_cell_is_split_by_key_and_stays_exact() -> None:
+def test_a_huge_cell_is_split_by_key_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from openaddr.collect import dedupe
+
+    monkeypatch.setattr(dedupe, "_DROP_CHUNK", 3)  # decisions read back 3 at a time
     # 300 rows in one cell, three sources, 100 keys: the shards are split by cell, then by cell and key
     rows: list[Row] = []
     for n in range(100):
