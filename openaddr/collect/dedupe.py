@@ -5,9 +5,9 @@ of one source file are two sources), have the same normalised number, street and
 :func:`normalise_street`, :func:`normalise_unit`; a row whose number or street normalises to nothing is never
 matched) and lie within ``distance_m`` (10 m) of each other on the sphere (:func:`haversine_m`). Rows are totally
 ordered by *priority*: a row with a postcode first, then the row of the source covering the smaller area (the
-spherical area of the bounding box of the rows its run published, grown by 0.001° on every side,
-:func:`source_area_m2`), then the source path, then
-a 64-bit digest of the row's ``HASH``, then the source's name and the row's position. A row is **dropped when a
+spherical area of the bounding box of the rows its run published, grown by 0.001° on every side and rounded to
+three significant figures, :func:`source_area_m2`), then the source path, then the row's ``HASH``
+(:func:`hash_digest`), then the source's name and the row's position. A row is **dropped when a
 row of higher priority matches it**; the row that beat it is the best of those (for the report). This is a
 property of pairs only, so the result does not depend on the order rows are read in or on how they are sharded;
 in a cluster of matching rows the best one always stays (nothing that matches it beats it).
@@ -19,11 +19,12 @@ row, the longitude columns spanned by ±asin(sin δ / cos φ), the exact longitu
 (plus 10⁻⁷° against rounding). So every row a home row can match is in its home cell's shard, and each row is
 decided exactly once: the global result is the union of the shards, with no pair missed or counted twice at a cell
 edge or corner. Columns are taken modulo 360°, so a cell at 179.99° has the cell at −180° as a neighbour (the
-antimeridian is no edge). Within 0.1° of a pole (|lat| > 89.9°, where a 0.01° column narrows below 2 m) each
-latitude row is one cell around the pole, so a point near a pole is never written into thousands of columns.
+antimeridian is no edge). Within about 0.1° of a pole (|lat| > 89.91°, where a 0.01° column is under 2 m wide)
+each latitude row is one cell around the pole, so a point near a pole is never written into thousands of columns.
 
 **Shards on disk.** Cells are grouped into 1° tiles, and tiles are hashed into ``partitions`` spill files of
-fixed-size binary records (53 bytes a row); nothing but one batch of rows is in memory while reading. Each spill
+fixed-size binary records (53 bytes a row, 4 % more for the guests at 0.01°); nothing but one batch of rows is in
+memory while reading. Each spill
 file is then read and decided on its own; one that holds more than ``shard_rows`` records is split again into
 ``partitions`` files, first by cell, then by cell and key (matches only happen within one cell and one key, so any
 split by those is exact), recursively. Memory is bounded by ``shard_rows`` records, or by the largest group of
