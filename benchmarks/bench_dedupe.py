@@ -12,7 +12,7 @@ empty), the time of each phase, the dedupe's figures, and the child's peak RSS. 
 
 Usage::
 
-    python benchmarks/bench_dedupe.py [--rows 2000000] [--also 500000] [--shard-rows 500000] [--out bench-out]
+    python benchmarks/bench_dedupe.py [--rows 2000000] [--also 500000] [--shard-rows 200000] [--out bench-out]
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--also", type=int, default=500_000, help="a second size, for the memory comparison (0: none)"
     )
-    parser.add_argument("--shard-rows", type=int, default=500_000)
+    parser.add_argument("--shard-rows", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

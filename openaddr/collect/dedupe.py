@@ -84,7 +84,7 @@ DEFAULT_DISTANCE_M = 10.0
 #: Side of a grid cell, degrees.
 DEFAULT_CELL_DEGREES = 0.01
 #: Rows of spill records per shard before it is split again.
-DEFAULT_SHARD_ROWS = 500_000
+DEFAULT_SHARD_ROWS = 200_000
 #: Spill files per level.
 DEFAULT_PARTITIONS = 64
 #: Latitude (degrees) beyond which a latitude row is one cell around the pole.
