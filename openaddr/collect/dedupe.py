@@ -98,6 +98,9 @@ _BATCH = 50_000
 _PAIR_BLOCK = 1024
 #: Pairs built at once in one shard.
 _PAIR_CHUNK = 1 << 20
+_WIDTH = len(OUTPUT_COLUMNS)
+#: The fields of a row short of columns: no number, so never matched.
+_SHORT = ("", "", "", "", "")
 #: Decisions read from a decision file at once.
 _DROP_CHUNK = 1 << 16
 #: Spill record: cell, key digest, position, row ordinal, HASH digest, member, flags (1 home, 2 postcode).
@@ -462,7 +465,7 @@ class Deduper:
 
     def add_rows(self, member: int, rows: Sequence[Sequence[str]]) -> None:
         """Add a batch of one source's collection rows (the 11 output columns), in order; a row whose coordinates
-        are not numbers is never matched."""
+        are not numbers, or that is short of columns, is never matched."""
         self._flush()
         if not rows:
             return
@@ -476,7 +479,7 @@ class Deduper:
             np.full(len(rows), member, dtype=np.int32),
             lon,
             lat,
-            [(r[2], r[3], r[4], r[8], r[10] if len(r) > 10 else "") for r in rows],
+            [(r[2], r[3], r[4], r[8], r[10]) if len(r) >= _WIDTH else _SHORT for r in rows],
         )
 
     def _flush(self) -> None:

@@ -573,3 +573,46 @@ def test_dedupe_settings_reach_the_dedupe(deduped: DedupeWorld) -> None:
                    dedupe=DedupeSettings(distance_m=15.0, partitions=2, shard_rows=2))  # fmt: skip
     assert wide.dedupe[""].dropped_global == 5  # far.csv's row at 12 m now matches alameda's
     assert wide.dedupe[""].splits >= 1
+
+
+def test_quoted_and_short_rows_pass_through(tmp_path: Path) -> None:
+    from openaddr.collect.archive import CollectionZip, LicenseBlock
+    from openaddr.collect.dedupe import build_processed
+
+    header = b"LON,LAT,NUMBER,STREET,UNIT,CITY,DISTRICT,REGION,POSTCODE,ID,HASH\r\n"
+    first = (
+        header
+        + b'-122.25,37.81,1,"Main St, Rear",,"Two\nLines",,,94601,a1,0000000000000001\r\n'
+        + b"-122.25,37.82,2\r\n"  # short of columns: kept, never matched
+        + b"-122.25,37.83,3,Oak Ave,,,,,,a3,0000000000000003\r\n"
+    )
+    second = (
+        header
+        + b'-122.25,37.81002,1,"MAIN STREET, REAR",,,,,,b1,0000000000000002\r\n'  # 2 m from a1: dropped
+        + b"-122.25,37.82,2,,,,,,,b2,0000000000000004\r\n"  # no street: kept
+    )
+    source = tmp_path / "global.zip"
+    collection = CollectionZip(source, "readme\n", (2026, 12, 7, 0, 0, 0))
+    for name, data in (("x/first.csv", first), ("y/second.csv", second)):
+        with collection.member(name) as handle:
+            handle.write(data)
+    collection.close()
+    blocks = [
+        LicenseBlock("x/first", None, None, None, None),
+        LicenseBlock("y/second", None, None, None, None),
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    processed, stats = build_processed(
+        out, {("global", ""): (source, blocks)}, "readme\n", (2026, 12, 7, 0, 0, 0), {}
+    )
+    assert [p.name for p in processed] == ["openaddr-collected-global-processed.zip"]
+    assert stats[""].rows == 5
+    assert stats[""].keyed == 3
+    with zipfile.ZipFile(processed[0].path) as archive:
+        assert archive.read("x/first.csv") == first  # quoted fields written back as they were
+        assert archive.read("y/second.csv") == header + b"-122.25,37.82,2,,,,,,,b2,0000000000000004\r\n"
+        assert read_csv(archive, REPORT_NAME)[1:] == [["x/first", "y/second", "1"]]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "openaddr-collected-global-processed.zip"
+    ]  # no spill left
