@@ -16,8 +16,8 @@ type (§8 "Addition"):
    the collections are written to local files in a temporary folder of the work folder (:mod:`.archive`).
 3. **Publish**: every collection is uploaded under a staging key, then all are moved or copied to
    ``collections/<name>`` (:meth:`openaddr.storage.Storage.publish_files`), so a public URL always gives a
-   complete file; then, in one transaction, every ``zips`` row is marked not current and the 90 rows are
-   inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips).
+   complete file; then, in one transaction, every ``zips`` row is marked not current and the 90 rows (108
+   with the dedupe) are inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips).
 
 A GeoJSON collection holds ``README.txt``, the members, and ``LICENSE.txt`` with one block per member (titled like
 it, without the extension); its features are copied as the runs published them.
@@ -125,7 +125,7 @@ class CollectResult:
 
     :param set_id: the set collected
     :param collections: the 18 address collections in area and licence order, then the 72 GeoJSON collections in
-        area, licence and layer order
+        area, licence and layer order, then (with the dedupe) the 18 ``-processed`` ones in area and licence order
     :param runs: ids of the runs that contributed
     :param dropped: rows dropped for invalid coordinates, per run id (runs that dropped none are left out)
     :param null_island: rows at (0, 0), kept, per run id
