@@ -74,6 +74,12 @@ bench: $(STAMP)
 bench-batch: $(STAMP)
 	$(BIN)/python benchmarks/bench_batch.py
 
+## The cross-source dedupe over 2,000,000 generated collection rows (and 500,000, for the memory comparison):
+## rows/s of the whole -processed step, its phases, and the peak RSS.
+.PHONY: bench-dedupe
+bench-dedupe: $(STAMP)
+	$(BIN)/python benchmarks/bench_dedupe.py $(ARGS)
+
 ## The webhook under gunicorn on PostgreSQL (then SQLite) with loopback fakes of GitHub and Airflow: signed
 ## deliveries at 100/s for 30 s from a second process; p50/p99/max, errors, lost and doubled deliveries.
 .PHONY: bench-webhook

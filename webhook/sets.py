@@ -262,19 +262,26 @@ def collection_entry(row: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+#: How the name of a deduped address collection ends (openaddr.collect.dedupe.processed_name).
+PROCESSED_SUFFIX = "-processed.zip"
+
+
 @bp.get("/index.json")
 def index_json() -> Response:
     """Where everything is (machine-ci.md §9.1), plus ``geojson_collections`` and ``geoparquet_collections`` per
-    layer type (``{layer: {collection: {licence class: entry}}}``, like ``collections``)."""
+    layer type (``{layer: {collection: {licence class: entry}}}``, like ``collections``) and
+    ``processed_collections``, the deduped address collections, per area and licence class."""
     connection = get_db()
     base = base_url()
     latest_set = latest_completed_set(connection, *site_repository())
     collections: dict[str, dict[str, Any]] = {}
+    processed: dict[str, dict[str, Any]] = {}
     by_format: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"geojsonl": {}, "parquet": {}}
     zip_rows = listing.current_zips(connection)
     for row in zip_rows:
         if row["format"] == "zip":
-            target = collections
+            # the dedupe's -processed zips are recorded like the address zips; only their name tells them apart
+            target = processed if row["url"].endswith(PROCESSED_SUFFIX) else collections
         else:
             target = by_format.setdefault(row["format"], {}).setdefault(row["layer"] or "addresses", {})
         target.setdefault(row["collection"], {})[row["license_attr"] or ""] = collection_entry(row)
@@ -292,6 +299,7 @@ def index_json() -> Response:
         "collections": collections,
         "geojson_collections": by_format["geojsonl"],
         "geoparquet_collections": by_format["parquet"],
+        "processed_collections": processed,
     }
     modified = listing.newest(set_times(latest_set), *(row["datetime"] for row in zip_rows))
     return conditional(jsonify(body), modified)

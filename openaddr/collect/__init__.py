@@ -18,14 +18,18 @@ type (§8 "Addition"), and the 72 GeoParquet collections ``openaddr-collected-<a
    the collections are written to local files in a temporary folder of the work folder (:mod:`.archive`).
 3. **Publish**: every collection is uploaded under a staging key, then all are moved or copied to
    ``collections/<name>`` (:meth:`openaddr.storage.Storage.publish_files`), so a public URL always gives a
-   complete file; then, in one transaction, every ``zips`` row is marked not current and the 90 rows are
-   inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips,
+   complete file; then, in one transaction, every ``zips`` row is marked not current and the 162 rows (180
+   with the dedupe) are inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips,
    ``format`` ``zip``, ``geojsonl`` or ``parquet``).
 
 A GeoJSON collection holds ``README.txt``, the members, and ``LICENSE.txt`` with one block per member (titled like
 it, without the extension); its features are copied as the runs published them.
 
-Not yet built (issue 13's later steps): the cross-source dedupe.
+With ``dedupe`` (``openaddr collect --dedupe``; on in the DAG), the 18 ``-processed`` collections
+``openaddr-collected-<area>[-sa]-processed.zip`` are built from the finished address collections before
+publishing: the same members without the address rows another source also holds (:mod:`.dedupe`), a new summary
+per CSV, ``dedupe-report.csv`` (rows dropped per kept and dropped source) and the same ``LICENSE.txt``; they are
+published and recorded with the others (``layer`` null, like the address zips).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from openaddr.collect.archive import (
     zip_time,
 )
 from openaddr.collect.areas import AREAS, areas_of, source_name
+from openaddr.collect.dedupe import DedupeSettings, DedupeStats, Processed, build_processed
 from openaddr.collect.geoparquet import Entry, GeoParquetCollections, parquet_name
 from openaddr.db.collect import ZipRow, collect_runs, collect_set, record_zips
 from openaddr.db.runs import utcnow
@@ -124,7 +129,7 @@ class CollectResult:
 
     :param set_id: the set collected
     :param collections: the 18 address collections in area and licence order, then the 72 GeoJSON collections in
-        area, licence and layer order
+        area, licence and layer order, then (with the dedupe) the 18 ``-processed`` ones in area and licence order
     :param runs: ids of the runs that contributed
     :param dropped: rows dropped for invalid coordinates, per run id (runs that dropped none are left out)
     :param null_island: rows at (0, 0), kept, per run id
@@ -132,6 +137,8 @@ class CollectResult:
     :param geojson_skipped: run id → why an address run's ``out.geojson.gz`` is not in the GeoJSON collections
     :param features_dropped: features of other layer types left out of the GeoParquet collections (no geometry,
         an empty one, or coordinates beyond ±180 / ±90), per run id
+    :param processed: with the dedupe, the ``-processed`` collections as written (rows, drops, report)
+    :param dedupe: with the dedupe, its figures per licence class (``""``, ``"sa"``)
     """
 
     set_id: int
@@ -142,6 +149,8 @@ class CollectResult:
     skipped: dict[int, str] = field(default_factory=dict)
     geojson_skipped: dict[int, str] = field(default_factory=dict)
     features_dropped: dict[int, int] = field(default_factory=dict)
+    processed: list[Processed] = field(default_factory=list)
+    dedupe: dict[str, DedupeStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,7 @@ def collect(
     repository: str = DEFAULT_REPOSITORY,
     work_dir: Path | None = None,
     now: dt.datetime | None = None,
+    dedupe: bool | DedupeSettings = False,
 ) -> CollectResult:
     """Build and publish the address and GeoJSON collections of a set (module docstring); return what was
     published.
@@ -220,6 +230,7 @@ def collect(
     :param repository: the repository whose latest set is meant
     :param work_dir: where the temporary folder of the collections and downloads is made (default: the system's)
     :param now: the collection time (README date, member times, ``zips.datetime``; default: now)
+    :param dedupe: also build the ``-processed`` collections (True: with the default settings)
     :raises LookupError: no such set, or it is not complete
     """
     now = now or utcnow()
@@ -244,8 +255,9 @@ def collect(
                     for attr in LICENSE_ATTRS:
                         parquets.add_collection(area, attr, layer_type)
             counts = dict.fromkeys(zips, 0)
+            members: dict[str, str] = {}
             for item in inputs:
-                _collect_one(storage, folder, item, zips, counts, result, parquets)
+                _collect_one(storage, folder, item, zips, counts, result, parquets, members)
             for collection in zips.values():
                 collection.close()
             parquet_files = parquets.close()
@@ -256,6 +268,17 @@ def collect(
             raise
         names = {collection_name(*key): collection.path for key, collection in zips.items()}
         names.update({parquet_name(*key): file.path for key, file in parquet_files.items()})
+        if dedupe:
+            settings = dedupe if isinstance(dedupe, DedupeSettings) else DedupeSettings()
+            addresses = {
+                (a, attr): (zips[a, attr, None].path, zips[a, attr, None].blocks)
+                for a, attr, layer in zips
+                if layer is None
+            }
+            result.processed, result.dedupe = build_processed(
+                folder, addresses, readme, zip_time(now), members, settings
+            )
+            names.update({p.name: p.path for p in result.processed})
         urls = storage.publish_files(COLLECTIONS_FOLDER, names)
         for (area, attr, layer), collection in zips.items():
             name = collection_name(area, attr, layer)
@@ -287,6 +310,18 @@ def collect(
                     format="parquet",
                 )
             )
+        for p in result.processed:
+            result.collections.append(
+                Collection(
+                    p.area,
+                    p.license_attr,
+                    p.name,
+                    urls[p.name],
+                    p.path.stat().st_size,
+                    p.address_count,
+                    p.sources,
+                )
+            )
     record_zips(
         engine,
         (
@@ -313,10 +348,12 @@ def _collect_one(
     counts: dict[_Key, int],
     result: CollectResult,
     parquets: GeoParquetCollections,
+    members: dict[str, str],
 ) -> None:
     """Add one input run to the collections it belongs to: its zip to the address ones, its GeoJSON to those of
     its layer type, and the same rows to the GeoParquet ones (the address zip's CSVs, else the GeoJSON); record
-    what it contributed, dropped or lacked in ``result``."""
+    what it contributed, dropped or lacked in ``result``, and its CSV member's source path in ``members`` (the
+    dedupe's tie-break)."""
     areas = areas_of(item.source)
     entry = Entry(f"sources/{item.source}.json", item.layer, item.name, item.run_id)
 
@@ -344,6 +381,8 @@ def _collect_one(
         for target in targets:
             zips[target].blocks.append(block(added.name or item.source))
             counts[target] += 1
+        if added.name:
+            members[added.name] = f"sources/{item.source}.json"
         contributed = True
         if added.dropped:
             result.dropped[item.run_id] = added.dropped

@@ -457,8 +457,12 @@ def test_collect_publishes_the_latest_set(machine_dags: DagBag, machine: Machine
     dag_run = machine_dags.dags["openaddr_collect"].test()
     assert dag_run.state == "success"
     published = sorted(path.name for path in (machine.storage / "collections").iterdir())
-    # the address zips, four GeoJSON layer types and four GeoParquet ones
-    assert len(published) == 162 == len(AREAS) * 2 * 9
+    # the address zips, four GeoJSON layer types, four GeoParquet ones and the dedupe's -processed zips (on in the DAG)
+    assert len(published) == 180 == len(AREAS) * 2 * 10
+    with zipfile.ZipFile(
+        machine.storage / "collections" / "openaddr-collected-us_west-processed.zip"
+    ) as west:
+        assert west.read("us/ca/alameda.csv") == ALAMEDA_CSV  # one source: nothing to dedupe
     with zipfile.ZipFile(machine.storage / "collections" / "openaddr-collected-us_west.zip") as west:
         assert west.read("us/ca/alameda.csv") == ALAMEDA_CSV
     with zipfile.ZipFile(

@@ -492,6 +492,25 @@ def test_index_json_has_the_spec_keys_and_collections(site: Flask) -> None:
     }
 
 
+def test_index_json_lists_the_processed_collections_apart(site: Flask) -> None:
+    fill(site)
+    with get_engine(site).begin() as connection:
+        connection.execute(
+            sa.insert(zips), [zip_row("openaddr-collected-global-processed.zip", "global", "", None, 3072)]
+        )
+    body = json.loads(text(site.test_client().get("/index.json")))
+    assert body["collections"]["global"][""]["url"] == "https://results.example/openaddr-collected-global.zip"
+    assert body["processed_collections"] == {
+        "global": {
+            "": {
+                "url": "https://results.example/openaddr-collected-global-processed.zip",
+                "content_length": 3072,
+                "license": "Freely Shareable",
+            }
+        }
+    }
+
+
 def test_licenses_are_grouped_and_sorted(site: Flask) -> None:
     fill(site)
     body = json.loads(text(site.test_client().get("/latest/licenses.json")))
