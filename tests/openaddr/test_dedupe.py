@@ -562,7 +562,9 @@ def test_collect_command_with_dedupe(
     )  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert len([line for line in out if line.startswith("openaddr-collected-")]) == 180  # 108 and 72 GeoParquet
+    assert (
+        len([line for line in out if line.startswith("openaddr-collected-")]) == 180
+    )  # 108 and 72 GeoParquet
     assert any(line.startswith("openaddr-collected-global-processed.zip\t") for line in out)
     assert "Dedupe open: 10 rows, 4 dropped from global, 3 from their region; " in "\n".join(out)
     assert sorted(p.name for p in (world.folder / "work").iterdir()) == []
