@@ -194,7 +194,11 @@ def test_a_finished_job_posts_one_comment(
     assert f"{SITE}/jobs/{job_id}" in hrefs
     # The success's preview is shown as an image from the site, linking to its run page; the failure has none.
     assert images(comment["body"]) == [
-        (f"{SITE}/runs/{run_id}/preview.png", f"preview of {park} addresses/primary", f"{SITE}/runs/{run_id}/")
+        (
+            f"{SITE}/runs/{run_id}/preview.png",
+            f"preview of {park} addresses/primary",
+            f"{SITE}/runs/{run_id}/",
+        )
     ]
 
 
