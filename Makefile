@@ -72,6 +72,11 @@ bench-batch: $(STAMP)
 bench-webhook: $(STAMP)
 	$(BIN)/python benchmarks/bench_webhook.py $(ARGS)
 
+## The preview image: its time on the largest fixture and on 1,000,000 points, next to the run's whole time.
+.PHONY: bench-preview
+bench-preview: $(STAMP)
+	$(BIN)/python benchmarks/bench_preview.py $(ARGS)
+
 ## Re-pin requirements.lock (every pin with its sha256 hashes) from pyproject.toml, keeping the current pins where they
 ## still satisfy it (uv reads the existing file); commit the result. Upgrade one: make lock ARGS="-P NAME".
 UV_VERSION := 0.13.9

@@ -8,7 +8,8 @@ marker, and failing that a new one is posted.
 The body (:func:`job_comment_body`) is a Markdown table, one row per path, layer and name: status (✔ success, ❌
 failure, ⚠ warning, skipped), source problem, address count, change against the latest merged run of the same entry
 (:func:`openaddr.db.results.latest_runs`: merged, accepted and successful; in %, when both have counts), and links to the run page, its sample,
-its log, its zip and its preview image. Paths and problems come from strangers' pull requests: every cell is escaped
+its log, its zip and its preview image; below the table, each success's preview as a Markdown image (the site's
+``/runs/<id>/preview.png``, linking to the run page; at most :data:`PREVIEW_LIMIT`). Paths and problems come from strangers' pull requests: every cell is escaped
 (:func:`cell`) so that no text can break the table, inject HTML or links, or mention anyone, and the body stays under
 GitHub's 65,536 characters, saying how many rows were cut.
 

@@ -233,3 +233,18 @@ def test_the_basemap_crosses_the_antimeridian() -> None:
             assert image.getpixel(expected_pixel(view, lon, lat + 0.5)) == preview.SEA, (lon, lat)
     for lon, lat in ((-175.0, 66.0), (-178.0, 68.0), (179.0, 68.0)):
         assert image.getpixel(expected_pixel(view, lon, lat)) == preview.LAND
+
+
+def test_coordinates_read_as_numbers_or_as_text_agree(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    rows = [(str(lon), str(lat)) for lon, lat in PORTLAND] + [("", ""), ("-122.6", "95"), ("1e1", "+2.5")]
+    write_csv(tmp_path / "out.csv", rows)
+    fast = preview.read_csv_points(tmp_path / "out.csv")  # every value a number or blank: parsed as numbers
+    text = preview._read_csv_columns(tmp_path / "out.csv", pa.string())
+    assert np.array_equal(fast[0], text[0])
+    assert np.array_equal(fast[1], text[1])
+    assert fast[0].tolist() == [lon for lon, _ in PORTLAND] + [10.0]
+    write_csv(tmp_path / "out.csv", [*rows, ("abc", "45")])  # not a number: read as text, the same points
+    again = preview.read_csv_points(tmp_path / "out.csv")
+    assert np.array_equal(again[0], fast[0])
