@@ -154,16 +154,26 @@ class Viewport:
 
 @dataclass(frozen=True)
 class _Basemap:
-    land: list[Any]  # shapely polygons, longitude and latitude
-    coast: Any  # shapely MultiLineString
-    borders: Any  # shapely MultiLineString
+    """The decoded basemap: plain coordinate arrays and their boxes; shapely objects are made only for the parts
+    a view shows."""
+
+    land: list[list[FloatArray]]  # polygons as rings (the exterior first), longitude and latitude
+    land_boxes: FloatArray  # west, south, east, north of each polygon
+    coast: list[FloatArray]
+    coast_boxes: FloatArray
+    borders: list[FloatArray]
+    border_boxes: FloatArray
+
+
+def _boxes(parts: list[FloatArray]) -> FloatArray:
+    return np.array([[p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()] for p in parts]).reshape(
+        -1, 4
+    )
 
 
 @functools.cache
 def _basemap() -> _Basemap:
     """Natural Earth's land, coastlines and country boundaries from the shipped TopoJSON (decoded once)."""
-    import shapely
-
     topology = json.loads(BASEMAP.read_bytes())
     sx, sy = topology["transform"]["scale"]
     tx, ty = topology["transform"]["translate"]
@@ -191,24 +201,30 @@ def _basemap() -> _Basemap:
             for i in rings
         }
 
-    land = []
+    land: list[list[FloatArray]] = []
     for geometry in topology["objects"]["land"]["geometries"]:
         for polygon in polygons(geometry):
             rings = [_unwrap(ring(r)) for r in polygon]
-            land.append(shapely.Polygon(rings[0], rings[1:]))
+            land.append(rings)
             west, east = rings[0][:, 0].min(), rings[0][:, 0].max()
             if west < -180 or east > 180:  # the part across the antimeridian, on the other side
                 shift = np.array([360.0 if west < -180 else -360.0, 0.0])
-                land.append(shapely.Polygon(rings[0] + shift, [r + shift for r in rings[1:]]))
+                land.append([r + shift for r in rings])
     coast_arcs = used("land")
     border_arcs = used("countries") - coast_arcs
 
-    def lines(indices: set[int]) -> Any:
-        return shapely.MultiLineString(
-            [part for i in sorted(indices) for part in _split(arcs[i]) if len(part) > 1]
-        )
+    def lines(indices: set[int]) -> list[FloatArray]:
+        return [part for i in sorted(indices) for part in _split(arcs[i]) if len(part) > 1]
 
-    return _Basemap(land, lines(coast_arcs), lines(border_arcs))
+    coast, borders = lines(coast_arcs), lines(border_arcs)
+    return _Basemap(land, _boxes([r[0] for r in land]), coast, _boxes(coast), borders, _boxes(borders))
+
+
+def _in_box(boxes: FloatArray, box: tuple[float, float, float, float]) -> NDArray[np.intp]:
+    """Indices of the boxes that overlap ``box``."""
+    west, south, east, north = box
+    overlap = (boxes[:, 0] <= east) & (boxes[:, 2] >= west) & (boxes[:, 1] <= north) & (boxes[:, 3] >= south)
+    return np.flatnonzero(overlap)
 
 
 def _unwrap(ring: FloatArray) -> FloatArray:
@@ -264,14 +280,20 @@ def render_basemap(view: Viewport) -> Image.Image:
     draw = ImageDraw.Draw(image)
     basemap = _basemap()
     box = _view_box(view)
-    for polygon in basemap.land:
-        clipped = shapely.clip_by_rect(polygon, *box)
+    for i in _in_box(basemap.land_boxes, box):
+        rings = basemap.land[i]
+        clipped = shapely.clip_by_rect(shapely.Polygon(rings[0], rings[1:]), *box)
         for kind, path in _pixel_paths(clipped, view):
             if len(path) >= 3:
                 draw.polygon(path, fill=LAND if kind == "exterior" else SEA)
-    for lines, colour in ((basemap.borders, BORDER), (basemap.coast, COAST)):
-        for _, path in _pixel_paths(shapely.clip_by_rect(lines, *box), view):
-            draw.line(path, fill=colour, width=1)
+    for lines, boxes, colour in (
+        (basemap.borders, basemap.border_boxes, BORDER),
+        (basemap.coast, basemap.coast_boxes, COAST),
+    ):
+        shown = [lines[i] for i in _in_box(boxes, box)]
+        if shown:
+            for _, path in _pixel_paths(shapely.clip_by_rect(shapely.MultiLineString(shown), *box), view):
+                draw.line(path, fill=colour, width=1)
     return image
 
 
