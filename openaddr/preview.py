@@ -60,6 +60,8 @@ MARKER_LIMIT = 1000
 MARKER_RADIUS = 3
 #: A density covering fewer pixels than this is thickened by one pixel on every side, so that it can be seen.
 SPARSE_PIXELS = 20_000
+#: Points sampled along outlines per step (about 200 MB of temporary arrays at most).
+SAMPLE_BATCH = 4_000_000
 #: Features or rows read per chunk.
 CHUNK = 200_000
 #: Web Mercator's latitude limit.
@@ -355,6 +357,19 @@ class Canvas:
         steps = steps.astype(np.int64)
         if steps.sum() == len(steps):
             return  # every segment within one pixel: its ends were counted
+        # Samples are made SAMPLE_BATCH at a time, so long lines cannot take memory without bound.
+        ends = np.cumsum(steps)
+        start = 0
+        while start < len(steps):
+            before = int(ends[start - 1]) if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, before + SAMPLE_BATCH, side="right")))
+            part = slice(start, stop)
+            self._sample(x0[part], y0[part], x1[part], y1[part], steps[part])
+            start = stop
+
+    def _sample(
+        self, x0: FloatArray, y0: FloatArray, x1: FloatArray, y1: FloatArray, steps: NDArray[np.int64]
+    ) -> None:
         segment = np.repeat(np.arange(len(steps)), steps)
         first = np.cumsum(steps) - steps
         t = (np.arange(len(segment)) - first[segment] + 0.5) / steps[segment]

@@ -248,3 +248,17 @@ def test_coordinates_read_as_numbers_or_as_text_agree(tmp_path: Path) -> None:
     write_csv(tmp_path / "out.csv", [*rows, ("abc", "45")])  # not a number: read as text, the same points
     again = preview.read_csv_points(tmp_path / "out.csv")
     assert np.array_equal(again[0], fast[0])
+
+
+def test_outlines_sampled_in_batches_count_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    x, y = preview.mercator(rng.uniform(-1, 1, 20_000), rng.uniform(-1, 1, 20_000))
+    line = np.repeat(np.arange(5_000), 4)  # 5,000 lines of 4 vertices, segments hundreds of pixels long
+    view = preview.Viewport.fit(float(x.min()), float(y.min()), float(x.max()), float(y.max()))
+    whole = preview.Canvas(view)
+    whole.add_segments(x, y, line)
+    monkeypatch.setattr(preview, "SAMPLE_BATCH", 1_000)
+    batched = preview.Canvas(view)
+    batched.add_segments(x, y, line)
+    assert whole.counts.sum() > 15_000 * 100
+    assert np.array_equal(whole.counts, batched.counts)
