@@ -77,6 +77,12 @@ bench-webhook: $(STAMP)
 bench-preview: $(STAMP)
 	$(BIN)/python benchmarks/bench_preview.py $(ARGS)
 
+## ArcGIS paging: a generated 200,000-feature layer from the loopback ArcGIS server at 200 ms a page, one page at a
+## time against 4 at once; times, speed-up, identical bytes (benchmarks/bench_esri.py; dry run: ARGS="--quick").
+.PHONY: bench-esri
+bench-esri: $(STAMP)
+	$(BIN)/python benchmarks/bench_esri.py $(ARGS)
+
 ## Re-pin requirements.lock (every pin with its sha256 hashes) from pyproject.toml, keeping the current pins where they
 ## still satisfy it (uv reads the existing file); commit the result. Upgrade one: make lock ARGS="-P NAME".
 UV_VERSION := 0.13.9

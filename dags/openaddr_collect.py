@@ -13,12 +13,18 @@ Each zip holds `README.txt`, every run zip's members (CSVs rewritten to the 11 o
 coordinates dropped), a 0.1° summary CSV + VRT per CSV, and `LICENSE.txt`. Beside them, the **72 line-delimited
 GeoJSON collections** `collections/openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip`, one per area, licence
 class and layer type (addresses, buildings, parcels, centerlines), hold each run's `out.geojson` as member
-`<source>/<name>.geojsonl`. The zips are built by streaming into
-the scratch folder, uploaded under a staging key and then moved to their stable names (a public URL never points at
-a half-written file); the `zips` table is updated in one transaction afterwards. The task's return value lists
-each collection's URL, size and address count.
+`<source>/<name>.geojsonl`. And the **72 GeoParquet collections**
+`collections/openaddr-collected-<area>[-sa]-<layer>.parquet` (GeoParquet 1.1: WKB `geometry`, `bbox` covering
+column, `geo` metadata; each row with its `source_path`, `source_layer`, `layer_name` and `run_id`; the address
+files hold exactly the rows of the address zip of the same area and licence, the other layer types the features of
+each run's GeoJSON that have a geometry within ±180 / ±90), rows sorted along a Hilbert curve so that readers
+skip row groups by their bbox statistics. Everything is built by streaming into the scratch folder (the
+GeoParquet sort spills sorted runs there and merges them), uploaded under a staging key and then moved to its
+stable name (a public URL never points at a half-written file); the `zips` table (with each file's `format`:
+`zip`, `geojsonl` or `parquet`, and `layer`) is updated in one transaction afterwards. The task's return value
+lists each collection's URL, format, size and row count.
 
-Not yet: the GeoParquet collections and the cross-source dedupe (issue 13's later steps).
+Not yet: the cross-source dedupe (issue 13's later step).
 
 Owner: the OpenAddresses Machine maintainers.
 """
@@ -59,7 +65,13 @@ def collect_set() -> dict:
         "runs": len(result.runs),
         "dropped_rows": sum(result.dropped.values()),
         "collections": [
-            {"name": c.name, "url": c.url, "bytes": c.content_length, "addresses": c.address_count}
+            {
+                "name": c.name,
+                "url": c.url,
+                "format": c.format,
+                "bytes": c.content_length,
+                "addresses": c.address_count,
+            }
             for c in result.collections
         ],
     }

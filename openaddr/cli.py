@@ -262,6 +262,12 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
         out.write(f"Run {run_id} left out: {reason}\n")
     for run_id, reason in sorted(result.geojson_skipped.items()):
         out.write(f"Run {run_id} not in the GeoJSON collections: {reason}\n")
+    features = sum(result.features_dropped.values())
+    if features:
+        out.write(
+            f"{features} features without a usable geometry left out of the GeoParquet collections, "
+            f"from {len(result.features_dropped)} runs\n"
+        )
     return 0
 
 

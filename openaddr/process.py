@@ -231,6 +231,7 @@ def run_entry(
     :param progress: called with the number of records read so far
     :param settings: decompression caps and the conform stage's time limit (default: from the environment)
     """
+    from openaddr.download.hostlimit import HostLimiterUnavailable
     from openaddr.readers.archives import release_work_folder, use_work_folder
     from openaddr.settings import Settings
 
@@ -258,6 +259,8 @@ def run_entry(
             )
         except _EntryFailed as failed:
             problem = failed.problem
+        except HostLimiterUnavailable:
+            raise  # the infrastructure's failure (Redis configured but gone), never the source's
         except DownloadError as exc:
             problem = exc.problem or SourceProblem.download_source_failed
             # The ESRI client writes its own token line, which must not come with the generic one (§10.2).

@@ -3,13 +3,15 @@
 :func:`collect` builds and publishes the 18 address collections of a set, ``openaddr-collected-<area>.zip`` and
 ``openaddr-collected-<area>-sa.zip`` for the nine areas of :mod:`openaddr.collect.areas`, and the 72 line-delimited
 GeoJSON collections ``openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip``, one per area, licence class and layer
-type (§8 "Addition"):
+type (§8 "Addition"), and the 72 GeoParquet collections ``openaddr-collected-<area>[-sa]-<layer>.parquet``
+(:mod:`.geoparquet`):
 
 1. **Input**: the set (an id, or ``latest``: the newest completed set of ``owner/repository``) and the input run of
    each of its layer entries (:func:`openaddr.db.collect.collect_runs`); only runs with a ``processed`` output
    contribute: the zip of an address entry to the address collections, and every entry's ``out.geojson.gz``
    (beside an address entry's zip in ``runs/<id>/``, or its ``processed`` output for the other layer types) to the
-   GeoJSON collections of its layer type, as member ``<source>/<name>.geojsonl``.
+   GeoJSON collections of its layer type, as member ``<source>/<name>.geojsonl``; the same local files feed the
+   GeoParquet collections (an address zip's CSVs, another layer type's GeoJSON).
 2. **Build**: one pass over the run zips in path order, each read from storage as a local file (the stored file
    itself, or a download into the work folder, removed as soon as it is read) and streamed into every collection
    it belongs to (``global`` and its area, in its licence class: ``sa`` when its ``share-alike`` is ``"true"``);
@@ -17,12 +19,13 @@ type (§8 "Addition"):
 3. **Publish**: every collection is uploaded under a staging key, then all are moved or copied to
    ``collections/<name>`` (:meth:`openaddr.storage.Storage.publish_files`), so a public URL always gives a
    complete file; then, in one transaction, every ``zips`` row is marked not current and the 90 rows are
-   inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips).
+   inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips,
+   ``format`` ``zip``, ``geojsonl`` or ``parquet``).
 
 A GeoJSON collection holds ``README.txt``, the members, and ``LICENSE.txt`` with one block per member (titled like
 it, without the extension); its features are copied as the runs published them.
 
-Not yet built (issue 13's later steps): the GeoParquet collections, the cross-source dedupe.
+Not yet built (issue 13's later steps): the cross-source dedupe.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from openaddr.collect.archive import (
     zip_time,
 )
 from openaddr.collect.areas import AREAS, areas_of, source_name
+from openaddr.collect.geoparquet import Entry, GeoParquetCollections, parquet_name
 from openaddr.db.collect import ZipRow, collect_runs, collect_set, record_zips
 from openaddr.db.runs import utcnow
 from openaddr.db.schema import LICENSE_ATTRS
@@ -100,7 +104,8 @@ def repository_of(location: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class Collection:
     """One published collection: ``layer`` None for an address zip, else the layer type of a GeoJSON collection;
-    ``address_count`` its rows or features; ``sources`` the runs it holds."""
+    ``address_count`` its rows or features; ``sources`` the runs it holds; ``format`` ``zip`` (the CSV address
+    collections), ``geojsonl`` (zipped line-delimited GeoJSON) or ``parquet`` (GeoParquet, ``layer`` set)."""
 
     area: str
     license_attr: str
@@ -110,6 +115,7 @@ class Collection:
     address_count: int
     sources: int
     layer: str | None = None
+    format: str = "zip"
 
 
 @dataclass
@@ -124,6 +130,8 @@ class CollectResult:
     :param null_island: rows at (0, 0), kept, per run id
     :param skipped: run id → why it did not contribute though it has a processed output
     :param geojson_skipped: run id → why an address run's ``out.geojson.gz`` is not in the GeoJSON collections
+    :param features_dropped: features of other layer types left out of the GeoParquet collections (no geometry,
+        an empty one, or coordinates beyond ±180 / ±90), per run id
     """
 
     set_id: int
@@ -133,6 +141,7 @@ class CollectResult:
     null_island: dict[int, int] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
     geojson_skipped: dict[int, str] = field(default_factory=dict)
+    features_dropped: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -223,22 +232,30 @@ def collect(
     with tempfile.TemporaryDirectory(prefix="openaddr-collect-", dir=work_dir) as tmp:
         folder = Path(tmp)
         zips: dict[_Key, CollectionZip] = {}
+        parquets = GeoParquetCollections(folder / "geoparquet")
         try:
             for layer in kinds:
                 for area in AREAS:
                     for attr in LICENSE_ATTRS:
                         path = folder / collection_name(area, attr, layer)
                         zips[area, attr, layer] = CollectionZip(path, readme, zip_time(now))
+            for layer_type in LAYER_TYPES:
+                for area in AREAS:
+                    for attr in LICENSE_ATTRS:
+                        parquets.add_collection(area, attr, layer_type)
             counts = dict.fromkeys(zips, 0)
             for item in inputs:
-                _collect_one(storage, folder, item, zips, counts, result)
+                _collect_one(storage, folder, item, zips, counts, result, parquets)
             for collection in zips.values():
                 collection.close()
+            parquet_files = parquets.close()
         except BaseException:
             for collection in zips.values():
                 collection.discard()
+            parquets.discard()
             raise
         names = {collection_name(*key): collection.path for key, collection in zips.items()}
+        names.update({parquet_name(*key): file.path for key, file in parquet_files.items()})
         urls = storage.publish_files(COLLECTIONS_FOLDER, names)
         for (area, attr, layer), collection in zips.items():
             name = collection_name(area, attr, layer)
@@ -252,12 +269,28 @@ def collect(
                     address_count=collection.address_count,
                     sources=counts[area, attr, layer],
                     layer=layer,
+                    format="zip" if layer is None else "geojsonl",
+                )
+            )
+        for (area, attr, layer_type), file in parquet_files.items():
+            name = parquet_name(area, attr, layer_type)
+            result.collections.append(
+                Collection(
+                    area=area,
+                    license_attr=attr,
+                    name=name,
+                    url=urls[name],
+                    content_length=file.path.stat().st_size,
+                    address_count=file.rows,
+                    sources=len(parquets.collections[area, attr, layer_type].members),
+                    layer=layer_type,
+                    format="parquet",
                 )
             )
     record_zips(
         engine,
         (
-            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer)
+            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer, c.format)
             for c in result.collections
         ),
         now=now,
@@ -279,10 +312,13 @@ def _collect_one(
     zips: dict[_Key, CollectionZip],
     counts: dict[_Key, int],
     result: CollectResult,
+    parquets: GeoParquetCollections,
 ) -> None:
     """Add one input run to the collections it belongs to: its zip to the address ones, its GeoJSON to those of
-    its layer type; record what it contributed, dropped or lacked in ``result``."""
+    its layer type, and the same rows to the GeoParquet ones (the address zip's CSVs, else the GeoJSON); record
+    what it contributed, dropped or lacked in ``result``."""
     areas = areas_of(item.source)
+    entry = Entry(f"sources/{item.source}.json", item.layer, item.name, item.run_id)
 
     def block(title: str) -> LicenseBlock:
         state = item.state
@@ -300,6 +336,7 @@ def _collect_one(
         try:
             with storage.local_file(item.zip_key, folder) as path:
                 added = add_run_zip(path, [zips[t] for t in targets])
+                parquets.add_run_zip(path, entry, [(area, item.license_attr, "addresses") for area in areas])
         except ObjectNotFoundError as exc:
             log.warning("Run %d: %s; left out", item.run_id, exc)
             result.skipped[item.run_id] = str(exc)
@@ -318,6 +355,11 @@ def _collect_one(
         try:
             with storage.local_file(item.geojson_key, folder) as path:
                 add_geojson(path, member, [zips[t] for t in targets])
+                if item.zip_key is None:
+                    keys = [(area, item.license_attr, item.layer) for area in areas]
+                    _, lost = parquets.add_geojson(path, member, entry, keys)
+                    if lost:
+                        result.features_dropped[item.run_id] = lost
         except ObjectNotFoundError as exc:
             log.warning("Run %d: %s; not in the GeoJSON collections", item.run_id, exc)
             if item.zip_key is None:

@@ -282,3 +282,39 @@ def test_a_run_without_a_preview_says_why(site: Flask, fixtures: Path, tmp_path:
     assert missing.status_code == 404
     assert missing.get_data(as_text=True) == "No preview: no row has valid coordinates."
     assert client.get("/runs/999999/preview.png").status_code == 404
+
+
+def test_the_index_links_the_collections_it_serves(site: Flask, tmp_path: Path) -> None:
+    """Collect into the embedded storage: ``/`` and ``/index.json`` list the zips and the GeoParquet files, and
+    their links give the files (``/files/``), which read back."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from openaddr.collect import collect
+    from openaddr.db.jobs import complete_set, create_set
+    from tests.openaddr.test_collect import ALAMEDA, World
+
+    engine = get_engine(site)
+    storage = LocalStorage(site.config["FILES_FOLDER"], public_url=f"{SITE}/files")
+    world = World(engine, "", storage, tmp_path)
+    set_id = create_set(engine, owner="openaddresses", repository="openaddresses", commit_sha="c" * 40)
+    world.run("alameda", "sources/us/ca/alameda.json", ALAMEDA, set_id=set_id, share_alike="true")
+    complete_set(engine, set_id)
+    collect(engine, storage, "latest", work_dir=tmp_path)
+    client = site.test_client()
+
+    body = client.get("/index.json").get_json()
+    parquet = body["geoparquet_collections"]["addresses"]["us_west"]["sa"]
+    assert parquet["url"] == f"{SITE}/files/collections/openaddr-collected-us_west-sa-addresses.parquet"
+    assert parquet["license"] == "Share-Alike Required"
+    assert parquet["address_count"] == 3
+    assert set(body["geoparquet_collections"]) == {"addresses"}  # the empty files are not listed
+    assert set(body["collections"]["us_west"]) == {"sa"}
+    html = client.get("/").get_data(as_text=True)
+    assert f'<a href="{parquet["url"]}">openaddr-collected-us_west-sa-addresses.parquet</a>' in html
+    served = client.get(parquet["url"].removeprefix(SITE))
+    assert served.status_code == 200
+    assert len(served.data) == parquet["content_length"]
+    streets = pq.read_table(io.BytesIO(served.data)).column("street").to_pylist()
+    assert sorted(streets) == ["1st St, Rear", "Main St", 'The "Oaks"']
