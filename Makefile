@@ -86,6 +86,11 @@ bench-dedupe: $(STAMP)
 bench-webhook: $(STAMP)
 	$(BIN)/python benchmarks/bench_webhook.py $(ARGS)
 
+## The preview image: its time on the largest fixture and on 1,000,000 points, next to the run's whole time.
+.PHONY: bench-preview
+bench-preview: $(STAMP)
+	$(BIN)/python benchmarks/bench_preview.py $(ARGS)
+
 ## ArcGIS paging: a generated 200,000-feature layer from the loopback ArcGIS server at 200 ms a page, one page at a
 ## time against 4 at once; times, speed-up, identical bytes (benchmarks/bench_esri.py; dry run: ARGS="--quick").
 .PHONY: bench-esri
