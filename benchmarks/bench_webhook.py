@@ -8,12 +8,16 @@ For each backend (``--backend``, default PostgreSQL then SQLite):
    openaddresses`` with the demo sources on ``master`` and ``--commits`` commits, each on a branch of its own,
    changing the note of one demo source) and Airflow's token and trigger endpoints
    (:class:`devstack.fake_airflow.FakeAirflow`).
-3. **The webhook as in production**: ``gunicorn 'webhook:create_app()'`` with ``--workers`` sync workers (4),
-   configured through the environment only, access log off.
+3. **The webhook as in production**: ``gunicorn 'webhook:create_app()'`` with ``--workers`` (4) workers of
+   ``--worker-class`` (``sync``; or ``gthread`` with ``--gthreads`` threads each), configured through the
+   environment only, access log off.
 4. **Deliveries from a second process** (this script with ``--send``): ``--rate`` per second (100) for
    ``--duration`` seconds (30), open loop: delivery *i* is due at ``i / rate`` seconds from the start and sent
    then by a pool of ``--threads`` threads (64) whatever the earlier ones are doing; its latency is measured
-   from that scheduled time to the end of the answer (so a queue in front of the webhook counts). The mix
+   from that scheduled time to the end of the answer (so a queue in front of the webhook, or in the sender's own
+   pool once every thread waits, counts). Bodies and signatures are made before the clock starts and sent with
+   ``http.client`` (a connection per thread, kept alive when the server allows), so the sender costs well under a
+   millisecond of CPU a delivery; it reports the rate it achieved and how late its sends started. The mix
    (seeded, ``--seed``): ``--pings`` (30 %) pings, ``--redeliveries`` (5 %) redeliveries of a push sent at
    least a second earlier (the same ``X-GitHub-Delivery`` and body), the rest pushes of a changed source, each
    with a new delivery id.
@@ -26,13 +30,15 @@ For each backend (``--backend``, default PostgreSQL then SQLite):
    *doubled* = jobs, DAG runs or pending statuses beyond one per push delivery.
 
 Printed per backend: deliveries sent and the rate achieved, latency p50/p99/max (all, and per kind), errors,
-lost, doubled, and whether the target is met: **p99 ≤ 50 ms, 0 errors, 0 lost, 0 doubled** on the 2-core
+lost, doubled, the CPU a delivery of each party sharing the cores (gunicorn's processes; this process, which runs
+the fakes; the sender; the PostgreSQL backends of the bench database), and whether the target is met: **p99 ≤ 50 ms, 0 errors, 0 lost, 0 doubled** on the 2-core
 machine. It never asserts timing; it exits non-zero only when a delivery errs, is lost or doubled.
 
 Usage::
 
     python benchmarks/bench_webhook.py [--rate 100] [--duration 30] [--backend postgresql sqlite]
-        [--workers 4] [--threads 64] [--out bench-out/webhook] [--profile]
+        [--workers 4] [--worker-class sync|gthread] [--gthreads 4] [--threads 64] [--out bench-out/webhook]
+        [--profile]
 
 ``--profile`` runs each gunicorn worker under pyinstrument (one HTML profile per worker in ``--out``).
 """

@@ -113,7 +113,7 @@ def pin_request_environment(
     without reading the environment again on each request.
 
     requests looks the proxy variables up on every request of a session that trusts the environment, iterating all of
-    ``os.environ`` twice (``getproxies_environment``): about a third of a loopback request's CPU in the webhook. The
+    ``os.environ`` twice (``getproxies_environment``): over a quarter of a loopback request's CPU in the webhook. The
     settings are resolved once for ``url`` by requests' own rules (:func:`environment_settings`), put on the session,
     and ``trust_env`` turned off; the variables are read when the process starts and never change after, so the
     requests are sent exactly as before.
