@@ -56,6 +56,7 @@ def github_client(
     retry: int | Retry | None = None,
     seconds_between_requests: float | None = Consts.DEFAULT_SECONDS_BETWEEN_REQUESTS,
     seconds_between_writes: float | None = Consts.DEFAULT_SECONDS_BETWEEN_WRITES,
+    pin_environment: bool = False,
 ) -> github.Github:
     """A PyGithub client authenticated with ``token``.
 
@@ -66,17 +67,64 @@ def github_client(
         off so that the callers' policy is the only one
     :param seconds_between_requests: PyGithub's throttle between any two requests (None: no throttle)
     :param seconds_between_writes: PyGithub's throttle between two writes, as GitHub asks of integrations
+    :param pin_environment: read the proxy and CA settings of the environment once, now, instead of on every request
+        (:func:`pin_request_environment`; for a long-lived client on a hot path, the webhook's)
     :return: the client
     """
-    return github.Github(
+    base = (base_url or Consts.DEFAULT_BASE_URL).rstrip("/")
+    settings = environment_settings(base) if pin_environment else None
+    client = github.Github(
         auth=Auth.Token(token) if token else None,
-        base_url=(base_url or Consts.DEFAULT_BASE_URL).rstrip("/"),
+        base_url=base,
         timeout=max(1, math.ceil(timeout)),
         user_agent=USER_AGENT,
         retry=retry,
         seconds_between_requests=seconds_between_requests,
         seconds_between_writes=seconds_between_writes,
+        # PyGithub passes verify=True on every request, which requests replaces by REQUESTS_CA_BUNDLE only while it
+        # reads the environment: a pinned client gets the bundle here.
+        verify=settings["verify"] if settings is not None else True,
     )
+    if settings is not None:
+        # PyGithub makes its connection (and requests session) lazily and keeps it for the client's life; it has no
+        # public way to reach that session, so the one private call is here, checked.
+        create = getattr(client.requester, "_Requester__createConnection", None)
+        if create is None:
+            raise RuntimeError(
+                "This PyGithub has no Requester.__createConnection: openaddr.github.github_client's "
+                "pin_environment needs updating"
+            )
+        pin_request_environment(create().session, base, settings)
+    return client
+
+
+def environment_settings(url: str) -> dict[str, Any]:
+    """What requests reads from the environment for a request to ``url``: ``proxies`` (``HTTPS_PROXY`` … minus
+    ``NO_PROXY``), ``verify`` (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) and ``cert``, by requests' own rules."""
+    with requests.Session() as session:
+        settings: dict[str, Any] = session.merge_environment_settings(url, {}, None, None, None)
+    return settings
+
+
+def pin_request_environment(
+    session: requests.Session, url: str, settings: Mapping[str, Any] | None = None
+) -> None:
+    """Let ``session`` (whose requests all go to ``url``'s host) use the environment's settings as they are now,
+    without reading the environment again on each request.
+
+    requests looks the proxy variables up on every request of a session that trusts the environment, iterating all of
+    ``os.environ`` twice (``getproxies_environment``): over a quarter of a loopback request's CPU in the webhook. The
+    settings are resolved once for ``url`` by requests' own rules (:func:`environment_settings`), put on the session,
+    and ``trust_env`` turned off; the variables are read when the process starts and never change after, so the
+    requests are sent exactly as before.
+    """
+    settings = settings if settings is not None else environment_settings(url)
+    session.proxies.update(settings["proxies"])
+    if settings["verify"] not in (True, None):
+        session.verify = settings["verify"]
+    if settings["cert"] is not None:
+        session.cert = settings["cert"]
+    session.trust_env = False
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ def _client_factory() -> Callable[[], github.Github]:
         timeout=config["GITHUB_TIMEOUT"],
         seconds_between_requests=None,
         seconds_between_writes=None,
+        pin_environment=True,
     )
 
     def client() -> github.Github:
@@ -264,7 +265,10 @@ def hook() -> Response:
         return _answer({"message": "Try again later"}, 503, partial)
 
     delivery_id = request.headers.get("X-GitHub-Delivery") or None
-    if delivery_id is not None:
+    event = request.headers.get("X-GitHub-Event", "")
+    # Step 4 before step 5, but a ping is never recorded (no job has a ping's delivery id), so looking its id up could
+    # only find nothing: pings skip the database.
+    if delivery_id is not None and event != "ping":
         try:
             job = _recorded(delivery_id)
         except sa.exc.OperationalError as error:
@@ -274,7 +278,6 @@ def hook() -> Response:
             log.info("Delivery %s already made job %s", delivery_id, job["id"])
             return _answer(job_answer(job, _sent_contents(job)), 200, partial)
 
-    event = request.headers.get("X-GitHub-Event", "")
     if event == "ping":
         return _answer({"message": "pong"}, 200, partial)
     try:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from openaddr.github import pin_request_environment
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -41,6 +43,8 @@ class AirflowTrigger:
         self.password = password
         self.timeout = timeout
         self._session = requests.Session()
+        # Proxies and CA bundle read from the environment once, not on every trigger (openaddr.github).
+        pin_request_environment(self._session, self.url)
         self._token: str | None = None
         self._lock = threading.Lock()
 

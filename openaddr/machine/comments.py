@@ -33,9 +33,10 @@ from github.PaginatedList import PaginatedList
 
 from openaddr.db import jobs as db_jobs, results, runs as db_runs
 from openaddr.db.schema import jobs
+from openaddr.retry import RetryPolicy, retry_after_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     import github
 
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 BODY_LIMIT = 65_000
 #: Previews shown as images below the table, at most (the rest are linked from their rows).
 PREVIEW_LIMIT = 10
+#: A comment post that GitHub answered 5xx or that could not reach GitHub is tried again after 2 s, then 4 s (as a
+#: status post, machine-ci.md §2.2); a ``Retry-After`` is honoured up to a minute. Each try starts over from the
+#: lookup (by id, then by marker), so a post GitHub made before failing is found and never doubled.
+COMMENT_RETRY = RetryPolicy((2.0, 4.0), 60.0, name="pull-request comment")
 #: Longest text of one cell (a path or a problem): longer ones are cut with an ellipsis.
 CELL_LIMIT = 300
 
@@ -331,7 +336,28 @@ def job_comment_body(
 
 
 class CommentError(Exception):
-    """The comment could not be posted or updated (recorded in ``jobs.github_comment_error``)."""
+    """The comment could not be posted or updated (recorded in ``jobs.github_comment_error``).
+
+    :param transient: GitHub could not be reached (retried, :data:`COMMENT_RETRY`)
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _transient(error: BaseException) -> bool:
+    """A failure worth another try: GitHub's 5xx, or no answer at all."""
+    if isinstance(error, GithubException):
+        return error.status >= 500
+    return isinstance(error, CommentError) and error.transient
+
+
+def _retry_after(error: BaseException) -> float | None:
+    if not isinstance(error, GithubException):
+        return None
+    value = next((v for k, v in (error.headers or {}).items() if k.lower() == "retry-after"), None)
+    return retry_after_seconds(str(value)) if value is not None else None
 
 
 def _repository_api(comments_url: str) -> str:
@@ -348,7 +374,9 @@ def _request(client: github.Github, verb: str, url: str, body: Mapping[str, Any]
         )
     except GithubException:
         raise
-    except (requests.RequestException, OSError, ValueError, AssertionError) as exc:
+    except (requests.RequestException, OSError) as exc:
+        raise CommentError(f"{verb} {url}: {type(exc).__name__}: {exc}", transient=True) from exc
+    except (ValueError, AssertionError) as exc:
         raise CommentError(f"{verb} {url}: {type(exc).__name__}: {exc}") from exc
     return data
 
@@ -359,7 +387,9 @@ def _find_by_marker(client: github.Github, comments_url: str, text: str) -> dict
         for comment in comments:
             if text in (comment.body or ""):
                 return {"id": comment.id, "body": comment.body}
-    except (requests.RequestException, OSError, ValueError) as exc:
+    except (requests.RequestException, OSError) as exc:
+        raise CommentError(f"GET {comments_url}: {type(exc).__name__}: {exc}", transient=True) from exc
+    except ValueError as exc:
         raise CommentError(f"GET {comments_url}: {type(exc).__name__}: {exc}") from exc
     return None
 
@@ -409,8 +439,11 @@ def post_job_comment(
     *,
     base_url: str | None = None,
     airflow_url: str | None = None,
+    sleep: Callable[[float], object] | None = None,
 ) -> int | None:
     """Post or update the pull-request comment of a job that has a comments URL; never raises for GitHub.
+
+    GitHub's 5xx answers and connection errors are retried (:data:`COMMENT_RETRY`); what is left is recorded.
 
     On PostgreSQL the job's row is locked while GitHub is asked, so that two listeners finishing the same job at once
     cannot both create a comment. The comment's id is stored in ``jobs.github_comment_id``; an error is logged and
@@ -418,19 +451,25 @@ def post_job_comment(
 
     :param base_url: the results site (links), None when unknown
     :param airflow_url: the Airflow UI (log links), None when unknown
+    :param sleep: how to wait between tries (default: :func:`time.sleep`; tests pass a recorder)
     :return: the comment's id, or None when the job has no comments URL or the post failed
     :raises LookupError: no job has this id
     """
     if engine.dialect.name != "postgresql":
         # SQLite serialises writers for a whole transaction: GitHub is not asked inside one.
-        return _post_and_record(engine, client, job_id, base_url, airflow_url)
+        return _post_and_record(engine, client, job_id, base_url, airflow_url, sleep)
     with db_runs.transaction(engine) as connection:
         connection.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
-        return _post_and_record(connection, client, job_id, base_url, airflow_url)
+        return _post_and_record(connection, client, job_id, base_url, airflow_url, sleep)
 
 
 def _post_and_record(
-    bind: db_runs.Bind, client: github.Github, job_id: str, base_url: str | None, airflow_url: str | None
+    bind: db_runs.Bind,
+    client: github.Github,
+    job_id: str,
+    base_url: str | None,
+    airflow_url: str | None,
+    sleep: Callable[[float], object] | None,
 ) -> int | None:
     job = db_jobs.get_job(bind, job_id)
     if job is None:
@@ -444,7 +483,9 @@ def _post_and_record(
     comment_id: int | None = None
     error: str | None = None
     try:
-        comment_id = _post(client, job, body)
+        comment_id = COMMENT_RETRY.call(
+            lambda: _post(client, job, body), transient=_transient, retry_after=_retry_after, sleep=sleep
+        )
     except GithubException as exc:
         error = f"HTTP {exc.status}: {exc.data}"
     except CommentError as exc:

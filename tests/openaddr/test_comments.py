@@ -304,8 +304,10 @@ def test_github_down_records_the_error_and_the_next_post_clears_it(
     db: sa.Connection, fake_github: FakeGitHub, client: github.Github
 ) -> None:
     job_id = make_job(db, fake_github, {"sources/us/wy/park.json": {"count": 10}})
-    fake_github.fail_next(COMMENTS, status=502)
-    assert post_job_comment(db, client, job_id, base_url=SITE) is None
+    fake_github.fail_next(COMMENTS, times=3, status=502)
+    sleeps: list[float] = []
+    assert post_job_comment(db, client, job_id, base_url=SITE, sleep=sleeps.append) is None
+    assert sleeps == [2.0, 4.0]  # three tries, then the error is recorded
     job = get_job(db, job_id)
     assert job["github_comment_error"].startswith("Could not post the pull-request comment: HTTP 502")
     assert job["github_comment_id"] is None
@@ -329,5 +331,40 @@ def test_unreachable_github_is_recorded(db: sa.Connection, fake_github: FakeGitH
         .where(jobs.c.id == job_id)
         .values(github_comments_url=f"http://127.0.0.1:{port}{COMMENTS}")
     )
-    assert post_job_comment(db, fast_client(f"http://127.0.0.1:{port}"), job_id, base_url=SITE) is None
+    sleeps: list[float] = []
+    assert (
+        post_job_comment(
+            db, fast_client(f"http://127.0.0.1:{port}"), job_id, base_url=SITE, sleep=sleeps.append
+        )
+        is None
+    )
+    assert sleeps == [2.0, 4.0]
     assert "ConnectionError" in get_job(db, job_id)["github_comment_error"]
+
+
+def test_a_server_error_is_retried_and_the_comment_posted_once(
+    db: sa.Connection, fake_github: FakeGitHub, client: github.Github
+) -> None:
+    job_id = make_job(db, fake_github, {"sources/us/wy/park.json": {"count": 10}})
+    fake_github.fail_next(COMMENTS, times=2, status=503)
+    sleeps: list[float] = []
+    comment_id = post_job_comment(db, client, job_id, base_url=SITE, sleep=sleeps.append)
+    assert sleeps == [2.0, 4.0]
+    assert comment_id is not None
+    assert list(fake_github.comments) == [comment_id]
+    job = get_job(db, job_id)
+    assert (job["github_comment_id"], job["github_comment_error"]) == (comment_id, None)
+
+
+def test_a_client_error_is_not_retried(
+    db: sa.Connection, fake_github: FakeGitHub, client: github.Github
+) -> None:
+    job_id = make_job(db, fake_github, {"sources/us/wy/park.json": {"count": 10}})
+    fake_github.fail_next(COMMENTS, status=403)
+    sleeps: list[float] = []
+    assert post_job_comment(db, client, job_id, base_url=SITE, sleep=sleeps.append) is None
+    assert sleeps == []
+    assert get_job(db, job_id)["github_comment_error"].startswith(
+        "Could not post the pull-request comment: HTTP 403"
+    )
+    assert fake_github.comments == {}

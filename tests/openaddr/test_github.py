@@ -20,6 +20,8 @@ from openaddr.github import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import github
 
     from tests.github_server import FakeGitHub
@@ -297,3 +299,48 @@ def test_status_url_of_another_host_is_refused(fake_github: FakeGitHub, client: 
     url = f"https://api.github.com/repos/openaddresses/openaddresses/statuses/{SHA}"
     assert post_commit_status(client, url, CommitStatus("success", "ok"), sleep=Sleeps()) is False
     assert fake_github.requests == []
+
+
+# A client that reads the environment once (the webhook's) -------------------------------------------------------
+
+
+def _without_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_pinned_client_keeps_the_proxy_settings_it_was_made_with(
+    fake_github: FakeGitHub, status_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without_proxy_variables(monkeypatch)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens there once closed
+    monkeypatch.setenv("HTTP_PROXY", dead_proxy)
+    through_proxy = github_client(
+        TOKEN, fake_github.base_url, seconds_between_writes=None, pin_environment=True
+    )
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    bypassing = github_client(TOKEN, fake_github.base_url, seconds_between_writes=None, pin_environment=True)
+    _without_proxy_variables(monkeypatch)  # what the clients do no longer depends on the environment
+
+    sleeps = Sleeps()
+    assert post_commit_status(bypassing, status_url, CommitStatus("pending", "direct"), sleep=sleeps)
+    assert not post_commit_status(
+        through_proxy, status_url, CommitStatus("pending", "proxied"), attempts=1, sleep=sleeps
+    )
+    assert [status["description"] for status in fake_github.statuses] == ["direct"]
+    assert fake_github.statuses[0]["authorization"] == f"token {TOKEN}"
+
+
+def test_pinned_client_takes_the_ca_bundle_of_the_environment(
+    fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not used on plain http\n")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    client = github_client(TOKEN, fake_github.base_url, pin_environment=True)
+    # PyGithub passes its verify setting with every request; requests would otherwise have swapped in the bundle.
+    assert client.requester._Requester__connection.verify == str(bundle)  # type: ignore[attr-defined]
+    assert client.requester._Requester__connection.session.trust_env is False  # type: ignore[attr-defined]
