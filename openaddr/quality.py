@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from openaddr.db.results import previous_accepted_run
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -122,7 +124,7 @@ def review(stats: Mapping[str, Any], *, layer: str | None, previous: Baseline | 
                 findings.append(
                     Finding(
                         "fill",
-                        f"{name} fill dropped from {_percent(rate_before)} to {_percent(rate)} "
+                        f"{name.capitalize()} fill dropped from {_percent(rate_before)} to {_percent(rate)} "
                         f"({_thousands(filled)} of {_thousands(count)} rows; run {previous.run_id}: "
                         f"{_thousands(filled_before)} of {_thousands(before_count)})",
                     )
@@ -172,8 +174,6 @@ def gate_warning(
     :param run_id: the run being recorded (left out of the baseline)
     :param stats: its ``stats.json``
     """
-    from openaddr.db.results import previous_accepted_run
-
     if not isinstance(stats, dict):
         return None
     previous = previous_accepted_run(

@@ -82,11 +82,11 @@ def test_fill_below_90_percent_of_the_previous_fill() -> None:
     assert rules(review(stats(1000, number=720), layer="addresses", previous=before)) == []
     [finding] = review(stats(1000, number=719), layer="addresses", previous=before)
     assert finding.rule == "fill"
-    assert finding.text == "number fill dropped from 80 % to 71.9 % (719 of 1,000 rows; run 17: 800 of 1,000)"
+    assert finding.text == "Number fill dropped from 80 % to 71.9 % (719 of 1,000 rows; run 17: 800 of 1,000)"
     # The rate counts, not the number of filled values: fewer rows with every street filled pass the fill rule.
     assert rules(review(stats(950, street=950), layer="addresses", previous=previous(count=1000))) == []
     [finding] = review(stats(2000, street=1799), layer="addresses", previous=previous(count=1000))
-    assert (finding.rule, finding.text.split(" fill")[0]) == ("fill", "street")
+    assert (finding.rule, finding.text.split(" fill")[0]) == ("fill", "Street")
     # Non-address layers have no number or street to watch.
     assert review(stats(1000, number=1), layer="parcels", previous=previous(count=1000)) == []
 
