@@ -39,6 +39,43 @@ def accepted() -> sa.ColumnElement[bool]:
     return sa.or_(runs.c.accepted.is_(True), sa.and_(runs.c.accepted.is_(None), runs.c.warning.is_(None)))
 
 
+def previous_accepted_run(
+    bind: Bind,
+    *,
+    source_path: str,
+    source_layer: str | None,
+    layer_name: str | None,
+    exclude_run_id: int | None = None,
+) -> dict[str, Any] | None:
+    """The quality gate's baseline (§10): the newest successful, merged, accepted run of an entry with a count
+    (skipped runs have none), ordered by ``datetime_tz`` then ``id``; one query. A rejected run or one held by the
+    gate is not a baseline, nor is a pull request's run that is not merged.
+
+    :param exclude_run_id: the run being judged
+    :return: its ``id``, ``stats`` and ``address_count``, or None (the entry's first run)
+    """
+    conditions = [
+        runs.c.source_path == source_path,
+        runs.c.source_layer.is_(None) if source_layer is None else runs.c.source_layer == source_layer,
+        runs.c.layer_name.is_(None) if layer_name is None else runs.c.layer_name == layer_name,
+        runs.c.status.is_(True),
+        merged(),
+        accepted(),
+        runs.c.address_count.is_not(None),
+    ]
+    if exclude_run_id is not None:
+        conditions.append(runs.c.id != exclude_run_id)
+    query = (
+        sa.select(runs.c.id, runs.c.stats, runs.c.address_count)
+        .where(*conditions)
+        .order_by(runs.c.datetime_tz.desc(), runs.c.id.desc())
+        .limit(1)
+    )
+    with transaction(bind) as connection:
+        row = connection.execute(query).first()
+    return row_dict(row) if row is not None else None
+
+
 def latest_runs_query(
     *,
     set_id: int | None = None,

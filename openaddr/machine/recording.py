@@ -19,6 +19,7 @@ from openaddr.db import jobs as db_jobs, runs as db_runs
 from openaddr.machine.child import format_bytes, memory_limit, run_process_one, tail
 from openaddr.machine.entries import STANDARD, PlannedEntry, RunOwner, worker_id
 from openaddr.machine.scratch import WORK_PREFIX, work_folder
+from openaddr.quality import gate_warning
 from openaddr.storage import public_state, read_state
 
 if TYPE_CHECKING:
@@ -147,6 +148,18 @@ def process_source(
             state = None
         elif child.out_of_memory and (crashed or (state or {}).get("source problem")):
             message = f"Ran out of memory (limit {format_bytes(limit)})" if limit else "Ran out of memory"
+        stats = _read_json(state_dir / "stats.json")
+        warning = None
+        if (
+            not crashed
+            and not timed_out
+            and message is None
+            and state is not None
+            and not state.get("skipped")
+            and db_runs.run_message(state) == db_runs.OK_MESSAGE
+        ):
+            # The quality gate (§10): a success that breaks a rule is recorded held, with its warning.
+            warning = gate_warning(engine, run_id, stats, **common)
         db_runs.finish_run(
             engine,
             run_id,
@@ -157,7 +170,8 @@ def process_source(
             crashed=crashed,
             timed_out=dt.timedelta(seconds=entry.timeout) if timed_out else None,
             process_hash=_package_md5(state_dir) if not crashed else None,
-            stats=_read_json(state_dir / "stats.json"),
+            stats=stats,
+            warning=warning,
             worker_id=worker_id(),
         )
         return _finish(engine, owner, entry, run_id, seconds=child.seconds)

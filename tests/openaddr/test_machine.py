@@ -35,6 +35,7 @@ import sqlalchemy as sa
 import openaddr
 from openaddr import machine
 from openaddr.db import jobs as db_jobs, make_engine, runs as db_runs, upgrade
+from openaddr.db.results import latest_runs
 from openaddr.errors import SourceProblem
 from openaddr.outputs import STATE_KEYS
 from openaddr.sources_repo import SourceFile, SourceListing, git_blob_sha
@@ -1515,6 +1516,84 @@ def test_a_batch_reuses_recent_successes_only_and_counts_its_runs(
     assert db_jobs.get_set(engine, set_id)["datetime_end"] == row["datetime_end"]  # type: ignore[index]
     with pytest.raises(LookupError):
         machine.plan_batch_set(engine, storage, 10**9)
+
+
+def shrunken_park(fixtures: Path, folder: Path, keep: int) -> bytes:
+    """The us-wy-park shapefile with its first ``keep`` features only, zipped as the original is."""
+    source = fixtures / "data" / "us-wy-park.zip"
+    meta, _, geometry, field_data = pyogrio.raw.read(f"zip://{source}", max_features=keep)
+    shapefile = folder / "ParkCountyADDRESS_POINTS_point.shp"
+    pyogrio.raw.write(
+        shapefile,
+        geometry,
+        field_data,
+        meta["fields"],
+        crs=meta["crs"],
+        geometry_type=meta["geometry_type"],
+        encoding=meta["encoding"],
+        driver="ESRI Shapefile",
+    )
+    archive = folder / "shrunken.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for part in sorted(folder.glob("ParkCountyADDRESS_POINTS_point.*")):
+            zipped.write(part, part.name)
+    return archive.read_bytes()
+
+
+def test_a_shrunken_second_run_is_held_by_the_quality_gate(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    scratch: Path,
+    child_env: dict[str, str],
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    tmp_path: Path,
+    uid: str,
+) -> None:
+    """Two real batch runs of the park source, the second on 80 % of its data: the second is recorded held, with a
+    warning naming the counts and the first run, and stays out of the latest runs (machine-ci.md §10)."""
+    features = pyogrio.read_info(f"zip://{fixtures / 'data' / 'us-wy-park.zip'}")["features"]
+    keep = features * 8 // 10
+    folder = tmp_path / "shrunken"
+    folder.mkdir()
+    _, full_url = serve_park(http_server, fixtures, uid)
+    small_url = http_server.add(
+        f"/machine/{uid}/shrunken.zip", shrunken_park(fixtures, folder, keep), content_type="application/zip"
+    )
+    path = (
+        f"sources/us/wy/park-{uid}.json"  # an entry of this test's own: no other test's run is its baseline
+    )
+
+    def run_set(url: str) -> dict[str, Any]:
+        files = {path: json.dumps(park_document(fixtures, url)).encode()}
+        set_id = machine.create_batch_set(engine, storage, listing_of(f"oa-{uid}", files), dag_run_id=None)
+        [argument] = machine.plan_batch_set(engine, storage, set_id)
+        run = db_runs.get_run(engine, process(engine, storage, argument, scratch, child_env)["run_id"])
+        assert run is not None
+        return run
+
+    first = run_set(full_url)
+    assert (first["status"], first["address_count"], first["warning"], first["accepted"]) == (
+        True,
+        features,
+        None,
+        None,
+    )
+    # The statistics the gate reads were written with the outputs: every number and street of the park is filled.
+    assert first["stats"]["filled"]["number"] > 0
+    assert first["stats"]["null_island"] == 0
+
+    second = run_set(small_url)  # another URL, another digest: processed, not reused
+
+    assert second["copy_of"] is None
+    assert (second["status"], second["message"], second["address_count"]) == (True, db_runs.OK_MESSAGE, keep)
+    drop = f"{100 * (features - keep) / features:.3g}"  # 3 significant digits: 20.2 for 346 → 276
+    assert second["warning"] == (
+        f"Address count dropped {drop} % ({features:,} → {keep:,}) against run {first['id']}"
+    )
+    assert second["accepted"] is None
+    latest = [run["id"] for run in latest_runs(engine, source_path=path)]
+    assert latest == [first["id"]]
 
 
 # -- the trigger's other readings ---------------------------------------------------------------------------------

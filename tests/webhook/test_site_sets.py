@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from openaddr.db import listing, make_engine, upgrade
 from openaddr.db.jobs import complete_set, create_job, create_set, update_job
 from openaddr.db.runs import insert_run
-from openaddr.db.schema import zips
+from openaddr.db.schema import runs as runs_table, zips
 from openaddr.outputs import STATE_KEYS
 from tests.db_fixtures import create_database, drop_database
 from webhook import create_app
@@ -568,6 +568,20 @@ def test_the_sets_list_pages_newest_first(site: Flask) -> None:
 
 def test_a_set_page_shows_its_runs_problems_first(site: Flask) -> None:
     ids = fill(site)
+    held = record(
+        site,
+        "sources/us/or/held.json",
+        at=T0 + dt.timedelta(minutes=30),
+        values=good(),
+        set_id=ids["set"],
+        commit_sha=SHA,
+    )
+    with get_engine(site).begin() as connection:
+        connection.execute(
+            sa.update(runs_table)
+            .where(runs_table.c.id == held)
+            .values(warning="Address count dropped 50 % (24 → 12) against run 1")
+        )
     client = site.test_client()
     html = text(client.get(f"/sets/{ids['set']}/"))
     assert "This set is incomplete" not in html
@@ -585,6 +599,10 @@ def test_a_set_page_shows_its_runs_problems_first(site: Flask) -> None:
     assert "Timed out after 3:00:00" in by_run[ids["timeout"]]
     assert "Could not download source data" in by_run[ids["cache_failed"]]
     assert by_run[ids["park"]].count("<details") == 1
+    # A run the quality gate held: succeeded, but held for review, with its warning among the problems.
+    assert '<span class="warn">held for review</span>' in by_run[held]
+    assert "Address count dropped 50 % (24 → 12) against run 1" in by_run[held]
+    assert "held for review" not in by_run[ids["park"]]
     assert "<details" not in by_run[ids["nocache"]]
     assert f'href="https://github.com/{OWNER}/{REPO}/blob/{SHA}/{PARK}"' in by_run[ids["park"]]
     assert "This set is incomplete" in text(client.get(f"/sets/{ids['incomplete']}/"))

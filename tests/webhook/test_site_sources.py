@@ -296,6 +296,8 @@ def test_the_timeline_lists_every_run_newest_first_with_status_change_and_merged
     assert [row[2] for row in rows] == ["900", "450", "2,000", "900", "", "1,000"]
     assert [row[3] for row in rows] == ["+0.0 %", "-50.0 %", "+122.2 %", "-10.0 %", "", ""]
     assert "unmerged" in rows[2][1]
+    assert "held for review" in rows[1][1]
+    assert "held for review" not in rows[0][1]
     assert "unmerged" not in rows[0][1]
     assert f'copy of <a href="/runs/{fewer}/">run {fewer}</a>' in html
     assert "Address count dropped 50 % (900 → 450)" in html
@@ -536,7 +538,7 @@ def test_the_run_page_shows_stats_warning_links_and_the_airflow_log(site: Flask,
         f'/tasks/process_source/mapped/3"'
     ) in html
     assert "Address count dropped 50 % (900 → 450)" in html
-    assert "held by the quality gate" in html
+    assert "held for review by the quality gate" in html
     assert "&#34;count&#34;" in html  # runs.stats, pretty-printed
     assert re.search(rf'href="{re.escape(SITE)}/files/runs/{run_id}/[^"]+\.zip">zip</a>', html)
     assert f'href="{SITE}/files/runs/{run_id}/output.txt">output</a>' in html
