@@ -421,6 +421,8 @@ def _conform_steps(
         log.warning("Error doing excerpt; skipping")
     state["geometry type"] = geometry_type
 
+    if entry.conform is None:
+        _suggest_conform(entry, paths, root, protocol, sample, state_dir)
     conform = check_conform(entry)
     try:
         from openaddr.pipeline import BatchTransformer, run_pipeline
@@ -452,6 +454,37 @@ def _conform_steps(
     state["address count"] = count
     if count == 0:
         raise _fail(SourceProblem.no_addresses_found, "Found no addresses in source data")
+
+
+def _suggest_conform(
+    entry: LayerEntry,
+    paths: list[Path],
+    root: Path,
+    protocol: str,
+    sample: list[list[Any]] | None,
+    state_dir: Path,
+) -> None:
+    """For an entry without conform: write ``skeleton.json``, a conform suggested from the data's fields
+    (:mod:`openaddr.skeleton`), and log it. Best effort: it never changes how the entry ends."""
+    from openaddr.skeleton import FILE_NAME, skeleton_text, suggest_for_entry, write_skeleton
+
+    try:
+        skeleton = suggest_for_entry(entry, paths, root, protocol, sample)
+        if skeleton is None:
+            log.info("No conform suggested for %s: the data gave no sample", entry.label)
+            return
+        write_skeleton(state_dir, skeleton)
+    except Exception as exc:  # a suggestion is an extra: the entry ends with missing_conform either way
+        log.warning("Could not suggest a conform for %s: %s: %s", entry.label, type(exc).__name__, exc)
+        (state_dir / FILE_NAME).unlink(missing_ok=True)
+        return
+    log.info(
+        "Suggested conform for %s, %s:\n%s", entry.label, skeleton.summary(), skeleton_text(skeleton.conform)
+    )
+    for hint in skeleton.hints:
+        log.info("Suggested conform: %s", hint)
+    for issue in skeleton.issues:
+        log.info("Suggested conform does not validate yet: %s", issue)
 
 
 class UsageError(Exception):

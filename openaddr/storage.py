@@ -58,7 +58,7 @@ STAGING_PREFIX = ".staging-"
 
 #: Files of a state directory published as they are (processing.md §1.3); ``cache.*`` and zips are added by pattern.
 _PLAIN_FILES = frozenset(
-    ("sample.json", "output.txt", "preview.png", "stats.json", "index.json", "index.txt")
+    ("sample.json", "output.txt", "preview.png", "stats.json", "skeleton.json", "index.json", "index.txt")
 )
 
 #: The state files, published after every other object of a run, ``index.json`` last of all.

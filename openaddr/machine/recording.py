@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import openaddr
 from openaddr.db import jobs as db_jobs, runs as db_runs
+from openaddr.errors import SourceProblem
 from openaddr.machine.child import format_bytes, memory_limit, run_process_one, tail
 from openaddr.machine.entries import STANDARD, PlannedEntry, RunOwner, worker_id
 from openaddr.machine.scratch import WORK_PREFIX, work_folder
 from openaddr.quality import gate_warning
+from openaddr.skeleton import FILE_NAME as SKELETON_FILE, STATE_KEY as SKELETON_KEY, read_skeleton
 from openaddr.storage import public_state, read_state
 
 if TYPE_CHECKING:
@@ -144,6 +146,11 @@ def process_source(
             and bool(state.get("source problem"))
             and b"Timed out after" in tail(state_dir / "output.txt")
         )
+        if state is not None and state.get("source problem") == SourceProblem.missing_conform.value:
+            # The conform the child suggested from the data (machine-ci.md §9.1), for the run page and comment.
+            record = read_skeleton(state_dir / SKELETON_FILE)
+            if record is not None:
+                state[SKELETON_KEY] = record
         if timed_out:
             state = None
         elif child.out_of_memory and (crashed or (state or {}).get("source problem")):

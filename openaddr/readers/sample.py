@@ -93,6 +93,16 @@ def _is_csv(path: Path, esri: bool) -> bool:
     return esri or path.suffix.lower() == ".csv" or path.suffix.lower() not in SAMPLE_SUFFIXES
 
 
+def sample_input(
+    paths: list[Path], root: Path, conform: Mapping[str, Any] | None, protocol: str
+) -> Path | None:
+    """The file the sample reads (§9.4), or None: what :mod:`openaddr.skeleton` names the format after."""
+    try:
+        return _sample_path(paths, root, conform, protocol)[0]
+    except OpenaddrError:
+        return None
+
+
 def _sample_path(
     paths: list[Path], root: Path, conform: Mapping[str, Any] | None, protocol: str
 ) -> tuple[Path | None, str | None]:
