@@ -30,7 +30,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -649,10 +649,10 @@ def read_skeleton(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return data if is_record(data) else None
+    return dict(data) if is_record(data) else None
 
 
-def is_record(data: Any) -> bool:
+def is_record(data: Any) -> TypeGuard[Mapping[str, Any]]:
     """True for a skeleton record (a dict whose ``conform`` is an object)."""
     return isinstance(data, Mapping) and isinstance(data.get("conform"), Mapping)
 

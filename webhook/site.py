@@ -28,6 +28,7 @@ from flask import (
 
 from openaddr.db.results import run_label
 from openaddr.db.runs import get_run
+from openaddr.skeleton import STATE_KEY, is_record, skeleton_text
 from openaddr.storage import run_prefix
 from webhook.db import get_engine
 from webhook.responses import conditional
@@ -88,6 +89,29 @@ def run_preview(run_id: int) -> Response:
     return redirect(url, code=302)
 
 
+def skeleton_view(record: Any) -> dict[str, Any] | None:
+    """What the run page shows of a suggested conform (a record of :mod:`openaddr.skeleton`), or None.
+
+    The record was written from hostile field names: the template escapes every text, and the lists are cut."""
+    if not is_record(record):
+        return None
+
+    def texts(value: Any, limit: int = 60) -> list[str]:
+        return [str(v)[:300] for v in value[:limit]] if isinstance(value, list) else []
+
+    count = record.get("field_count")
+    fields = texts(record.get("fields"))
+    return {
+        "text": skeleton_text(record["conform"]),
+        "valid": not record.get("issues"),
+        "issues": texts(record.get("issues"), 20),
+        "missing": texts(record.get("missing"), 20),
+        "hints": texts(record.get("hints"), 20),
+        "fields": fields,
+        "field_count": count if isinstance(count, int) and count >= 0 else len(fields),
+    }
+
+
 @bp.get("/runs/<int:run_id>/")
 def run_page(run_id: int) -> Response:
     """A run's state from the Machine database, with links to its published files."""
@@ -106,5 +130,7 @@ def run_page(run_id: int) -> Response:
         state=state,
         stats=json.dumps(stats, indent=2, ensure_ascii=False, default=str) if stats is not None else None,
         files=run_files(run_id),
+        skeleton=skeleton_view(state.get(STATE_KEY)),
+        skeleton_key=STATE_KEY,
     )
     return conditional(make_response(page), run.get("datetime_tz"))

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from openaddr.db.runs import transaction
 from openaddr.db.schema import jobs, row_dict, runs, sets, zips
 from openaddr.errors import SourceProblem
+from openaddr.skeleton import STATE_KEY, is_record
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -187,7 +188,8 @@ def run_problems(run: Mapping[str, Any]) -> list[dict[str, Any]]:
     if state.get("skipped") or problem == SourceProblem.skip_source.value:
         problems.append({"text": "source says to skip", "url": None})
     elif problem == SourceProblem.missing_conform.value:
-        problems.append({"text": "missing conform", "url": None})
+        # The run page shows the conform suggested from the data, when the run has one (machine-ci.md §9.1).
+        problems.append({"text": "missing conform", "url": None, "skeleton": is_record(state.get(STATE_KEY))})
     elif problem == SourceProblem.no_coverage.value:
         problems.append({"text": "incomplete coverage", "url": None})
     elif problem:

@@ -19,6 +19,7 @@ next post that succeeds). Gagging is the caller's (the run listener does not pos
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import urllib.parse
@@ -34,6 +35,7 @@ from github.PaginatedList import PaginatedList
 from openaddr.db import jobs as db_jobs, results, runs as db_runs
 from openaddr.db.schema import jobs
 from openaddr.retry import RetryPolicy, retry_after_seconds
+from openaddr.skeleton import STATE_KEY as SKELETON_KEY, is_record, skeleton_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +52,10 @@ PREVIEW_LIMIT = 10
 #: status post, machine-ci.md §2.2); a ``Retry-After`` is honoured up to a minute. Each try starts over from the
 #: lookup (by id, then by marker), so a post GitHub made before failing is found and never doubled.
 COMMENT_RETRY = RetryPolicy((2.0, 4.0), 60.0, name="pull-request comment")
+#: Suggested conforms shown below the table, at most (the rest are on the run pages).
+SKELETON_LIMIT = 5
+#: A suggested conform longer than this (characters of JSON) is left to the run page.
+SKELETON_TEXT_LIMIT = 6000
 #: Longest text of one cell (a path or a problem): longer ones are cut with an ellipsis.
 CELL_LIMIT = 300
 
@@ -141,6 +147,8 @@ class CommentRow:
     :param preview: the URL of the run's preview image (the site's ``/runs/<id>/preview.png`` when the site's URL is
         known, else the published file), or None
     :param page: the run's page on the site (what the image links to), or None
+    :param skeleton: for a run with a missing conform, the conform suggested from its data as safe JSON text
+        (:func:`openaddr.skeleton.skeleton_text`), or None
     """
 
     path: str
@@ -153,6 +161,7 @@ class CommentRow:
     links: tuple[str, ...]
     preview: str | None = None
     page: str | None = None
+    skeleton: str | None = None
 
     def markdown(self) -> str:
         """The table row."""
@@ -213,6 +222,7 @@ def job_rows(
                     change_percent(count, previous),
                     _links(run, base_url, airflow_url) if run else (),
                     *(_preview(run, base_url) if run else (None, None)),
+                    skeleton=_skeleton(run),
                 )
             )
     rows.sort(key=lambda row: (_STATUS_ORDER[row.status], row.path, row.layer or "", row.name or ""))
@@ -228,6 +238,32 @@ def _problem(run: Mapping[str, Any] | None, status: str) -> str | None:
     if status == "failure" and not problem:
         return str(run.get("message") or "") or None
     return str(problem) if problem else None
+
+
+def _skeleton(run: Mapping[str, Any] | None) -> str | None:
+    record = ((run or {}).get("state") or {}).get(SKELETON_KEY)
+    if not is_record(record):
+        return None
+    text = skeleton_text(record["conform"])
+    return text if len(text) <= SKELETON_TEXT_LIMIT else None
+
+
+def skeleton_markdown(row: CommentRow) -> str | None:
+    """A row's suggested conform as a collapsed ``<details>`` block holding a JSON code block, or None.
+
+    The summary is HTML-escaped (GitHub does not read Markdown inside it); the JSON has no backtick, ``<``, ``>``
+    or ``&`` (:func:`openaddr.skeleton.skeleton_text`), so it cannot end the code block or the ``<details>``.
+    """
+    if row.skeleton is None:
+        return None
+    where = " · ".join(
+        html.escape(_CONTROL.sub(" ", str(part))[:CELL_LIMIT]).replace("@", "@​")
+        for part in (row.path, f"{row.layer or ''}/{row.name or ''}")
+    )
+    return (
+        f"<details><summary>Suggested conform for {where}</summary>\n\n"
+        f"```json\n{row.skeleton}\n```\n\n</details>"
+    )
 
 
 def _links(run: Mapping[str, Any], base_url: str | None, airflow_url: str | None) -> tuple[str, ...]:
@@ -327,6 +363,25 @@ def job_comment_body(
         shown += 1
     if shown < len(previews):
         body += f"\n\n_{len(previews) - shown} more preview{'s' if len(previews) - shown != 1 else ''} on the run pages._"
+    skeletons = [text for row in rows[:kept] if (text := skeleton_markdown(row)) is not None]
+    shown = 0
+    for number, text in enumerate(skeletons):
+        block = (
+            (
+                "\n\n**Missing conforms**: suggested from the data's field names; check them against the sample."
+                if number == 0
+                else ""
+            )
+            + "\n\n"
+            + text
+        )
+        if shown >= SKELETON_LIMIT or len(body) + len(block) + 200 > limit:
+            break
+        body += block
+        shown += 1
+    if shown < len(skeletons):
+        cut = len(skeletons) - shown
+        body += f"\n\n_{cut} more suggested conform{'s' if cut != 1 else ''} on the run pages._"
     return body + "\n"
 
 
