@@ -4,6 +4,7 @@ render it (markdown-it-py's CommonMark with GFM tables), on SQLite and PostgreSQ
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,14 @@ from openaddr.db.runs import AirflowTask, insert_run
 from openaddr.db.schema import jobs
 from openaddr.machine.comments import (
     BODY_LIMIT,
+    SKELETON_LIMIT,
     CommentRow,
     cell,
     job_comment_body,
     marker,
     post_job_comment,
 )
+from openaddr.skeleton import STATE_KEY as SKELETON_KEY, suggest_conform
 from tests.openaddr.test_github import fast_client
 
 if TYPE_CHECKING:
@@ -84,7 +87,10 @@ def make_job(db: sa.Connection, fake_github: FakeGitHub, entries: dict[str, dict
             job_id=job_id,
             commit_sha="c" * 40,
             task=AirflowTask("openaddr_ci", f"ci__{job_id}", "process_source", map_index=i),
-            state=state(entry.get("count"), files=not failed, problem=entry.get("problem")),
+            state={
+                **state(entry.get("count"), files=not failed, problem=entry.get("problem")),
+                **({SKELETON_KEY: entry["skeleton"]} if "skeleton" in entry else {}),
+            },
             urls=urls(f"{job_id}-{i}") if not failed else {"output": f"{FILES}/{job_id}-{i}/output.txt"},
             warning=entry.get("warning"),
             now=NOW,
@@ -368,3 +374,43 @@ def test_a_client_error_is_not_retried(
         "Could not post the pull-request comment: HTTP 403"
     )
     assert fake_github.comments == {}
+
+
+def test_a_missing_conform_shows_its_suggested_conform_collapsed_and_escaped(
+    db: sa.Connection, fake_github: FakeGitHub, client: github.Github
+) -> None:
+    """Field names come from the data: the suggested conform is a JSON code block in a ``<details>`` that no name
+    can close, and the path in its summary is HTML-escaped."""
+    # No number field: the notes list the data's fields, the hostile one among them.
+    header = ["ST_NAME", "</details>\n```\n<script>alert(1)</script>", "ZIP"]
+    record = suggest_conform(
+        "addresses", [header, ["Main St", "x", "97211"]], data_format="shapefile"
+    ).record()
+    assert header[1].replace("\n", "?") in record["conform"]["notes"]
+    missing = "Source is missing a conform object"
+    job_id = make_job(db, fake_github, {HOSTILE_PATH: {"problem": missing, "skeleton": record}})
+    comment_id = post_job_comment(db, client, job_id, base_url=SITE)
+    assert comment_id is not None
+    body = fake_github.comments[comment_id]["body"]
+    tokens = MarkdownIt("commonmark").enable("table").parse(body)
+    [fence] = [token for token in tokens if token.type == "fence"]
+    assert fence.info == "json"
+    assert json.loads(fence.content) == record["conform"]  # the same conform, ready to paste
+    blocks = [token.content for token in tokens if token.type == "html_block"]
+    summary = next(block for block in blocks if block.startswith("<details>"))
+    assert "<img" not in summary
+    assert "&lt;img src=x onerror=alert(1)&gt;" in summary
+    assert blocks[-1].strip() == "</details>"
+    assert "<script>" not in body
+
+
+def test_suggested_conforms_are_capped() -> None:
+    record = suggest_conform("addresses", [["NUM", "STREET"], ["1", "A"]], data_format="csv").record()
+    rows = [
+        CommentRow(f"sources/{i}.json", "addresses", "primary", "failure", "missing", None, None, (),
+                   skeleton=json.dumps(record["conform"]))
+        for i in range(SKELETON_LIMIT + 2)
+    ]  # fmt: skip
+    body = job_comment_body({"id": "job", "status": False}, rows, base_url=SITE)
+    assert body.count("<details>") == SKELETON_LIMIT
+    assert "_2 more suggested conforms on the run pages._" in body
