@@ -1653,3 +1653,48 @@ def test_a_source_cannot_set_itself_a_timeout_over_24_hours(
     [argument] = plan(engine, storage, ci_conf(f"job-{uid}", source_item(PARK_PATH, json.dumps(document))))
     # The task's hard stop (operators.pre_execute) and the child's deadline both follow this figure.
     assert argument["entry"]["timeout"] == hours * 3600.0
+
+
+@pytest.mark.integration
+def test_an_entry_without_conform_records_the_conform_suggested_from_its_data(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    scratch: Path,
+    child_env: dict[str, str],
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    uid: str,
+) -> None:
+    """machine-ci.md §9.1: a "missing conform" run keeps a conform suggested from the data's real fields — in its
+    state (for the run page and the PR comment), in its log, and published as ``skeleton.json``."""
+    from openaddr.machine.comments import job_comment_body, job_rows
+    from openaddr.skeleton import STATE_KEY
+
+    _, url = serve_park(http_server, fixtures, uid)
+    document = park_document(fixtures, url)
+    del document["conform"]
+    job_id = f"job-{uid}"
+    [argument] = plan(
+        engine, storage, ci_conf(job_id, source_item(PARK_PATH, json.dumps(document), "blob-park"))
+    )
+    result = process(engine, storage, argument, scratch, child_env, task=ti(job_id))
+    assert result["source_problem"] == SourceProblem.missing_conform.value
+    run = db_runs.get_run(engine, result["run_id"])
+    assert run is not None
+    record = run["state"][STATE_KEY]
+    assert record["conform"] == {
+        "format": "shapefile",
+        "number": {"function": "prefixed_number", "field": "DLVRY_ADD"},
+        "street": {"function": "postfixed_street", "field": "DLVRY_ADD", "may_contain_units": True},
+        "unit": {"function": "postfixed_unit", "field": "DLVRY_ADD"},
+        "id": "UID",
+    }
+    assert (record["valid"], record["fields"], record["field_count"]) == (True, ["UID", "DLVRY_ADD"], 2)
+    assert "skeleton.json" in published(storage, result["run_id"])
+    assert "Suggested conform for" in storage.get_bytes(f"runs/{result['run_id']}/output.txt").decode()
+    # The job's pull-request comment carries it, ready to paste.
+    job = db_jobs.get_job(engine, job_id)
+    assert job is not None
+    body = job_comment_body(job, job_rows(engine, job, base_url=None, airflow_url=None), base_url=None)
+    block = body.split("```json\n", 1)[1].split("\n```", 1)[0]
+    assert json.loads(block) == record["conform"]
