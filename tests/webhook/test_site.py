@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import html as html_module
 import json
 import shutil
 import uuid
@@ -318,3 +319,42 @@ def test_the_index_links_the_collections_it_serves(site: Flask, tmp_path: Path) 
     assert len(served.data) == parquet["content_length"]
     streets = pq.read_table(io.BytesIO(served.data)).column("street").to_pylist()
     assert sorted(streets) == ["1st St, Rear", "Main St", 'The "Oaks"']
+
+
+def test_a_missing_conform_run_shows_its_suggested_conform_escaped(site: Flask) -> None:
+    """machine-ci.md §9.1: the runs table's "missing conform" links to the run page, which shows the conform
+    suggested from the data in a <pre>; the data's field names are hostile and arrive escaped."""
+    from openaddr.db.jobs import create_set
+    from openaddr.errors import SourceProblem
+    from openaddr.skeleton import STATE_KEY, suggest_conform
+
+    hostile = "<script>alert(1)</script>"
+    header = ["ADDR_NUM", "ST_NAME", hostile, "`" * 3, "B" * 5000]
+    record = suggest_conform("addresses", [header, ["1", "Main", "x", "y", "z"]], data_format="csv").record()
+    engine = get_engine(site)
+    set_id = create_set(engine, owner="openaddresses", repository="openaddresses", commit_sha="b" * 40)
+    state = dict.fromkeys(STATE_KEYS)
+    state.update({"source problem": SourceProblem.missing_conform.value, "skipped": False, STATE_KEY: record})
+    run_id = insert_run(
+        engine, source_path=PARK, source_layer="addresses", layer_name="primary", set_id=set_id, state=state
+    )
+    client = site.test_client()
+    listing = client.get(f"/sets/{set_id}/").get_data(as_text=True)
+    assert f'<a href="/runs/{run_id}/#suggested-conform">suggested conform</a>' in listing
+    page = client.get(f"/runs/{run_id}/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '<h2 id="suggested-conform">Suggested conform</h2>' in html
+    assert hostile not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # in the list of the data's fields
+    assert "B" * 101 not in html  # a very long name is shortened
+    pre = html.split('<pre class="skeleton">', 1)[1].split("</pre>", 1)[0]
+    assert json.loads(html_module.unescape(pre)) == record["conform"]  # the same JSON, escaped for HTML
+    assert record["conform"] == {
+        "format": "csv",
+        "number": "ADDR_NUM",
+        "street": "ST_NAME",
+    }  # no lon/lat guessed
+    assert "no lon column recognised: CSV conforms need lon and lat" in html  # … it is said instead
+    # The record is not repeated raw in the state table.
+    assert f"<th>{STATE_KEY}</th>" not in html
