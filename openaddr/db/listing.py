@@ -189,7 +189,8 @@ def run_problems(run: Mapping[str, Any]) -> list[dict[str, Any]]:
         problems.append({"text": "source says to skip", "url": None})
     elif problem == SourceProblem.missing_conform.value:
         # The run page shows the conform suggested from the data, when the run has one (machine-ci.md §9.1).
-        problems.append({"text": "missing conform", "url": None, "skeleton": is_record(state.get(STATE_KEY))})
+        suggested = {"skeleton": True} if is_record(state.get(STATE_KEY)) else {}
+        problems.append({"text": "missing conform", "url": None, **suggested})
     elif problem == SourceProblem.no_coverage.value:
         problems.append({"text": "incomplete coverage", "url": None})
     elif problem:

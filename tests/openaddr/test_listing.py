@@ -110,6 +110,11 @@ def test_problems_use_the_spec_phrases() -> None:
     assert listing.run_problems(
         run(status=False, state={"cache": "c"}, source_problem="Source is missing a conform object")
     ) == [{"text": "missing conform", "url": None}]
+    # With the conform suggested from the data, the runs table links to it (machine-ci.md §9.1).
+    suggested = {"cache": "c", "conform skeleton": {"conform": {"format": "csv"}}}
+    assert listing.run_problems(
+        run(status=False, state=suggested, source_problem="Source is missing a conform object")
+    ) == [{"text": "missing conform", "url": None, "skeleton": True}]
     assert listing.run_problems(
         run(source_problem="Missing or incomplete coverage", warning="50% fewer")
     ) == [
