@@ -197,7 +197,7 @@ def run_files(state_dir: Path, *, output: Path | None = None) -> list[RunFile]:
     """The files of a state directory that a run publishes, data files first and ``index.json`` last.
 
     ``cache.*``, ``sample.json``, the packaged zip (as :func:`package_key`), ``out.geojson`` (gzipped as
-    ``out.geojson.gz``, processing.md §9.3), ``output.txt``, ``preview.png``, ``stats.json``, ``index.txt`` and
+    ``out.geojson.gz``, processing.md §9.3), ``output.txt``, ``preview.png``, ``stats.json``, ``skeleton.json`` (a missing conform's suggestion), ``index.txt`` and
     ``index.json``. ``out.csv`` is published inside the zip; hidden files (partial writes) and folders are ignored.
 
     :param state_dir: the state directory written by ``openaddr conform`` or ``process-one``
