@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from openaddr.storage import ObjectNotFoundError
 
 if TYPE_CHECKING:
     import datetime as dt
+    from collections.abc import Iterable, Mapping, Sequence
 
     import sqlalchemy as sa
 
@@ -110,6 +111,15 @@ class Collection:
     address_count: int
     sources: int
     layer: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its fields as JSON-ready values (what a DAG task returns)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Collection:
+        """Back from :meth:`as_dict`."""
+        return cls(**values)
 
 
 @dataclass
@@ -200,9 +210,16 @@ def collect(
     repository: str = DEFAULT_REPOSITORY,
     work_dir: Path | None = None,
     now: dt.datetime | None = None,
+    areas: Sequence[str] | None = None,
+    record: bool = True,
 ) -> CollectResult:
     """Build and publish the address and GeoJSON collections of a set (module docstring); return what was
     published.
+
+    Split by area (``areas``, ``record=False``), several workers build a set's collections at once: each builds
+    and publishes those of its areas, and one last step records them all (:func:`record_collections`). The
+    collections of every area are those of one call with every area (a test holds them byte for byte), provided
+    each call collects the same set id at the same ``now``.
 
     :param engine: the Machine database
     :param storage: the run storage, where the collections are published too
@@ -211,21 +228,32 @@ def collect(
     :param repository: the repository whose latest set is meant
     :param work_dir: where the temporary folder of the collections and downloads is made (default: the system's)
     :param now: the collection time (README date, member times, ``zips.datetime``; default: now)
+    :param areas: build only the collections of these areas (default: all of :data:`AREAS`)
+    :param record: record the collections in ``zips`` (:func:`record_collections`) after publishing them
     :raises LookupError: no such set, or it is not complete
+    :raises ValueError: an unknown area
     """
     now = now or utcnow()
-    record = collect_set(engine, which, owner=owner, repository=repository)
-    result = CollectResult(set_id=int(record["id"]))
-    inputs = _inputs(storage, collect_runs(engine, result.set_id), result)
-    log.info("Collecting set %d: %d runs", result.set_id, len(inputs))
-    readme = readme_text(now.date(), record["owner"], record["repository"], record["commit_sha"])
+    wanted = list(AREAS) if areas is None else [area for area in AREAS if area in areas]
+    unknown = sorted(set(areas or ()) - set(AREAS))
+    if unknown:
+        raise ValueError(f"unknown collect areas {unknown}: choose from {list(AREAS)}")
+    found = collect_set(engine, which, owner=owner, repository=repository)
+    result = CollectResult(set_id=int(found["id"]))
+    inputs = [
+        item
+        for item in _inputs(storage, collect_runs(engine, result.set_id), result)
+        if any(area in wanted for area in areas_of(item.source))
+    ]
+    log.info("Collecting set %d, areas %s: %d runs", result.set_id, ", ".join(wanted), len(inputs))
+    readme = readme_text(now.date(), found["owner"], found["repository"], found["commit_sha"])
     kinds: list[str | None] = [None, *LAYER_TYPES]
     with tempfile.TemporaryDirectory(prefix="openaddr-collect-", dir=work_dir) as tmp:
         folder = Path(tmp)
         zips: dict[_Key, CollectionZip] = {}
         try:
             for layer in kinds:
-                for area in AREAS:
+                for area in wanted:
                     for attr in LICENSE_ATTRS:
                         path = folder / collection_name(area, attr, layer)
                         zips[area, attr, layer] = CollectionZip(path, readme, zip_time(now))
@@ -254,14 +282,8 @@ def collect(
                     layer=layer,
                 )
             )
-    record_zips(
-        engine,
-        (
-            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer)
-            for c in result.collections
-        ),
-        now=now,
-    )
+    if record:
+        record_collections(engine, result.collections, now=now)
     log.info(
         "Set %d: published %d collections from %d runs (%d rows dropped for their coordinates)",
         result.set_id,
@@ -270,6 +292,19 @@ def collect(
         sum(result.dropped.values()),
     )
     return result
+
+
+def record_collections(engine: sa.Engine, collections: Iterable[Collection], *, now: dt.datetime) -> None:
+    """Make ``collections`` (of every area) the current ones in ``zips``, in one transaction
+    (:func:`openaddr.db.collect.record_zips`)."""
+    record_zips(
+        engine,
+        (
+            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer)
+            for c in collections
+        ),
+        now=now,
+    )
 
 
 def _collect_one(
@@ -282,7 +317,7 @@ def _collect_one(
 ) -> None:
     """Add one input run to the collections it belongs to: its zip to the address ones, its GeoJSON to those of
     its layer type; record what it contributed, dropped or lacked in ``result``."""
-    areas = areas_of(item.source)
+    areas = [area for area in areas_of(item.source) if any(key[0] == area for key in zips)]
 
     def block(title: str) -> LicenseBlock:
         state = item.state
@@ -340,5 +375,6 @@ __all__ = [
     "collect",
     "collection_name",
     "license_class",
+    "record_collections",
     "repository_of",
 ]
