@@ -631,7 +631,18 @@ def _rewrite_chunk(
     starts[1:] = ends[:-1] + 1
     commas = np.flatnonzero(data == 44)
     first = np.searchsorted(commas, starts)
-    regular = (np.searchsorted(commas, ends) - first == len(OUTPUT_COLUMNS) - 1) & crlf
+    # 10 commas in the line: the 10th comma from its first lies before its end, the 11th after it.
+    tenth, eleventh = first + len(OUTPUT_COLUMNS) - 2, first + len(OUTPUT_COLUMNS) - 1
+    if len(commas):
+        beyond = np.append(commas, len(chunk))  # a comma past the end, for lines without an 11th
+        regular = (
+            (tenth < len(commas))
+            & (beyond[np.minimum(tenth, len(commas))] < ends)
+            & (beyond[np.minimum(eleventh, len(commas))] > ends)
+            & crlf
+        )
+    else:
+        regular = np.zeros(count, dtype=bool)
     if b'"' in chunk:
         regular[np.searchsorted(ends, np.flatnonzero(data == 34))] = False
     irregular = np.flatnonzero(~regular).tolist()
