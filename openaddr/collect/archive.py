@@ -643,8 +643,11 @@ def _rewrite_chunk(
         )
     else:
         regular = np.zeros(count, dtype=bool)
-    if b'"' in chunk:
-        regular[np.searchsorted(ends, np.flatnonzero(data == 34))] = False
+    quote = chunk.find(b'"')
+    while quote >= 0:  # rare: found one by one
+        quoted = int(np.searchsorted(ends, quote))
+        regular[quoted] = False
+        quote = chunk.find(b'"', int(ends[quoted]) + 1)
     irregular = np.flatnonzero(~regular).tolist()
     special: dict[int, tuple[str, str, str] | None] = {}
     settled = len(chunk)
@@ -666,22 +669,24 @@ def _rewrite_chunk(
     else:
         lon_end = lat_end = starts
     lat_start = np.where(regular, lon_end + 1, starts)
-    buffer = pa.py_buffer(chunk)
-    take = np.arange(0, 2 * count, 2)
-
-    def texts(begin: Any, end: Any) -> Any:
-        offsets = np.empty(2 * count + 1, dtype=np.int32)
-        offsets[0:-1:2] = begin
-        offsets[1::2] = end
-        offsets[-1] = end[-1]
-        binary = pa.Array.from_buffers(pa.binary(), 2 * count, [None, pa.py_buffer(offsets.data), buffer])
-        picked = binary.take(take)
-        try:
-            return picked.cast(pa.string())
-        except pa.ArrowInvalid:  # bytes that are not UTF-8
-            return [(b or b"").decode("utf-8", "surrogateescape") for b in picked.to_pylist()]
-
-    valid, lon, lat = _check_coordinates(texts(starts, lon_end), texts(lat_start, lat_end))
+    # LON and LAT of every line as one Arrow array, in place: the chunk cut at each line's start, first comma,
+    # LAT's start and second comma (fields of other lines are empty), then every other piece taken.
+    offsets = np.empty(4 * count + 1, dtype=np.int32)
+    offsets[0:-1:4], offsets[1::4], offsets[2::4], offsets[3::4] = starts, lon_end, lat_start, lat_end
+    offsets[-1] = lat_end[-1]
+    pieces = pa.Array.from_buffers(
+        pa.binary(), 4 * count, [None, pa.py_buffer(offsets.data), pa.py_buffer(chunk)]
+    )
+    pairs = pieces.take(np.arange(0, 4 * count, 2))
+    try:
+        values = _parse_numbers(pairs.cast(pa.string()))
+    except pa.ArrowInvalid:  # bytes that are not UTF-8: text by text
+        texts = [(b or b"").decode("utf-8", "surrogateescape") for b in pairs.to_pylist()]
+        valid, lon, lat = _check_coordinates(texts[0::2], texts[1::2])
+    else:
+        lon, lat = values[0::2].copy(), values[1::2].copy()
+        with np.errstate(invalid="ignore"):
+            valid = (np.abs(lon) <= 180.0) & (np.abs(lat) <= 90.0)  # NaN compares False
     records = {i: found for i, found in special.items() if i < count and found is not None}
     blanks = [i for i, found in special.items() if i < count and found is None]
     valid[blanks] = False  # a blank line is no record at all
@@ -703,15 +708,15 @@ def _rewrite_chunk(
     if not patched and kept == count:
         out = chunk if settled == len(chunk) else chunk[:settled]
     else:
-        pieces: list[bytes] = []
+        parts: list[bytes] = []
         position = 0
         for i in sorted({*patched, *np.flatnonzero(~valid).tolist()}):
-            pieces.append(chunk[position : starts[i]])
+            parts.append(chunk[position : starts[i]])
             position = int(ends[i]) + 1
             if valid[i]:  # a patched record
-                pieces.append(records[i][2].encode("utf-8", "surrogateescape"))
-        pieces.append(chunk[position:settled])
-        for piece in pieces:  # written as they are: no copy of the whole chunk
+                parts.append(records[i][2].encode("utf-8", "surrogateescape"))
+        parts.append(chunk[position:settled])
+        for piece in parts:  # written as they are: no copy of the whole chunk
             for target in targets:
                 target.write(piece)
         return settled
