@@ -565,12 +565,12 @@ def _rewrite_csv(
         target.write(header)
     rest = b""
     while block := source.read(_CHUNK):
-        data = rest + block if rest else block
-        cut = data.rfind(b"\n") + 1
-        rest = data[cut:]
+        cut = block.rfind(b"\n") + 1
         if not cut:
+            rest += block
             continue
-        chunk = data[:cut] if rest else data
+        chunk = b"".join((rest, memoryview(block)[:cut])) if rest or cut < len(block) else block  # one copy
+        rest = block[cut:]
         done = _rewrite_chunk(chunk, targets, result, squares)
         if done < len(chunk):
             _continue_lines(chunk[done:] + rest, source, targets, result, squares, continued=True)
