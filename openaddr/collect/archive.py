@@ -2,10 +2,11 @@
 
 A :class:`CollectionZip` is written to a local file: ``README.txt`` first, then each run zip's members as
 :func:`add_run_zip` passes them on, then ``LICENSE.txt`` when it is finished. One run zip feeds every collection it
-belongs to (``global`` and its area) in one pass: each CSV member is read row by row, rewritten once, and the same
-bytes go to every target's open member, so neither a run's CSV nor a collection is ever held in memory (the
-original's collect kept growing with the data, openaddresses/machine#536). What stays in memory per CSV member is
-its 0.1° squares, bounded by the area the source covers, not by its rows.
+belongs to (``global`` and its area) in one pass: each CSV member is read in chunks of whole lines (4 MiB),
+rewritten once, and the same bytes go to every target's open member, deflated once for all of them
+(:class:`SharedDeflate`), so neither a run's CSV nor a collection is ever held in memory (the original's collect
+kept growing with the data, openaddresses/machine#536). What stays in memory per CSV member is one chunk and its
+0.1° squares, bounded by the area the source covers, not by its rows.
 
 Rewriting a CSV member (§8): the 11 columns of ``out.csv`` (:data:`openaddr.canonical.OUTPUT_COLUMNS`) in order,
 taken by name from the member's header (a missing column is empty); a row whose ``LAT`` or ``LON`` is not a finite
