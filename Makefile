@@ -24,8 +24,16 @@ run: $(STAMP)
 stop:
 	$(BIN)/python -m devstack --stop $(ARGS)
 
+## checkov (tests/infra) in a venv of its own: it pins cachetools<6 against Airflow's >=6. From infra/checkov.lock,
+## with hashes, like the main one.
+CHECKOV_STAMP := .venv-checkov/.installed
+$(CHECKOV_STAMP): infra/checkov.lock
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q --require-hashes --no-deps -r infra/checkov.lock
+	touch $@
+
 ## Lint (ruff, mypy --strict on openaddr/ and plugins/: pyproject's [tool.mypy]), then the whole test suite.
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -71,11 +79,28 @@ bench-batch: $(STAMP)
 bench-collect: $(STAMP)
 	$(BIN)/python benchmarks/bench_collect.py $(ARGS)
 
+## The cross-source dedupe over 2,000,000 generated collection rows (and 500,000, for the memory comparison):
+## rows/s of the whole -processed step, its phases, and the peak RSS.
+.PHONY: bench-dedupe
+bench-dedupe: $(STAMP)
+	$(BIN)/python benchmarks/bench_dedupe.py $(ARGS)
+
 ## The webhook under gunicorn on PostgreSQL (then SQLite) with loopback fakes of GitHub and Airflow: signed
 ## deliveries at 100/s for 30 s from a second process; p50/p99/max, errors, lost and doubled deliveries.
 .PHONY: bench-webhook
 bench-webhook: $(STAMP)
 	$(BIN)/python benchmarks/bench_webhook.py $(ARGS)
+
+## The preview image: its time on the largest fixture and on 1,000,000 points, next to the run's whole time.
+.PHONY: bench-preview
+bench-preview: $(STAMP)
+	$(BIN)/python benchmarks/bench_preview.py $(ARGS)
+
+## ArcGIS paging: a generated 200,000-feature layer from the loopback ArcGIS server at 200 ms a page, one page at a
+## time against 4 at once; times, speed-up, identical bytes (benchmarks/bench_esri.py; dry run: ARGS="--quick").
+.PHONY: bench-esri
+bench-esri: $(STAMP)
+	$(BIN)/python benchmarks/bench_esri.py $(ARGS)
 
 ## Re-pin requirements.lock (every pin with its sha256 hashes) from pyproject.toml, keeping the current pins where they
 ## still satisfy it (uv reads the existing file); commit the result. Upgrade one: make lock ARGS="-P NAME".
@@ -86,12 +111,27 @@ define LOCK_HEADER
 # Regenerate with 'make lock' after changing pyproject.toml; tests/test_lock.py checks it is current.
 endef
 export LOCK_HEADER
+define IMAGE_LOCK_HEADER
+# The image's share of requirements.lock (docker/Dockerfile): the Machine's, Airflow's and the webhook's packages at
+# the same pins and hashes, without the development tools. Written by 'make lock'; tests/docker checks it agrees.
+endef
+export IMAGE_LOCK_HEADER
 lock:
 	test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q uv==$(UV_VERSION); }
 	cp requirements.lock requirements.lock.new
 	.venv-lock/bin/uv pip compile pyproject.toml --group dev --group bench --generate-hashes --no-header -q \
 	  --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') $(ARGS) -o requirements.lock.new
 	{ printf '%s\n' "$$LOCK_HEADER"; cat requirements.lock.new; } > requirements.lock && rm requirements.lock.new
+	cp docker/requirements.lock docker/requirements.lock.new
+	.venv-lock/bin/uv pip compile pyproject.toml --group airflow --group webhook -c requirements.lock --generate-hashes \
+	  --no-header -q --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') \
+	  -o docker/requirements.lock.new
+	{ printf '%s\n' "$$IMAGE_LOCK_HEADER"; cat docker/requirements.lock.new; } > docker/requirements.lock \
+	  && rm docker/requirements.lock.new
+	.venv-lock/bin/uv pip compile infra/checkov.in --generate-hashes --no-header -q \
+	  --python-version $$($(PYTHON) -c 'import platform; print(platform.python_version())') -o infra/checkov.lock.new
+	{ echo "# checkov's working set (infra/checkov.in), every pin with its hashes; written by 'make lock'."; \
+	  cat infra/checkov.lock.new; } > infra/checkov.lock && rm infra/checkov.lock.new
 
 clean:
-	rm -rf .venv-lock $(VENV) var bench-out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .venv-lock .venv-checkov $(VENV) var bench-out .pytest_cache .ruff_cache .mypy_cache

@@ -24,7 +24,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from openaddr_airflow.operators import DEFAULT_ARGS, process_sources
+from openaddr_airflow.operators import BATCH_QUEUE, DEFAULT_ARGS, process_sources
 from openaddr_airflow.settings import BATCH_MAX_ACTIVE_DAG_TASKS, BATCH_MAX_ACTIVE_TASKS
 from openaddr_airflow.tags import Tag
 
@@ -82,7 +82,7 @@ def complete_set(set_id: int) -> dict[str, int]:
     tags=[Tag.KIND_BATCH, Tag.TIER_2, Tag.DATA_SOURCES],
     max_active_runs=1,
     max_active_tasks=BATCH_MAX_ACTIVE_DAG_TASKS,
-    default_args=DEFAULT_ARGS,
+    default_args={**DEFAULT_ARGS, "queue": BATCH_QUEUE},
 )
 def openaddr_batch():
     """The nightly batch: create the set, process every entry, complete the set (see the module docstring)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from openaddr_airflow.operators import DEFAULT_ARGS, process_sources
+from openaddr_airflow.operators import CI_QUEUE, DEFAULT_ARGS, process_sources
 from openaddr_airflow.params import CI_PARAMS
 from openaddr_airflow.tags import Tag
 
@@ -89,7 +89,7 @@ def finish_job(**context) -> bool | None:
     doc_md=__doc__,
     tags=[Tag.KIND_CI, Tag.TIER_1, Tag.DATA_SOURCES],
     max_active_runs=16,
-    default_args=DEFAULT_ARGS,
+    default_args={**DEFAULT_ARGS, "queue": CI_QUEUE},
     params=CI_PARAMS,
 )
 def openaddr_ci():

@@ -393,8 +393,8 @@ class Stack(AirflowApi):
             CELERY_WORKER: [
                 "celery", "worker", "--skip-serve-logs",
                 "--concurrency", str(self.worker_concurrency),
-                # One worker serves both tiers here; production runs the large queue on its own hosts.
-                "--queues", "default,large",
+                # One worker serves every queue here; production gives ci, batch and large workers of their own.
+                "--queues", "ci,batch,large",
                 "--celery-hostname", self.worker_node,
             ],
         }  # fmt: skip

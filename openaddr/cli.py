@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--work-dir", help="parent of the temporary folder (default: OPENADDR_SCRATCH, else the system's)"
     )
+    p.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="also build the -processed collections without cross-source duplicates (README: the dedupe)",
+    )
     return parser
 
 
@@ -242,7 +247,9 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
         work_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(database)
     try:
-        result = collect(engine, storage, which, owner=owner, repository=repository, work_dir=work_dir)
+        result = collect(
+            engine, storage, which, owner=owner, repository=repository, work_dir=work_dir, dedupe=args.dedupe
+        )
     except LookupError as exc:
         sys.stderr.write(f"openaddr collect: {exc.args[0] if exc.args else exc}\n")
         return 1
@@ -262,6 +269,17 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
         out.write(f"Run {run_id} left out: {reason}\n")
     for run_id, reason in sorted(result.geojson_skipped.items()):
         out.write(f"Run {run_id} not in the GeoJSON collections: {reason}\n")
+    features = sum(result.features_dropped.values())
+    if features:
+        out.write(
+            f"{features} features without a usable geometry left out of the GeoParquet collections, "
+            f"from {len(result.features_dropped)} runs\n"
+        )
+    for attr, figures in result.dedupe.items():
+        out.write(
+            f"Dedupe {attr or 'open'}: {figures.rows} rows, {figures.dropped_global} dropped from global, "
+            f"{figures.dropped_regional} from their region; {figures.shards} shards, largest {figures.largest_shard}\n"
+        )
     return 0
 
 

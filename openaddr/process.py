@@ -231,6 +231,7 @@ def run_entry(
     :param progress: called with the number of records read so far
     :param settings: decompression caps and the conform stage's time limit (default: from the environment)
     """
+    from openaddr.download.hostlimit import HostLimiterUnavailable
     from openaddr.readers.archives import release_work_folder, use_work_folder
     from openaddr.settings import Settings
 
@@ -258,6 +259,8 @@ def run_entry(
             )
         except _EntryFailed as failed:
             problem = failed.problem
+        except HostLimiterUnavailable:
+            raise  # the infrastructure's failure (Redis configured but gone), never the source's
         except DownloadError as exc:
             problem = exc.problem or SourceProblem.download_source_failed
             # The ESRI client writes its own token line, which must not come with the generic one (§10.2).
@@ -279,6 +282,8 @@ def run_entry(
             problem = SourceProblem.no_coverage
         if problem is not None and problem not in (SourceProblem.skip_source, SourceProblem.no_coverage):
             _discard_outputs(state_dir, state)
+        elif state["processed"]:
+            _write_preview(entry, state_dir, state)
         state["source problem"] = problem.value if problem else None
         log.info(
             "Finished %s in %s: %s",
@@ -338,8 +343,27 @@ def conform_entry(
     return run_entry(entry, state_dir, given, scratch=scratch, deadline=deadline, settings=settings)
 
 
+def _write_preview(entry: LayerEntry, state_dir: Path, state: dict[str, Any]) -> None:
+    """Draw ``preview.png`` (machine-ci.md §5 step 3) and name it in the state; a run without valid coordinates
+    gets none and says so. Never fails the entry: a preview that cannot be drawn is logged and left out."""
+    from openaddr.preview import render_state_preview
+
+    started = time.monotonic()
+    try:
+        path = render_state_preview(state_dir, entry.layer)
+    except Exception as exc:  # the preview is an extra: the outputs are complete without it
+        log.warning("Could not draw the preview of %s: %s: %s", entry.label, type(exc).__name__, exc)
+        (state_dir / "preview.png").unlink(missing_ok=True)
+        return
+    if path is None:
+        log.info("No preview: no row of %s has valid coordinates", entry.label)
+        return
+    state["preview"] = path.name
+    log.info("Drew the preview of %s in %.2f s", entry.label, time.monotonic() - started)
+
+
 def _discard_outputs(state_dir: Path, state: dict[str, Any]) -> None:
-    for name in ("out.csv", "out.geojson", "stats.json"):
+    for name in ("out.csv", "out.geojson", "stats.json", "preview.png"):
         (state_dir / name).unlink(missing_ok=True)
     for zipped in state_dir.glob("*.zip"):
         if zipped.name != "cache.zip":  # the download stays: it is what a maintainer debugs with

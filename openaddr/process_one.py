@@ -143,12 +143,17 @@ def process_entries(
 
     :raises UnsafePathError: a state directory would lie outside ``out``; nothing was written for any entry
     :raises OSError: a state directory cannot be created
+    :raises HostLimiterUnavailable: the Redis host limiter is configured but cannot be reached
     """
+    from openaddr.download.hostlimit import HostLimiterUnavailable
+
     directories = [entry.directory(out) for entry in entries]
     results = []
     for entry, state_dir in zip(entries, directories, strict=True):
         try:
             result = process_entry(entry, state_dir, settings=settings, scratch=scratch, progress=progress)
+        except HostLimiterUnavailable:
+            raise  # the machine's failure, not the entry's: no state is recorded for it
         except Exception as exc:  # recorded with its traceback in output.txt, never on the terminal
             state_dir.mkdir(parents=True, exist_ok=True)
             result = record_crash(entry, state_dir, exc)
@@ -198,9 +203,13 @@ def process_one_command(
         sys.stderr.write(f"{exc}\n")
         return 2
     progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    from openaddr.download.hostlimit import HostLimiterUnavailable
+
     try:
         results = process_entries(entries, out, settings=settings, progress=progress)
-    except (UnsafePathError, OSError) as exc:
+    except (UnsafePathError, OSError, HostLimiterUnavailable) as exc:
+        # HostLimiterUnavailable: the Redis host limiter is configured and gone; the machine's fault, not the
+        # source's (no state is written, so the run is recorded as crashed with this line in its log).
         sys.stderr.write(f"openaddr process-one: {exc}\n")
         return 2
     finally:

@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -133,6 +133,10 @@ def _list(raw: Any) -> Any:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _choice(raw: Any) -> Any:
+    return raw.strip().lower() if isinstance(raw, str) else raw
+
+
 def _text(raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
@@ -176,6 +180,11 @@ class Settings(BaseSettings):
     :param batch_size: records per batch of the conform pipeline
     :param workers: worker processes of the conform (0: in-process), or None for one per usable core
     :param s3_endpoint_url: an S3-compatible endpoint (MinIO, moto), or None for AWS
+    :param esri_concurrency: ArcGIS requests in flight at once per host (pages of one layer fetched concurrently,
+        written in order; §3.6.4); 1 is the one-at-a-time download
+    :param host_limiter: where that per-host limit is kept: ``local`` (in this process) or ``redis`` (shared by
+        the fleet, at ``redis_url``)
+    :param redis_url: the Redis of ``host_limiter=redis``
 
     The Machine on Airflow:
 
@@ -222,6 +231,9 @@ class Settings(BaseSettings):
     batch_size: Annotated[int, Field(ge=1), BeforeValidator(_positive)] = 5000
     workers: Annotated[int | None, Field(ge=0), BeforeValidator(_workers)] = None
     s3_endpoint_url: Text = None
+    esri_concurrency: Annotated[int, Field(ge=1), BeforeValidator(_positive)] = 4
+    host_limiter: Annotated[Literal["local", "redis"], BeforeValidator(_choice)] = "local"
+    redis_url: Text = None
 
     memory_limit: Count = 16 * GIB
     large_memory_limit: Count = 64 * GIB

@@ -21,6 +21,7 @@ Use it through the ``esri_server`` fixture: ``from esri_server import esri_serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -65,6 +66,11 @@ class Behaviour:
     :param unsupported: request kinds (:attr:`Request.kind`: ``count``, ``ids``, ``statistics``) answered with the
         JSON error of a server that does not support them
     :param redirect: the layer metadata request answers ``302 Found`` to this URL
+    :param ragged: offset pages hold at most ``3 + offset // 2 % 3`` features (3 to 5): sizes that keep changing
+        from page to page, the same for the same offset
+    :param latency: seconds every feature page waits before its answer (the benchmark's 200 ms)
+    :param latencies: seconds the n-th feature-page request of the scenario waits, cycled (pages answered out of
+        the order they were asked in)
     """
 
     page_status: int | None = None
@@ -79,6 +85,23 @@ class Behaviour:
     metadata: dict[str, Any] = field(default_factory=dict)
     unsupported: tuple[str, ...] = ()
     redirect: str | None = None
+    ragged: bool = False
+    latency: float = 0.0
+    latencies: tuple[float, ...] = ()
+
+
+@dataclass
+class Arrival:
+    """A feature-page request as the server saw it arrive.
+
+    :param in_flight: feature-page requests being answered at that moment, this one included
+    :param offset: its ``resultOffset`` (None in the OID and envelope modes)
+    :param status: the HTTP status it was answered with (0 until answered)
+    """
+
+    in_flight: int
+    offset: int | None
+    status: int = 0
 
 
 @dataclass
@@ -124,6 +147,9 @@ class Recording:
         self.probe = _load(data / f"{name}-probe.json")
         self.page = _load(data / f"{name}-0.json")
         self.features: list[dict[str, Any]] = list((self.page or {}).get("features") or [])
+        # Each feature's JSON, encoded once: a page's body is joined from them (json.dumps of a whole page of
+        # 1000 features for every request would cost the benchmark's machine more than the client's work).
+        self.encoded: dict[int, str] = {id(f): json.dumps(f) for f in self.features}
         fields = (self.metadata or {}).get("fields") or []
         self.oid_field = (self.metadata or {}).get("objectIdField") or next(
             (f["name"] for f in fields if f.get("type") == "esriFieldTypeOID"), None
@@ -133,6 +159,15 @@ class Recording:
             # Not recorded: answer with the ids of the recorded features (no invented data).
             ids = {"objectIdFieldName": self.oid_field, "objectIds": self.feature_oids()}
         self.ids = ids
+
+    def body(self, document: Any) -> bytes:
+        """``document`` as JSON; a page's recorded features from their cached encoding."""
+        features = document.get("features") if isinstance(document, dict) else None
+        if not isinstance(features, list) or not all(id(f) in self.encoded for f in features):
+            return json.dumps(document).encode("utf-8")
+        rest = json.dumps({k: v for k, v in document.items() if k != "features"})
+        members = ", ".join(self.encoded[id(f)] for f in features)
+        return f'{rest[:-1]}{", " if len(rest) > 2 else ""}"features": [{members}]}}'.encode()
 
     def feature_oids(self) -> list[Any]:
         """The object ids of the recorded features, in order."""
@@ -161,6 +196,13 @@ class ReplayServer(ThreadingHTTPServer):
         self.slowed: dict[int, int] = {}
         self.failed: dict[int, int] = {}
         self.lock = threading.Lock()
+        #: Feature-page requests being answered now, the most ever at once, and each one's arrival in order. A
+        #: request counts from its arrival until just before its answer is written, within the time its client
+        #: holds a slot, so ``max_in_flight`` never exceeds what the client let through.
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.arrivals: list[Arrival] = []
+        self.feature_requests: dict[int, int] = {}
 
     @property
     def base_url(self) -> str:
@@ -240,32 +282,74 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "features":
             scenario = int(match["scenario"] or 0)
+            offset = params.get("resultOffset")
+            arrival = Arrival(0, int(offset) if offset is not None and offset.isdigit() else None)
             with self.server.lock:
-                dropped = self.server.dropped.get(scenario, 0)
-                if dropped < behaviour.drop:
-                    self.server.dropped[scenario] = dropped + 1
-                    self.close_connection = True
-                    return
-                slowed = self.server.slowed.get(scenario, 0)
-                if slowed < behaviour.slow:
-                    self.server.slowed[scenario] = slowed + 1
-            if slowed < behaviour.slow:
-                time.sleep(behaviour.delay)
-            with self.server.lock:
-                failed = self.server.failed.get(scenario, 0)
-                failing = behaviour.page_status is not None and (
-                    behaviour.failures is None or failed < behaviour.failures
-                )
-                if failing:
-                    self.server.failed[scenario] = failed + 1
-            if failing and behaviour.page_status is not None:
-                headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
-                self._send(behaviour.page_status, b"Internal server error", "text/plain", headers)
-                return
-            if behaviour.page_error:
-                self._json(_PAGE_ERROR)
-                return
+                self.server.in_flight += 1
+                self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+                arrival.in_flight = self.server.in_flight
+                self.server.arrivals.append(arrival)
+                number = self.server.feature_requests.get(scenario, 0)
+                self.server.feature_requests[scenario] = number + 1
+            try:
+                self._features_answer(scenario, recording, behaviour, params, arrival, number)
+            finally:
+                with self.server.lock:
+                    if not arrival.status:  # dropped, or the client went away: no longer in flight
+                        self.server.in_flight -= 1
+            return
         self._json(_response(recording, behaviour, kind, params))
+
+    def _features_answer(
+        self,
+        scenario: int,
+        recording: Recording,
+        behaviour: Behaviour,
+        params: dict[str, str],
+        arrival: Arrival,
+        number: int,
+    ) -> None:
+        delay = behaviour.latency
+        if behaviour.latencies:
+            delay += behaviour.latencies[number % len(behaviour.latencies)]
+        if delay:
+            time.sleep(delay)
+        kind = "features"
+        with self.server.lock:
+            dropped = self.server.dropped.get(scenario, 0)
+            if dropped < behaviour.drop:
+                self.server.dropped[scenario] = dropped + 1
+                self.close_connection = True
+                return
+            slowed = self.server.slowed.get(scenario, 0)
+            if slowed < behaviour.slow:
+                self.server.slowed[scenario] = slowed + 1
+        if slowed < behaviour.slow:
+            time.sleep(behaviour.delay)
+        with self.server.lock:
+            failed = self.server.failed.get(scenario, 0)
+            failing = behaviour.page_status is not None and (
+                behaviour.failures is None or failed < behaviour.failures
+            )
+            if failing:
+                self.server.failed[scenario] = failed + 1
+        if failing and behaviour.page_status is not None:
+            headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
+            self._answered(arrival, behaviour.page_status)
+            self._send(behaviour.page_status, b"Internal server error", "text/plain", headers)
+            return
+        if behaviour.page_error:
+            self._answered(arrival, 200)
+            self._json(_PAGE_ERROR)
+            return
+        body = recording.body(_response(recording, behaviour, kind, params))
+        self._answered(arrival, 200)
+        self._send(200, body, "application/json; charset=utf-8")
+
+    def _answered(self, arrival: Arrival, status: int) -> None:
+        with self.server.lock:
+            arrival.status = status
+            self.server.in_flight -= 1
 
     def _json(self, document: Any) -> None:
         self._send(200, json.dumps(document).encode("utf-8"), "application/json; charset=utf-8")
@@ -309,6 +393,8 @@ def _features(recording: Recording, behaviour: Behaviour, params: dict[str, str]
         size = int(params.get("resultRecordCount") or len(features))
         if behaviour.cap is not None:
             size = min(size, behaviour.cap)
+        if behaviour.ragged:
+            size = min(size, 3 + offset // 2 % 3)
         return features[offset : offset + size]
     match = _OID_RANGE.match(params.get("where", ""))
     if match is None:  # where=1=1 or an envelope: everything recorded
@@ -338,7 +424,80 @@ def esri_server_fixture(fixtures: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     """
     # The server listens on loopback, which the guard refuses in production (processing.md §3.1).
     monkeypatch.setenv("OPENADDR_ALLOW_PRIVATE_URLS", "1")
-    server = ReplayServer(fixtures / "data")
+    with serve(fixtures / "data") as server:
+        yield server
+
+
+def generate_layer(folder: Path, name: str, features: int, *, page_size: int = 1000, seed: int = 15) -> None:
+    """Write the recordings of a generated point layer of ``features`` features into ``folder`` (the tests' and
+    ``benchmarks/bench_esri.py``'s layer): metadata with offset paging (``maxRecordCount`` ``page_size``),
+    statistics and ids, the count, the ids and one page of every feature.
+
+    Attributes hold a number, a street (some with a comma or a quote, so the CSV quotes them), a city, a float and
+    a null; coordinates have 7 decimals, as ArcGIS answers ``geometryPrecision=7``.
+    """
+    import random
+
+    rng = random.Random(seed)
+    streets = ["Main St", "Oak Ave", 'The "Loop"', "Elm, North", "Ñandú Way", "1st St"]
+    rows = []
+    for oid in range(1, features + 1):
+        rows.append(
+            {
+                "attributes": {
+                    "OBJECTID": oid,
+                    "NUMBER": str(rng.randint(1, 9999)),
+                    "STREET": rng.choice(streets),
+                    "CITY": rng.choice(["Springfield", "Shelbyville", None]),
+                    "AREA": round(rng.uniform(0, 1000), 3),
+                },
+                "geometry": {
+                    "x": round(rng.uniform(-123.0, -121.0), 7),
+                    "y": round(rng.uniform(37.0, 38.0), 7),
+                },
+            }
+        )
+    fields = [
+        {"name": "OBJECTID", "type": "esriFieldTypeOID", "alias": "OBJECTID"},
+        {"name": "NUMBER", "type": "esriFieldTypeString", "alias": "NUMBER"},
+        {"name": "STREET", "type": "esriFieldTypeString", "alias": "STREET"},
+        {"name": "CITY", "type": "esriFieldTypeString", "alias": "CITY"},
+        {"name": "AREA", "type": "esriFieldTypeDouble", "alias": "AREA"},
+    ]
+    metadata = {
+        "currentVersion": 10.91,
+        "name": name,
+        "type": "Feature Layer",
+        "geometryType": "esriGeometryPoint",
+        "objectIdField": "OBJECTID",
+        "fields": fields,
+        "maxRecordCount": page_size,
+        "supportsStatistics": True,
+        "advancedQueryCapabilities": {"supportsPagination": True, "supportsStatistics": True},
+        "extent": {
+            "xmin": -123.0,
+            "ymin": 37.0,
+            "xmax": -121.0,
+            "ymax": 38.0,
+            "spatialReference": {"wkid": 4326},
+        },
+    }
+    documents = {
+        "metadata": metadata,
+        "count-only": {"count": features},
+        "ids-only": {"objectIdFieldName": "OBJECTID", "objectIds": list(range(1, features + 1))},
+        "statistics": {"features": [{"attributes": {"THE_MIN": 1, "THE_MAX": features}}]},
+        "0": {"objectIdFieldName": "OBJECTID", "geometryType": "esriGeometryPoint", "features": rows},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, document in documents.items():
+        (folder / f"{name}-{suffix}.json").write_text(json.dumps(document), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def serve(data: Path) -> Iterator[ReplayServer]:
+    """A running :class:`ReplayServer` over the recordings in ``data``, shut down on exit."""
+    server = ReplayServer(data)
     # A short poll interval keeps shutdown() quick (the default waits up to 0.5 s per test).
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), name="esri-replay", daemon=True)
     thread.start()

@@ -6,8 +6,12 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import tomllib
+from typing import TYPE_CHECKING
 
 from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
@@ -17,10 +21,11 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def entries() -> list[tuple[str, str, list[str]]]:
-    """(name, version, sha256 hashes) of every pin, in the format uv's `pip compile --generate-hashes` writes."""
+def entries(path: Path | None = None) -> list[tuple[str, str, list[str]]]:
+    """(name, version, sha256 hashes) of every pin of ``path`` (default: requirements.lock), in the format uv's
+    `pip compile --generate-hashes` writes."""
     pins: list[tuple[str, str, list[str]]] = []
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    for line in (path or ROOT / "requirements.lock").read_text().splitlines():
         if match := _PIN.match(line):
             pins.append((normalise(match.group(1)), match.group(2), []))
         elif line.strip().startswith("--hash=sha256:"):

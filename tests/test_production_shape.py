@@ -278,7 +278,7 @@ def test_every_task_instance_ran_on_the_celery_worker(production_run: dict[str, 
     for task_id, map_index, state, celery_id, queue in ran:
         assert state == "success", task_id
         assert celery_id, f"{task_id}[{map_index}] has no Celery task id: it did not go through Celery"
-        assert queue == "default"
+        assert queue == "ci"
         assert results.get(celery_id) == "SUCCESS", (task_id, celery_id, results)
         executing = next(
             (

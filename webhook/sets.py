@@ -251,25 +251,39 @@ def state_txt() -> Response:
 
 
 def collection_entry(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One collection zip in ``index.json``."""
-    return {
+    """One collection in ``index.json`` (a GeoParquet file also says how many rows it holds)."""
+    entry = {
         "url": row["url"],
         "content_length": row["content_length"],
         "license": LICENSE_PHRASES.get(row["license_attr"] or "", row["license_attr"]),
     }
+    if row["format"] == "parquet":
+        entry["address_count"] = row["address_count"]
+    return entry
+
+
+#: How the name of a deduped address collection ends (openaddr.collect.dedupe.processed_name).
+PROCESSED_SUFFIX = "-processed.zip"
 
 
 @bp.get("/index.json")
 def index_json() -> Response:
-    """Where everything is (machine-ci.md §9.1), plus ``geojson_collections`` per layer type."""
+    """Where everything is (machine-ci.md §9.1), plus ``geojson_collections`` and ``geoparquet_collections`` per
+    layer type (``{layer: {collection: {licence class: entry}}}``, like ``collections``) and
+    ``processed_collections``, the deduped address collections, per area and licence class."""
     connection = get_db()
     base = base_url()
     latest_set = latest_completed_set(connection, *site_repository())
     collections: dict[str, dict[str, Any]] = {}
-    geojson: dict[str, dict[str, dict[str, Any]]] = {}
+    processed: dict[str, dict[str, Any]] = {}
+    by_format: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"geojsonl": {}, "parquet": {}}
     zip_rows = listing.current_zips(connection)
     for row in zip_rows:
-        target = collections if row["layer"] is None else geojson.setdefault(row["layer"], {})
+        if row["format"] == "zip":
+            # the dedupe's -processed zips are recorded like the address zips; only their name tells them apart
+            target = processed if row["url"].endswith(PROCESSED_SUFFIX) else collections
+        else:
+            target = by_format.setdefault(row["format"], {}).setdefault(row["layer"] or "addresses", {})
         target.setdefault(row["collection"], {})[row["license_attr"] or ""] = collection_entry(row)
     renders = {
         f"{key}_url": (latest_set or {}).get(key)
@@ -283,7 +297,9 @@ def index_json() -> Response:
         "latest_set_url": f"{base}/latest/set",
         **renders,
         "collections": collections,
-        "geojson_collections": geojson,
+        "geojson_collections": by_format["geojsonl"],
+        "geoparquet_collections": by_format["parquet"],
+        "processed_collections": processed,
     }
     modified = listing.newest(set_times(latest_set), *(row["datetime"] for row in zip_rows))
     return conditional(jsonify(body), modified)

@@ -4,6 +4,7 @@
   skipped), message, problems, counts, its job or set, whether it is merged and accepted, the warning of the quality
   gate, its stats (``runs.stats``), its state, links to its data (zip or GeoJSON, sample, output, preview), the
   Airflow task instance (its log, with ``AIRFLOW_UI_URL``), its sample toggle and the files served here.
+* ``GET /runs/<id>/preview.png``: 302 to the run's published ``preview.png``; 404 with the reason when it has none.
 * ``GET /files/<path>``: the storage folder over http, only when the app has a ``FILES_FOLDER`` (the embedded mode
   of ``make run`` sets it to ``$OPENADDR_HOME/storage``), so that the Airflow UI's "Run outputs" link opens.
   :func:`flask.send_from_directory` refuses every path outside the folder (``..``, absolute paths) with 404.
@@ -15,7 +16,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, abort, current_app, make_response, render_template, send_from_directory
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    make_response,
+    redirect,
+    render_template,
+    send_from_directory,
+)
 
 from openaddr.db.results import run_label
 from openaddr.db.runs import get_run
@@ -62,6 +71,21 @@ def run_files(run_id: int) -> list[dict[str, Any]]:
         for path in sorted(run_folder.rglob("*"))
         if path.is_file()
     ]
+
+
+@bp.get("/runs/<int:run_id>/preview.png")
+def run_preview(run_id: int) -> Response:
+    """302 to the run's published preview image (a stable site URL for the PR comment), or 404 saying why there
+    is none."""
+    from webhook.sources import http_url, preview_note, text
+
+    run = get_run(get_engine(), run_id)
+    if run is None:
+        return text(f"Run {run_id} does not exist", 404)
+    url = http_url((run.get("state") or {}).get("preview"))
+    if url is None:
+        return text(preview_note(run), 404)
+    return redirect(url, code=302)
 
 
 @bp.get("/runs/<int:run_id>/")

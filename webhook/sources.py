@@ -143,13 +143,31 @@ def run_links(run: Mapping[str, Any], *, external: bool = False) -> dict[str, st
     return links
 
 
+def preview_note(run: Mapping[str, Any]) -> str:
+    """Why a run shows no preview image (pages show this text instead of a broken image)."""
+    state = run.get("state") if isinstance(run.get("state"), dict) else {}
+    stats = run.get("stats")
+    if run.get("status") is None:
+        return "No preview yet: the run is pending."
+    if run.get("status") is False:
+        return "No preview: the run failed."
+    if state.get("skipped"):
+        return "No preview: the source says to skip."
+    if isinstance(stats, dict) and stats.get("bounds") is None:
+        return "No preview: no row has valid coordinates."
+    return "No preview was drawn for this run (see its log)."
+
+
 def run_view(run: Mapping[str, Any]) -> dict[str, Any]:
-    """What a page shows of a run: its columns plus ``links``, ``css`` and the formatted ``date`` and ``change``."""
+    """What a page shows of a run: its columns plus ``links`` (``preview``: the published image), ``css``, the
+    formatted ``date`` and ``change``, and ``preview_note`` when it has no preview."""
     when: dt.datetime | None = run.get("datetime_tz")
     change = run.get("change")
+    links = run_links(run)
     return {
         **run,
-        "links": run_links(run),
+        "links": links,
+        "preview_note": None if "preview" in links else preview_note(run),
         "css": LABEL_CLASSES.get(run.get("label") or "", ""),
         "date": when.strftime("%Y-%m-%d %H:%M UTC") if when else "",
         "day": when.strftime("%Y-%m-%d") if when else "",

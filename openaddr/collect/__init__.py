@@ -3,32 +3,40 @@
 :func:`collect` builds and publishes the 18 address collections of a set, ``openaddr-collected-<area>.zip`` and
 ``openaddr-collected-<area>-sa.zip`` for the nine areas of :mod:`openaddr.collect.areas`, and the 72 line-delimited
 GeoJSON collections ``openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip``, one per area, licence class and layer
-type (§8 "Addition"):
+type (§8 "Addition"), and the 72 GeoParquet collections ``openaddr-collected-<area>[-sa]-<layer>.parquet``
+(:mod:`.geoparquet`):
 
 1. **Input**: the set (an id, or ``latest``: the newest completed set of ``owner/repository``) and the input run of
    each of its layer entries (:func:`openaddr.db.collect.collect_runs`); only runs with a ``processed`` output
    contribute: the zip of an address entry to the address collections, and every entry's ``out.geojson.gz``
    (beside an address entry's zip in ``runs/<id>/``, or its ``processed`` output for the other layer types) to the
-   GeoJSON collections of its layer type, as member ``<source>/<name>.geojsonl``.
+   GeoJSON collections of its layer type, as member ``<source>/<name>.geojsonl``; the same local files feed the
+   GeoParquet collections (an address zip's CSVs, another layer type's GeoJSON).
 2. **Build**: one pass over the run zips in path order, each read from storage as a local file (the stored file
    itself, or a download into the work folder, removed as soon as it is read) and streamed into every collection
    it belongs to (``global`` and its area, in its licence class: ``sa`` when its ``share-alike`` is ``"true"``);
    the collections are written to local files in a temporary folder of the work folder (:mod:`.archive`).
 3. **Publish**: every collection is uploaded under a staging key, then all are moved or copied to
    ``collections/<name>`` (:meth:`openaddr.storage.Storage.publish_files`), so a public URL always gives a
-   complete file; then, in one transaction, every ``zips`` row is marked not current and the 90 rows are
-   inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips).
+   complete file; then, in one transaction, every ``zips`` row is marked not current and the 162 rows (180
+   with the dedupe) are inserted or replaced (:func:`openaddr.db.collect.record_zips`; ``layer`` null for the address zips,
+   ``format`` ``zip``, ``geojsonl`` or ``parquet``).
 
 A GeoJSON collection holds ``README.txt``, the members, and ``LICENSE.txt`` with one block per member (titled like
 it, without the extension); its features are copied as the runs published them.
 
-Not yet built (issue 13's later steps): the GeoParquet collections, the cross-source dedupe.
+With ``dedupe`` (``openaddr collect --dedupe``; on in the DAG), the 18 ``-processed`` collections
+``openaddr-collected-<area>[-sa]-processed.zip`` are built from the finished address collections before
+publishing: the same members without the address rows another source also holds (:mod:`.dedupe`), a new summary
+per CSV, ``dedupe-report.csv`` (rows dropped per kept and dropped source) and the same ``LICENSE.txt``; they are
+published and recorded with the others (``layer`` null, like the address zips).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +50,8 @@ from openaddr.collect.archive import (
     zip_time,
 )
 from openaddr.collect.areas import AREAS, areas_of, source_name
+from openaddr.collect.dedupe import DedupeSettings, DedupeStats, Processed, build_processed
+from openaddr.collect.geoparquet import Entry, GeoParquetCollections, parquet_name
 from openaddr.db.collect import ZipRow, collect_runs, collect_set, record_zips
 from openaddr.db.runs import utcnow
 from openaddr.db.schema import LICENSE_ATTRS
@@ -101,7 +111,8 @@ def repository_of(location: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class Collection:
     """One published collection: ``layer`` None for an address zip, else the layer type of a GeoJSON collection;
-    ``address_count`` its rows or features; ``sources`` the runs it holds."""
+    ``address_count`` its rows or features; ``sources`` the runs it holds; ``format`` ``zip`` (the CSV address
+    collections), ``geojsonl`` (zipped line-delimited GeoJSON) or ``parquet`` (GeoParquet, ``layer`` set)."""
 
     area: str
     license_attr: str
@@ -111,6 +122,7 @@ class Collection:
     address_count: int
     sources: int
     layer: str | None = None
+    format: str = "zip"
 
     def as_dict(self) -> dict[str, Any]:
         """Its fields as JSON-ready values (what a DAG task returns)."""
@@ -128,12 +140,17 @@ class CollectResult:
 
     :param set_id: the set collected
     :param collections: the 18 address collections in area and licence order, then the 72 GeoJSON collections in
-        area, licence and layer order
+        area, licence and layer order, then (with the dedupe) the 18 ``-processed`` ones in area and licence order
     :param runs: ids of the runs that contributed
     :param dropped: rows dropped for invalid coordinates, per run id (runs that dropped none are left out)
     :param null_island: rows at (0, 0), kept, per run id
     :param skipped: run id → why it did not contribute though it has a processed output
     :param geojson_skipped: run id → why an address run's ``out.geojson.gz`` is not in the GeoJSON collections
+    :param features_dropped: features of other layer types left out of the GeoParquet collections (no geometry,
+        an empty one, or coordinates beyond ±180 / ±90), per run id
+    :param members: CSV member without ``.csv`` → the source path of its run (the dedupe's tie-break)
+    :param processed: with the dedupe, the ``-processed`` collections as written (rows, drops, report)
+    :param dedupe: with the dedupe, its figures per licence class (``""``, ``"sa"``)
     """
 
     set_id: int
@@ -143,6 +160,10 @@ class CollectResult:
     null_island: dict[int, int] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
     geojson_skipped: dict[int, str] = field(default_factory=dict)
+    features_dropped: dict[int, int] = field(default_factory=dict)
+    members: dict[str, str] = field(default_factory=dict)
+    processed: list[Processed] = field(default_factory=list)
+    dedupe: dict[str, DedupeStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -210,6 +231,7 @@ def collect(
     repository: str = DEFAULT_REPOSITORY,
     work_dir: Path | None = None,
     now: dt.datetime | None = None,
+    dedupe: bool | DedupeSettings = False,
     areas: Sequence[str] | None = None,
     record: bool = True,
 ) -> CollectResult:
@@ -228,6 +250,8 @@ def collect(
     :param repository: the repository whose latest set is meant
     :param work_dir: where the temporary folder of the collections and downloads is made (default: the system's)
     :param now: the collection time (README date, member times, ``zips.datetime``; default: now)
+    :param dedupe: also build the ``-processed`` collections (True: with the default settings); it needs every
+        area (split by area, :func:`dedupe_published` builds them after the areas)
     :param areas: build only the collections of these areas (default: all of :data:`AREAS`)
     :param record: record the collections in ``zips`` (:func:`record_collections`) after publishing them
     :raises LookupError: no such set, or it is not complete
@@ -238,6 +262,10 @@ def collect(
     unknown = sorted(set(areas or ()) - set(AREAS))
     if unknown:
         raise ValueError(f"unknown collect areas {unknown}: choose from {list(AREAS)}")
+    if dedupe and len(wanted) < len(AREAS):
+        raise ValueError(
+            "the dedupe needs every area's address collections: run dedupe_published after the areas"
+        )
     found = collect_set(engine, which, owner=owner, repository=repository)
     result = CollectResult(set_id=int(found["id"]))
     inputs = [
@@ -251,22 +279,42 @@ def collect(
     with tempfile.TemporaryDirectory(prefix="openaddr-collect-", dir=work_dir) as tmp:
         folder = Path(tmp)
         zips: dict[_Key, CollectionZip] = {}
+        parquets = GeoParquetCollections(folder / "geoparquet")
         try:
             for layer in kinds:
                 for area in wanted:
                     for attr in LICENSE_ATTRS:
                         path = folder / collection_name(area, attr, layer)
                         zips[area, attr, layer] = CollectionZip(path, readme, zip_time(now))
+            for layer_type in LAYER_TYPES:
+                for area in wanted:
+                    for attr in LICENSE_ATTRS:
+                        parquets.add_collection(area, attr, layer_type)
             counts = dict.fromkeys(zips, 0)
+            members = result.members
             for item in inputs:
-                _collect_one(storage, folder, item, zips, counts, result)
+                _collect_one(storage, folder, item, zips, counts, result, parquets, members)
             for collection in zips.values():
                 collection.close()
+            parquet_files = parquets.close()
         except BaseException:
             for collection in zips.values():
                 collection.discard()
+            parquets.discard()
             raise
         names = {collection_name(*key): collection.path for key, collection in zips.items()}
+        names.update({parquet_name(*key): file.path for key, file in parquet_files.items()})
+        if dedupe:
+            settings = dedupe if isinstance(dedupe, DedupeSettings) else DedupeSettings()
+            addresses = {
+                (a, attr): (zips[a, attr, None].path, zips[a, attr, None].blocks)
+                for a, attr, layer in zips
+                if layer is None
+            }
+            result.processed, result.dedupe = build_processed(
+                folder, addresses, readme, zip_time(now), members, settings
+            )
+            names.update({p.name: p.path for p in result.processed})
         urls = storage.publish_files(COLLECTIONS_FOLDER, names)
         for (area, attr, layer), collection in zips.items():
             name = collection_name(area, attr, layer)
@@ -280,6 +328,34 @@ def collect(
                     address_count=collection.address_count,
                     sources=counts[area, attr, layer],
                     layer=layer,
+                    format="zip" if layer is None else "geojsonl",
+                )
+            )
+        for (area, attr, layer_type), file in parquet_files.items():
+            name = parquet_name(area, attr, layer_type)
+            result.collections.append(
+                Collection(
+                    area=area,
+                    license_attr=attr,
+                    name=name,
+                    url=urls[name],
+                    content_length=file.path.stat().st_size,
+                    address_count=file.rows,
+                    sources=len(parquets.collections[area, attr, layer_type].members),
+                    layer=layer_type,
+                    format="parquet",
+                )
+            )
+        for p in result.processed:
+            result.collections.append(
+                Collection(
+                    p.area,
+                    p.license_attr,
+                    p.name,
+                    urls[p.name],
+                    p.path.stat().st_size,
+                    p.address_count,
+                    p.sources,
                 )
             )
     if record:
@@ -300,11 +376,90 @@ def record_collections(engine: sa.Engine, collections: Iterable[Collection], *, 
     record_zips(
         engine,
         (
-            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer)
+            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer, c.format)
             for c in collections
         ),
         now=now,
     )
+
+
+def dedupe_published(
+    engine: sa.Engine,
+    storage: Storage,
+    set_id: int,
+    members: Mapping[str, str],
+    *,
+    now: dt.datetime,
+    owner: str = DEFAULT_OWNER,
+    repository: str = DEFAULT_REPOSITORY,
+    work_dir: Path | None = None,
+    settings: DedupeSettings | None = None,
+) -> tuple[list[Collection], dict[str, DedupeStats]]:
+    """The dedupe of a collect split by area: build and publish the 18 ``-processed`` collections from the 18
+    published address collections (``global`` and every region at once, as the dedupe needs them; each read as a
+    local file, downloaded on S3), not recorded yet. The same files as ``collect(…, dedupe=True)`` makes.
+
+    :param set_id: the set the areas collected (for ``README.txt``)
+    :param members: the ``members`` of the ``global`` area's :class:`CollectResult` (the dedupe's tie-break)
+    :param now: the areas' collection time
+    :return: the published collections in area and licence order, and the dedupe's figures per licence class
+    """
+    import contextlib
+
+    found = collect_set(engine, set_id, owner=owner, repository=repository)
+    readme = readme_text(now.date(), found["owner"], found["repository"], found["commit_sha"])
+    with (
+        tempfile.TemporaryDirectory(prefix="openaddr-dedupe-", dir=work_dir) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        folder = Path(tmp)
+        addresses: dict[tuple[str, str], tuple[Path, Sequence[LicenseBlock]]] = {}
+        for area in AREAS:
+            for attr in LICENSE_ATTRS:
+                key = f"{COLLECTIONS_FOLDER}/{collection_name(area, attr)}"
+                path = stack.enter_context(storage.local_file(key, folder))
+                with zipfile.ZipFile(path) as archive:
+                    blocks = parse_license_text(archive.read("LICENSE.txt").decode("utf-8"))
+                addresses[area, attr] = (path, blocks)
+        processed, stats = build_processed(
+            folder, addresses, readme, zip_time(now), members, settings or DedupeSettings()
+        )
+        urls = storage.publish_files(COLLECTIONS_FOLDER, {p.name: p.path for p in processed})
+        collections = [
+            Collection(
+                p.area,
+                p.license_attr,
+                p.name,
+                urls[p.name],
+                p.path.stat().st_size,
+                p.address_count,
+                p.sources,
+            )
+            for p in processed
+        ]
+    return collections, stats
+
+
+def parse_license_text(text: str) -> list[LicenseBlock]:
+    """The blocks of a collection's ``LICENSE.txt`` (:func:`openaddr.collect.archive.license_text` read back: the
+    same blocks write the same text)."""
+    blocks = []
+    for part in text.split("\n\n")[1:]:
+        source, website, license_, attribution = part.rstrip("\n").split("\n")
+        site = website.removeprefix("Website: ")
+        terms = license_.removeprefix("License: ")
+        value = attribution.removeprefix("Required attribution: ")
+        required, name = ("false", None) if value == "No" else ("true", None if value == "Yes" else value)
+        blocks.append(
+            LicenseBlock(
+                source,
+                None if site == "Unknown" else site,
+                None if terms == "Unknown" else terms,
+                required,
+                name,
+            )
+        )
+    return blocks
 
 
 def _collect_one(
@@ -314,10 +469,15 @@ def _collect_one(
     zips: dict[_Key, CollectionZip],
     counts: dict[_Key, int],
     result: CollectResult,
+    parquets: GeoParquetCollections,
+    members: dict[str, str],
 ) -> None:
     """Add one input run to the collections it belongs to: its zip to the address ones, its GeoJSON to those of
-    its layer type; record what it contributed, dropped or lacked in ``result``."""
+    its layer type, and the same rows to the GeoParquet ones (the address zip's CSVs, else the GeoJSON); record
+    what it contributed, dropped or lacked in ``result``, and its CSV member's source path in ``members`` (the
+    dedupe's tie-break). Only the areas being built (those in ``zips``) are written."""
     areas = [area for area in areas_of(item.source) if any(key[0] == area for key in zips)]
+    entry = Entry(f"sources/{item.source}.json", item.layer, item.name, item.run_id)
 
     def block(title: str) -> LicenseBlock:
         state = item.state
@@ -335,6 +495,7 @@ def _collect_one(
         try:
             with storage.local_file(item.zip_key, folder) as path:
                 added = add_run_zip(path, [zips[t] for t in targets])
+                parquets.add_run_zip(path, entry, [(area, item.license_attr, "addresses") for area in areas])
         except ObjectNotFoundError as exc:
             log.warning("Run %d: %s; left out", item.run_id, exc)
             result.skipped[item.run_id] = str(exc)
@@ -342,6 +503,8 @@ def _collect_one(
         for target in targets:
             zips[target].blocks.append(block(added.name or item.source))
             counts[target] += 1
+        if added.name:
+            members[added.name] = f"sources/{item.source}.json"
         contributed = True
         if added.dropped:
             result.dropped[item.run_id] = added.dropped
@@ -353,6 +516,11 @@ def _collect_one(
         try:
             with storage.local_file(item.geojson_key, folder) as path:
                 add_geojson(path, member, [zips[t] for t in targets])
+                if item.zip_key is None:
+                    keys = [(area, item.license_attr, item.layer) for area in areas]
+                    _, lost = parquets.add_geojson(path, member, entry, keys)
+                    if lost:
+                        result.features_dropped[item.run_id] = lost
         except ObjectNotFoundError as exc:
             log.warning("Run %d: %s; not in the GeoJSON collections", item.run_id, exc)
             if item.zip_key is None:
@@ -375,6 +543,8 @@ __all__ = [
     "collect",
     "collection_name",
     "license_class",
+    "dedupe_published",
+    "parse_license_text",
     "record_collections",
     "repository_of",
 ]

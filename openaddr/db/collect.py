@@ -121,7 +121,9 @@ class ZipRow:
     :param address_count: the address rows it holds
     :param collection: its area (``openaddr.db.schema.COLLECTIONS``)
     :param license_attr: ``""`` or ``"sa"``
-    :param layer: null for the CSV address collections, else the layer type of a GeoJSON collection
+    :param layer: null for the CSV address collections, else the layer type of a GeoJSON or GeoParquet collection
+    :param format: ``zip`` (the CSV address collections), ``geojsonl`` or ``parquet``
+        (:data:`openaddr.db.schema.ZIP_FORMATS`)
     """
 
     url: str
@@ -130,6 +132,7 @@ class ZipRow:
     collection: str
     license_attr: str
     layer: str | None = None
+    format: str = "zip"
 
 
 def record_zips(bind: Bind, rows: Iterable[ZipRow], *, now: dt.datetime | None = None) -> None:
@@ -151,6 +154,7 @@ def record_zips(bind: Bind, rows: Iterable[ZipRow], *, now: dt.datetime | None =
                     collection=row.collection,
                     license_attr=row.license_attr,
                     layer=row.layer,
+                    format=row.format,
                 )
             )
     log.info("Recorded %d current collections", len(rows))

@@ -4,7 +4,8 @@ Queries (each takes an engine or a connection, see :mod:`openaddr.db.runs`, and 
 
 * :func:`list_sets` and :func:`list_jobs`: a page of sets (by id) or jobs (by ``sequence``), newest first;
 * :func:`newest_job_run_time`: when the newest run of some jobs was recorded (a jobs page's ``Last-Modified``);
-* :func:`current_zips`: the current collection zips of at least 1 KiB (7.5.5 left smaller ones out).
+* :func:`current_zips`: the current collections of at least 1 KiB (7.5.5 left smaller ones out), GeoParquet files
+  only when they hold rows (an empty one still has its schema).
 
 And what is derived from runs without the database:
 
@@ -100,17 +101,24 @@ def newest_job_run_time(bind: Bind, job_ids: Iterable[str]) -> dt.datetime | Non
 
 
 def current_zips(bind: Bind, *, min_size: int = MIN_ZIP_SIZE) -> list[dict[str, Any]]:
-    """The current collection zips of at least ``min_size`` bytes, CSV collections first, then by layer, collection
-    (in :data:`~openaddr.db.schema.COLLECTIONS` order) and licence class."""
-    from openaddr.db.schema import COLLECTIONS
+    """The current collections of at least ``min_size`` bytes (GeoParquet files: with at least one row), by format
+    (:data:`~openaddr.db.schema.ZIP_FORMATS` order: CSV zips, GeoJSON, GeoParquet), then by layer, collection (in
+    :data:`~openaddr.db.schema.COLLECTIONS` order) and licence class."""
+    from openaddr.db.schema import COLLECTIONS, ZIP_FORMATS
 
-    query = sa.select(zips).where(zips.c.is_current.is_(True), zips.c.content_length >= min_size)
+    query = sa.select(zips).where(
+        zips.c.is_current.is_(True),
+        zips.c.content_length >= min_size,
+        sa.or_(zips.c.format != "parquet", zips.c.address_count > 0),
+    )
     with transaction(bind) as connection:
         rows = [row_dict(row) for row in connection.execute(query).all()]
     order = {name: index for index, name in enumerate(COLLECTIONS)}
+    formats = {name: index for index, name in enumerate(ZIP_FORMATS)}
     return sorted(
         rows,
         key=lambda row: (
+            formats.get(row["format"], len(formats)),
             row["layer"] is not None,
             row["layer"] or "",
             order.get(row["collection"], len(order)),

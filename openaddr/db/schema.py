@@ -17,7 +17,8 @@ Columns beyond 7.5.5's ``ci/schema.pgsql``:
   started (``datetime_start``); the result message (``message``: timeouts and crashes have no state to derive it
   from); and copies of state values that queries filter or sort on (``source_problem``, ``address_count``,
   ``cache_seconds``, ``process_seconds``);
-* ``zips``: ``layer`` (null for the CSV address collections, else the layer type of a GeoJSON collection, §8).
+* ``zips``: ``layer`` (null for the CSV address collections, else the layer type of a GeoJSON or GeoParquet
+  collection, §8) and ``format`` (:data:`ZIP_FORMATS`: ``zip``, ``geojsonl`` or ``parquet``; migration 0004).
 
 Widened against 7.5.5: ``runs.code_version`` (``8.0.0.dev0`` does not fit 8 characters), ``runs.worker_id``
 (``hostname/pid`` with long container host names) and ``zips.url`` (long object-storage base paths).
@@ -50,6 +51,8 @@ COLLECTIONS = (
 )
 #: Licence classes of a collection (7.5.5's ``zip_licensing`` enum): freely shareable or share-alike.
 LICENSE_ATTRS = ("", "sa")
+#: Formats of a collection: the CSV address zip, zipped line-delimited GeoJSON, GeoParquet.
+ZIP_FORMATS = ("zip", "geojsonl", "parquet")
 
 #: Deterministic constraint and index names, the same on both backends (migrations refer to them by name).
 NAMING_CONVENTION = {
@@ -226,10 +229,12 @@ zips = sa.Table(
     sa.Column("address_count", sa.BigInteger),
     sa.Column("collection", sa.Text),
     sa.Column("license_attr", sa.Text),
-    sa.Column("layer", sa.Text),  # null: CSV addresses; else the layer of a GeoJSON collection
+    sa.Column("layer", sa.Text),  # null: CSV addresses; else the layer of a GeoJSON or GeoParquet collection
+    sa.Column("format", sa.Text, nullable=False, server_default="zip"),
     _one_of("collection", COLLECTIONS, "collection"),
     _one_of("license_attr", LICENSE_ATTRS, "license_attr"),
     _one_of("layer", LAYER_TYPES, "layer"),
+    _one_of("format", ZIP_FORMATS, "format"),
 )
 
 

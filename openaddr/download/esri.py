@@ -29,6 +29,9 @@ import logging
 import math
 import os
 import re
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -53,6 +56,7 @@ from openaddr.download import (
     ResponseTimeoutError,
     StageClock,
 )
+from openaddr.download.hostlimit import HostLimiter, host_limiter, slot
 from openaddr.download.http import request_headers
 from openaddr.download.session import GuardedSession, reason
 from openaddr.download.urls import clean_url, redact_url
@@ -62,7 +66,7 @@ from openaddr.readers.geometry import centroids, wkt_texts
 from openaddr.retry import RetryPolicy, is_retryable, retry_after_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from pathlib import Path
 
     import requests
@@ -86,6 +90,9 @@ REQUEST_TIMEOUT = 300.0
 #: §3.6.4: connection errors and timeouts are retried 5 times with esridump's back-off (10 s × attempt); a
 #: settings object may override the delays with ``esri_retry_delays``.
 RETRY_DELAYS = (10.0, 20.0, 30.0, 40.0, 50.0)
+#: Offset plans dropped (a page of another size than planned) before the rest of a layer is fetched one page at a
+#: time: a server that caps pages is learnt at the first; one whose page sizes vary would waste a window each page.
+MAX_REPLANS = 3
 #: How often an envelope box may be split before its features are taken as they come.
 MAX_ENVELOPE_DEPTH = 8
 
@@ -120,6 +127,10 @@ class _Throttled(HTTPStatusError):
         self.response = response
 
 
+class _Stopped(EsriDownloadError):
+    """A page request not sent because the download already ended."""
+
+
 class _RequestFailed(EsriDownloadError):
     """Connection errors or timeouts outlasted the retries."""
 
@@ -135,6 +146,7 @@ def download_esri(
     settings: Settings | None = None,
     deadline: float | None = None,
     progress: Callable[[int], None] | None = None,
+    limiter: HostLimiter | None = None,
 ) -> DownloadResult:
     """Download an ESRI layer entry into the cache CSV ``<work_dir>/<layer>-<name>-<h>.csv`` (§3.4, §3.6).
 
@@ -148,8 +160,11 @@ def download_esri(
         ``esri_retry_delays`` attributes, when a settings object has them, replace the §3.6.4 values
     :param deadline: the run's deadline in seconds since the epoch (``time.time()``), or None
     :param progress: called with the number of bytes of the cache CSV written so far, after every page
+    :param limiter: the per-host limit of requests in flight (default: the one ``settings.host_limiter`` names,
+        :func:`openaddr.download.hostlimit.host_limiter`); ``settings.esri_concurrency`` requests at most
     :return: the cache file and its fingerprint (``content_type`` None)
     :raises EsriTokenRequired: the layer needs a token (problem ``no_esri_token``)
+    :raises HostLimiterUnavailable: the Redis host limiter is configured but cannot be reached
     :raises DownloadError: not a layer URL, a refused host, a failed request or page, a partial download, the
         deadline
     """
@@ -178,7 +193,19 @@ def download_esri(
         work_dir.mkdir(parents=True, exist_ok=True)
         log.info("Downloading ESRI layer %s", _shown(layer_url))
         headers = request_headers(entry.data)
-        dumper = _Dumper(layer_url, url_params=url_params, headers=headers, settings=settings, clock=clock)
+        timeout = float(getattr(settings, "esri_timeout", REQUEST_TIMEOUT))
+        if limiter is None:
+            # A lease outlives any request: its timeout, every retry's and a margin.
+            limiter = host_limiter(settings, lease_seconds=2 * timeout + 60)
+        dumper = _Dumper(
+            layer_url,
+            url_params=url_params,
+            headers=headers,
+            settings=settings,
+            clock=clock,
+            limiter=limiter,
+            label=entry.label,
+        )
         try:
             _download(dumper, entry, path, progress)
         except EsriTokenRequired as exc:
@@ -265,6 +292,8 @@ class _Dumper(EsriDumper):
         headers: Mapping[str, str],
         settings: Settings,
         clock: StageClock,
+        limiter: HostLimiter,
+        label: str = "",
     ) -> None:
         super().__init__(
             url,
@@ -287,14 +316,40 @@ class _Dumper(EsriDumper):
         self._policy = RetryPolicy(delays, settings.max_retry_after, name="ESRI request")
         self._retry_timeouts = True
         # Every request is guarded and pinned, redirects included (openaddr.download.session); messages show
-        # URLs without their query, which may hold a token.
-        self._session = GuardedSession(settings, clock, shown=_shown)
+        # URLs without their query, which may hold a token. A GuardedSession pins its adapter per request, so
+        # each thread that sends has its own.
+        self._local = threading.local()
+        self._sessions: list[GuardedSession] = []
+        self._sessions_lock = threading.Lock()
+        self._limiter = limiter
+        self._concurrency = settings.esri_concurrency
+        parts = urlsplit(url)
+        self._host = (
+            f"{(parts.hostname or '').lower()}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        )
+        self._label = label
+        #: Set when the download ends early: requests not yet sent are not sent.
+        self._stopping = threading.Event()
         #: The paging strategy that ran: ``offset``, ``statistics``, ``oids``, ``envelope`` (or ``empty``).
         self.mode: str | None = None
 
+    @property
+    def _session(self) -> GuardedSession:
+        session: GuardedSession | None = getattr(self._local, "session", None)
+        if session is None:
+            session = GuardedSession(self._settings, self._clock, shown=_shown)
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
     def close(self) -> None:
-        """Close the HTTP session."""
-        self._session.close()
+        """Close the HTTP sessions."""
+        self._stopping.set()
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
 
     # -- requests -----------------------------------------------------------------------------------------------
 
@@ -308,20 +363,28 @@ class _Dumper(EsriDumper):
         shown = _shown(url)
 
         def attempt() -> requests.Response:
-            log.debug("%s %s, args %s", method, shown, _loggable(kwargs.get("params") or kwargs.get("data")))
-            response, _ = self._session.request(
-                method,
-                url,
-                headers=kwargs.get("headers") or {},
-                timeout=self._timeouts,
-                params=kwargs.get("params"),
-                data=kwargs.get("data"),
-            )
-            if response.status_code in _THROTTLE_STATUSES:
-                wait = retry_after_seconds(response.headers.get("Retry-After"))
-                if wait is not None:
-                    raise _Throttled(response, shown, wait)
-            return response
+            if self._stopping.is_set():
+                raise _Stopped("the download has ended")
+            # §3.6.4: at most esri_concurrency requests in flight to the host (this process or the fleet, by
+            # the limiter); a throttled answer lowers that limit, and the wait before its retry holds no slot.
+            with slot(self._limiter, self._host, self._concurrency, self._clock) as held:
+                log.debug(
+                    "%s %s, args %s", method, shown, _loggable(kwargs.get("params") or kwargs.get("data"))
+                )
+                response, _ = self._session.request(
+                    method,
+                    url,
+                    headers=kwargs.get("headers") or {},
+                    timeout=self._timeouts,
+                    params=kwargs.get("params"),
+                    data=kwargs.get("data"),
+                )
+                if response.status_code in _THROTTLE_STATUSES:
+                    wait = retry_after_seconds(response.headers.get("Retry-After"))
+                    if wait is not None:
+                        held.throttled()
+                        raise _Throttled(response, shown, wait)
+                return response
 
         def transient(error: BaseException) -> bool:
             if isinstance(error, ResponseTimeoutError):
@@ -434,19 +497,78 @@ class _Dumper(EsriDumper):
                 for chunk in (oids[i : i + page_size] for i in range(0, len(oids), page_size))
             ]
         log.info("Built %d requests using the %s method", len(wheres), self.mode)
-        for where in wheres:
-            yield self._page({"where": where})
+        yield from self._in_order({"where": where} for where in wheres)
+
+    # -- concurrent pages, written in order ---------------------------------------------------------------------
+
+    @property
+    def _window(self) -> int:
+        """Pages requested but not yet written at most: the reorder buffer (1: one page at a time)."""
+        return 1 if self._concurrency == 1 else 2 * self._concurrency
+
+    @contextlib.contextmanager
+    def _pool(self) -> Iterator[ThreadPoolExecutor]:
+        pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="esri-page")
+        try:
+            yield pool
+        finally:
+            # Early end (a failed page, the deadline, the consumer stopped): pages not started are dropped, the
+            # ones in flight end with their request.
+            self._stopping.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._stopping.clear()
+
+    def _in_order(self, pages: Iterable[Mapping[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        """The features of each page of ``pages`` (query arguments), fetched ``esri_concurrency`` at a time and
+        yielded in their order; at most :attr:`_window` pages requested ahead of the one being written."""
+        planned = iter(pages)
+        with self._pool() as pool:
+            pending: deque[Future[list[dict[str, Any]]]] = deque()
+            while True:
+                while len(pending) < self._window:
+                    args = next(planned, None)
+                    if args is None:
+                        break
+                    pending.append(pool.submit(self._page, args))
+                if not pending:
+                    return
+                yield pending.popleft().result()
 
     def _offset_pages(self, count: int, page_size: int) -> Iterator[list[dict[str, Any]]]:
         # esridump precomputes offsets in steps of the page size; servers that cap pages below maxRecordCount
         # then lose features between pages. Advance by what arrived, stop at the count or an empty page.
-        offset = 0
-        while offset < count:
-            features = self._page({"resultOffset": offset, "resultRecordCount": page_size, "where": "1=1"})
-            if not features:
-                break
-            yield features
-            offset += len(features)
+        # Concurrently: pages are planned ahead in steps of the size the last page had; a page of another size
+        # than planned (a cap) drops the plan after it and plans again from what arrived, so the pages written
+        # are exactly those of the one-at-a-time download. A server whose pages keep changing size would have
+        # every plan dropped: after MAX_REPLANS the rest goes one page at a time.
+        offset = 0  # of the next page to write
+        step = page_size
+        planned_to = 0  # the next offset to plan
+        window, replans = self._window, 0
+        with self._pool() as pool:
+            pending: deque[tuple[int, Future[list[dict[str, Any]]]]] = deque()
+            while offset < count:
+                while len(pending) < window and planned_to < count:
+                    args = {"resultOffset": planned_to, "resultRecordCount": page_size, "where": "1=1"}
+                    pending.append((planned_to, pool.submit(self._page, args)))
+                    planned_to += step
+                at, future = pending.popleft()
+                if at != offset:  # pragma: no cover - the plan is dropped whenever it stops matching
+                    raise AssertionError(f"page at offset {at} planned, {offset} expected")
+                features = future.result()
+                if not features:
+                    break
+                yield features
+                offset += len(features)
+                if len(features) != step and offset < count:
+                    for _, dropped in pending:
+                        dropped.cancel()
+                    pending.clear()
+                    step, planned_to = len(features), offset
+                    replans += 1
+                    if replans == MAX_REPLANS and window > 1:
+                        log.info("Pages keep changing size; fetching the rest one at a time")
+                        window = 1
 
     def _page(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         query = self._build_query_args(
@@ -466,13 +588,18 @@ class _Dumper(EsriDumper):
             )
             data = self._handle_esri_errors(response, _PAGE_ERROR)
         except _RequestFailed as exc:
-            raise DownloadError(f"{_PAGE_ERROR}: {exc}") from None
+            raise DownloadError(f"{_PAGE_ERROR}: {exc}{self._which(args)}") from None
         except _ServerError as exc:
-            raise DownloadError(str(exc)) from None
+            raise DownloadError(f"{exc}{self._which(args)}") from None
         features = data.get("features")
         if not isinstance(features, list):
-            raise DownloadError(f"{_PAGE_ERROR}: the response holds no features")
+            raise DownloadError(f"{_PAGE_ERROR}: the response holds no features{self._which(args)}")
         return features
+
+    def _which(self, args: Mapping[str, Any]) -> str:
+        """`` (<source> <layer>/<name>, offset 2000)``: the entry and the page, for a page's failure."""
+        page = f"offset {args['resultOffset']}" if "resultOffset" in args else f"where {args.get('where')}"
+        return f" ({self._label}, {page})" if self._label else f" ({page})"
 
     def _envelope_pages(
         self, metadata: Mapping[str, Any], oid_field: str, page_size: int
@@ -572,6 +699,11 @@ class EsriCsvWriter:
 
     def write_features(self, features: list[dict[str, Any]]) -> None:
         """Write one page of ESRI JSON features; features without usable geometry are counted in :attr:`skipped`."""
+        rows = self._point_rows(features)
+        if rows is not None:
+            self._writer.writerows(rows)
+            self.written += len(rows)
+            return
         attributes = [f.get("attributes") or {} if isinstance(f, dict) else {} for f in features]
         with np.errstate(invalid="ignore"):  # NaN coordinates are expected here; they are skipped below
             geoms = self._geometries(features, attributes)
@@ -596,6 +728,37 @@ class EsriCsvWriter:
             rows.append(row)
         self._writer.writerows(rows)
         self.written += len(rows)
+
+    def _point_rows(self, features: list[Any]) -> list[list[Any]] | None:
+        """The rows of a page of plain points, or None when any feature is something else.
+
+        The usual point layer without GEOS: a point's centroid is the point itself and its trimmed WKT is
+        ``POINT (<x %.16g> <y %.16g>)``, so the bytes are those of the general path (the tests compare both). A
+        page with anything else (no geometry, other types, zero, non-finite or non-numeric coordinates) takes the
+        general path whole.
+        """
+        rows = []
+        ix, iy, ig = self._oa
+        for feature in features:
+            geometry = feature.get("geometry") if isinstance(feature, dict) else None
+            if not isinstance(geometry, dict) or "x" not in geometry:
+                return None
+            px, py = geometry["x"], geometry.get("y")
+            # esridump's rule for a point (x and y both truthy), numbers only, finite only.
+            if not (px and py and type(px) in _NUMBER_TYPES and type(py) in _NUMBER_TYPES):
+                return None
+            px, py = float(px), float(py)
+            if not (math.isfinite(px) and math.isfinite(py)):
+                return None
+            attrs = feature.get("attributes") or {}
+            if not isinstance(attrs, dict):
+                return None
+            row = [attrs.get(k) if k is not None else None for k in self._resolve(tuple(attrs))]
+            row[ix] = round(px, 7)
+            row[iy] = round(py, 7)
+            row[ig] = f"POINT ({px:.16g} {py:.16g})"
+            rows.append(row)
+        return rows
 
     def _geometries(self, features: list[Any], attributes: list[Mapping[str, Any]]) -> np.ndarray:
         """The shapely geometry of each feature (None where there is none)."""

@@ -8,7 +8,8 @@ marker, and failing that a new one is posted.
 The body (:func:`job_comment_body`) is a Markdown table, one row per path, layer and name: status (✔ success, ❌
 failure, ⚠ warning, skipped), source problem, address count, change against the latest merged run of the same entry
 (:func:`openaddr.db.results.latest_runs`: merged, accepted and successful; in %, when both have counts), and links to the run page, its sample,
-its log, its zip and its preview image. Paths and problems come from strangers' pull requests: every cell is escaped
+its log, its zip and its preview image; below the table, each success's preview as a Markdown image (the site's
+``/runs/<id>/preview.png``, linking to the run page; at most :data:`PREVIEW_LIMIT`). Paths and problems come from strangers' pull requests: every cell is escaped
 (:func:`cell`) so that no text can break the table, inject HTML or links, or mention anyone, and the body stays under
 GitHub's 65,536 characters, saying how many rows were cut.
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: GitHub refuses comment bodies over 65,536 characters; the body stays this far under, a margin for the footer.
 BODY_LIMIT = 65_000
+#: Previews shown as images below the table, at most (the rest are linked from their rows).
+PREVIEW_LIMIT = 10
 #: Longest text of one cell (a path or a problem): longer ones are cut with an ellipsis.
 CELL_LIMIT = 300
 
@@ -130,6 +133,9 @@ class CommentRow:
     :param count: address count
     :param change: change of the count against the latest merged run, in %, or None
     :param links: Markdown links (already escaped)
+    :param preview: the URL of the run's preview image (the site's ``/runs/<id>/preview.png`` when the site's URL is
+        known, else the published file), or None
+    :param page: the run's page on the site (what the image links to), or None
     """
 
     path: str
@@ -140,6 +146,8 @@ class CommentRow:
     count: int | None
     change: float | None
     links: tuple[str, ...]
+    preview: str | None = None
+    page: str | None = None
 
     def markdown(self) -> str:
         """The table row."""
@@ -199,6 +207,7 @@ def job_rows(
                     count,
                     change_percent(count, previous),
                     _links(run, base_url, airflow_url) if run else (),
+                    *(_preview(run, base_url) if run else (None, None)),
                 )
             )
     rows.sort(key=lambda row: (_STATUS_ORDER[row.status], row.path, row.layer or "", row.name or ""))
@@ -227,6 +236,28 @@ def _links(run: Mapping[str, Any], base_url: str | None, airflow_url: str | None
         ("preview", state.get("preview")),
     )
     return tuple(found for label, url in candidates if (found := link(label, url)) is not None)
+
+
+def _preview(run: Mapping[str, Any], base_url: str | None) -> tuple[str | None, str | None]:
+    """The preview image's URL and the run page's, when the run has a published preview."""
+    published = (run.get("state") or {}).get("preview")
+    if not link("preview", published):
+        return None, None
+    if not base_url:
+        return published, None
+    site = base_url.rstrip("/")
+    return f"{site}/runs/{run['id']}/preview.png", f"{site}/runs/{run['id']}/"
+
+
+def preview_markdown(row: CommentRow) -> str | None:
+    """A row's preview as a Markdown image (linking to the run's page when known), under a line naming the
+    entry; None when the row has no preview."""
+    image = link(f"preview of {cell(row.path)} {cell(row.layer)}/{cell(row.name)}", row.preview)
+    if image is None:
+        return None
+    target = link(f"!{image}", row.page) if row.page else None
+    title = f"{cell(row.path)} · {cell(row.layer)} / {cell(row.name)}"
+    return f"{title}\n\n{target or '!' + image}"
 
 
 def _headline(job: Mapping[str, Any], rows: Iterable[CommentRow], base_url: str | None) -> str:
@@ -281,6 +312,16 @@ def job_comment_body(
             f"\n\n_{cut} more row{'s' if cut != 1 else ''} not shown: a comment holds at most 65,536 characters; "
             "the job page lists every one._"
         )
+    previews = [text for row in rows[:kept] if (text := preview_markdown(row)) is not None]
+    shown = 0
+    for number, text in enumerate(previews):
+        block = ("\n\n**Previews**" if number == 0 else "") + "\n\n" + text
+        if shown >= PREVIEW_LIMIT or len(body) + len(block) + 200 > limit:
+            break
+        body += block
+        shown += 1
+    if shown < len(previews):
+        body += f"\n\n_{len(previews) - shown} more preview{'s' if len(previews) - shown != 1 else ''} on the run pages._"
     return body + "\n"
 
 

@@ -32,7 +32,14 @@ POOL = "oa_sources"
 #: workers with more memory and disk (``airflow celery worker --queues large``), as the original's large queue
 #: (machine-ci.md §3.3).
 LARGE_POOL = "oa_large"
+#: The Celery queues (issue 16), each served by its own workers: ``ci`` the CI DAG's tasks, so that a CI run never
+#: waits behind the nightly batch; ``batch`` the batch's and the other scheduled DAGs' tasks; ``large`` the large
+#: entries of both (``process_large_source``). Each DAG names its queue in ``default_args``; ``[operators]
+#: default_queue`` (airflow.cfg) sends anything else to ``batch``.
+CI_QUEUE = "ci"
+BATCH_QUEUE = "batch"
 LARGE_QUEUE = "large"
+QUEUES = (CI_QUEUE, BATCH_QUEUE, LARGE_QUEUE)
 #: The mapped tasks, by entry tier.
 TASK_IDS = {"standard": "process_source", "large": "process_large_source"}
 #: The XCom key under which a planning task sets the large-tier arguments apart.

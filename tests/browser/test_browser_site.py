@@ -230,6 +230,27 @@ def test_a_runs_sample_opens_and_closes(template: str, page: Watched, site: Site
     assert page.take() == []
 
 
+# -- the preview image ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", seeds(["/runs/{run}/", "/jobs/{job}", "/sources/{source}"]))
+def test_the_preview_image_loads(template: str, page: Watched, site: Site, results: Results) -> None:
+    """Park's run draws a preview (machine-ci.md §5 step 3): its run, job and source pages show the PNG, which
+    the browser loads and decodes at its full size, 1024 × 768."""
+    response = page.page.goto(f"{site.url}{fill(template, results)}", wait_until="load")
+    assert response is not None
+    assert response.status == 200
+    images = page.page.locator("figure.preview img")
+    assert images.count() >= 1
+    for index in range(images.count()):
+        image = images.nth(index)
+        image.scroll_into_view_if_needed()
+        page.page.wait_for_function("element => element.complete", arg=image.element_handle())
+        assert image.evaluate("element => [element.naturalWidth, element.naturalHeight]") == [1024, 768]
+        assert "/preview.png" in str(image.get_attribute("src"))
+    assert page.take() == []
+
+
 # -- screenshots ----------------------------------------------------------------------------------------------------
 
 

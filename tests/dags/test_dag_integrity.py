@@ -66,17 +66,43 @@ def test_dag_policies(dagbag: DagBag, path: Path) -> None:
         assert task.retries >= 1, f"{path.name}:{task.task_id}: retries"
 
 
+#: The Celery queue of every task (issue 16): each DAG's own, but the large entries' ``large``.
+DAG_QUEUES = {
+    "openaddr_ci": "ci",
+    "openaddr_batch": "batch",
+    "openaddr_collect": "batch",
+    "openaddr_refresh_merged": "batch",
+}
+TASK_QUEUES = {"process_large_source": "large"}
+
+
+def test_every_dag_has_its_queue() -> None:
+    assert {path.stem for path in DAG_FILES} == set(DAG_QUEUES), "a new DAG needs its queue here"
+
+
+@pytest.mark.parametrize("dag_id", sorted(DAG_QUEUES))
+def test_every_task_goes_to_its_queue(dagbag: DagBag, dag_id: str) -> None:
+    from openaddr_airflow.operators import QUEUES
+
+    dag = dagbag.dags[dag_id]
+    queues = {task.task_id: task.queue for task in dag.tasks}
+    expected = {task_id: TASK_QUEUES.get(task_id, DAG_QUEUES[dag_id]) for task_id in queues}
+    assert queues == expected
+    assert set(queues.values()) <= set(QUEUES)
+    # Nothing is left on Airflow's "default" queue, which no worker consumes.
+    assert "default" not in queues.values()
+
+
 @pytest.mark.parametrize(("dag_id", "weight"), [("openaddr_ci", 1000), ("openaddr_batch", 1)])
 @pytest.mark.parametrize(
-    ("task_id", "pool", "queue"),
-    [("process_source", "oa_sources", "default"), ("process_large_source", "oa_large", "large")],
+    ("task_id", "pool"), [("process_source", "oa_sources"), ("process_large_source", "oa_large")]
 )
 def test_process_source_is_pooled_timed_and_named(
-    dagbag: DagBag, dag_id: str, weight: int, task_id: str, pool: str, queue: str
+    dagbag: DagBag, dag_id: str, weight: int, task_id: str, pool: str
 ) -> None:
     task = dagbag.dags[dag_id].get_task(task_id)
     assert task.pool == pool
-    assert task.queue == queue
+    assert task.queue == TASK_QUEUES.get(task_id, DAG_QUEUES[dag_id])
     assert task.priority_weight == weight
     assert str(task.weight_rule).endswith("absolute")
     assert task.execution_timeout == dt.timedelta(hours=3, minutes=5)
@@ -105,7 +131,9 @@ def test_collect_runs_when_the_batch_completes_a_set(dagbag: DagBag) -> None:
     collect = dagbag.dags["openaddr_collect"]
     scheduled_on = {asset.uri for asset in collect.timetable.asset_condition.objects}
     assert emitted == scheduled_on == {"openaddr://sets/latest"}
-    assert [task.task_id for task in collect.tasks] == ["plan_collect", "collect_area", "record_collections"]
+    assert [task.task_id for task in collect.tasks] == [
+        "plan_collect", "collect_area", "dedupe_collections", "record_collections",
+    ]  # fmt: skip
     assert collect.max_active_runs == 1
     assert "openaddr-collected-<area>.zip" in collect.doc_md
 
@@ -120,8 +148,9 @@ def test_collect_maps_one_task_per_area_then_records_once(dagbag: DagBag) -> Non
     assert isinstance(area, MappedOperator)
     assert area.op_kwargs_expand_input.value == {"area": list(AREAS)}  # one instance per area, global first
     assert area.upstream_task_ids == {"plan_collect"}
+    assert collect.get_task("dedupe_collections").upstream_task_ids == {"plan_collect", "collect_area"}
     record = collect.get_task("record_collections")
-    assert record.upstream_task_ids == {"plan_collect", "collect_area"}
+    assert record.upstream_task_ids == {"plan_collect", "collect_area", "dedupe_collections"}
     assert not isinstance(record, MappedOperator)
 
 

@@ -457,7 +457,12 @@ def test_collect_publishes_the_latest_set(machine_dags: DagBag, machine: Machine
     dag_run = machine_dags.dags["openaddr_collect"].test()
     assert dag_run.state == "success"
     published = sorted(path.name for path in (machine.storage / "collections").iterdir())
-    assert len(published) == 90 == len(AREAS) * 2 * 5  # the address zips and four GeoJSON layer types
+    # the address zips, four GeoJSON layer types, four GeoParquet ones and the dedupe's -processed zips (on in the DAG)
+    assert len(published) == 180 == len(AREAS) * 2 * 10
+    with zipfile.ZipFile(
+        machine.storage / "collections" / "openaddr-collected-us_west-processed.zip"
+    ) as west:
+        assert west.read("us/ca/alameda.csv") == ALAMEDA_CSV  # one source: nothing to dedupe
     with zipfile.ZipFile(machine.storage / "collections" / "openaddr-collected-us_west.zip") as west:
         assert west.read("us/ca/alameda.csv") == ALAMEDA_CSV
     with zipfile.ZipFile(
@@ -468,4 +473,6 @@ def test_collect_publishes_the_latest_set(machine_dags: DagBag, machine: Machine
     assert set(rows) == set(published)
     assert rows["openaddr-collected-global.zip"]["address_count"] == 3
     assert rows["openaddr-collected-global-sa.zip"]["address_count"] == 3
+    parquet = rows["openaddr-collected-south_america-sa-addresses.parquet"]
+    assert (parquet["format"], parquet["address_count"]) == ("parquet", 3)
     assert not any((tmp_path / "scratch").glob("openaddr-collect-*"))  # the work folder is cleaned up

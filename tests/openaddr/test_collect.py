@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -29,6 +30,7 @@ from openaddr.collect import (
     archive as collect_archive,
     collect,
     collection_name,
+    dedupe_published,
     record_collections,
     repository_of,
 )
@@ -283,7 +285,10 @@ class World:
         attribution: tuple[str, str | None] = ("false", None),
         legacy_csv: bytes | None = None,
         finish: bool = True,
+        features: tuple[Sequence[str | None], dict[str, list[str]]] | None = None,
     ) -> int:
+        """Record (and publish) a run; ``features``: the geometries (GeoJSON text or None) and properties of
+        another layer type's ``out.geojson`` (default: two empty polygons with a ``street``)."""
         started = self.tick()
         run_id = insert_run(
             self.engine, source_path=path, source_layer=layer, layer_name=name, set_id=set_id, job_id=job_id,
@@ -319,8 +324,11 @@ class World:
             geometries = points if layer == "addresses" else ['{"type":"Polygon","coordinates":[]}'] * 2
             count = len(geometries)
             values = {"street": [r[3] for r in rows] or ["Lot"] * count}
+            if features is not None:
+                geometries, values = list(features[0]), features[1]
+                count = len(geometries)
             (state_dir / "out.geojson").write_bytes(
-                encode_feature_geojson(geometries, ["street"], values, [f"h{i}" for i in range(count)])
+                encode_feature_geojson(geometries, list(values), values, [f"h{i}" for i in range(count)])
             )
         if processed and layer == "addresses":
             zip_path = state_dir / f"{package.rsplit('/', 1)[-1]}.zip"
@@ -561,6 +569,7 @@ def collected(world: World) -> Iterator[Collected]:
     files = {
         key.split("/", 1)[1]: zipfile.ZipFile(world.storage.path(key))
         for key in world.storage.list_keys(COLLECTIONS_FOLDER)
+        if key.endswith(".zip")
     }
     yield Collected(world, result, files)
     for handle in files.values():
@@ -609,16 +618,20 @@ def test_collections_with_stable_names(collected: Collected) -> None:
         for area in AREAS
         for attr in ("", "sa")
     ]
+    parquet = [n.replace(".geojsonl.zip", ".parquet") for n in geojson]
     assert len(address) == 18
     assert len(geojson) == 72
     assert "openaddr-collected-us_west-sa-parcels.geojsonl.zip" in geojson
     keys = collected.world.storage.list_keys(COLLECTIONS_FOLDER)
-    assert keys == sorted(f"collections/{n}" for n in address + geojson)  # no staging folder left behind
+    # no staging folder left behind
+    assert keys == sorted(f"collections/{n}" for n in address + geojson + parquet)
     assert [c.name for c in collected.result.collections][:18] == address
-    assert {c.name for c in collected.result.collections[18:]} == set(geojson)
+    assert {c.name for c in collected.result.collections[18:90]} == set(geojson)
+    assert {c.name for c in collected.result.collections[90:]} == set(parquet)
     for c in collected.result.collections:
         assert c.url == f"http://files.test/storage/collections/{c.name}"
         assert (c.layer is None) == (c.name in address)
+        assert c.format == ("zip" if c.name in address else "geojsonl" if c.name in geojson else "parquet")
 
 
 def test_area_assignment_and_member_order(collected: Collected) -> None:
@@ -823,7 +836,7 @@ def test_zips_rows_are_current_with_sizes_and_counts(collected: Collected) -> No
         rows = {r.url: r for r in connection.execute(sa.select(zips)).all()}
     old = rows.pop("https://old.example/openaddr-collected-global.zip")
     assert old.is_current is False
-    assert len(rows) == 90
+    assert len(rows) == 162  # 18 CSV zips, 72 GeoJSON zips, 72 GeoParquet files
     for c in collected.result.collections:
         row = rows[c.url]
         path = storage.path(f"collections/{c.name}")
@@ -833,6 +846,10 @@ def test_zips_rows_are_current_with_sizes_and_counts(collected: Collected) -> No
         assert row.license_attr == c.license_attr
         assert row.layer == c.layer
         assert row.datetime == NOW
+        assert row.format == c.format
+        if c.format == "parquet":
+            assert row.address_count == c.address_count == pq.ParquetFile(path).metadata.num_rows
+            continue
         with zipfile.ZipFile(path) as archive:
             if c.layer is None:
                 lines = sum(len(archive.read(f"{m}.csv").splitlines()) - 1 for m in EXPECTED[c.name])
@@ -865,7 +882,7 @@ def test_collect_split_by_area_equals_one_collect(collected: Collected) -> None:
         for area in reversed(AREAS)
     ]
     union = [c for part in parts for c in part.collections]
-    assert len(union) == len(single) == 90
+    assert len(union) == len(single) == 162  # 18 address zips, 72 GeoJSON and 72 GeoParquet collections
     assert {c.name: c for c in union} == single
     for c in union:
         assert world.storage.get_bytes(f"{COLLECTIONS_FOLDER}/{c.name}") == files[c.name], c.name
@@ -880,6 +897,37 @@ def test_collect_split_by_area_equals_one_collect(collected: Collected) -> None:
     assert current_zips(world.engine) == rows
     with pytest.raises(ValueError, match="unknown collect areas"):
         collect(world.engine, world.storage, 2, now=NOW, areas=["mars"])
+    with pytest.raises(ValueError, match="the dedupe needs every area"):
+        collect(world.engine, world.storage, 2, now=NOW, areas=["europe"], dedupe=True)
+    # The dedupe after the areas, from the published address collections: what one collect with it makes.
+    members = next(part.members for part in parts if part.collections[0].area == "global")
+    processed, stats = dedupe_published(
+        world.engine, world.storage, 2, members, now=NOW, work_dir=world.folder
+    )
+    split = {c.name: world.storage.get_bytes(f"{COLLECTIONS_FOLDER}/{c.name}") for c in processed}
+    assert len(split) == 18
+    whole = collect(world.engine, world.storage, 2, now=NOW, work_dir=world.folder, dedupe=True, record=False)
+    assert [c for c in whole.collections if c.name in split] == processed
+    for name, data in split.items():
+        assert world.storage.get_bytes(f"{COLLECTIONS_FOLDER}/{name}") == data, name
+    assert {attr: s.dropped_global for attr, s in stats.items()} == {
+        attr: s.dropped_global for attr, s in whole.dedupe.items()
+    }
+
+
+def test_license_text_reads_back() -> None:
+    from openaddr.collect import parse_license_text
+    from openaddr.collect.archive import LicenseBlock, license_text
+
+    blocks = [
+        LicenseBlock("us/ca/alameda", "https://a.example", "CC0", "false", None),
+        LicenseBlock("gb/london", None, None, "true", None),
+        LicenseBlock("us/ny/nyc", "https://nyc.example", "ODbL", "true", "NYC Open Data"),
+        LicenseBlock("uk", "https://b.example", "OGL", "", None),
+    ]
+    text = license_text(blocks)
+    assert license_text(parse_license_text(text)) == text
+    assert parse_license_text(license_text([])) == []
 
 
 def test_collect_again_replaces_rows_and_files(collected: Collected) -> None:
@@ -887,7 +935,7 @@ def test_collect_again_replaces_rows_and_files(collected: Collected) -> None:
     later = NOW + dt.timedelta(days=1)
     again = collect(world.engine, world.storage, 2, now=later, work_dir=world.folder)
     current = current_zips(world.engine)
-    assert len(current) == 90
+    assert len(current) == 162
     assert {row["url"] for row in current} == {c.url for c in again.collections}
     assert all(row["datetime"] == later for row in current)
     with zipfile.ZipFile(world.storage.path("collections/openaddr-collected-asia.zip")) as asia:
@@ -927,8 +975,9 @@ def test_collect_command(
     assert out[1].endswith(
         "\t51 addresses\thttp://files.test/storage/collections/openaddr-collected-global.zip"
     )
-    assert len([line for line in out if line.startswith("openaddr-collected-")]) == 90
+    assert len([line for line in out if line.startswith("openaddr-collected-")]) == 162
     assert "8 rows dropped for invalid coordinates, from 2 runs" in out
+    assert "2 features without a usable geometry left out of the GeoParquet collections, from 1 runs" in out
     texas = world.ids["texas"]
     assert (
         f"Run {texas} not in the GeoJSON collections: {world.storage.url(f'runs/{texas}/out.geojson.gz')} does not exist"
@@ -1235,7 +1284,7 @@ def test_collect_on_s3(s3_bucket: str, tmp_path: Path) -> None:
     work.mkdir()
     result = collect(engine, storage, "latest", now=NOW, work_dir=work)
     engine.dispose()
-    assert len(storage.list_keys(COLLECTIONS_FOLDER)) == 90
+    assert len(storage.list_keys(COLLECTIONS_FOLDER)) == 162
     assert f"collections/{collection_name('global', '')}" in storage.list_keys(COLLECTIONS_FOLDER)
     assert result.dropped == {world.ids["berlin"]: 7}
     assert list(work.iterdir()) == []  # downloads and collections removed

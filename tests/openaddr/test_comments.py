@@ -126,16 +126,35 @@ def rendered(body: str) -> tuple[list[list[str]], list[str], list[str]]:
                 html.append(child.type)
         return "".join(parts)
 
+    in_row = False
     for token in tokens:
         if token.type == "tr_open":
             rows.append([])
+            in_row = True
+        elif token.type == "tr_close":
+            in_row = False
         elif token.type == "inline" and token.children is not None:
             content = text(token.children)
-            if rows and token.level > 0:
+            if in_row:
                 rows[-1].append(content)
         elif token.type.startswith("html"):
             html.append(token.type)
     return rows, hrefs, html
+
+
+def images(body: str) -> list[tuple[str, str, str | None]]:
+    """Every image GitHub would show: its source, its alt text and the link around it (None when not linked)."""
+    found: list[tuple[str, str, str | None]] = []
+    for token in MarkdownIt("commonmark").enable("table").parse(body):
+        link: str | None = None
+        for child in token.children or []:
+            if child.type == "link_open":
+                link = str(child.attrs["href"])
+            elif child.type == "link_close":
+                link = None
+            elif child.type == "image":
+                found.append((str(child.attrs["src"]), child.content, link))
+    return found
 
 
 def test_a_finished_job_posts_one_comment(
@@ -173,6 +192,14 @@ def test_a_finished_job_posts_one_comment(
     assert any(href.endswith("/out.zip") for href in hrefs)
     assert any(href.endswith("/preview.png") for href in hrefs)
     assert f"{SITE}/jobs/{job_id}" in hrefs
+    # The success's preview is shown as an image from the site, linking to its run page; the failure has none.
+    assert images(comment["body"]) == [
+        (
+            f"{SITE}/runs/{run_id}/preview.png",
+            f"preview of {park} addresses/primary",
+            f"{SITE}/runs/{run_id}/",
+        )
+    ]
 
 
 def test_a_second_finish_edits_the_comment(

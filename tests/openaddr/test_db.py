@@ -177,7 +177,7 @@ def test_sqlite_engine_creates_its_folder_and_enforces_foreign_keys(tmp_path: Pa
 def test_migrations_create_the_declared_schema(empty_db_url: sa.URL) -> None:
     assert current_revision(empty_db_url) is None
     upgrade(empty_db_url)
-    assert current_revision(empty_db_url) == head_revision() == "0003"
+    assert current_revision(empty_db_url) == head_revision() == "0004"
     engine = make_engine(empty_db_url)
     tables = set(sa.inspect(engine).get_table_names())
     engine.dispose()
@@ -208,6 +208,38 @@ def test_migrations_go_down_and_up_again(empty_db_url: sa.URL) -> None:
     assert schema_differences(empty_db_url) == []
 
 
+def test_zips_format_migration_fills_existing_rows(empty_db_url: sa.URL) -> None:
+    """0004 gives the GeoJSON collections of 0003 ``geojsonl``, the rest ``zip``; going down drops the GeoParquet
+    rows with the column."""
+    upgrade(empty_db_url, "0003")
+    engine = make_engine(empty_db_url)
+    with engine.begin() as connection:
+        for url, layer in (("https://x/a.zip", None), ("https://x/a-parcels.geojsonl.zip", "parcels")):
+            connection.execute(
+                sa.text(
+                    "INSERT INTO zips (url, collection, license_attr, layer) VALUES (:u, 'global', '', :l)"
+                ),
+                {"u": url, "l": layer},
+            )
+    upgrade(empty_db_url)
+    with engine.begin() as connection:
+        rows = dict(connection.execute(sa.select(zips.c.url, zips.c.format)).all())
+        assert rows == {"https://x/a.zip": "zip", "https://x/a-parcels.geojsonl.zip": "geojsonl"}
+        connection.execute(
+            sa.insert(zips).values(
+                url="https://x/a-parcels.parquet", collection="global", license_attr="", layer="parcels",
+                format="parquet",
+            )
+        )  # fmt: skip
+    downgrade(empty_db_url, "0003")
+    with engine.begin() as connection:
+        urls = connection.execute(sa.text("SELECT url FROM zips ORDER BY url")).scalars().all()
+    engine.dispose()
+    assert urls == ["https://x/a-parcels.geojsonl.zip", "https://x/a.zip"]
+    upgrade(empty_db_url)
+    assert schema_differences(empty_db_url) == []
+
+
 @pytest.mark.parametrize(
     ("table", "values"),
     [
@@ -224,6 +256,16 @@ def test_migrations_go_down_and_up_again(empty_db_url: sa.URL) -> None:
             zips,
             {"url": "https://x/a.geojsonl.zip", "collection": "global", "license_attr": "", "layer": "roads"},
         ),
+        (
+            zips,
+            {
+                "url": "https://x/a.gpkg",
+                "collection": "global",
+                "license_attr": "",
+                "layer": "parcels",
+                "format": "gpkg",
+            },
+        ),  # fmt: skip
         (runs, {"source_path": PATH, "source_layer": "address"}),
     ],
 )
@@ -239,7 +281,9 @@ def test_enum_columns_accept_their_values(db: sa.Connection) -> None:
         )
     )
     row = db.execute(sa.select(zips)).one()
-    assert (row.collection, row.license_attr, row.is_current, row.layer) == ("us_west", "sa", True, None)
+    assert (row.collection, row.license_attr, row.is_current, row.layer, row.format) == (
+        "us_west", "sa", True, None, "zip",
+    )  # fmt: skip
 
 
 def test_timestamps_come_back_aware_in_utc(db: sa.Connection) -> None:

@@ -54,20 +54,26 @@ def test_current_zips_leave_out_small_and_old_ones(db: sa.Connection) -> None:
             "collection": collection,
             "license_attr": "",
             "layer": None,
+            "format": "zip",
+            "address_count": 10,
             **extra,
         }
 
     db.execute(
         sa.insert(zips),
         [
+            row("parcels.parquet", "global", 3000, layer="parcels", format="parquet"),
+            row("empty.parquet", "asia", 3000, layer="parcels", format="parquet", address_count=0),
             row("europe", "europe", 2048),
             row("global", "global", 1024),
             row("tiny", "asia", 1023),
             row("old", "asia", 5000, is_current=False),
-            row("buildings", "global", 9000, layer="buildings"),
+            row("buildings", "global", 9000, layer="buildings", format="geojsonl"),
         ],
     )
-    assert [zip_row["url"] for zip_row in listing.current_zips(db)] == ["global", "europe", "buildings"]
+    assert [zip_row["url"] for zip_row in listing.current_zips(db)] == [
+        "global", "europe", "buildings", "parcels.parquet",
+    ]  # fmt: skip
 
 
 def run(**values: Any) -> dict[str, Any]:

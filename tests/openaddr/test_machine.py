@@ -682,6 +682,7 @@ def test_process_source_publishes_records_and_reuses_a_real_run(
             "index.txt",
             "out.geojson.gz",
             "output.txt",
+            "preview.png",
             "sample.json",
             "stats.json",
             "us/wy/park.zip",
@@ -693,6 +694,7 @@ def test_process_source_publishes_records_and_reuses_a_real_run(
         "sample": "sample.json",
         "processed": "us/wy/park.zip",
         "output": "output.txt",
+        "preview": "preview.png",
     }
     for key, name in files.items():
         assert state[key] == storage.url(f"{base}/{name}")

@@ -312,6 +312,7 @@ def test_s3_objects_carry_content_types(state_dir: Path, s3_bucket: str, s3_clie
         "index.txt": "text/plain; charset=utf-8",
         "out.geojson.gz": "application/gzip",
         "output.txt": "text/plain; charset=utf-8",
+        "preview.png": "image/png",
         "sample.json": "application/json",
         "stats.json": "application/json",
     }
@@ -335,6 +336,7 @@ def test_publish_run_layout_and_urls(storage: Storage, state_dir: Path) -> None:
         "fr/la-réunion.zip": "la-réunion.zip",
         "out.geojson.gz": "out.geojson",
         "output.txt": "output.txt",
+        "preview.png": "preview.png",
         "stats.json": "stats.json",
         "index.txt": "index.txt",
         "index.json": "index.json",
@@ -343,7 +345,7 @@ def test_publish_run_layout_and_urls(storage: Storage, state_dir: Path) -> None:
     assert storage.list_keys("runs/7") == sorted(f"runs/7/{name}" for name in published)
     for name, url in urls.items():
         assert url == storage.url(f"runs/7/{name}")
-    for name in ("cache.zip", "sample.json", "fr/la-réunion.zip", "output.txt", "stats.json"):
+    for name in ("cache.zip", "sample.json", "fr/la-réunion.zip", "output.txt", "preview.png", "stats.json"):
         assert _fetch(urls[name]) == before[published[name]], name
     assert gzip.decompress(_fetch(urls["out.geojson.gz"])) == before["out.geojson"]
 
@@ -355,8 +357,8 @@ def test_publish_run_layout_and_urls(storage: Storage, state_dir: Path) -> None:
     assert remote["sample"] == urls["sample.json"]
     assert remote["processed"] == urls["fr/la-réunion.zip"]  # out.csv is published inside the zip
     assert remote["output"] == urls["output.txt"]
-    assert remote["preview"] is None
-    changed = {"cache", "sample", "processed", "output"}
+    assert remote["preview"] == urls["preview.png"]
+    changed = {"cache", "sample", "processed", "output", "preview"}
     assert {k: v for k, v in remote.items() if k not in changed} == {
         k: v for k, v in local.items() if k not in changed
     }
@@ -386,10 +388,8 @@ def test_index_json_is_published_last(
 
 
 def test_publish_run_replaces_an_earlier_publication(storage: Storage, state_dir: Path) -> None:
-    (state_dir / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     first = storage.publish_run(9, state_dir)
-    assert _state_from(storage.get_bytes("runs/9/index.json"))["preview"] is None  # not in the state
-    assert "preview.png" in first
+    assert _state_from(storage.get_bytes("runs/9/index.json"))["preview"] == first["preview.png"]
     storage.put_bytes(b"left by a killed worker", "runs/9/.staging-dead/sample.json")
     (state_dir / "preview.png").unlink()
     second = storage.publish_run("9", state_dir)

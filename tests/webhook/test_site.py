@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -203,3 +204,117 @@ def sa_update(run_id: int, **values: object) -> sa.Update:
     from openaddr.db.schema import runs
 
     return sqlalchemy.update(runs).where(runs.c.id == run_id).values(**values)
+
+
+def publish_conformed_park(app: Flask, fixtures: Path, tmp_path: Path) -> int:
+    """A real conform of us-wy-park (which draws its preview), published and recorded as ``process_source`` does."""
+    from openaddr.process import conform_entry
+    from openaddr.sources import load_source
+
+    source = tmp_path / "us-wy-park.json"
+    shutil.copy(fixtures / "sources" / "us-wy-park.json", source)
+    data = tmp_path / "cache.zip"
+    shutil.copy(fixtures / "data" / "us-wy-park.zip", data)
+    state_dir = tmp_path / "conformed"
+    result = conform_entry(load_source(source).entries()[0], data, state_dir)
+    assert result.state["preview"] == "preview.png"
+    engine = get_engine(app)
+    # A path of its own: the PostgreSQL test database is shared by the session, and a merged run of Park would
+    # become other tests' "latest".
+    run_id = insert_run(
+        engine,
+        source_path=f"sources/preview-test/{uuid.uuid4().hex}.json",
+        source_layer="addresses",
+        layer_name="primary",
+        source_data=source.read_bytes(),
+    )
+    storage = LocalStorage(app.config["FILES_FOLDER"], public_url=f"{SITE}/files")
+    storage.publish_run(run_id, state_dir)
+    state = json.loads((storage.path(f"runs/{run_id}/index.json")).read_text())
+    finish_run(
+        engine,
+        run_id,
+        state=dict(zip(*state, strict=True)),
+        attempt_started=db_runs.utcnow(),
+        message=db_runs.OK_MESSAGE,
+        is_merged=True,
+    )
+    return run_id
+
+
+def test_the_run_page_shows_its_preview(site: Flask, fixtures: Path, tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    run_id = publish_conformed_park(site, fixtures, tmp_path)
+    client = site.test_client()
+    url = f"{SITE}/files/runs/{run_id}/preview.png"
+    html = client.get(f"/runs/{run_id}/").get_data(as_text=True)
+    assert f'<img src="{url}" width="1024" height="768"' in html
+    assert "No preview" not in html
+    image = client.get(f"/files/runs/{run_id}/preview.png")
+    assert image.status_code == 200
+    assert image.headers["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(image.data)).size == (1024, 768)
+    # The site's stable URL of the preview (the PR comment's image) redirects to the published file.
+    redirect = client.get(f"/runs/{run_id}/preview.png")
+    assert redirect.status_code == 302
+    assert redirect.headers["Location"] == url
+    # The source page shows the latest run's preview.
+    path = db_runs.get_run(get_engine(site), run_id)["source_path"]
+    source = client.get(f"/sources/{path.removeprefix('sources/').removesuffix('.json')}").get_data(
+        as_text=True
+    )
+    assert f'<img src="{url}" width="512" height="384"' in source
+
+
+def test_a_run_without_a_preview_says_why(site: Flask, fixtures: Path, tmp_path: Path) -> None:
+    run_id = publish_park(site, fixtures, tmp_path)
+    engine = get_engine(site)
+    with engine.begin() as connection:
+        connection.execute(sa_update(run_id, stats={"count": 12, "bounds": None}))
+    client = site.test_client()
+    html = client.get(f"/runs/{run_id}/").get_data(as_text=True)
+    assert "<img" not in html
+    assert "No preview: no row has valid coordinates." in html
+    missing = client.get(f"/runs/{run_id}/preview.png")
+    assert missing.status_code == 404
+    assert missing.get_data(as_text=True) == "No preview: no row has valid coordinates."
+    assert client.get("/runs/999999/preview.png").status_code == 404
+
+
+def test_the_index_links_the_collections_it_serves(site: Flask, tmp_path: Path) -> None:
+    """Collect into the embedded storage: ``/`` and ``/index.json`` list the zips and the GeoParquet files, and
+    their links give the files (``/files/``), which read back."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from openaddr.collect import collect
+    from openaddr.db.jobs import complete_set, create_set
+    from tests.openaddr.test_collect import ALAMEDA, World
+
+    engine = get_engine(site)
+    storage = LocalStorage(site.config["FILES_FOLDER"], public_url=f"{SITE}/files")
+    world = World(engine, "", storage, tmp_path)
+    set_id = create_set(engine, owner="openaddresses", repository="openaddresses", commit_sha="c" * 40)
+    world.run("alameda", "sources/us/ca/alameda.json", ALAMEDA, set_id=set_id, share_alike="true")
+    complete_set(engine, set_id)
+    collect(engine, storage, "latest", work_dir=tmp_path)
+    client = site.test_client()
+
+    body = client.get("/index.json").get_json()
+    parquet = body["geoparquet_collections"]["addresses"]["us_west"]["sa"]
+    assert parquet["url"] == f"{SITE}/files/collections/openaddr-collected-us_west-sa-addresses.parquet"
+    assert parquet["license"] == "Share-Alike Required"
+    assert parquet["address_count"] == 3
+    assert set(body["geoparquet_collections"]) == {"addresses"}  # the empty files are not listed
+    assert set(body["collections"]["us_west"]) == {"sa"}
+    html = client.get("/").get_data(as_text=True)
+    assert f'<a href="{parquet["url"]}">openaddr-collected-us_west-sa-addresses.parquet</a>' in html
+    served = client.get(parquet["url"].removeprefix(SITE))
+    assert served.status_code == 200
+    assert len(served.data) == parquet["content_length"]
+    streets = pq.read_table(io.BytesIO(served.data)).column("street").to_pylist()
+    assert sorted(streets) == ["1st St, Rear", "Main St", 'The "Oaks"']

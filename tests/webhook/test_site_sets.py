@@ -252,6 +252,15 @@ def fill(app: Flask) -> dict[str, Any]:
                 zip_row("openaddr-collected-global-sa.zip", "global", "sa", None, 2048),
                 zip_row("openaddr-collected-europe.zip", "europe", "", None, 500),  # under 1 KiB
                 zip_row("openaddr-collected-global-buildings.geojsonl.zip", "global", "", "buildings", 4096),
+                zip_row(
+                    "openaddr-collected-global-buildings.parquet", "global", "", "buildings", 3000, "parquet"
+                ),
+                {  # an empty GeoParquet file (its schema alone passes 1 KiB) is not listed
+                    **zip_row(
+                        "openaddr-collected-asia-buildings.parquet", "asia", "", "buildings", 3000, "parquet"
+                    ),
+                    "address_count": 0,
+                },
                 {**zip_row("openaddr-collected-old.zip", "asia", "", None, 9999), "is_current": False},
             ],
         )
@@ -261,9 +270,12 @@ def fill(app: Flask) -> dict[str, Any]:
 ZIP_TIME = T0 + dt.timedelta(hours=2)
 
 
-def zip_row(name: str, collection: str, attr: str, layer: str | None, size: int) -> dict[str, Any]:
-    """A ``zips`` row as collect publishes it."""
+def zip_row(
+    name: str, collection: str, attr: str, layer: str | None, size: int, format: str | None = None
+) -> dict[str, Any]:
+    """A ``zips`` row as collect publishes it (format: ``zip`` without a layer, else ``geojsonl`` unless given)."""
     return {
+        "format": format or ("zip" if layer is None else "geojsonl"),
         "url": f"https://results.example/{name}",
         "datetime": ZIP_TIME,
         "is_current": True,
@@ -309,11 +321,14 @@ def test_the_index_shows_the_latest_set_totals_zips_and_runs_to_date(site: Flask
     assert totals["Failed cache"] == "3"  # paris, berlin, krakow (roma was skipped)
     assert totals["Cached, not processed"] == "1"  # madrid
     zip_rows = table_rows(html, "zips")
-    assert [re.search(r">([^<]+\.zip)</a>", row).group(1) for row in zip_rows] == [  # type: ignore[union-attr]
+    assert [re.search(r">([^<]+\.(?:zip|parquet))</a>", row).group(1) for row in zip_rows] == [  # type: ignore[union-attr]
         "openaddr-collected-global.zip",
         "openaddr-collected-global-sa.zip",
         "openaddr-collected-global-buildings.geojsonl.zip",
+        "openaddr-collected-global-buildings.parquet",
     ]
+    assert "<td>GeoParquet</td>" in zip_rows[3]
+    assert "<td>Freely Shareable</td>" in zip_rows[3]
     assert "5.0 MiB" in zip_rows[0]
     assert "2.0 KiB" in zip_rows[1]
     runs = table_rows(html, "runs")
@@ -460,6 +475,37 @@ def test_index_json_has_the_spec_keys_and_collections(site: Flask) -> None:
                     "content_length": 4096,
                     "license": "Freely Shareable",
                 }
+            }
+        }
+    }
+    assert body["geoparquet_collections"] == {
+        "buildings": {
+            "global": {
+                "": {
+                    "url": "https://results.example/openaddr-collected-global-buildings.parquet",
+                    "content_length": 3000,
+                    "license": "Freely Shareable",
+                    "address_count": 25,
+                }
+            }
+        }
+    }
+
+
+def test_index_json_lists_the_processed_collections_apart(site: Flask) -> None:
+    fill(site)
+    with get_engine(site).begin() as connection:
+        connection.execute(
+            sa.insert(zips), [zip_row("openaddr-collected-global-processed.zip", "global", "", None, 3072)]
+        )
+    body = json.loads(text(site.test_client().get("/index.json")))
+    assert body["collections"]["global"][""]["url"] == "https://results.example/openaddr-collected-global.zip"
+    assert body["processed_collections"] == {
+        "global": {
+            "": {
+                "url": "https://results.example/openaddr-collected-global-processed.zip",
+                "content_length": 3072,
+                "license": "Freely Shareable",
             }
         }
     }

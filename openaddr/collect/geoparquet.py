@@ -1,0 +1,866 @@
+"""The GeoParquet collections (issue 13, 2a): ``openaddr-collected-<area>[-sa]-<layer>.parquet``.
+
+One GeoParquet 1.1 file per area, licence class and layer type, built beside the zips in the same pass over the
+runs (:func:`openaddr.collect.collect` hands every input to :class:`GeoParquetCollections` as it reads it):
+
+* **addresses** come from the rewritten CSV of each run zip, with the zip collections' rule: a row whose ``LON`` or
+  ``LAT`` is not a plain finite decimal within ±180 / ±90 is dropped, so an address GeoParquet file holds exactly
+  the rows of the zip of the same area and licence class; the attributes are the CSV's (``number`` … ``hash``,
+  the names the GeoJSON uses), as text, empty values empty;
+* **parcels, buildings, centerlines** come from each run's line-delimited GeoJSON (``out.geojson.gz``), the
+  attributes being the layer type's properties (``hash`` first); a feature without a geometry, with an empty one or
+  with coordinates outside ±180 / ±90 is dropped.
+
+Every row also carries ``source_path`` (the source file, ``sources/….json``), ``source_layer`` and ``layer_name``
+(the layer entry; the names of the ``runs`` columns, which no layer type's attribute takes: centerlines have a
+``name``) and ``run_id``; then the WKB ``geometry`` and the ``bbox`` covering column ``{xmin, ymin, xmax, ymax}``. The file's
+``geo`` metadata (GeoParquet 1.1.0) names the primary column, the WKB encoding, the geometry types found, the
+file's bounding box and the covering; ``crs`` is omitted, which the specification defines as OGC:CRS84
+(longitude, latitude on WGS 84).
+
+**Order.** Rows are sorted by the Hilbert index of their bounding box's centre (32 bits per axis over the whole
+globe, :func:`hilbert_index`), so each row group (:data:`ROW_GROUP_ROWS` rows) covers a compact area and a reader
+filtering on ``bbox`` skips the others by their column statistics. The sort is external and memory stays flat
+whatever the collection's size: incoming rows are buffered per collection; when all buffers together pass
+:data:`BUFFER_BYTES` the largest is sorted and spilled to a temporary Arrow IPC file (a sorted run); at the end
+each collection's runs are merged (a batched k-way merge: each round takes from every run the rows up to the
+smallest of their current batches' last keys, sorts that slice and writes it) into a ``pyarrow.parquet
+.ParquetWriter`` in row groups. A collection that never spilled is sorted in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from openaddr.canonical import OUTPUT_COLUMNS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+#: The GeoParquet version written.
+GEOPARQUET_VERSION = "1.1.0"
+#: Rows per row group of a published file.
+ROW_GROUP_ROWS = 65_536
+#: Bytes of rows all collections may buffer before the largest buffer is sorted and spilled.
+BUFFER_BYTES = 24 << 20
+#: Rows per batch of a spilled run (the merge holds one batch per run).
+SPILL_BATCH_ROWS = 2_048
+#: Runs merged at once at most (more are merged in passes).
+MERGE_FAN_IN = 32
+#: Records read at once from a CSV member or a GeoJSON file.
+READ_BLOCK_BYTES = 2 << 20
+#: Parquet compression of the published files (GDAL, DuckDB and GeoPandas all read it).
+COMPRESSION: Literal["zstd"] = "zstd"
+
+#: Columns that are (nearly) unique per row: dictionary encoding would only cost time (Arrow tries, then gives up
+#: on each row group); every other text column is dictionary encoded.
+UNIQUE_COLUMNS = ("id", "hash")
+#: Attribute columns of an address file: the CSV's columns after LON and LAT, lower case.
+ADDRESS_ATTRIBUTES = tuple(column.lower() for column in OUTPUT_COLUMNS[2:])
+#: Columns every row carries before its attributes.
+PROVENANCE = (
+    ("source_path", pa.string()),
+    ("source_layer", pa.string()),
+    ("layer_name", pa.string()),
+    ("run_id", pa.int64()),
+)
+BBOX_TYPE = pa.struct([(n, pa.float64()) for n in ("xmin", "ymin", "xmax", "ymax")])
+#: shapely's geometry type ids → GeoParquet's names (LinearRing cannot come out of GeoJSON).
+_TYPE_NAMES = {
+    0: "Point",
+    1: "LineString",
+    3: "Polygon",
+    4: "MultiPoint",
+    5: "MultiLineString",
+    6: "MultiPolygon",
+    7: "GeometryCollection",
+}
+_KEY = "_key"
+_INPUT = "_input"
+_POINT_WKB = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])
+
+
+class GeoParquetError(ValueError):
+    """A run's output that cannot be read into a GeoParquet collection (the message names run, source and layer)."""
+
+
+def parquet_name(area: str, license_attr: str, layer: str) -> str:
+    """``openaddr-collected-<area>[-sa]-<layer>.parquet``."""
+    suffix = f"-{license_attr}" if license_attr else ""
+    return f"openaddr-collected-{area}{suffix}-{layer}.parquet"
+
+
+def layer_attributes(layer: str) -> tuple[str, ...]:
+    """The attribute columns of a layer type's files: the address CSV's, else ``hash`` and the layer type's
+    properties (:data:`openaddr.conform.ATTRIBUTES`)."""
+    if layer == "addresses":
+        return ADDRESS_ATTRIBUTES
+    from openaddr.conform import ATTRIBUTES
+
+    return ("hash", *ATTRIBUTES[layer])
+
+
+def file_schema(layer: str) -> pa.Schema:
+    """The Arrow schema of a layer type's files (without the ``geo`` metadata)."""
+    fields: list[pa.Field[Any]] = [
+        *(pa.field(name, kind, nullable=False) for name, kind in PROVENANCE),
+        *(pa.field(name, pa.string(), nullable=False) for name in layer_attributes(layer)),
+        pa.field("geometry", pa.binary(), nullable=False),
+        pa.field("bbox", BBOX_TYPE, nullable=False),
+    ]
+    return pa.schema(fields)
+
+
+def _buffer_schema(layer: str) -> pa.Schema:
+    """Rows as buffered and spilled: the curve key, the input's index, attributes, geometry and bbox."""
+    fields: list[pa.Field[Any]] = [
+        pa.field(_KEY, pa.uint64(), nullable=False),
+        pa.field(_INPUT, pa.int32(), nullable=False),
+        *(pa.field(name, pa.string(), nullable=False) for name in layer_attributes(layer)),
+        pa.field("geometry", pa.binary(), nullable=False),
+        pa.field("bbox", BBOX_TYPE, nullable=False),
+    ]
+    return pa.schema(fields)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The curve
+
+
+def _interleave(v: np.ndarray) -> np.ndarray:
+    """Spread the low 32 bits of each value to the even bits of a 64-bit value."""
+    v = v & np.uint64(0xFFFFFFFF)
+    for shift, mask in (
+        (16, 0x0000FFFF0000FFFF),
+        (8, 0x00FF00FF00FF00FF),
+        (4, 0x0F0F0F0F0F0F0F0F),
+        (2, 0x3333333333333333),
+        (1, 0x5555555555555555),
+    ):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def hilbert_index(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The index along the Hilbert curve of order 32 of cells ``(x, y)`` (integers in ``[0, 2**32)``), as uint64.
+
+    Branch-free and column-wise: the prefix-scan formulation of the curve's state machine by Fabian Giesen
+    (``hilbertXYToIndex`` of github.com/rawrunprotected/hilbert_curves, public domain), widened from 16 to 32 bits
+    per axis: one more doubling round. A test checks it is a Hilbert curve: a permutation of the cells in which
+    consecutive indices are neighbouring cells.
+    """
+    u = np.uint64
+    ones = u(0xFFFFFFFF)
+    x = np.asarray(x, dtype=np.uint64) & ones
+    y = np.asarray(y, dtype=np.uint64) & ones
+    one = u(1)
+    a = x ^ y
+    b = ones ^ a
+    c = ones ^ (x | y)
+    d = x & (y ^ ones)
+    big_a = a | (b >> one)
+    big_b = (a >> one) ^ a
+    big_c = ((c >> one) ^ (b & (d >> one))) ^ c
+    big_d = ((a & (c >> one)) ^ (d >> one)) ^ d
+    for shift in (u(2), u(4), u(8)):
+        a, b, c, d = big_a, big_b, big_c, big_d
+        big_a = (a & (a >> shift)) ^ (b & (b >> shift))
+        big_b = (a & (b >> shift)) ^ (b & ((a ^ b) >> shift))
+        big_c = c ^ ((a & (c >> shift)) ^ (b & (d >> shift)))
+        big_d = d ^ ((b & (c >> shift)) ^ ((a ^ b) & (d >> shift)))
+    shift = u(16)
+    a, b, c, d = big_a, big_b, big_c, big_d
+    big_c = c ^ ((a & (c >> shift)) ^ (b & (d >> shift)))
+    big_d = d ^ ((b & (c >> shift)) ^ ((a ^ b) & (d >> shift)))
+    a = big_c ^ (big_c >> one)
+    b = big_d ^ (big_d >> one)
+    i0 = x ^ y
+    i1 = b | (ones ^ (i0 | a))
+    result: np.ndarray = (_interleave(i1) << one) | _interleave(i0)
+    return result
+
+
+def curve_keys(xmin: np.ndarray, ymin: np.ndarray, xmax: np.ndarray, ymax: np.ndarray) -> np.ndarray:
+    """The sort key of each row: the Hilbert index of its bbox centre on a 2**32 × 2**32 grid over the globe."""
+    scale = 2.0**32
+    cx = np.floor(((xmin + xmax) / 2 + 180.0) / 360.0 * scale)
+    cy = np.floor(((ymin + ymax) / 2 + 90.0) / 180.0 * scale)
+    top = scale - 1
+    return hilbert_index(np.clip(cx, 0, top).astype(np.uint64), np.clip(cy, 0, top).astype(np.uint64))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading rows
+
+
+def _as_text(array: pa.Array[Any]) -> pa.Array[Any]:
+    """A binary column as UTF-8 text; bytes that are not UTF-8 become U+FFFD (Parquet strings must be UTF-8,
+    unlike the zips, which pass them through)."""
+    try:
+        return array.cast(pa.string())
+    except pa.ArrowInvalid:
+        return pa.array(
+            [None if v is None else v.decode("utf-8", "replace") for v in array.to_pylist()], pa.string()
+        )
+
+
+def _coordinates(array: pa.Array[Any], limit: float) -> np.ndarray:
+    """Coordinate texts as floats, NaN where the zips drop the row: not a plain decimal number (blanks around it
+    allowed; the rule of stats.json, ``openaddr.outputs._NUMBER``) or beyond ±``limit``."""
+    from openaddr.outputs import _NUMBER
+
+    text = pc.utf8_trim_whitespace(_as_text(array))
+    kept = pc.if_else(pc.match_substring_regex(text, _NUMBER), text, None)
+    floats: Any = pc.cast(kept, pa.float64())
+    values: np.ndarray = floats.to_numpy(zero_copy_only=False).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        values[~(np.abs(values) <= limit)] = np.nan
+    return values
+
+
+def point_wkb(lon: np.ndarray, lat: np.ndarray) -> pa.Array[Any]:
+    """ISO WKB points (little endian, 21 bytes each), built column-wise."""
+    size = len(lon)
+    points = np.empty(size, dtype=_POINT_WKB)
+    points["order"] = 1
+    points["type"] = 1
+    points["x"] = lon
+    points["y"] = lat
+    offsets = np.arange(0, _POINT_WKB.itemsize * (size + 1), _POINT_WKB.itemsize, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.binary(),
+        size,
+        [None, pa.py_buffer(cast("Any", offsets)), pa.py_buffer(cast("Any", points.view(np.uint8)))],
+    )
+
+
+def _bbox(xmin: np.ndarray, ymin: np.ndarray, xmax: np.ndarray, ymax: np.ndarray) -> pa.StructArray:
+    return pa.StructArray.from_arrays(
+        [pa.array(v, pa.float64()) for v in (xmin, ymin, xmax, ymax)], fields=list(BBOX_TYPE)
+    )
+
+
+@dataclass
+class _Batch:
+    """Rows of one input ready for the collections: the buffer columns but ``_input``, and their geometry
+    types."""
+
+    key: np.ndarray
+    attributes: list[pa.Array[Any]]
+    geometry: pa.Array[Any]
+    bbox: pa.StructArray
+    types: set[str]
+    bounds: tuple[float, float, float, float]
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+
+def _address_batch(columns: Mapping[str, pa.Array[Any]], size: int) -> tuple[_Batch | None, int]:
+    """Address rows from CSV columns by name (binary; a missing column is empty): the batch of valid rows and how
+    many were dropped."""
+    empty = pa.array([b""] * size, pa.binary()) if size else pa.array([], pa.binary())
+    lon = _coordinates(columns.get("LON", empty), 180.0)
+    lat = _coordinates(columns.get("LAT", empty), 90.0)
+    valid = ~(np.isnan(lon) | np.isnan(lat))
+    kept = int(valid.sum())
+    if kept == 0:
+        return None, size
+    mask = pa.array(valid)
+    lon, lat = lon[valid], lat[valid]
+    attributes = [
+        _as_text(columns[name].filter(mask)) if name in columns else pa.array([""] * kept, pa.string())
+        for name in OUTPUT_COLUMNS[2:]
+    ]
+    bounds = (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
+    batch = _Batch(
+        curve_keys(lon, lat, lon, lat), attributes, point_wkb(lon, lat), _bbox(lon, lat, lon, lat), {"Point"},
+        bounds,
+    )  # fmt: skip
+    return batch, size - kept
+
+
+def _record_end(data: bytes) -> int:
+    """The index just past the last line end of ``data`` that ends a CSV record (one outside quotes: an even number
+    of quote characters before it, counting from a record start), 0 when there is none. Line ends inside quotes
+    are rare, so this walks back from the last one, counting the quotes after it."""
+    quotes = data.count(b'"')
+    end = len(data)
+    while (end := data.rfind(b"\n", 0, end)) >= 0:
+        if (quotes - data.count(b'"', end)) % 2 == 0:
+            return end + 1
+    return 0
+
+
+def _first_record_end(data: bytes) -> int:
+    """The index just past the first record of ``data`` (its first line end outside quotes), or its length."""
+    start = 0
+    while (end := data.find(b"\n", start)) >= 0:
+        if data.count(b'"', 0, end) % 2 == 0:
+            return end + 1
+        start = end + 1
+    return len(data)
+
+
+def _record_blocks(member: IO[bytes], block_bytes: int) -> Iterator[bytes]:
+    """The member's bytes in blocks of whole records (about ``block_bytes`` each; a longer record makes a longer
+    block)."""
+    rest = b""
+    while chunk := member.read(block_bytes):
+        data = rest + chunk
+        cut = _record_end(data)
+        if cut:
+            yield data[:cut]
+        rest = data[cut:]
+    if rest:
+        yield rest
+
+
+def read_address_csv(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, block_bytes: int = READ_BLOCK_BYTES
+) -> Iterator[tuple[_Batch | None, int]]:
+    """The address rows of a CSV member, batch by batch, with the rows dropped per batch.
+
+    Columns are taken by name from the header like the zips' rewrite (the first of a repeated name; a missing one
+    is empty). The member is decompressed in blocks of whole records, each parsed by Arrow's CSV reader (Arrow's
+    streaming reader holds several blocks at once: twice the memory); a record it refuses (a field count other
+    than the header's) is parsed by the csv module instead, padded or cut to the header, as the zip step keeps it:
+    row order does not matter here, the rows are sorted afterwards.
+    """
+    import pyarrow.csv as pacsv
+
+    refused: list[str] = []
+
+    def refuse(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
+        refused.append(row.text)
+        return "skip"
+
+    with archive.open(info) as member:
+        if info.compress_type == zipfile.ZIP_DEFLATED and hasattr(member, "_decompressor"):
+            # zipfile has no hook for another inflate implementation; ISA-L's is compatible and about twice as
+            # fast (archive.py swaps the compressor the same way).
+            from isal import isal_zlib
+
+            member._decompressor = isal_zlib.decompressobj(-15)
+        blocks = _record_blocks(member, block_bytes)
+        first = next(blocks, b"")
+        header_end = _first_record_end(first)
+        header_text = first[:header_end].decode("utf-8", "surrogateescape")
+        header = next(csv.reader(io.StringIO(header_text, newline="")), None) or []
+        if not header:
+            return
+        wanted: dict[str, int] = {}
+        for index, name in enumerate(header):
+            if name in OUTPUT_COLUMNS and name not in wanted:
+                wanted[name] = index
+        names = [f"c{i}" for i in range(len(header))]
+        read_options = pacsv.ReadOptions(column_names=names, use_threads=False)
+        parse_options = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse)
+        convert_options = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.binary()),
+            include_columns=[names[i] for i in wanted.values()],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
+
+        def parsed(block: bytes) -> Iterator[tuple[_Batch | None, int]]:
+            if block.strip():
+                table = pacsv.read_csv(
+                    cast("Any", pa.py_buffer(block)),  # the stubs omit buffers, which read_csv takes
+                    read_options=read_options,
+                    parse_options=parse_options,
+                    convert_options=convert_options,
+                )
+                if table.num_rows:
+                    columns = {
+                        name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
+                    }
+                    yield _address_batch(columns, table.num_rows)
+            if refused:
+                yield _refused_rows(refused, wanted)
+                refused.clear()
+
+        yield from parsed(first[header_end:])
+        for block in blocks:
+            yield from parsed(block)
+
+
+def _refused_rows(texts: list[str], wanted: dict[str, int]) -> tuple[_Batch | None, int]:
+    rows = [
+        row
+        for row in csv.reader(io.StringIO("".join(t if t.endswith("\n") else t + "\n" for t in texts)))
+        if row
+    ]
+    return _rows_batch(rows, wanted)
+
+
+def _rows_batch(rows: list[list[str]], wanted: dict[str, int]) -> tuple[_Batch | None, int]:
+    columns = {
+        name: pa.array(
+            [(row[index] if index < len(row) else "").encode("utf-8", "surrogateescape") for row in rows],
+            pa.binary(),
+        )
+        for name, index in wanted.items()
+    }
+    return _address_batch(columns, len(rows))
+
+
+def _feature_batch(lines: list[bytes], attributes: Sequence[str], where: str) -> tuple[_Batch | None, int]:
+    """Features from GeoJSON lines: the batch of those with a valid geometry and how many were dropped."""
+    import pyarrow.json as pajson
+    import shapely
+
+    size = len(lines)
+    geometries = shapely.from_geojson(np.array(lines, dtype=object), on_invalid="ignore")
+    schema = pa.schema([("properties", pa.struct([(name, pa.string()) for name in attributes]))])
+    try:
+        table = pajson.read_json(
+            io.BytesIO(b"\n".join(lines)),
+            read_options=pajson.ReadOptions(block_size=max(READ_BLOCK_BYTES, sum(map(len, lines)) + size)),
+            parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except pa.ArrowInvalid as exc:
+        raise GeoParquetError(
+            f"{where}: not line-delimited GeoJSON features with text properties: {exc}"
+        ) from exc
+    if table.num_rows != size:
+        raise GeoParquetError(f"{where}: {size} lines but {table.num_rows} features")
+    bounds = shapely.bounds(geometries)  # NaN for None and empty geometries
+    xmin, ymin, xmax, ymax = (bounds[:, i] for i in range(4))
+    with np.errstate(invalid="ignore"):
+        valid = (np.abs(xmin) <= 180) & (np.abs(xmax) <= 180) & (np.abs(ymin) <= 90) & (np.abs(ymax) <= 90)
+    kept = int(valid.sum())
+    if kept == 0:
+        return None, size
+    mask = pa.array(valid)
+    properties = table.column("properties").combine_chunks().filter(mask)
+    columns = [pc.fill_null(pc.struct_field(properties, name), "") for name in attributes]
+    chosen = geometries[valid]
+    xmin, ymin, xmax, ymax = xmin[valid], ymin[valid], xmax[valid], ymax[valid]
+    type_ids = np.unique(shapely.get_type_id(chosen))
+    wkb = pa.array(shapely.to_wkb(chosen, output_dimension=2, byte_order=1, flavor="iso"), pa.binary())
+    batch = _Batch(
+        curve_keys(xmin, ymin, xmax, ymax), columns, wkb, _bbox(xmin, ymin, xmax, ymax),
+        {_TYPE_NAMES[int(t)] for t in type_ids},
+        (float(xmin.min()), float(ymin.min()), float(xmax.max()), float(ymax.max())),
+    )  # fmt: skip
+    return batch, size - kept
+
+
+def read_geojson_lines(
+    path: Path, attributes: Sequence[str], where: str, block_bytes: int = READ_BLOCK_BYTES
+) -> Iterator[tuple[_Batch | None, int]]:
+    """The features of a gzipped line-delimited GeoJSON file, batch by batch, with the features dropped per
+    batch.
+
+    :raises GeoParquetError: a line that is no GeoJSON feature with text properties (``where`` names the run)
+    """
+    from isal import igzip
+
+    rest = b""
+    with igzip.open(path, "rb") as source:
+        while chunk := source.read(block_bytes):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            lines = [line for line in lines if line.strip()]
+            if lines:
+                yield _feature_batch(lines, attributes, where)
+    if rest.strip():
+        yield _feature_batch([rest], attributes, where)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The collections
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The run rows come from: ``source_path`` (``sources/….json``), layer type, layer name and run id."""
+
+    source_path: str
+    layer: str
+    name: str
+    run_id: int
+
+
+@dataclass
+class ParquetFile:
+    """A finished collection file: its path, rows, geometry types and bounds (None when empty), and the number of
+    row groups."""
+
+    path: Path
+    rows: int
+    geometry_types: list[str]
+    bbox: list[float] | None
+    row_groups: int
+
+
+@dataclass
+class _Collection:
+    layer: str
+    schema: pa.Schema
+    buffered: list[pa.RecordBatch] = field(default_factory=list)
+    buffered_bytes: int = 0
+    runs: list[Path] = field(default_factory=list)
+    rows: int = 0
+    types: set[str] = field(default_factory=set)
+    bounds: list[float] = field(default_factory=lambda: [math.inf, math.inf, -math.inf, -math.inf])
+    members: set[str] = field(default_factory=set)
+
+
+def geo_metadata(geometry_types: Iterable[str], bbox: Sequence[float] | None) -> dict[str, Any]:
+    """The ``geo`` file metadata of a collection (GeoParquet 1.1.0; ``crs`` omitted: OGC:CRS84)."""
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": sorted(set(geometry_types)),
+        "covering": {"bbox": {name: ["bbox", name] for name in ("xmin", "ymin", "xmax", "ymax")}},
+    }
+    if bbox is not None:
+        column["bbox"] = list(bbox)
+    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+class GeoParquetCollections:
+    """The GeoParquet collections being built, keyed by (area, licence class, layer type) (module docstring).
+
+    :param folder: a folder for the spilled runs and the finished files (created; :meth:`close` leaves only the
+        files, :meth:`discard` nothing)
+    :param buffer_bytes: rows all collections may buffer before one is spilled
+    :param row_group_rows: rows per row group of the files
+    :param merge_fan_in: spilled runs merged at once at most
+    :param block_bytes: bytes of CSV or GeoJSON read and converted at once
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        buffer_bytes: int = BUFFER_BYTES,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        merge_fan_in: int = MERGE_FAN_IN,
+        block_bytes: int = READ_BLOCK_BYTES,
+    ) -> None:
+        self.merge_fan_in = merge_fan_in
+        self.block_bytes = block_bytes
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.spill_folder = Path(tempfile.mkdtemp(prefix="spill-", dir=folder))
+        self.buffer_bytes = buffer_bytes
+        self.row_group_rows = row_group_rows
+        self.collections: dict[tuple[str, str, str], _Collection] = {}
+        self.entries: list[Entry] = []
+        self._buffered = 0
+        #: Sorted runs written to the spill folder so far (merge passes included).
+        self.spills = 0
+
+    def add_collection(self, area: str, license_attr: str, layer: str) -> None:
+        """Declare a collection (every declared one gets a file, empty or not)."""
+        self.collections[area, license_attr, layer] = _Collection(layer, _buffer_schema(layer))
+
+    def _entry(self, entry: Entry) -> int:
+        self.entries.append(entry)
+        return len(self.entries) - 1
+
+    def _targets(self, keys: Sequence[tuple[str, str, str]], member: str) -> list[_Collection]:
+        targets = []
+        for key in keys:
+            collection = self.collections[key]
+            if member in collection.members:
+                log.warning("%s already holds %s; skipped", parquet_name(*key), member)
+                continue
+            collection.members.add(member)
+            targets.append(collection)
+        return targets
+
+    def add_run_zip(
+        self, zip_path: Path, entry: Entry, keys: Sequence[tuple[str, str, str]]
+    ) -> tuple[int, int]:
+        """Add the address rows of a run zip's CSV members to the collections ``keys`` (address ones).
+
+        :return: rows added (to each target) and rows dropped for their coordinates
+        """
+        index = self._entry(entry)
+        added = dropped = 0
+        with zipfile.ZipFile(zip_path) as archive:
+            for info in archive.infolist():
+                name = info.filename
+                if info.is_dir() or not name.lower().endswith(".csv"):
+                    continue
+                targets = self._targets(keys, name)
+                if not targets:
+                    continue
+                for batch, lost in read_address_csv(archive, info, self.block_bytes):
+                    dropped += lost
+                    if batch is not None:
+                        added += len(batch)
+                        self._add(batch, index, targets)
+        return added, dropped
+
+    def add_geojson(
+        self, gz_path: Path, member: str, entry: Entry, keys: Sequence[tuple[str, str, str]]
+    ) -> tuple[int, int]:
+        """Add the features of a run's ``out.geojson.gz`` (a parcels, buildings or centerlines run) to the
+        collections ``keys`` of its layer type.
+
+        :param member: the member name it has in the GeoJSON collections (a collection takes one of each)
+        :return: features added (to each target) and features dropped
+        :raises GeoParquetError: the file holds something other than GeoJSON features
+        """
+        targets = self._targets(keys, member)
+        if not targets:
+            return 0, 0
+        index = self._entry(entry)
+        where = f"run {entry.run_id} ({entry.source_path}, layer {entry.layer} {entry.name!r})"
+        added = dropped = 0
+        for batch, lost in read_geojson_lines(
+            gz_path, layer_attributes(entry.layer), where, self.block_bytes
+        ):
+            dropped += lost
+            if batch is not None:
+                added += len(batch)
+                self._add(batch, index, targets)
+        return added, dropped
+
+    def _add(self, batch: _Batch, index: int, targets: Sequence[_Collection]) -> None:
+        size = len(batch)
+        record = pa.RecordBatch.from_arrays(
+            [
+                pa.array(batch.key, pa.uint64()),
+                pa.array(np.full(size, index, dtype=np.int32)),
+                *batch.attributes,
+                batch.geometry,
+                batch.bbox,
+            ],
+            schema=targets[0].schema,
+        )
+        nbytes = record.nbytes
+        for collection in targets:
+            collection.buffered.append(record)
+            collection.buffered_bytes += nbytes
+            collection.rows += size
+            collection.types |= batch.types
+            b = collection.bounds
+            b[0], b[1] = min(b[0], batch.bounds[0]), min(b[1], batch.bounds[1])
+            b[2], b[3] = max(b[2], batch.bounds[2]), max(b[3], batch.bounds[3])
+            self._buffered += nbytes
+        while self._buffered > self.buffer_bytes:
+            self._spill(max(self.collections.values(), key=lambda c: c.buffered_bytes))
+
+    @staticmethod
+    def _sorted(collection: _Collection) -> pa.Table:
+        table = pa.Table.from_batches(collection.buffered, schema=collection.schema)
+        order = np.argsort(table.column(_KEY).to_numpy(), kind="stable")
+        return table.take(order)
+
+    def _spill(self, collection: _Collection) -> None:
+        table = self._sorted(collection)
+        collection.runs.append(self._write_run(collection.schema, [table]))
+        self._buffered -= collection.buffered_bytes
+        collection.buffered = []
+        collection.buffered_bytes = 0
+
+    def _write_run(self, schema: pa.Schema, pieces: Iterable[pa.Table]) -> Path:
+        """A sorted run in a new spill file (Arrow IPC, uncompressed: lz4 costs more CPU than the disk saves
+        time), in batches of :data:`SPILL_BATCH_ROWS`."""
+        import pyarrow.ipc as ipc
+
+        self.spills += 1
+        path = self.spill_folder / f"run-{self.spills}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+            for piece in pieces:
+                writer.write_table(piece, max_chunksize=SPILL_BATCH_ROWS)
+        return path
+
+    def close(self) -> dict[tuple[str, str, str], ParquetFile]:
+        """Merge and write every collection's file (``<folder>/<name>``); remove the spilled runs."""
+        files = {}
+        try:
+            for key, collection in self.collections.items():
+                files[key] = self._write(self.folder / parquet_name(*key), collection)
+        finally:
+            shutil.rmtree(self.spill_folder, ignore_errors=True)
+        return files
+
+    def discard(self) -> None:
+        """Remove everything written (after a failure)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _write(self, path: Path, collection: _Collection) -> ParquetFile:
+        import pyarrow.parquet as pq
+
+        bbox = collection.bounds if collection.rows else None
+        types = sorted(collection.types)
+        schema = file_schema(collection.layer).with_metadata(
+            {"geo": json.dumps(geo_metadata(types, bbox), separators=(",", ":"))}
+        )
+        paths = pa.array([e.source_path for e in self.entries], pa.string())
+        layers = pa.array([e.layer for e in self.entries], pa.string())
+        names = pa.array([e.name for e in self.entries], pa.string())
+        run_ids = pa.array([e.run_id for e in self.entries], pa.int64())
+        attributes = layer_attributes(collection.layer)
+        groups = 0
+
+        def finished(table: pa.Table) -> pa.Table:
+            index = table.column(_INPUT)
+            return pa.Table.from_arrays(
+                [
+                    paths.take(index), layers.take(index), names.take(index), run_ids.take(index),
+                    *(table.column(name) for name in attributes), table.column("geometry"), table.column("bbox"),
+                ],
+                schema=schema,
+            )  # fmt: skip
+
+        with pq.ParquetWriter(
+            path,
+            schema,
+            compression=COMPRESSION,
+            # the stubs omit the list of columns, which ParquetWriter takes
+            use_dictionary=cast(
+                "Any",
+                [n for n in (*(name for name, _ in PROVENANCE), *attributes) if n not in UNIQUE_COLUMNS],
+            ),
+            write_statistics=[*(name for name, _ in PROVENANCE), *(f"bbox.{n}" for n in BBOX_TYPE.names)],
+            store_schema=True,
+        ) as writer:
+            pending: list[pa.Table] = []
+            pending_rows = 0
+            for piece in self._merged(collection):
+                pending.append(piece)
+                pending_rows += piece.num_rows
+                while pending_rows >= self.row_group_rows:
+                    table = pa.concat_tables(pending)
+                    writer.write_table(finished(table.slice(0, self.row_group_rows)), self.row_group_rows)
+                    groups += 1
+                    rest = table.slice(self.row_group_rows)
+                    pending, pending_rows = [rest], rest.num_rows
+            if pending_rows:
+                writer.write_table(finished(pa.concat_tables(pending)), self.row_group_rows)
+                groups += 1
+        collection.buffered = []
+        return ParquetFile(path, collection.rows, types, list(bbox) if bbox else None, groups)
+
+    def _merged(self, collection: _Collection) -> Iterator[pa.Table]:
+        """The collection's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
+        more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
+        run)."""
+        while len(collection.runs) > self.merge_fan_in:
+            group, collection.runs = (
+                collection.runs[: self.merge_fan_in],
+                collection.runs[self.merge_fan_in :],
+            )
+            with contextlib.ExitStack() as stack:
+                merged = _merge([_run_batches(stack, path) for path in group])
+                collection.runs.append(self._write_run(collection.schema, merged))
+            for path in group:
+                path.unlink()
+        sources: list[Iterator[pa.Table]] = []
+        with contextlib.ExitStack() as stack:
+            for path in collection.runs:
+                sources.append(_run_batches(stack, path))
+            if collection.buffered:
+                table = self._sorted(collection)
+                collection.buffered = []
+                self._buffered -= collection.buffered_bytes
+                collection.buffered_bytes = 0
+                sources.append(iter(table.to_batches(max_chunksize=SPILL_BATCH_ROWS)))  # type: ignore[arg-type]
+            if len(sources) == 1:
+                for piece in sources[0]:
+                    yield pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
+                return
+            yield from _merge(sources)
+
+
+def _run_batches(stack: contextlib.ExitStack, path: Path) -> Iterator[pa.Table]:
+    import pyarrow.ipc as ipc
+
+    source = stack.enter_context(pa.OSFile(str(path), "rb"))
+    reader = ipc.open_file(source)
+
+    def batches() -> Iterator[pa.Table]:
+        for i in range(reader.num_record_batches):
+            yield pa.Table.from_batches([reader.get_batch(i)])
+
+    return batches()
+
+
+def _merge(sources: list[Iterator[Any]]) -> Iterator[pa.Table]:
+    """K-way merge of sorted sources of batches, batch-wise: each round takes from every source the rows with a key
+    up to the smallest last key of their current batches (no later row of any source can sort before those), then
+    sorts just those rows."""
+    current: list[pa.Table | None] = []
+    keys: list[np.ndarray] = []
+
+    def refill(i: int) -> None:
+        piece = next(sources[i], None)
+        while piece is not None and piece.num_rows == 0:
+            piece = next(sources[i], None)
+        if isinstance(piece, pa.RecordBatch):
+            piece = pa.Table.from_batches([piece])
+        current[i] = piece
+        keys[i] = piece.column(_KEY).to_numpy() if piece is not None else np.empty(0, np.uint64)
+
+    for i in range(len(sources)):
+        current.append(None)
+        keys.append(np.empty(0, np.uint64))
+        refill(i)
+    while True:
+        live = [i for i, piece in enumerate(current) if piece is not None]
+        if not live:
+            return
+        threshold = min(keys[i][-1] for i in live)
+        taken: list[pa.Table] = []
+        taken_keys: list[np.ndarray] = []
+        for i in live:
+            piece = current[i]
+            assert piece is not None
+            cut = int(np.searchsorted(keys[i], threshold, side="right"))
+            if cut == 0:
+                continue
+            taken.append(piece.slice(0, cut))
+            taken_keys.append(keys[i][:cut])
+            if cut == piece.num_rows:
+                refill(i)
+            else:
+                current[i] = piece.slice(cut)
+                keys[i] = keys[i][cut:]
+        if len(taken) == 1:
+            yield taken[0]  # one run's rows only: already in order
+            continue
+        table = pa.concat_tables(taken)
+        order = np.argsort(np.concatenate(taken_keys), kind="stable")
+        yield table.take(order)
+
+
+__all__ = [
+    "ADDRESS_ATTRIBUTES",
+    "GEOPARQUET_VERSION",
+    "ROW_GROUP_ROWS",
+    "Entry",
+    "GeoParquetCollections",
+    "GeoParquetError",
+    "ParquetFile",
+    "curve_keys",
+    "file_schema",
+    "geo_metadata",
+    "hilbert_index",
+    "layer_attributes",
+    "parquet_name",
+    "point_wkb",
+]
