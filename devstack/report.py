@@ -134,10 +134,12 @@ def format_collections(
     ):
         name = row["url"].rsplit("/", 1)[-1]
         lines.append(f"  {name:<45} {row['content_length']:>10,} bytes {row['address_count']:>8,} addresses")
-    others = len(rows) - len(address)
-    if others:
+    geojson = sum(1 for row in rows if row.get("format") == "geojsonl")
+    parquet = sum(1 for row in rows if row.get("format") == "parquet")
+    if geojson or parquet:
         lines.append(
-            f"  and {others} GeoJSON collections (openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip)"
+            f"  and {geojson} GeoJSON collections (openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip), "
+            f"{parquet} GeoParquet files (openaddr-collected-<area>[-sa]-<layer>.parquet)"
         )
     lines.append(f"Listed with their URLs at {site}/ and {site}/index.json")
     return "\n".join(lines) + "\n"

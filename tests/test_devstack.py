@@ -608,7 +608,11 @@ def test_once_waits_for_the_collect_run_and_says_where_the_collections_are(demo_
     assert result.returncode == 0, result.stderr[-4000:]
     match = re.search(r"Collect run (\S+): success; (\d+) current collections in (\S+)/:", result.stdout)
     assert match, result.stdout
-    assert int(match.group(2)) == 90  # 18 address zips and 72 GeoJSON collections
+    assert int(match.group(2)) == 180  # 18 address zips, 72 GeoJSON, 72 GeoParquet and 18 -processed zips
+    assert (
+        "and 72 GeoJSON collections (openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip), 72 GeoParquet"
+        in (result.stdout)
+    )
     folder = Path(match.group(3))
     assert folder == home / "storage" / "collections"
     line = re.search(r"openaddr-collected-global\.zip +([\d,]+) bytes +([\d,]+) addresses", result.stdout)
