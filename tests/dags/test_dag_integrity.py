@@ -131,9 +131,27 @@ def test_collect_runs_when_the_batch_completes_a_set(dagbag: DagBag) -> None:
     collect = dagbag.dags["openaddr_collect"]
     scheduled_on = {asset.uri for asset in collect.timetable.asset_condition.objects}
     assert emitted == scheduled_on == {"openaddr://sets/latest"}
-    assert [task.task_id for task in collect.tasks] == ["collect_set"]
+    assert [task.task_id for task in collect.tasks] == [
+        "plan_collect", "collect_area", "dedupe_collections", "record_collections",
+    ]  # fmt: skip
     assert collect.max_active_runs == 1
     assert "openaddr-collected-<area>.zip" in collect.doc_md
+
+
+def test_collect_maps_one_task_per_area_then_records_once(dagbag: DagBag) -> None:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    from openaddr.collect.areas import AREAS
+
+    collect = dagbag.dags["openaddr_collect"]
+    area = collect.get_task("collect_area")
+    assert isinstance(area, MappedOperator)
+    assert area.op_kwargs_expand_input.value == {"area": list(AREAS)}  # one instance per area, global first
+    assert area.upstream_task_ids == {"plan_collect"}
+    assert collect.get_task("dedupe_collections").upstream_task_ids == {"plan_collect", "collect_area"}
+    record = collect.get_task("record_collections")
+    assert record.upstream_task_ids == {"plan_collect", "collect_area", "dedupe_collections"}
+    assert not isinstance(record, MappedOperator)
 
 
 @pytest.mark.parametrize(
