@@ -1425,7 +1425,7 @@ def test_plan_batch_set_puts_the_slowest_sources_first(
     alone = [entry for entry in expected if entry["path"] not in (tshwane, perrysburg)]
     assert tasks["standard"] == [
         *({"entries": [entry], "run_owner": owner_args} for entry in alone),
-        {"entries": small, "run_owner": owner_args},
+        {"entries": small, "run_owner": owner_args, "group_deadline": machine.GROUP_DEADLINE_SECONDS},
     ]
     [broken] = db_runs.set_runs(engine, set_id)
     assert (broken["source_path"], broken["status"], broken["source_problem"]) == (
