@@ -11,6 +11,8 @@ import json
 import os
 import resource
 import signal
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -191,3 +193,34 @@ def test_closing_the_zygote_leaves_no_process_behind(tmp_path: Path) -> None:
 
     assert gone(pid)
     assert gone(view["pid"])
+
+
+def test_a_parent_killed_outright_leaves_no_process_behind(tmp_path: Path) -> None:
+    """The task process killed with SIGKILL (no cleanup runs): the zygote sees its stdin close, kills the running
+    child's group and exits."""
+    pids = tmp_path / "pids"
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from openaddr.zygote import Zygote\n"
+        "zygote = Zygote()\n"
+        "zygote.start()\n"
+        "print(zygote.pid, flush=True)\n"
+        f"zygote.run('os:system', ['echo $PPID $$ > {pids}; sleep 600'], log_path=Path({str(tmp_path / 'log')!r}),"
+        " timeout=600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        zygote_pid = int(parent.stdout.readline())
+        ends = time.monotonic() + 120
+        while not (pids.is_file() and pids.read_text().strip()) and time.monotonic() < ends:
+            time.sleep(0.05)
+        child, shell = (int(pid) for pid in pids.read_text().split())
+    finally:
+        parent.kill()
+        parent.wait()
+
+    assert gone(zygote_pid)
+    assert gone(child)
+    assert gone(shell)
