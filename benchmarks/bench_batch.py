@@ -7,10 +7,12 @@
    this script starts.
 2. **Baseline without Airflow**, in a scratch Machine database and storage: plan the whole set
    (:func:`openaddr.machine.create_batch_set` + :func:`~openaddr.machine.plan_batch_set`), then run
-   :func:`openaddr.machine.process_source` (the same subprocess per entry as the DAG) on a sample
-   (``--sample``, default 50) in a plain loop, then the same sample with P threads for each ``--parallelism``
-   P > 1, and :func:`openaddr.process_one.process_one` in this process (no subprocess) on the same sample: the
-   difference is the cost of the subprocess per source.
+   :func:`openaddr.machine.process_source` (each entry in a child forked from a zygote, as in the DAG; one zygote
+   per thread, started once, as one per task) on a sample (``--sample``, default 50) in a plain loop, then the
+   same sample with P threads for each ``--parallelism`` P > 1, ``openaddr process-one`` as a fresh subprocess
+   (how every entry ran before issue 15) and :func:`openaddr.process_one.process_one` in this process (no
+   child) on the same sample: the differences are the start-up cost per source of a fresh subprocess and of a
+   forked child.
 3. **Airflow run** for each P (and each ``--group`` K): the embedded stack (:class:`devstack.stack.Stack`,
    LocalExecutor + SQLite, parallelism P) in a fresh home, its Machine database and storage fresh, variable
    ``openaddr_sources`` on the generated checkout; trigger ``openaddr_batch``, wait, check in the Machine

@@ -12,8 +12,10 @@ everything imported, and keeps every guarantee of the fresh subprocess:
 * **a crash or an out-of-memory ends that run only**: the exit status comes back to the parent (a negative number
   for a signal); ``faulthandler`` writes a segfault's Python traceback into the run's log;
 * **nothing shared with the parent**: the zygote is a fresh interpreter started with ``close_fds`` (no database
-  connection, open file or GDAL handle of the task process reaches it); it imports modules and opens nothing
-  (no dataset, no file); the child closes every descriptor but the log on 0–2 and takes the run's environment.
+  connection, open file or GDAL handle of the task process reaches it); it imports modules and opens no dataset and
+  no file (checked: only PROJ's read-only ``proj.db``, which the imports of pyproj and pyogrio open, may stay
+  open; see :data:`SHARED_SUFFIXES`); it is single-threaded when it forks (checked); the child closes every other
+  descriptor, keeps ``/dev/null`` and the log on 0–2 and takes the run's environment.
 
 The protocol, JSON lines over the zygote's stdin and a dedicated copy of its stdout: the zygote says
 ``{"ready": pid, "seconds": s}`` (or ``{"error": …}`` and exits) once the imports are done; per run the parent
@@ -79,7 +81,26 @@ PRELOAD = (
     "openaddr.readers.projection",
     "openaddr.readers.sample",
     "openaddr.readers.shapefile_points",
+    "openaddr.readers.limits",
+    "openaddr.licenses",
+    "isal.isal_zlib",
+    "isal.igzip_lib",
+    "numpy.ma",
+    "multiprocessing.sharedctypes",
+    "multiprocessing.synchronize",
+    "netrc",
+    "mmap",
+    "encodings.utf_8_sig",
 )
+#: The only descriptors an import may leave open in the zygote: PROJ's read-only resource database, which
+#: ``import pyproj`` and ``import pyogrio`` open (their PROJ contexts; there is no importing them without it). The
+#: children keep them — closing a descriptor under SQLite would let a later file take its number — and use them
+#: one at a time: a zygote runs one child at a time and never reads them itself. Any other descriptor left open
+#: stops the zygote (ZygoteError).
+SHARED_SUFFIXES = ("/proj.db",)
+#: Called in the zygote after the imports: first-use work every run would otherwise repeat, pure computation that
+#: keeps nothing open (the source schema's validator, built from the schema files: 0.3 s a run otherwise).
+WARM = ("openaddr.validation:_validator",)
 #: Set in the zygote (unless already set) before its imports, so that no library starts a thread there.
 ZYGOTE_ENV = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
 #: The run's target in production: the ``openaddr`` command line.
@@ -116,12 +137,27 @@ def main() -> int:
     # background purging thread; neither matters to processing (no linear algebra; the system allocator above).
     for name, value in ZYGOTE_ENV.items():
         os.environ.setdefault(name, value)
+    opened = _open_fds()
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except Exception as exc:  # reported to the parent, which raises ZygoteError: no silent fallback
             say({"error": f"cannot import {name}: {type(exc).__name__}: {exc}"})
             return 1
+    for name in WARM:
+        module, _, function = name.partition(":")
+        try:
+            getattr(importlib.import_module(module), function)()
+        except Exception as exc:
+            say({"error": f"cannot warm {name}: {type(exc).__name__}: {exc}"})
+            return 1
+    left = sorted(set(_open_fds().items()) - set(opened.items()))
+    shared = [(fd, target) for fd, target in left if target.endswith(SHARED_SUFFIXES)]
+    others = [(fd, target) for fd, target in left if (fd, target) not in shared]
+    if others:  # a file, socket or dataset the children would share
+        say({"error": f"the zygote's imports left descriptors open: {others}"})
+        return 1
+    keep = frozenset(fd for fd, _ in shared)
     threads = _thread_count()
     if threads != 1:  # fork() copies only the calling thread: a lock another thread held would stay locked
         say({"error": f"the zygote runs {threads} threads after its imports; it can only fork with one"})
@@ -161,9 +197,18 @@ def main() -> int:
             if pid == 0:
                 os.close(wake_r)
                 os.close(wake_w)
-                _child(request)  # never returns
+                _child(request, keep)  # never returns
             running.add(pid)
             say({"pid": pid})
+
+
+def _open_fds() -> dict[int, str]:
+    """This process's open descriptors and what each is."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
 
 
 def _thread_count() -> int:
@@ -175,8 +220,11 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
-def _child(request: Mapping[str, Any]) -> None:
-    """In the forked child: isolate, run the target, exit with its status."""
+def _child(request: Mapping[str, Any], keep: frozenset[int]) -> None:
+    """In the forked child: isolate, run the target, exit with its status.
+
+    :param keep: descriptors the libraries hold from their import (:data:`SHARED_SUFFIXES`), left to them
+    """
     code = 1
     try:
         os.setsid()  # its own session and process group, killed as a whole
@@ -191,8 +239,12 @@ def _child(request: Mapping[str, Any]) -> None:
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        # Nothing of the zygote's reaches the run: its protocol pipes and anything an import left open.
-        os.closerange(3, _max_fd())
+        # Nothing of the zygote's reaches the run (its protocol pipes), but the libraries' own read-only handles.
+        low = 3
+        for fd in sorted(keep):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, _max_fd())
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 (lives as long as the process)
         sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115

@@ -82,9 +82,17 @@ def test_a_child_shares_no_descriptor_with_the_parent_or_the_zygote(zygote: Zygo
     finally:
         os.close(fd)
 
-    # Standard input from /dev/null, stdout and stderr the run's log: nothing else.
-    assert view["fds"] == [0, 1, 2]
-    assert view["targets"] == {"0": "/dev/null", "1": str(tmp_path / "log"), "2": str(tmp_path / "log")}
+    # Standard input from /dev/null, stdout and stderr the run's log; beyond them only PROJ's read-only database,
+    # which importing pyproj and pyogrio opens (SHARED_SUFFIXES): no file, socket or pipe of the parent or the
+    # zygote.
+    assert view["fds"][:3] == [0, 1, 2]
+    assert {key: view["targets"][key] for key in ("0", "1", "2")} == {
+        "0": "/dev/null",
+        "1": str(tmp_path / "log"),
+        "2": str(tmp_path / "log"),
+    }
+    others = [target for key, target in view["targets"].items() if int(key) > 2]
+    assert all(target.endswith("/proj.db") for target in others), others
     targets = {
         os.readlink(f"/proc/{own.pid}/fd/{n}")
         for n in zygote_fds
@@ -180,6 +188,14 @@ def test_a_zygote_whose_imports_fail_does_not_start(tmp_path: Path) -> None:
     (tmp_path / "pyproj.py").write_text("raise ImportError('a broken installation')\n")
 
     with pytest.raises(ZygoteError, match="cannot import pyproj: ImportError: a broken installation"):
+        Zygote({**os.environ, "PYTHONPATH": str(tmp_path)}).start()
+
+
+def test_a_zygote_whose_imports_leave_a_file_open_does_not_start(tmp_path: Path) -> None:
+    # A module of PRELOAD (shadowed here) that keeps a file open: the children would share it.
+    (tmp_path / "netrc.py").write_text("_kept = open(__file__)\n")
+
+    with pytest.raises(ZygoteError, match=r"the zygote's imports left descriptors open: .*netrc\.py"):
         Zygote({**os.environ, "PYTHONPATH": str(tmp_path)}).start()
 
 
