@@ -169,6 +169,21 @@ def test_both_tiers_map_over_their_share_of_the_plan(
         assert finish in dag.get_task(task_id).downstream_task_ids
 
 
+def test_the_batch_gives_released_entries_tasks_of_their_own(dagbag: DagBag) -> None:
+    """A group past its deadline releases the entries it has not started: ``released_sources`` gathers them once
+    every ``process_source`` has ended, whatever its state, and ``process_released_source`` maps over them in the
+    standard pool; CI never groups, so it has neither."""
+    batch = dagbag.dags["openaddr_batch"]
+    gather = batch.get_task("released_sources")
+    released = batch.get_task("process_released_source")
+    assert gather.upstream_task_ids == {"process_source"}
+    assert gather.trigger_rule == "all_done"
+    assert released.upstream_task_ids == {"released_sources"}
+    assert (released.pool, released.priority_weight) == ("oa_sources", 1)
+    assert "complete_set" in released.downstream_task_ids
+    assert "released_sources" not in dagbag.dags["openaddr_ci"].task_ids
+
+
 def test_finishing_tasks_run_whatever_happened_upstream(dagbag: DagBag) -> None:
     assert dagbag.dags["openaddr_ci"].get_task("finish_job").trigger_rule == "all_done"
     assert dagbag.dags["openaddr_batch"].get_task("complete_set").trigger_rule == "all_done"
