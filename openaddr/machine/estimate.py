@@ -168,6 +168,7 @@ def _content_length(data: Mapping[str, Any], settings: Settings, clock: Any) -> 
 
 def _esri_count(data: Mapping[str, Any], settings: Settings, clock: Any) -> Estimate:
     from openaddr.download.esri import _Dumper
+    from openaddr.download.hostlimit import host_limiter
     from openaddr.download.http import request_headers
     from openaddr.download.urls import clean_url
 
@@ -180,6 +181,8 @@ def _esri_count(data: Mapping[str, Any], settings: Settings, clock: Any) -> Esti
         headers=request_headers(data),
         settings=settings,
         clock=clock,
+        # the estimate's request counts against the host's limit like a download's (a lease outlives its timeout)
+        limiter=host_limiter(settings, lease_seconds=2 * ESTIMATE_TIMEOUT + 60),
     )
     try:
         count = int(dumper.get_feature_count())
