@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -163,17 +164,23 @@ class OutsideCounter:
     country: Country
     points: int = 0
     outside: int = 0
+    #: Time spent: the country's area (built once per process) and the tests.
+    seconds: float = 0.0
     _area: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        started = time.perf_counter()
         self._area = country_area(self.country.feature)
+        self.seconds += time.perf_counter() - started
 
     def __call__(self, lon: FloatArray, lat: FloatArray) -> None:
         """Count a chunk of points (valid longitudes and latitudes)."""
+        started = time.perf_counter()
         for start in range(0, len(lon), CHUNK):
             x, y = lon[start : start + CHUNK], lat[start : start + CHUNK]
             self.points += len(x)
             self.outside += int(len(x) - np.count_nonzero(_inside(self._area, x, y)))
+        self.seconds += time.perf_counter() - started
 
 
 def _inside(area: Any, lon: FloatArray, lat: FloatArray) -> NDArray[np.bool_]:

@@ -388,13 +388,14 @@ def _record_coverage(entry: LayerEntry, state_dir: Path, counter: OutsideCounter
     stats["coverage_country"] = counter.country.code
     write_json(stats_path, stats)
     log.info(
-        "%d of %d points of %s are outside %s (from %s) and %s° around it",
+        "%d of %d points of %s are outside %s (from %s) and %s° around it (checked in %.2f s)",
         counter.outside,
         counter.points,
         entry.label,
         counter.country.code,
         counter.country.origin,
         BUFFER_DEGREES,
+        counter.seconds,
     )
 
 
