@@ -96,6 +96,11 @@ bench-webhook: $(STAMP)
 bench-preview: $(STAMP)
 	$(BIN)/python benchmarks/bench_preview.py $(ARGS)
 
+## The quality gate's coverage check: its time on the largest fixture and on 1,000,000 points, next to the run's.
+.PHONY: bench-coverage
+bench-coverage: $(STAMP)
+	$(BIN)/python benchmarks/bench_coverage.py $(ARGS)
+
 ## ArcGIS paging: a generated 200,000-feature layer from the loopback ArcGIS server at 200 ms a page, one page at a
 ## time against 4 at once; times, speed-up, identical bytes (benchmarks/bench_esri.py; dry run: ARGS="--quick").
 .PHONY: bench-esri

@@ -671,6 +671,8 @@ def test_process_source_publishes_records_and_reuses_a_real_run(
     assert (run["airflow_ti"], run["airflow_try_number"]) == (ti(first_job).ti, 1)
     assert (run["worker_id"], run["code_version"]) == (machine.worker_id(), openaddr.__version__)
     assert run["stats"]["count"] == features
+    # Park County, Wyoming: every point inside the United States (the quality gate's coverage check).
+    assert (run["stats"]["outside_coverage"], run["stats"]["coverage_country"]) == (0, "US")
     assert run["cache_seconds"] is not None
     assert run["process_seconds"] is not None
 
