@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-batch lock clean
+.PHONY: run test lint format bench bench-batch bench-collect lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ bench: $(STAMP)
 bench-batch: $(STAMP)
 	$(BIN)/python benchmarks/bench_batch.py
 
+## Collect's zip step over ~2 GB of generated run zips next to a bare unzip + re-zip of the same members with the same
+## deflate: rows/s, MB/s, the share and peak RSS (quick run: make bench-collect ARGS="--size-mb 200").
+bench-collect: $(STAMP)
+	$(BIN)/python benchmarks/bench_collect.py $(ARGS)
+
 ## The cross-source dedupe over 2,000,000 generated collection rows (and 500,000, for the memory comparison):
 ## rows/s of the whole -processed step, its phases, and the peak RSS.
 .PHONY: bench-dedupe
@@ -90,6 +95,11 @@ bench-webhook: $(STAMP)
 .PHONY: bench-preview
 bench-preview: $(STAMP)
 	$(BIN)/python benchmarks/bench_preview.py $(ARGS)
+
+## The quality gate's coverage check: its time on the largest fixture and on 1,000,000 points, next to the run's.
+.PHONY: bench-coverage
+bench-coverage: $(STAMP)
+	$(BIN)/python benchmarks/bench_coverage.py $(ARGS)
 
 ## ArcGIS paging: a generated 200,000-feature layer from the loopback ArcGIS server at 200 ms a page, one page at a
 ## time against 4 at once; times, speed-up, identical bytes (benchmarks/bench_esri.py; dry run: ARGS="--quick").

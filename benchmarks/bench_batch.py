@@ -7,10 +7,12 @@
    this script starts.
 2. **Baseline without Airflow**, in a scratch Machine database and storage: plan the whole set
    (:func:`openaddr.machine.create_batch_set` + :func:`~openaddr.machine.plan_batch_set`), then run
-   :func:`openaddr.machine.process_source` (the same subprocess per entry as the DAG) on a sample
-   (``--sample``, default 50) in a plain loop, then the same sample with P threads for each ``--parallelism``
-   P > 1, and :func:`openaddr.process_one.process_one` in this process (no subprocess) on the same sample: the
-   difference is the cost of the subprocess per source.
+   :func:`openaddr.machine.process_source` (each entry in a child forked from a zygote, as in the DAG; one zygote
+   per thread, started once, as one per task) on a sample (``--sample``, default 50) in a plain loop, then the
+   same sample with P threads for each ``--parallelism`` P > 1, ``openaddr process-one`` as a fresh subprocess
+   (how every entry ran before issue 15) and :func:`openaddr.process_one.process_one` in this process (no
+   child) on the same sample: the differences are the start-up cost per source of a fresh subprocess and of a
+   forked child.
 3. **Airflow run** for each P (and each ``--group`` K): the embedded stack (:class:`devstack.stack.Stack`,
    LocalExecutor + SQLite, parallelism P) in a fresh home, its Machine database and storage fresh, variable
    ``openaddr_sources`` on the generated checkout; trigger ``openaddr_batch``, wait, check in the Machine
@@ -61,6 +63,7 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -322,6 +325,8 @@ class Baseline:
     :param inproc_cpu: CPU seconds per source of that
     :param parallel_wall: P → seconds per source (sample wall / sample) of process_source with P threads
     :param other_load: share of the machine's CPUs that other processes used during the baseline
+    :param fresh_wall: seconds per source of ``openaddr process-one`` as a fresh subprocess (before issue 15)
+    :param zygote_start: seconds to start a zygote (paid once per task)
     """
 
     sample: int
@@ -333,6 +338,8 @@ class Baseline:
     inproc_cpu: float
     parallel_wall: dict[int, float] = field(default_factory=dict)
     other_load: float = 0.0
+    fresh_wall: float = 0.0
+    zygote_start: float = 0.0
 
     def per_source(self, parallelism: int) -> float:
         """``b_P``: seconds per source at concurrency P."""
@@ -354,6 +361,7 @@ def run_baseline(checkout: Path, work: Path, *, sample: int, parallelism: Sequen
     from openaddr.process_one import process_one
     from openaddr.sources_repo import list_local_sources
     from openaddr.storage import open_storage
+    from openaddr.zygote import Zygote
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -373,22 +381,35 @@ def run_baseline(checkout: Path, work: Path, *, sample: int, parallelism: Sequen
     chosen = [by_path[path] for path in sorted(by_path)[: sample + 1]]
     warmup, chosen = chosen[0], chosen[1:]
 
+    # As a task does: one zygote per thread (a task), started once, each entry's child forked from it.
+    local = threading.local()
+    zygotes: list[Zygote] = []
+
     def one(entry: dict[str, Any]) -> dict[str, Any]:
-        result = process_source(engine, storage, entry, owner, scratch=scratch)
+        zygote = getattr(local, "zygote", None)
+        if zygote is None:
+            zygote = local.zygote = Zygote()
+            zygotes.append(zygote)
+        result = process_source(engine, storage, entry, owner, scratch=scratch, zygote=zygote)
         if result["status"] is not True:
             raise RuntimeError(f"baseline run of {entry['label']} failed: {result}")
         return result
 
-    one(warmup)  # page cache, first connections
+    one(warmup)  # page cache, first connections, the zygote
+    zygote_start = zygotes[0].start_seconds or 0.0
     busy0, own0, wall0 = busy_cpu_seconds(), cpu_seconds(), time.perf_counter()
     print(f"  baseline: {len(chosen)} sources, process_source in a plain loop …", flush=True)
-    walls, cpus, childs = [], [], []
+    walls, childs = [], []
+    loop_cpu0 = cpu_seconds()
     for entry in chosen:
-        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        t0 = time.perf_counter()
         result = one(entry)
         walls.append(time.perf_counter() - t0)
-        cpus.append(cpu_seconds() - cpu0)
         childs.append(result["seconds"])
+    # The children are the zygote's: their CPU reaches this process's rusage when the zygote is reaped.
+    zygotes.pop(0).close()
+    local.zygote = None
+    cpus = [(cpu_seconds() - loop_cpu0) / len(chosen)]
 
     parallel: dict[int, float] = {}
     for p in sorted({p for p in parallelism if p > 1}):
@@ -397,6 +418,24 @@ def run_baseline(checkout: Path, work: Path, *, sample: int, parallelism: Sequen
         with concurrent.futures.ThreadPoolExecutor(p) as pool:
             list(pool.map(one, chosen))
         parallel[p] = (time.perf_counter() - t0) / len(chosen)
+    for zygote in zygotes:
+        zygote.close()
+
+    print("  baseline: openaddr process-one as a fresh subprocess (before issue 15) …", flush=True)
+    fresh = []
+    for i, entry in enumerate(chosen):
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "openaddr", "process-one", str(checkout / entry["path"])]
+            + ["--out", str(work / "fresh" / str(i))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        fresh.append(time.perf_counter() - t0)
+        if done.returncode != 0:
+            raise RuntimeError(f"fresh subprocess run of {entry['label']} failed: {done.returncode}")
+        shutil.rmtree(work / "fresh" / str(i))
 
     print("  baseline: process_one in this process …", flush=True)
     out = work / "inproc"
@@ -423,6 +462,8 @@ def run_baseline(checkout: Path, work: Path, *, sample: int, parallelism: Sequen
         inproc_cpu=mean(icpus),
         parallel_wall=parallel,
         other_load=max(0.0, other / (time.perf_counter() - wall0) / cores),
+        fresh_wall=mean(fresh),
+        zygote_start=zygote_start,
     )
 
 
@@ -436,14 +477,18 @@ def print_baseline(b: Baseline, count: int) -> None:
     print(
         f"  plan the whole set (create_batch_set + plan_batch_set, {count:,} sources): {b.plan_seconds:.2f} s"
     )
-    print(f"  process_source, plain loop (b_1):   wall {b.seq_wall:.3f}   CPU {b.seq_cpu:.3f}")
-    print(f"    of which the process-one subprocess: {b.child_wall:.3f}")
-    print(f"    of which the parent (DB, snapshot, publish): {b.seq_wall - b.child_wall:.3f}")
-    print(f"  process_one in-process (no subprocess): wall {b.inproc_wall:.3f}   CPU {b.inproc_cpu:.3f}")
     print(
-        "  => subprocess cost per source (interpreter start + imports):"
-        f" {b.child_wall - b.inproc_wall:.3f} s wall, {b.seq_cpu - b.inproc_cpu:.3f} s CPU"
-        " (incl. the parent's DB work)"
+        f"  process_source, plain loop, one zygote (b_1):   wall {b.seq_wall:.3f}   CPU {b.seq_cpu:.3f}"
+        " (CPU: this process, the zygote and its children)"
+    )
+    print(f"    of which the process-one child forked from the zygote: {b.child_wall:.3f}")
+    print(f"    of which the parent (DB, snapshot, publish): {b.seq_wall - b.child_wall:.3f}")
+    print(f"    starting the zygote, once per task: {b.zygote_start:.3f}")
+    print(f"  process_one in-process (no child): wall {b.inproc_wall:.3f}   CPU {b.inproc_cpu:.3f}")
+    print(f"  openaddr process-one as a fresh subprocess: wall {b.fresh_wall:.3f}")
+    print(
+        "  => start-up cost per source over in-process: fresh subprocess"
+        f" {b.fresh_wall - b.inproc_wall:.3f} s, forked child {b.child_wall - b.inproc_wall:.3f} s"
     )
     for p, wall in sorted(b.parallel_wall.items()):
         print(
@@ -510,12 +555,15 @@ def list_groups(set_id: int) -> list[list[dict]]:
 @task(pool="oa_sources", priority_weight=1, weight_rule="absolute")
 def process_group(items: list[dict]) -> dict:
     from openaddr.machine import RunOwner, process_source
+    from openaddr.zygote import Zygote
     from openaddr_airflow import config
 
     storage, scratch = config.machine_storage(), config.scratch_folder()
-    with config.machine_engine() as engine:
+    with config.machine_engine() as engine, Zygote() as zygote:
         results = [
-            process_source(engine, storage, item["entry"], RunOwner(**item["run_owner"]), scratch=scratch)
+            process_source(
+                engine, storage, item["entry"], RunOwner(**item["run_owner"]), scratch=scratch, zygote=zygote
+            )
             for item in items
         ]
     return {{"entries": len(results), "succeeded": sum(1 for r in results if r["status"] is True)}}

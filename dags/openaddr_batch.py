@@ -7,9 +7,12 @@
 2. **list_sources** expands them into layer entries, slowest first by the previous set's times; invalid files are
    recorded as failed runs (`invalid_source`).
 3. **process_source**, one mapped instance per entry, named `source/layer/name`, except that entries which took
-   under a minute in the previous set are grouped, up to 10 and 5 minutes a task (named `first label + N more`),
-   because a task costs Airflow more than a small source takes. For each entry: copies a successful run of the
-   last 6 days of the same entry, or downloads and conforms it in a subprocess (3-hour deadline), publishes
+   under a minute in the previous set (or, without a previous time, are estimated to: ArcGIS count, HTTP
+   `Content-Length`) are grouped, up to 10 and 5 minutes a task (named `first label + N more`), because a task
+   costs Airflow more than a small source takes. A group that runs past 10 minutes releases the entries it has
+   not started to **process_released_source**, a task each. For each entry: copies a successful run of the
+   last 6 days of the same entry, or downloads and conforms it in a child forked from a zygote that has
+   imported the processing stack once per task (3-hour deadline), publishes
    `runs/<run id>/` and records the run. Low priority in pool `oa_sources`: a free slot always goes to CI first, and
    two slots are kept for CI alone. Entries with `conform.size: large` run as **process_large_source** on the
    large workers (pool `oa_large`, queue `large`).
@@ -56,8 +59,9 @@ def list_sources(set_id: int, **context) -> list[dict]:
     from openaddr_airflow.operators import push_tiers
 
     with config.machine_engine() as engine:
-        planned = plan_batch_set(engine, config.machine_storage(), set_id)
-        return push_tiers(context["ti"], batch_task_groups(engine, set_id, planned))
+        storage = config.machine_storage()
+        planned = plan_batch_set(engine, storage, set_id)
+        return push_tiers(context["ti"], batch_task_groups(engine, set_id, planned, storage=storage))
 
 
 @task(trigger_rule="all_done", outlets=[LATEST_SET])
@@ -88,7 +92,7 @@ def openaddr_batch():
     """The nightly batch: create the set, process every entry, complete the set (see the module docstring)."""
     set_id = create_set()
     processed = process_sources(
-        list_sources(set_id), priority_weight=1, max_active_standard=BATCH_MAX_ACTIVE_TASKS
+        list_sources(set_id), priority_weight=1, max_active_standard=BATCH_MAX_ACTIVE_TASKS, release=True
     )
     processed >> complete_set(set_id)
 

@@ -27,7 +27,7 @@ from devstack.airflow_api import ADMIN, parse_time
 from devstack.demo import DEFAULT_DEMO_PORT, demo_server, demo_sources
 from devstack.github import DEFAULT_GITHUB_PORT, STATE, github_env, github_server, github_url
 from devstack.push import write_stack_file
-from devstack.report import format_report, set_report
+from devstack.report import collections_report, format_collections, format_report, set_report
 from devstack.stack import DAG_IDS, DEFAULT_PORT, Stack
 from devstack.webhook import AIRFLOW_USER, DEFAULT_WEBHOOK_PORT, webhook_env, webhook_server, webhook_url
 
@@ -38,6 +38,8 @@ log = logging.getLogger("devstack")
 
 LOG_FORMAT = "%(asctime)s %(levelname)8s: %(message)s"
 BATCH = "openaddr_batch"
+#: The DAG the batch's completed set triggers (asset ``openaddr://sets/latest``).
+COLLECT = "openaddr_collect"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +131,22 @@ def start_demo_set(stack: Stack, new: bool = False, wait: float = 30.0) -> tuple
     return stack.trigger(BATCH), False
 
 
+def find_collect_run(stack: Stack, since: dt.datetime | None, wait: float = 120.0) -> str | None:
+    """The collect run the batch run's completed set triggered: the newest ``openaddr_collect`` run queued
+    since the batch run started, once the scheduler has created it (the asset event is processed on its next
+    loop). None when none appears within ``wait`` seconds (a batch run that completed no set emits no event).
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        for collect_run in reversed(stack.runs(COLLECT)):
+            queued = parse_time(collect_run.get("queued_at")) or parse_time(collect_run.get("run_after"))
+            if since is None or (queued is not None and queued >= since):
+                return str(collect_run["dag_run_id"])
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(2)
+
+
 def earlier_note(run_id: str, queued: dt.datetime | None, due: dt.datetime | None) -> str:
     """What the report says above a demo set of an earlier start."""
 
@@ -203,6 +221,27 @@ def run(args: argparse.Namespace) -> int:
                 f"Machine DB  {stack.machine_db}\n"
                 f"Storage     {stack.storage}/\n"
                 f"Logs        {stack.logs}/<program>.log\n"
+            )
+            collect_run: str | None = None
+            collect_state = "none"
+            if report is not None and report["set"]["datetime_end"] is not None:
+                batch_record = stack.request("GET", f"/dags/{BATCH}/dagRuns/{run_id}").json()
+                collect_run = find_collect_run(stack, parse_time(batch_record.get("start_date")))
+                if collect_run is None:
+                    log.error("The completed set triggered no %s run within 120 s", COLLECT)
+                    ok = False
+                else:
+                    _say(f"Waiting for collect run {collect_run} (the collections of the set)…")
+                    collect_state = stack.wait(COLLECT, collect_run, args.timeout)
+                    ok = ok and collect_state == "success"
+            _say(
+                format_collections(
+                    collect_run,
+                    collect_state,
+                    collections_report(stack.machine_database_url) if collect_run else [],
+                    stack.storage,
+                    webhook_url(args.webhook_port),
+                )
             )
             if args.once:
                 return 0 if ok else 1

@@ -106,3 +106,40 @@ def packaged_csv(storage: Path, run: dict[str, Any]) -> tuple[Path, str] | None:
         if members:
             return package, members[0]
     return None
+
+
+def collections_report(database_url: str) -> list[dict[str, Any]]:
+    """The current collections (``zips`` rows marked current), by URL."""
+    from openaddr.db import make_engine
+    from openaddr.db.collect import current_zips
+
+    engine = make_engine(database_url)
+    try:
+        return current_zips(engine)
+    finally:
+        engine.dispose()
+
+
+def format_collections(
+    run_id: str | None, state: str, rows: list[dict[str, Any]], storage: Path, site: str
+) -> str:
+    """Where the collections of the demo set are: the address zips with size and address count, how many
+    GeoJSON collections there are beside them, the folder and the page listing them."""
+    if run_id is None:
+        return "No collect run followed the demo set (it completed no set), so there are no collections.\n"
+    lines = [f"Collect run {run_id}: {state}; {len(rows)} current collections in {storage / 'collections'}/:"]
+    address = [row for row in rows if row["layer"] is None]
+    for row in sorted(
+        address, key=lambda r: (r["collection"] != "global", r["collection"], r["license_attr"])
+    ):
+        name = row["url"].rsplit("/", 1)[-1]
+        lines.append(f"  {name:<45} {row['content_length']:>10,} bytes {row['address_count']:>8,} addresses")
+    geojson = sum(1 for row in rows if row.get("format") == "geojsonl")
+    parquet = sum(1 for row in rows if row.get("format") == "parquet")
+    if geojson or parquet:
+        lines.append(
+            f"  and {geojson} GeoJSON collections (openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip), "
+            f"{parquet} GeoParquet files (openaddr-collected-<area>[-sa]-<layer>.parquet)"
+        )
+    lines.append(f"Listed with their URLs at {site}/ and {site}/index.json")
+    return "\n".join(lines) + "\n"

@@ -83,7 +83,7 @@ PING_TIMEOUT = 1.0
 #: Where the tasks find the Machine database: set by the stack from ``machine_database_url`` only, so that the
 #: database it migrates is the one the tasks use.
 MACHINE_DB_KEYS = ("AIRFLOW_CONN_OPENADDR_MACHINE_DB", "OPENADDR_DATABASE_URL")
-DAG_IDS = ("openaddr_batch", "openaddr_ci")
+DAG_IDS = ("openaddr_batch", "openaddr_ci", "openaddr_collect")
 POOL = "oa_sources"
 #: The large tier's pool (``conform.size: large``); one slot here, where one machine serves both tiers.
 LARGE_POOL = "oa_large"

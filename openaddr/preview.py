@@ -36,12 +36,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from numpy.typing import NDArray
     from PIL import Image
 
     FloatArray = NDArray[np.float64]
+    #: Called with the longitudes and latitudes a preview reads (valid ones only), chunk by chunk: the coverage
+    #: check (:mod:`openaddr.coverage`) counts them without reading the outputs a second time.
+    Observer = Callable[[FloatArray, FloatArray], None]
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +177,9 @@ def _boxes(parts: list[FloatArray]) -> FloatArray:
 
 
 @functools.cache
-def _basemap() -> _Basemap:
-    """Natural Earth's land, coastlines and country boundaries from the shipped TopoJSON (decoded once)."""
+def basemap_topology() -> tuple[dict[str, Any], list[FloatArray]]:
+    """The shipped TopoJSON and its arcs decoded to longitude and latitude (once per process); shared by the
+    preview's basemap and the coverage check (:mod:`openaddr.coverage`)."""
     topology = json.loads(BASEMAP.read_bytes())
     sx, sy = topology["transform"]["scale"]
     tx, ty = topology["transform"]["translate"]
@@ -183,16 +187,32 @@ def _basemap() -> _Basemap:
     for arc in topology["arcs"]:
         quantized = np.cumsum(np.asarray(arc, dtype=np.float64), axis=0)  # delta-encoded (TopoJSON §2.1.3)
         arcs.append(quantized * (sx, sy) + (tx, ty))
+    return topology, arcs
+
+
+def topology_ring(arcs: list[FloatArray], indices: list[int]) -> FloatArray:
+    """A ring of the topology from its arc indices (a negative index ``~i`` is arc ``i`` reversed)."""
+    parts = [arcs[i] if i >= 0 else arcs[~i][::-1] for i in indices]
+    return np.concatenate([parts[0], *(p[1:] for p in parts[1:])])
+
+
+def topology_polygons(geometry: dict[str, Any]) -> Iterator[list[list[int]]]:
+    """The polygons (lists of rings of arc indices) of a TopoJSON geometry; none for other types."""
+    if geometry["type"] == "Polygon":
+        yield geometry["arcs"]
+    elif geometry["type"] == "MultiPolygon":
+        yield from geometry["arcs"]
+
+
+@functools.cache
+def _basemap() -> _Basemap:
+    """Natural Earth's land, coastlines and country boundaries from the shipped TopoJSON (decoded once)."""
+    topology, arcs = basemap_topology()
 
     def ring(indices: list[int]) -> FloatArray:
-        parts = [arcs[i] if i >= 0 else arcs[~i][::-1] for i in indices]
-        return np.concatenate([parts[0], *(p[1:] for p in parts[1:])])
+        return topology_ring(arcs, indices)
 
-    def polygons(geometry: dict[str, Any]) -> Iterator[list[list[int]]]:
-        if geometry["type"] == "Polygon":
-            yield geometry["arcs"]
-        elif geometry["type"] == "MultiPolygon":
-            yield from geometry["arcs"]
+    polygons = topology_polygons
 
     def used(collection: str) -> set[int]:
         return {
@@ -206,7 +226,7 @@ def _basemap() -> _Basemap:
     land: list[list[FloatArray]] = []
     for geometry in topology["objects"]["land"]["geometries"]:
         for polygon in polygons(geometry):
-            rings = [_unwrap(ring(r)) for r in polygon]
+            rings = [unwrap_ring(ring(r)) for r in polygon]
             land.append(rings)
             west, east = rings[0][:, 0].min(), rings[0][:, 0].max()
             if west < -180 or east > 180:  # the part across the antimeridian, on the other side
@@ -229,7 +249,7 @@ def _in_box(boxes: FloatArray, box: tuple[float, float, float, float]) -> NDArra
     return np.flatnonzero(overlap)
 
 
-def _unwrap(ring: FloatArray) -> FloatArray:
+def unwrap_ring(ring: FloatArray) -> FloatArray:
     """A ring whose longitude jumps by more than 180° (it crosses the antimeridian) made continuous, so that it
     reaches beyond ±180° instead of drawing a line across the world."""
     step = np.diff(ring[:, 0])
@@ -545,18 +565,34 @@ def _outlines(geometries: Any) -> Any:
     return out
 
 
-def render_state_preview(state_dir: Path, layer_type: str) -> Path | None:
+def _observed(chunks: Iterable[Any], observe: Observer) -> Iterator[Any]:
+    """The chunks of geometries, each shown first to ``observe`` as the centres of its valid geometries' bounds."""
+    import shapely
+
+    for chunk in chunks:
+        bounds = shapely.bounds(_valid_lonlat(chunk))
+        observe((bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2)
+        yield chunk
+
+
+def render_state_preview(state_dir: Path, layer_type: str, observe: Observer | None = None) -> Path | None:
     """Draw ``preview.png`` of a state directory from its ``out.csv`` (addresses) or ``out.geojson``.
 
+    :param observe: also given the coordinates read: the points of ``out.csv``, or the centres of the bounds of
+        ``out.geojson``'s geometries (valid ones only)
     :returns: the PNG's path, or None when no row has valid coordinates (nothing is written)
     :raises PreviewError: the output could not be read as expected
     """
     from openaddr.outputs import write_atomic
 
     if layer_type == "addresses" and (state_dir / "out.csv").exists():
-        image = render_points(*read_csv_points(state_dir / "out.csv"))
+        lon, lat = read_csv_points(state_dir / "out.csv")
+        if observe is not None:
+            observe(lon, lat)
+        image = render_points(lon, lat)
     else:
-        image = render_geometries(read_geojson_geometries(state_dir / "out.geojson"))
+        chunks = read_geojson_geometries(state_dir / "out.geojson")
+        image = render_geometries(chunks if observe is None else _observed(chunks, observe))
     if image is None:
         return None
     return write_atomic(state_dir / "preview.png", png_bytes(image))
@@ -566,6 +602,7 @@ __all__ = [
     "HEIGHT",
     "WIDTH",
     "Canvas",
+    "basemap_topology",
     "PreviewError",
     "Viewport",
     "mercator",
@@ -575,4 +612,7 @@ __all__ = [
     "render_geometries",
     "render_points",
     "render_state_preview",
+    "topology_polygons",
+    "topology_ring",
+    "unwrap_ring",
 ]

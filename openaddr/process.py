@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import shutil
 import sys
@@ -30,6 +31,7 @@ from openaddr.errors import (
 from openaddr.sources import LayerEntry, Source, load_source
 
 if TYPE_CHECKING:
+    from openaddr.coverage import OutsideCounter
     from openaddr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -345,21 +347,57 @@ def conform_entry(
 
 def _write_preview(entry: LayerEntry, state_dir: Path, state: dict[str, Any]) -> None:
     """Draw ``preview.png`` (machine-ci.md §5 step 3) and name it in the state; a run without valid coordinates
-    gets none and says so. Never fails the entry: a preview that cannot be drawn is logged and left out."""
+    gets none and says so. Never fails the entry: a preview that cannot be drawn is logged and left out.
+
+    The points the preview reads are also counted against the source's country (:mod:`openaddr.coverage`) and
+    ``stats.json`` gets ``outside_coverage`` and ``coverage_country`` for the quality gate."""
+    from openaddr.coverage import counter_for
     from openaddr.preview import render_state_preview
 
     started = time.monotonic()
+    counter = None
     try:
-        path = render_state_preview(state_dir, entry.layer)
+        counter = counter_for(entry.source.document, entry.source.path, entry.label)
+    except Exception as exc:  # the check is an extra, as the preview is
+        log.warning("No coverage check for %s: %s: %s", entry.label, type(exc).__name__, exc)
+    try:
+        path = render_state_preview(state_dir, entry.layer, counter)
     except Exception as exc:  # the preview is an extra: the outputs are complete without it
         log.warning("Could not draw the preview of %s: %s: %s", entry.label, type(exc).__name__, exc)
         (state_dir / "preview.png").unlink(missing_ok=True)
+        if counter is not None:
+            log.warning("No coverage check for %s: its points could not be read", entry.label)
         return
+    if counter is not None:
+        _record_coverage(entry, state_dir, counter)
     if path is None:
         log.info("No preview: no row of %s has valid coordinates", entry.label)
         return
     state["preview"] = path.name
-    log.info("Drew the preview of %s in %.2f s", entry.label, time.monotonic() - started)
+    checked = counter.seconds if counter is not None else 0.0  # the check's own time is logged apart
+    log.info("Drew the preview of %s in %.2f s", entry.label, time.monotonic() - started - checked)
+
+
+def _record_coverage(entry: LayerEntry, state_dir: Path, counter: OutsideCounter) -> None:
+    """Add the coverage check's count to ``stats.json``."""
+    from openaddr.coverage import BUFFER_DEGREES, OUTSIDE_COVERAGE_KEY
+    from openaddr.outputs import write_json
+
+    stats_path = state_dir / "stats.json"
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    stats[OUTSIDE_COVERAGE_KEY] = counter.outside
+    stats["coverage_country"] = counter.country.code
+    write_json(stats_path, stats)
+    log.info(
+        "%d of %d points of %s are outside %s (from %s) and %s° around it (checked in %.2f s)",
+        counter.outside,
+        counter.points,
+        entry.label,
+        counter.country.code,
+        counter.country.origin,
+        BUFFER_DEGREES,
+        counter.seconds,
+    )
 
 
 def _discard_outputs(state_dir: Path, state: dict[str, Any]) -> None:

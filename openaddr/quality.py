@@ -12,9 +12,10 @@ The rules read the run's ``stats.json`` (processing.md §9.5), which the conform
 * **empty**: every ``number`` or every ``street`` empty (address layers);
 * **coordinates**: no row with valid coordinates;
 * **null island**: more than 1 % of rows at (0, 0) (openaddresses/openaddresses#5008);
-* **coverage** (issue 14, not in §10 yet): more than 1 % of rows outside the source's coverage. The rule reads an
-  ``outside_coverage`` count from the stats; nothing computes it yet: it needs the shipped boundaries (Natural Earth)
-  and is left to the work that adds them (:data:`OUTSIDE_COVERAGE_KEY`).
+* **coverage** (issue 14, not in §10 yet): more than 1 % of rows outside the source's coverage, read from the
+  ``outside_coverage`` count (:data:`OUTSIDE_COVERAGE_KEY`) that :mod:`openaddr.coverage` adds to the stats: rows
+  outside the source's country (Natural Earth 1:50m, shipped with the preview) grown by 0.1°. A run whose source
+  names no country that can be checked has no such count, and the rule does not apply.
 
 The first run of an entry has no previous run: only the absolute rules (empty, coordinates, null island, coverage)
 apply. Thresholds are compared in integers, so a rule fires exactly past its threshold and not at it.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from openaddr.coverage import OUTSIDE_COVERAGE_KEY as OUTSIDE_COVERAGE_KEY
 from openaddr.db.results import previous_accepted_run
 
 if TYPE_CHECKING:
@@ -44,9 +46,6 @@ KEEP_SHARE = Fraction(9, 10)
 STRAY_SHARE = Fraction(1, 100)
 #: Address attributes whose fill the gate watches.
 FILLED_ATTRIBUTES = ("number", "street")
-#: The stats key the coverage rule reads: rows outside the source's country or subdivision (with a small buffer).
-#: Not computed yet — the hook for the shipped boundaries.
-OUTSIDE_COVERAGE_KEY = "outside_coverage"
 #: What a layer type's rows are called in warnings.
 _ROWS = {"addresses": "Address", "parcels": "Parcel", "buildings": "Building", "centerlines": "Centerline"}
 

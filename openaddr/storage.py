@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -83,6 +84,10 @@ _COPY_CHUNK = 1 << 20
 _SESSION: Any = None
 _SESSION_LOCK = threading.Lock()
 _DEFAULT_PART_SIZE = 8 << 20  # boto3's own default threshold and part size
+#: S3's smallest part (but the last).
+MIN_PART_SIZE = 5 << 20
+#: Tries of each request of an upload (machine-ci.md §8: 3 tries per part).
+PART_TRIES = 3
 
 
 class StorageError(OpenaddrError):
@@ -618,8 +623,9 @@ class S3Storage(Storage):
     """Objects in an S3 bucket below an optional prefix (``s3://bucket/prefix``), through boto3.
 
     Credentials and region come from boto3's standard chain (environment, shared files, instance roles). Files
-    above ``multipart_threshold`` are uploaded and copied in parts of ``multipart_chunksize`` (S3 raises anything
-    below 5 MiB to 5 MiB); an unfinished multipart upload is never visible. No ACL is set: public reading is the
+    above ``multipart_threshold`` are uploaded and copied in parts of ``multipart_chunksize`` (at least 5 MiB),
+    streamed from disk one part at a time, each part tried 3 times (:meth:`upload_file`); an unfinished multipart
+    upload is never visible. No ACL is set: public reading is the
     bucket policy's business (buckets created since 2023 refuse ACLs).
 
     Public URLs: ``public_url`` + key when given (``https://data.openaddresses.io``), else
@@ -634,6 +640,7 @@ class S3Storage(Storage):
     :param multipart_threshold: size from which uploads and copies are multipart, bytes
     :param multipart_chunksize: part size, bytes
     :param client: a ready boto3 S3 client (then ``endpoint_url`` only shapes public URLs)
+    :param retry_wait: seconds of the first wait between tries of an upload request (doubling up to ten times it)
     """
 
     def __init__(
@@ -647,6 +654,7 @@ class S3Storage(Storage):
         multipart_threshold: int = _DEFAULT_PART_SIZE,
         multipart_chunksize: int = _DEFAULT_PART_SIZE,
         client: Any = None,
+        retry_wait: float = 1.0,
     ) -> None:
         super().__init__(public_url=public_url)
         if not bucket:
@@ -662,6 +670,9 @@ class S3Storage(Storage):
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self._client = client
+        self._given_client = client is not None
+        self._part_client: Any = None
+        self.retry_wait = retry_wait
         self._transfer: Any = None
 
     def __repr__(self) -> str:
@@ -712,22 +723,116 @@ class S3Storage(Storage):
         return f"https://{self.bucket}.s3.amazonaws.com/{quoted}"
 
     def put_file(self, local: Path, key: str, *, content_type: str | None = None, gzip: bool = False) -> str:
-        """Upload a file (multipart above the threshold); return its public URL."""
-        extra = {"ContentType": content_type or content_type_for(key)}
-        full = self.full_key(key)
+        """Upload a file (multipart above the threshold, :meth:`upload_file`); return its public URL."""
+        content_type = content_type or content_type_for(key)
         if gzip:
             with tempfile.TemporaryDirectory(prefix="openaddr-gzip-") as tmp:
                 packed = Path(tmp) / "upload.gz"
                 gzip_file(Path(local), packed)
-                self.client.upload_file(
-                    str(packed), self.bucket, full, ExtraArgs=extra, Config=self.transfer_config
-                )
+                self.upload_file(packed, key, content_type=content_type)
         else:
-            self.client.upload_file(
-                str(local), self.bucket, full, ExtraArgs=extra, Config=self.transfer_config
-            )
-        log.debug("Uploaded %s to s3://%s/%s", local, self.bucket, full)
+            self.upload_file(Path(local), key, content_type=content_type)
+        log.debug("Uploaded %s to s3://%s/%s", local, self.bucket, self.full_key(key))
         return self.url(key)
+
+    @property
+    def part_client(self) -> Any:
+        """The client of single upload requests: botocore's own retries off, so :data:`PART_TRIES` is the whole
+        number of tries of a part (the client given to the constructor, when one was)."""
+        if self._part_client is None:
+            if self._client is not None and self._given_client:
+                self._part_client = self._client
+            else:
+                from botocore.config import Config
+
+                config = Config(
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    s3={"addressing_style": "path"} if self.endpoint_url else {},
+                )
+                with _SESSION_LOCK:
+                    global _SESSION
+                    if _SESSION is None:
+                        import boto3
+
+                        _SESSION = boto3.session.Session()
+                    self._part_client = _SESSION.client(
+                        "s3", endpoint_url=self.endpoint_url, region_name=self.region_name, config=config
+                    )
+        return self._part_client
+
+    def upload_file(self, local: Path, key: str, *, content_type: str) -> None:
+        """Stream a local file to ``key``: one ``PutObject`` below ``multipart_threshold``, else a multipart upload
+        of ``multipart_chunksize`` parts (at least 5 MiB, S3's minimum) read one at a time, so memory holds one
+        part whatever the file's size. Each request is tried :data:`PART_TRIES` times (tenacity, exponential
+        wait); when a part fails every try the upload is aborted and the error raised: nothing becomes visible,
+        since S3 shows a multipart object only once it is completed.
+
+        :raises StorageError: a request failed every try
+        """
+        full = self.full_key(key)
+        size = Path(local).stat().st_size
+        if size < self.multipart_threshold:
+            with Path(local).open("rb") as handle:
+                data = handle.read()
+            self._try(
+                f"upload of s3://{self.bucket}/{full}",
+                lambda: self.part_client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, ContentType=content_type
+                ),
+            )
+            return
+        part_size = max(self.multipart_chunksize, MIN_PART_SIZE)
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, ContentType=content_type
+        )["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            with Path(local).open("rb") as handle:
+                number = 1
+                while data := handle.read(part_size):
+                    response = self._try(
+                        f"part {number} of s3://{self.bucket}/{full}",
+                        functools.partial(
+                            self.part_client.upload_part,
+                            Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=data,
+                        ),
+                    )  # fmt: skip
+                    parts.append({"PartNumber": number, "ETag": response["ETag"]})
+                    number += 1
+            self._try(
+                f"completing s3://{self.bucket}/{full}",
+                lambda: self.part_client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                ),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
+        log.debug("Uploaded %d parts to s3://%s/%s", len(parts), self.bucket, full)
+
+    def _try(self, what: str, request: Callable[[], Any]) -> Any:
+        """Run one S3 request up to :data:`PART_TRIES` times; the last failure is raised as a StorageError."""
+        import tenacity
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(PART_TRIES),
+            wait=tenacity.wait_exponential(multiplier=self.retry_wait, max=10 * self.retry_wait),
+            retry=tenacity.retry_if_exception_type((BotoCoreError, ClientError, OSError)),
+            before_sleep=lambda state: log.warning(
+                "%s failed (try %d of %d): %s",
+                what,
+                state.attempt_number,
+                PART_TRIES,
+                state.outcome.exception() if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(request)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise StorageError(f"{what} failed {PART_TRIES} times: {exc}") from exc
 
     def put_bytes(self, data: bytes, key: str, *, content_type: str | None = None) -> str:
         """Upload ``data`` in one request; return its public URL."""

@@ -72,6 +72,10 @@ class _Handler(BaseHTTPRequestHandler):
             route = status_route(404, b"no such route\n")
         route(self, dict(parse_qsl(parts.query)))
 
+    def do_HEAD(self) -> None:
+        """As ``GET``, without the body (:func:`send` leaves it out)."""
+        self.do_GET()
+
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the test output is not the place for access logs."""
 
@@ -97,7 +101,8 @@ def send(
     if length >= 0:
         handler.send_header("Content-Length", str(length))
     handler.end_headers()
-    handler.wfile.write(body)
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
     handler.wfile.flush()
 
 

@@ -36,7 +36,7 @@ from openaddr_airflow.links import run_links
 
 #: The launcher's whole run: ~25 s to healthy, ~35 s for the demo set (a scheduled run, then ours), ~15 s to
 #: stop; up to twice that on a busy 2-core machine.
-RUN_TIMEOUT = 200
+RUN_TIMEOUT = 320  # the demo set, then its collect run
 
 
 def _clean_environment() -> dict[str, str]:
@@ -599,3 +599,35 @@ def _push_a_changed_source(home: Path, webhook_port: int) -> None:
     assert {s["target_url"] for s in ours} == {f"http://127.0.0.1:{webhook_port}/jobs/{job_id}"}
     assert ours[-1]["context"] == "openaddresses/hooked"
     assert "Commit statuses at the fake GitHub:\n  pending" in pushed.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_once_waits_for_the_collect_run_and_says_where_the_collections_are(demo_run: dict):
+    result, home = demo_run["result"], demo_run["home"]
+    assert result.returncode == 0, result.stderr[-4000:]
+    match = re.search(r"Collect run (\S+): success; (\d+) current collections in (\S+)/:", result.stdout)
+    assert match, result.stdout
+    assert int(match.group(2)) == 180  # 18 address zips, 72 GeoJSON, 72 GeoParquet and 18 -processed zips
+    assert (
+        "and 72 GeoJSON collections (openaddr-collected-<area>[-sa]-<layer>.geojsonl.zip), 72 GeoParquet"
+        in (result.stdout)
+    )
+    folder = Path(match.group(3))
+    assert folder == home / "storage" / "collections"
+    line = re.search(r"openaddr-collected-global\.zip +([\d,]+) bytes +([\d,]+) addresses", result.stdout)
+    assert line, result.stdout
+    assert int(line.group(1).replace(",", "")) == (folder / "openaddr-collected-global.zip").stat().st_size
+    with zipfile.ZipFile(folder / "openaddr-collected-global.zip") as archive:
+        rows = sum(
+            len(archive.read(n).splitlines()) - 1
+            for n in archive.namelist()
+            if n.endswith(".csv") and not n.startswith("summary/")
+        )
+    assert int(line.group(2).replace(",", "")) == rows > 0
+    with sqlite3.connect(home / "airflow" / "airflow.db") as metadata:
+        states = metadata.execute(
+            "SELECT state FROM dag_run WHERE dag_id = 'openaddr_collect' AND run_id = ?", (match.group(1),)
+        ).fetchall()
+    assert states == [("success",)]
+    assert "Listed with their URLs at http://" in result.stdout

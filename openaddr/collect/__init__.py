@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,7 @@ from openaddr.storage import ObjectNotFoundError
 
 if TYPE_CHECKING:
     import datetime as dt
+    from collections.abc import Iterable, Mapping, Sequence
 
     import sqlalchemy as sa
 
@@ -122,6 +124,15 @@ class Collection:
     layer: str | None = None
     format: str = "zip"
 
+    def as_dict(self) -> dict[str, Any]:
+        """Its fields as JSON-ready values (what a DAG task returns)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Collection:
+        """Back from :meth:`as_dict`."""
+        return cls(**values)
+
 
 @dataclass
 class CollectResult:
@@ -137,6 +148,7 @@ class CollectResult:
     :param geojson_skipped: run id → why an address run's ``out.geojson.gz`` is not in the GeoJSON collections
     :param features_dropped: features of other layer types left out of the GeoParquet collections (no geometry,
         an empty one, or coordinates beyond ±180 / ±90), per run id
+    :param members: CSV member without ``.csv`` → the source path of its run (the dedupe's tie-break)
     :param processed: with the dedupe, the ``-processed`` collections as written (rows, drops, report)
     :param dedupe: with the dedupe, its figures per licence class (``""``, ``"sa"``)
     """
@@ -149,6 +161,7 @@ class CollectResult:
     skipped: dict[int, str] = field(default_factory=dict)
     geojson_skipped: dict[int, str] = field(default_factory=dict)
     features_dropped: dict[int, int] = field(default_factory=dict)
+    members: dict[str, str] = field(default_factory=dict)
     processed: list[Processed] = field(default_factory=list)
     dedupe: dict[str, DedupeStats] = field(default_factory=dict)
 
@@ -219,9 +232,16 @@ def collect(
     work_dir: Path | None = None,
     now: dt.datetime | None = None,
     dedupe: bool | DedupeSettings = False,
+    areas: Sequence[str] | None = None,
+    record: bool = True,
 ) -> CollectResult:
     """Build and publish the address and GeoJSON collections of a set (module docstring); return what was
     published.
+
+    Split by area (``areas``, ``record=False``), several workers build a set's collections at once: each builds
+    and publishes those of its areas, and one last step records them all (:func:`record_collections`). The
+    collections of every area are those of one call with every area (a test holds them byte for byte), provided
+    each call collects the same set id at the same ``now``.
 
     :param engine: the Machine database
     :param storage: the run storage, where the collections are published too
@@ -230,15 +250,31 @@ def collect(
     :param repository: the repository whose latest set is meant
     :param work_dir: where the temporary folder of the collections and downloads is made (default: the system's)
     :param now: the collection time (README date, member times, ``zips.datetime``; default: now)
-    :param dedupe: also build the ``-processed`` collections (True: with the default settings)
+    :param dedupe: also build the ``-processed`` collections (True: with the default settings); it needs every
+        area (split by area, :func:`dedupe_published` builds them after the areas)
+    :param areas: build only the collections of these areas (default: all of :data:`AREAS`)
+    :param record: record the collections in ``zips`` (:func:`record_collections`) after publishing them
     :raises LookupError: no such set, or it is not complete
+    :raises ValueError: an unknown area
     """
     now = now or utcnow()
-    record = collect_set(engine, which, owner=owner, repository=repository)
-    result = CollectResult(set_id=int(record["id"]))
-    inputs = _inputs(storage, collect_runs(engine, result.set_id), result)
-    log.info("Collecting set %d: %d runs", result.set_id, len(inputs))
-    readme = readme_text(now.date(), record["owner"], record["repository"], record["commit_sha"])
+    wanted = list(AREAS) if areas is None else [area for area in AREAS if area in areas]
+    unknown = sorted(set(areas or ()) - set(AREAS))
+    if unknown:
+        raise ValueError(f"unknown collect areas {unknown}: choose from {list(AREAS)}")
+    if dedupe and len(wanted) < len(AREAS):
+        raise ValueError(
+            "the dedupe needs every area's address collections: run dedupe_published after the areas"
+        )
+    found = collect_set(engine, which, owner=owner, repository=repository)
+    result = CollectResult(set_id=int(found["id"]))
+    inputs = [
+        item
+        for item in _inputs(storage, collect_runs(engine, result.set_id), result)
+        if any(area in wanted for area in areas_of(item.source))
+    ]
+    log.info("Collecting set %d, areas %s: %d runs", result.set_id, ", ".join(wanted), len(inputs))
+    readme = readme_text(now.date(), found["owner"], found["repository"], found["commit_sha"])
     kinds: list[str | None] = [None, *LAYER_TYPES]
     with tempfile.TemporaryDirectory(prefix="openaddr-collect-", dir=work_dir) as tmp:
         folder = Path(tmp)
@@ -246,16 +282,16 @@ def collect(
         parquets = GeoParquetCollections(folder / "geoparquet")
         try:
             for layer in kinds:
-                for area in AREAS:
+                for area in wanted:
                     for attr in LICENSE_ATTRS:
                         path = folder / collection_name(area, attr, layer)
                         zips[area, attr, layer] = CollectionZip(path, readme, zip_time(now))
             for layer_type in LAYER_TYPES:
-                for area in AREAS:
+                for area in wanted:
                     for attr in LICENSE_ATTRS:
                         parquets.add_collection(area, attr, layer_type)
             counts = dict.fromkeys(zips, 0)
-            members: dict[str, str] = {}
+            members = result.members
             for item in inputs:
                 _collect_one(storage, folder, item, zips, counts, result, parquets, members)
             for collection in zips.values():
@@ -322,14 +358,8 @@ def collect(
                     p.sources,
                 )
             )
-    record_zips(
-        engine,
-        (
-            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer, c.format)
-            for c in result.collections
-        ),
-        now=now,
-    )
+    if record:
+        record_collections(engine, result.collections, now=now)
     log.info(
         "Set %d: published %d collections from %d runs (%d rows dropped for their coordinates)",
         result.set_id,
@@ -338,6 +368,98 @@ def collect(
         sum(result.dropped.values()),
     )
     return result
+
+
+def record_collections(engine: sa.Engine, collections: Iterable[Collection], *, now: dt.datetime) -> None:
+    """Make ``collections`` (of every area) the current ones in ``zips``, in one transaction
+    (:func:`openaddr.db.collect.record_zips`)."""
+    record_zips(
+        engine,
+        (
+            ZipRow(c.url, c.content_length, c.address_count, c.area, c.license_attr, c.layer, c.format)
+            for c in collections
+        ),
+        now=now,
+    )
+
+
+def dedupe_published(
+    engine: sa.Engine,
+    storage: Storage,
+    set_id: int,
+    members: Mapping[str, str],
+    *,
+    now: dt.datetime,
+    owner: str = DEFAULT_OWNER,
+    repository: str = DEFAULT_REPOSITORY,
+    work_dir: Path | None = None,
+    settings: DedupeSettings | None = None,
+) -> tuple[list[Collection], dict[str, DedupeStats]]:
+    """The dedupe of a collect split by area: build and publish the 18 ``-processed`` collections from the 18
+    published address collections (``global`` and every region at once, as the dedupe needs them; each read as a
+    local file, downloaded on S3), not recorded yet. The same files as ``collect(…, dedupe=True)`` makes.
+
+    :param set_id: the set the areas collected (for ``README.txt``)
+    :param members: the ``members`` of the ``global`` area's :class:`CollectResult` (the dedupe's tie-break)
+    :param now: the areas' collection time
+    :return: the published collections in area and licence order, and the dedupe's figures per licence class
+    """
+    import contextlib
+
+    found = collect_set(engine, set_id, owner=owner, repository=repository)
+    readme = readme_text(now.date(), found["owner"], found["repository"], found["commit_sha"])
+    with (
+        tempfile.TemporaryDirectory(prefix="openaddr-dedupe-", dir=work_dir) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        folder = Path(tmp)
+        addresses: dict[tuple[str, str], tuple[Path, Sequence[LicenseBlock]]] = {}
+        for area in AREAS:
+            for attr in LICENSE_ATTRS:
+                key = f"{COLLECTIONS_FOLDER}/{collection_name(area, attr)}"
+                path = stack.enter_context(storage.local_file(key, folder))
+                with zipfile.ZipFile(path) as archive:
+                    blocks = parse_license_text(archive.read("LICENSE.txt").decode("utf-8"))
+                addresses[area, attr] = (path, blocks)
+        processed, stats = build_processed(
+            folder, addresses, readme, zip_time(now), members, settings or DedupeSettings()
+        )
+        urls = storage.publish_files(COLLECTIONS_FOLDER, {p.name: p.path for p in processed})
+        collections = [
+            Collection(
+                p.area,
+                p.license_attr,
+                p.name,
+                urls[p.name],
+                p.path.stat().st_size,
+                p.address_count,
+                p.sources,
+            )
+            for p in processed
+        ]
+    return collections, stats
+
+
+def parse_license_text(text: str) -> list[LicenseBlock]:
+    """The blocks of a collection's ``LICENSE.txt`` (:func:`openaddr.collect.archive.license_text` read back: the
+    same blocks write the same text)."""
+    blocks = []
+    for part in text.split("\n\n")[1:]:
+        source, website, license_, attribution = part.rstrip("\n").split("\n")
+        site = website.removeprefix("Website: ")
+        terms = license_.removeprefix("License: ")
+        value = attribution.removeprefix("Required attribution: ")
+        required, name = ("false", None) if value == "No" else ("true", None if value == "Yes" else value)
+        blocks.append(
+            LicenseBlock(
+                source,
+                None if site == "Unknown" else site,
+                None if terms == "Unknown" else terms,
+                required,
+                name,
+            )
+        )
+    return blocks
 
 
 def _collect_one(
@@ -353,8 +475,8 @@ def _collect_one(
     """Add one input run to the collections it belongs to: its zip to the address ones, its GeoJSON to those of
     its layer type, and the same rows to the GeoParquet ones (the address zip's CSVs, else the GeoJSON); record
     what it contributed, dropped or lacked in ``result``, and its CSV member's source path in ``members`` (the
-    dedupe's tie-break)."""
-    areas = areas_of(item.source)
+    dedupe's tie-break). Only the areas being built (those in ``zips``) are written."""
+    areas = [area for area in areas_of(item.source) if any(key[0] == area for key in zips)]
     entry = Entry(f"sources/{item.source}.json", item.layer, item.name, item.run_id)
 
     def block(title: str) -> LicenseBlock:
@@ -421,5 +543,8 @@ __all__ = [
     "collect",
     "collection_name",
     "license_class",
+    "dedupe_published",
+    "parse_license_text",
+    "record_collections",
     "repository_of",
 ]

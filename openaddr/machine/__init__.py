@@ -9,6 +9,8 @@ SQLAlchemy engine of the Machine database (:mod:`openaddr.db`, which holds every
 * :mod:`~openaddr.machine.planning`: planning a CI job or a set's entries, grouping and tiers;
 * :mod:`~openaddr.machine.batch`: batch sets (create, plan, complete);
 * :mod:`~openaddr.machine.child`: the ``openaddr process-one`` child process, its deadline and memory limit;
+* :mod:`~openaddr.zygote`: the zygote the child is forked from (imports done once per task);
+* :mod:`~openaddr.machine.estimate`: what an entry without a previous time will cost, known before downloading;
 * :mod:`~openaddr.machine.recording`: running and recording one entry, and what a failed task leaves behind;
 * :mod:`~openaddr.machine.scratch`: the tasks' work folders in the scratch folder (locked, removed on exit, swept
   after a kill);
@@ -61,8 +63,10 @@ from openaddr.machine.entries import (
     source_name,
     worker_id,
 )
+from openaddr.machine.estimate import Estimate, estimate_entries
 from openaddr.machine.planning import (
     GROUP_BUDGET_SECONDS,
+    GROUP_DEADLINE_SECONDS,
     GROUP_SIZE,
     MAX_CI_FILES,
     PULL_REQUEST_EVENTS,
@@ -78,11 +82,13 @@ from openaddr.machine.planning import (
     task_arguments,
 )
 from openaddr.machine.recording import process_entries, process_source, record_task_failure
+from openaddr.zygote import Zygote, ZygoteError
 
 __all__ = [
     "DEFAULT_LARGE_MEMORY_LIMIT",
     "DEFAULT_MEMORY_LIMIT",
     "GROUP_BUDGET_SECONDS",
+    "GROUP_DEADLINE_SECONDS",
     "GROUP_SIZE",
     "KILL_GRACE_SECONDS",
     "LARGE",
@@ -94,11 +100,14 @@ __all__ = [
     "STANDARD",
     "TIERS",
     "ChildResult",
+    "Estimate",
     "Kind",
     "PlannedEntry",
     "RunOwner",
     "SourceSnapshot",
     "TriggerError",
+    "Zygote",
+    "ZygoteError",
     "batch_task_groups",
     "by_tier",
     "check_source_path",
@@ -107,6 +116,7 @@ __all__ = [
     "complete_batch_set",
     "create_batch_set",
     "entry_size",
+    "estimate_entries",
     "finish_ci_job",
     "format_bytes",
     "group_entries",

@@ -1,29 +1,28 @@
 """The child process: ``openaddr process-one`` for one entry, under a deadline and a memory limit (machine-ci.md §5).
 
-Why a subprocess per entry: processing runs GDAL, PROJ and Arrow over untrusted files for up to three hours. In a
+Why a child process per entry: processing runs GDAL, PROJ and Arrow over untrusted files for up to three hours. In a
 child process a segfault, a memory blow-up or a hung C call ends that run only ("Something went wrong in
 openaddr-process-one", "Ran out of memory", "Timed out after …"), the deadline is enforced by killing the child's
 process group, and every byte of memory goes back to the OS when the child exits. It costs one interpreter start and
-the imports per entry (measured by ``make bench-batch``).
+the imports per entry unless it is forked from a zygote that has imported them already (:mod:`.zygote`; measured
+by ``make bench-batch``).
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openaddr.machine.entries import LARGE, STANDARD
 from openaddr.settings import Settings
+from openaddr.zygote import CLI_TARGET, Zygote
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
 
 #: Environment variables: bytes of address space the processing subprocess of each tier may use; 0 turns the limit
@@ -96,8 +95,9 @@ def run_process_one(
     log_path: Path,
     limit: int | None = None,
     env: Mapping[str, str] | None = None,
+    zygote: Zygote | None = None,
 ) -> ChildResult:
-    """Run ``openaddr process-one`` for one entry in a child process, in its own process group.
+    """Run ``openaddr process-one`` for one entry in a child forked from a zygote, in its own process group.
 
     The child gets the entry's deadline itself; it is killed (the whole group, with any worker processes it forked)
     ``KILL_GRACE_SECONDS`` after it, or at once when this process is interrupted (e.g. by Airflow's
@@ -109,39 +109,32 @@ def run_process_one(
     :param log_path: where the child's stdout and stderr go
     :param limit: address-space limit in bytes (None: no limit)
     :param env: the child's environment (default: this process's)
+    :param zygote: the zygote to fork from (default: one started for this run alone and stopped after it)
+    :raises ZygoteError: the zygote could not start or died (an infrastructure error)
     """
-    command = [sys.executable, "-m", "openaddr", "process-one", str(source_file), "--out", str(out)]
-    command += ["--layer", layer, "--name", name]
-
-    def set_limit() -> None:  # runs in the child before exec
-        if limit is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+    argv = ["process-one", str(source_file), "--out", str(out), "--layer", layer, "--name", name]
     # The child's temporary files go inside the work folder, which the caller removes even after a kill.
     child_env = dict(os.environ if env is None else env)
     child_env["TMPDIR"] = str(log_path.parent / "tmp")
     (log_path.parent / "tmp").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with log_path.open("wb") as stream:
-        child = subprocess.Popen(
-            command,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=set_limit,
+    own = zygote is None
+    zygote = Zygote(child_env) if zygote is None else zygote
+    try:
+        returncode, timed_out = zygote.run(
+            CLI_TARGET,
+            [argv],
+            log_path=log_path,
+            timeout=timeout + KILL_GRACE_SECONDS,
+            limit=limit,
             env=child_env,
+            cwd=Path.cwd(),
         )
-        timed_out = False
-        try:
-            returncode: int | None = child.wait(timeout=timeout + KILL_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(child)
-            returncode = child.returncode
-        except BaseException:
-            _kill_group(child)
-            raise
+    finally:
+        if own:
+            zygote.close()
+    if returncode is not None and returncode < 0:
+        _note_signal(log_path, -returncode, timed_out)
     # Looked for whatever the exit status: the child may catch the error and record it as a conform failure.
     ending = tail(log_path).lower()
     out_of_memory = not timed_out and (
@@ -150,12 +143,17 @@ def run_process_one(
     return ChildResult(returncode, timed_out, out_of_memory, time.monotonic() - started)
 
 
-def _kill_group(child: subprocess.Popen[bytes]) -> None:
+def _note_signal(log_path: Path, number: int, timed_out: bool) -> None:
+    """Say in the run's log which signal ended the child (the log is the run's output when it crashed)."""
     try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    child.wait()
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    why = " at its deadline" if timed_out else ""
+    with log_path.open("a", encoding="utf-8") as stream:
+        stream.write(
+            f"\nopenaddr: the processing child was killed by {name}{why} ({signal.strsignal(number)})\n"
+        )
 
 
 def tail(path: Path, size: int = 16384) -> bytes:

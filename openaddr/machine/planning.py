@@ -33,10 +33,11 @@ from openaddr.outputs import STATE_KEYS
 from openaddr.process_one import entry_timeout_hours
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     import sqlalchemy as sa
 
+    from openaddr.machine.estimate import Estimate
     from openaddr.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,17 @@ log = logging.getLogger(__name__)
 #: Grouping of the nightly batch: a task instance costs Airflow about 1.9 s of worker time on the 2-core
 #: development machine (benchmarks/README.md), more than a small source takes to process. So entries whose
 #: previous run took less than :data:`SMALL_ENTRY_SECONDS` are processed up to :data:`GROUP_SIZE` to a task, up to
-#: :data:`GROUP_BUDGET_SECONDS` of previous run time per task. Entries without a previous time, slower ones and
-#: large ones keep a task each; CI never groups (one task, one status line, per entry).
+#: :data:`GROUP_BUDGET_SECONDS` of previous run time per task. An entry without a previous time (the first night)
+#: is grouped the same way by its estimate (:mod:`openaddr.machine.estimate`: ArcGIS count, ``Content-Length``,
+#: the source's hints); unknown, slower and large ones keep a task each; CI never groups (one task, one status
+#: line, per entry).
 SMALL_ENTRY_SECONDS = 60.0
 GROUP_SIZE = 10
 GROUP_BUDGET_SECONDS = 300.0
+#: A group's deadline: once it has run this long (twice its budget: an entry turned out far slower than its
+#: previous time or estimate), it releases the entries it has not started to tasks of their own
+#: (:func:`openaddr.machine.process_entries`).
+GROUP_DEADLINE_SECONDS = 2 * GROUP_BUDGET_SECONDS
 #: GitHub events whose CI job checks a pull request's files (machine-ci.md §2.1 steps 6–7).
 PULL_REQUEST_EVENTS = frozenset({"pull_request", "issue_comment"})
 #: Largest CI trigger accepted, as the webhook caps it (§2.1 step 10).
@@ -270,8 +277,10 @@ def group_entries(
     size: int = GROUP_SIZE,
     budget: float = GROUP_BUDGET_SECONDS,
     small: float = SMALL_ENTRY_SECONDS,
+    deadline: float = GROUP_DEADLINE_SECONDS,
 ) -> list[dict[str, Any]]:
-    """Batch task arguments ``{"entries": [entry, …], "run_owner": …}``, in the order given.
+    """Batch task arguments ``{"entries": [entry, …], "run_owner": …}``, in the order given; a group of more
+    than one entry also ``"group_deadline": deadline``.
 
     Consecutive entries whose path took less than ``small`` seconds in the previous set (``times``, as
     :func:`openaddr.db.runs.previous_run_times`) share a task: up to ``size`` of them and ``budget`` seconds of
@@ -301,19 +310,70 @@ def group_entries(
         current.append(argument)
         spent += seconds
     close()
+    for group in groups:
+        if len(group["entries"]) > 1:
+            group["group_deadline"] = deadline
     return groups
 
 
 def batch_task_groups(
-    engine: sa.Engine, set_id: int, arguments: Iterable[Mapping[str, Any]]
+    engine: sa.Engine,
+    set_id: int,
+    arguments: Iterable[Mapping[str, Any]],
+    *,
+    storage: Storage | None = None,
+    estimate: Callable[[list[dict[str, Any]]], Mapping[str, Estimate]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """``list_sources``'s result: the planned entries by tier (:func:`by_tier`), the standard ones grouped by the
-    previous set's times (:func:`group_entries`), the large ones a task each."""
+    previous set's times, else by their estimate (:func:`group_entries`), the large ones a task each.
+
+    :param storage: where the set's source files are (to read the entries to estimate); None: no estimates, the
+        entries without a previous time keep a task each
+    :param estimate: how to estimate (default :func:`openaddr.machine.estimate.estimate_entries`)
+    """
+    from openaddr.machine.estimate import estimate_entries
+
     tiers = by_tier(arguments)
+    times = dict(db_runs.previous_run_times(engine, set_id))
+    unknown = [a["entry"] for a in tiers[STANDARD] if a["entry"]["path"] not in times]
+    if unknown and storage is not None:
+        estimates = (estimate or estimate_entries)(_with_data(storage, unknown))
+        by_path: dict[str, list[float | None]] = {}
+        for entry in unknown:
+            found = estimates.get(entry["label"])
+            by_path.setdefault(entry["path"], []).append(found.seconds if found else None)
+        for path, seconds in by_path.items():
+            if all(value is not None for value in seconds):
+                times[path] = max(value for value in seconds if value is not None)
+    # Slowest first as plan_batch_set ordered them, now that estimates are known too: unknown entries first, then
+    # by (previous or estimated) seconds, descending; so the small ones sit together, in groups.
+    ordered = sorted(
+        tiers[STANDARD], key=lambda a: (a["entry"]["path"] in times, -times.get(a["entry"]["path"], 0))
+    )
     return {
-        STANDARD: group_entries(tiers[STANDARD], db_runs.previous_run_times(engine, set_id)),
+        STANDARD: group_entries(ordered, times),
         LARGE: group_entries(tiers[LARGE], {}),
     }
+
+
+def _with_data(storage: Storage, entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The planned entries with their layer entry object (``data``) from the set's snapshot of their file; an
+    entry whose file cannot be read again gets no ``data`` (unknown)."""
+    from openaddr.sources import parse_source
+
+    files: dict[str, dict[tuple[str, str], Any]] = {}
+    found = []
+    for entry in entries:
+        key = entry["source_key"]
+        if key not in files:
+            try:
+                source = parse_source(storage.get_bytes(key), entry["path"])
+                files[key] = {(e.layer, e.name): e.data for e in source.entries()}
+            except Exception:
+                log.warning("%s: cannot read it again to estimate its entries", entry["path"], exc_info=True)
+                files[key] = {}
+        found.append({**entry, "data": files[key].get((entry["layer"], entry["name"])) or {}})
+    return found
 
 
 def by_tier(arguments: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:

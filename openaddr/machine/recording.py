@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import openaddr
@@ -23,6 +24,7 @@ from openaddr.machine.scratch import WORK_PREFIX, work_folder
 from openaddr.quality import gate_warning
 from openaddr.skeleton import FILE_NAME as SKELETON_FILE, STATE_KEY as SKELETON_KEY, read_skeleton
 from openaddr.storage import public_state, read_state
+from openaddr.zygote import Zygote
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -54,6 +56,7 @@ def process_source(
     limit: int | None = None,
     env: Mapping[str, str] | None = None,
     started: dt.datetime | None = None,
+    zygote: Zygote | None = None,
 ) -> dict[str, Any]:
     """``process_source``: reuse or process one layer entry, publish its outputs, record its run (§5).
 
@@ -69,6 +72,7 @@ def process_source(
         tier's for a pull request's job, whatever size the source claims)
     :param env: environment of the subprocess
     :param started: when the attempt started (default: now)
+    :param zygote: the zygote to fork the processing child from (default: one for this entry alone)
     :return: ``{run_id, status, message, skipped, copy_of, source_problem, address_count, seconds, label}``
     """
     entry = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
@@ -120,6 +124,7 @@ def process_source(
             log_path=log_path,
             limit=limit,
             env=env,
+            zygote=zygote,
         )
         state_dir = out / entry.layer / entry.name
         has_state = (state_dir / "index.json").is_file()
@@ -192,18 +197,64 @@ def process_entries(
     *,
     scratch: Path,
     task: db_runs.AirflowTask | None = None,
+    group_deadline: float | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """A batch task's group: :func:`process_source` for each entry in turn, entry *i* in slot *i* of the task.
 
     A retried attempt keeps what an earlier attempt finished (its runs are not processed again) and goes on from
     the first entry without a result; an infrastructure error stops the group and propagates, as for one entry.
+    The group's processing children are forked from one zygote, started when the first entry needs it and
+    stopped when the group ends (:class:`~openaddr.zygote.Zygote`).
 
-    :return: one summary per entry (:func:`process_source`)
+    The group deadline: once the group has run ``group_deadline`` seconds, the entries it has not started are
+    *released*, not processed here (no run is made for them): their summaries say ``released`` and carry the
+    entry, for a task of their own (``process_released_source`` in the batch DAG). The entry that ran late
+    finishes here, under its own deadline.
+
+    :param group_deadline: seconds (None: none)
+    :return: one summary per entry (:func:`process_source`), or ``{"label", "released": True, "entry"}``
     """
-    results = []
+    with Zygote(kwargs.get("env")) as zygote:
+        return _process_group(
+            engine,
+            storage,
+            entries,
+            owner,
+            scratch=scratch,
+            task=task,
+            group_deadline=group_deadline,
+            zygote=zygote,
+            **kwargs,
+        )
+
+
+def _process_group(
+    engine: sa.Engine,
+    storage: Storage,
+    entries: Sequence[PlannedEntry | Mapping[str, Any]],
+    owner: RunOwner,
+    *,
+    scratch: Path,
+    task: db_runs.AirflowTask | None,
+    group_deadline: float | None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    began = time.monotonic()
     for slot, entry in enumerate(entries):
         planned = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
+        if group_deadline is not None and slot > 0 and time.monotonic() - began > group_deadline:
+            rest = [e if isinstance(e, PlannedEntry) else PlannedEntry.from_dict(e) for e in entries[slot:]]
+            log.warning(
+                "Group deadline of %.0f s passed after %d of %d entries: %d released to tasks of their own",
+                group_deadline,
+                slot,
+                len(entries),
+                len(rest),
+            )
+            results += [{"label": e.label, "released": True, "entry": e.to_dict()} for e in rest]
+            break
         slot_task = dataclasses.replace(task, slot=slot) if task is not None else None
         if slot_task is not None and slot_task.try_number > 1:
             earlier = db_runs.task_run(engine, slot_task)

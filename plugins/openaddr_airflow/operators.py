@@ -41,7 +41,11 @@ BATCH_QUEUE = "batch"
 LARGE_QUEUE = "large"
 QUEUES = (CI_QUEUE, BATCH_QUEUE, LARGE_QUEUE)
 #: The mapped tasks, by entry tier.
-TASK_IDS = {"standard": "process_source", "large": "process_large_source"}
+TASK_IDS = {
+    "standard": "process_source",
+    "large": "process_large_source",
+    "released": "process_released_source",
+}
 #: The XCom key under which a planning task sets the large-tier arguments apart.
 LARGE_XCOM = "large"
 
@@ -85,7 +89,7 @@ def push_tiers(ti: Any, tiers: Mapping[str, list[dict[str, Any]]]) -> list[dict[
 
 
 def process_sources(
-    planned: Any, *, priority_weight: int, max_active_standard: int | None = None
+    planned: Any, *, priority_weight: int, max_active_standard: int | None = None, release: bool = False
 ) -> list[Any]:
     """The mapped processing tasks over a planning task's output (:func:`push_tiers`): ``process_source`` over the
     standard entries in pool :data:`POOL`; ``process_large_source`` over the large ones in pool :data:`LARGE_POOL`
@@ -97,7 +101,10 @@ def process_sources(
     :param priority_weight: 1000 for CI, 1 for the batch: a free slot always goes to CI first (machine-ci.md §3.3)
     :param max_active_standard: ``process_source`` instances one DAG run may run at once (the batch keeps two
         slots of :data:`POOL` for CI)
-    :return: both mapped tasks
+    :param release: the batch's groups have a group deadline: ``released_sources`` gathers the entries a group
+        released once every ``process_source`` has ended, and ``process_released_source`` runs each in a task of
+        its own (pool :data:`POOL`)
+    :return: the mapped tasks
     """
     common = {
         "priority_weight": priority_weight,
@@ -105,13 +112,36 @@ def process_sources(
         "execution_timeout": EXECUTION_TIMEOUT,
         "map_index_template": "{{ task.label }}",
     }
-    return [
-        ProcessSourceOperator.partial(
-            task_id=TASK_IDS["standard"], pool=POOL, max_active_tis_per_dagrun=max_active_standard, **common
-        ).expand_kwargs(planned),
+    standard = ProcessSourceOperator.partial(
+        task_id=TASK_IDS["standard"], pool=POOL, max_active_tis_per_dagrun=max_active_standard, **common
+    ).expand_kwargs(planned)
+    tasks = [
+        standard,
         ProcessSourceOperator.partial(
             task_id=TASK_IDS["large"], pool=LARGE_POOL, queue=LARGE_QUEUE, **common
         ).expand_kwargs(large_sources(planned[LARGE_XCOM])),
+    ]
+    if release:
+        tasks.append(
+            ProcessSourceOperator.partial(
+                task_id=TASK_IDS["released"],
+                pool=POOL,
+                max_active_tis_per_dagrun=max_active_standard,
+                **common,
+            ).expand_kwargs(released_sources(standard.output))
+        )
+    return tasks
+
+
+@task(task_id="released_sources", trigger_rule="all_done", priority_weight=1, weight_rule="absolute")
+def released_sources(results: Any) -> list[dict[str, Any]]:
+    """The entries the groups of ``process_source`` released at their group deadline
+    (:func:`openaddr.machine.process_entries`), each the argument of a ``process_released_source`` task."""
+    return [
+        dict(argument)
+        for result in results or []
+        if isinstance(result, dict)
+        for argument in result.get("released") or []
     ]
 
 
@@ -132,6 +162,8 @@ class ProcessSourceOperator(BaseOperator):
 
     :param entry: a planned entry (:meth:`openaddr.machine.PlannedEntry.to_dict`)
     :param entries: instead of ``entry``, several, processed in turn (:func:`openaddr.machine.group_entries`)
+    :param group_deadline: seconds after which a group releases the entries it has not started (see
+        :func:`openaddr.machine.process_entries`)
     :param run_owner: the runs' job or set: ``{"kind": "ci"|"batch", "job_id", "set_id", "commit_sha", "rerun"}``
     """
 
@@ -145,6 +177,7 @@ class ProcessSourceOperator(BaseOperator):
         run_owner: Mapping[str, Any],
         entry: Mapping[str, Any] | None = None,
         entries: list[Mapping[str, Any]] | None = None,
+        group_deadline: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("execution_timeout", EXECUTION_TIMEOUT)
@@ -153,6 +186,7 @@ class ProcessSourceOperator(BaseOperator):
             raise ValueError(f"{self.task_id}: give either entry or entries")
         self.entry = entry
         self.entries = entries
+        self.group_deadline = group_deadline
         self.run_owner = run_owner
         self.run_links: dict[str, str] = {}
 
@@ -201,14 +235,23 @@ class ProcessSourceOperator(BaseOperator):
                     RunOwner(**self.run_owner),
                     scratch=config.scratch_folder(),
                     task=airflow_task(context),
+                    group_deadline=self.group_deadline if self.entries is not None else None,
                 )
         except AirflowTaskTimeout as exc:
             raise EntryTimedOut(f"Timed out after {self.execution_timeout}") from exc
+        released = [
+            {"entry": result["entry"], "run_owner": dict(self.run_owner)}
+            for result in results
+            if result.get("released")
+        ]
+        for argument in released:
+            self.log.info("%s: released to a task of its own (group deadline)", argument["entry"]["label"])
+        results = [result for result in results if not result.get("released")]
         for result in results:
             self.log.info("%s: run %s, %s", result["label"], result["run_id"], result["message"])
         first = results[0]
         self.run_links = run_links(storage, first["run_id"], config.base_url(), published_by=first["copy_of"])
-        if all(result["skipped"] for result in results):
+        if not released and all(result["skipped"] for result in results):
             runs = ", ".join(str(result["run_id"]) for result in results)
             raise AirflowSkipException(f"{self.label}: source says to skip (runs {runs})")
         if self.entries is None:
@@ -218,4 +261,5 @@ class ProcessSourceOperator(BaseOperator):
             "succeeded": sum(1 for result in results if result["status"] is True and not result["skipped"]),
             "failed": sum(1 for result in results if result["status"] is False),
             "skipped": sum(1 for result in results if result["skipped"]),
+            "released": released,
         }

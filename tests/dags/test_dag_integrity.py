@@ -131,9 +131,27 @@ def test_collect_runs_when_the_batch_completes_a_set(dagbag: DagBag) -> None:
     collect = dagbag.dags["openaddr_collect"]
     scheduled_on = {asset.uri for asset in collect.timetable.asset_condition.objects}
     assert emitted == scheduled_on == {"openaddr://sets/latest"}
-    assert [task.task_id for task in collect.tasks] == ["collect_set"]
+    assert [task.task_id for task in collect.tasks] == [
+        "plan_collect", "collect_area", "dedupe_collections", "record_collections",
+    ]  # fmt: skip
     assert collect.max_active_runs == 1
     assert "openaddr-collected-<area>.zip" in collect.doc_md
+
+
+def test_collect_maps_one_task_per_area_then_records_once(dagbag: DagBag) -> None:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    from openaddr.collect.areas import AREAS
+
+    collect = dagbag.dags["openaddr_collect"]
+    area = collect.get_task("collect_area")
+    assert isinstance(area, MappedOperator)
+    assert area.op_kwargs_expand_input.value == {"area": list(AREAS)}  # one instance per area, global first
+    assert area.upstream_task_ids == {"plan_collect"}
+    assert collect.get_task("dedupe_collections").upstream_task_ids == {"plan_collect", "collect_area"}
+    record = collect.get_task("record_collections")
+    assert record.upstream_task_ids == {"plan_collect", "collect_area", "dedupe_collections"}
+    assert not isinstance(record, MappedOperator)
 
 
 @pytest.mark.parametrize(
@@ -149,6 +167,21 @@ def test_both_tiers_map_over_their_share_of_the_plan(
     assert dag.get_task("process_large_source").upstream_task_ids == {"large_sources"}
     for task_id in ("process_source", "process_large_source"):
         assert finish in dag.get_task(task_id).downstream_task_ids
+
+
+def test_the_batch_gives_released_entries_tasks_of_their_own(dagbag: DagBag) -> None:
+    """A group past its deadline releases the entries it has not started: ``released_sources`` gathers them once
+    every ``process_source`` has ended, whatever its state, and ``process_released_source`` maps over them in the
+    standard pool; CI never groups, so it has neither."""
+    batch = dagbag.dags["openaddr_batch"]
+    gather = batch.get_task("released_sources")
+    released = batch.get_task("process_released_source")
+    assert gather.upstream_task_ids == {"process_source"}
+    assert gather.trigger_rule == "all_done"
+    assert released.upstream_task_ids == {"released_sources"}
+    assert (released.pool, released.priority_weight) == ("oa_sources", 1)
+    assert "complete_set" in released.downstream_task_ids
+    assert "released_sources" not in dagbag.dags["openaddr_ci"].task_ids
 
 
 def test_finishing_tasks_run_whatever_happened_upstream(dagbag: DagBag) -> None:

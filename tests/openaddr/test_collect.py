@@ -24,7 +24,16 @@ import sqlalchemy as sa
 
 from openaddr.canonical import OUTPUT_COLUMNS
 from openaddr.cli import main
-from openaddr.collect import COLLECTIONS_FOLDER, collect, collection_name, repository_of
+from openaddr.collect import (
+    COLLECTIONS_FOLDER,
+    Collection,
+    archive as collect_archive,
+    collect,
+    collection_name,
+    dedupe_published,
+    record_collections,
+    repository_of,
+)
 from openaddr.collect.archive import CollectionZip, add_run_zip, square
 from openaddr.collect.areas import AREAS, areas_of, in_area, source_name
 from openaddr.db import make_engine, upgrade
@@ -862,6 +871,65 @@ def test_record_zips_is_one_transaction(collected: Collected) -> None:
     assert current_zips(engine) == before  # nothing flipped, nothing inserted
 
 
+def test_collect_split_by_area_equals_one_collect(collected: Collected) -> None:
+    # What the DAG does: one collect per area (any order, none recording), then one step records them all.
+    world = collected.world
+    single = {c.name: c for c in collected.result.collections}
+    files = {name: world.storage.get_bytes(f"{COLLECTIONS_FOLDER}/{name}") for name in single}
+    rows = current_zips(world.engine)
+    parts = [
+        collect(world.engine, world.storage, 2, now=NOW, work_dir=world.folder, areas=[area], record=False)
+        for area in reversed(AREAS)
+    ]
+    union = [c for part in parts for c in part.collections]
+    assert len(union) == len(single) == 162  # 18 address zips, 72 GeoJSON and 72 GeoParquet collections
+    assert {c.name: c for c in union} == single
+    for c in union:
+        assert world.storage.get_bytes(f"{COLLECTIONS_FOLDER}/{c.name}") == files[c.name], c.name
+    assert {run for part in parts for run in part.runs} == set(collected.result.runs)
+    dropped: dict[int, int] = {}
+    for part in parts:
+        for run, count in part.dropped.items():
+            assert dropped.setdefault(run, count) == count  # every area counts a run's rows alike
+    assert dropped == collected.result.dropped
+    assert current_zips(world.engine) == rows  # nothing recorded by the areas
+    record_collections(world.engine, [Collection.from_dict(c.as_dict()) for c in union], now=NOW)
+    assert current_zips(world.engine) == rows
+    with pytest.raises(ValueError, match="unknown collect areas"):
+        collect(world.engine, world.storage, 2, now=NOW, areas=["mars"])
+    with pytest.raises(ValueError, match="the dedupe needs every area"):
+        collect(world.engine, world.storage, 2, now=NOW, areas=["europe"], dedupe=True)
+    # The dedupe after the areas, from the published address collections: what one collect with it makes.
+    members = next(part.members for part in parts if part.collections[0].area == "global")
+    processed, stats = dedupe_published(
+        world.engine, world.storage, 2, members, now=NOW, work_dir=world.folder
+    )
+    split = {c.name: world.storage.get_bytes(f"{COLLECTIONS_FOLDER}/{c.name}") for c in processed}
+    assert len(split) == 18
+    whole = collect(world.engine, world.storage, 2, now=NOW, work_dir=world.folder, dedupe=True, record=False)
+    assert [c for c in whole.collections if c.name in split] == processed
+    for name, data in split.items():
+        assert world.storage.get_bytes(f"{COLLECTIONS_FOLDER}/{name}") == data, name
+    assert {attr: s.dropped_global for attr, s in stats.items()} == {
+        attr: s.dropped_global for attr, s in whole.dedupe.items()
+    }
+
+
+def test_license_text_reads_back() -> None:
+    from openaddr.collect import parse_license_text
+    from openaddr.collect.archive import LicenseBlock, license_text
+
+    blocks = [
+        LicenseBlock("us/ca/alameda", "https://a.example", "CC0", "false", None),
+        LicenseBlock("gb/london", None, None, "true", None),
+        LicenseBlock("us/ny/nyc", "https://nyc.example", "ODbL", "true", "NYC Open Data"),
+        LicenseBlock("uk", "https://b.example", "OGL", "", None),
+    ]
+    text = license_text(blocks)
+    assert license_text(parse_license_text(text)) == text
+    assert parse_license_text(license_text([])) == []
+
+
 def test_collect_again_replaces_rows_and_files(collected: Collected) -> None:
     world = collected.world
     later = NOW + dt.timedelta(days=1)
@@ -994,11 +1062,46 @@ TRICKY = [
     HEADER + b"1,2,3,Stra\xdfe,,,,,,,h\r\n1\xff,2,4,Bad byte in LON,,,,,,,h\r\n",  # bytes that are not UTF-8
     b"LON,LAT\r\n",  # a header only
     b"",  # nothing at all
+    HEADER  # out.csv's columns: what the chunked path settles line by line, then a lone CR
+    + b"".join(b"%d.5,%d.25,%d,Plain St,,,,,,,h\r\n" % (i % 170, i % 80, i) for i in range(40))
+    + b'1,2,3,"Main St, Rear",,,,,,,h\r\n'  # quoted, written back as it was
+    + b'1,2,3,"Needless quotes",,,,,,,h\r\n'  # quoted, rewritten without them
+    + b"x,2,4,Bad LON,,,,,,,h\r\n"
+    + b" 1.5 ,\t2,5,Blanks around,,,,,,,h\r\n"
+    + b"1e1,2E-1,6,Exponents,,,,,,,h\r\n"
+    + b"1e,2,7,Half an exponent,,,,,,,h\r\n"
+    + b"nan,2,8,NaN,,,,,,,h\r\n"
+    + b",,9,Empty,,,,,,,h\r\n"
+    + b"\r\n"  # a blank line
+    + b"5,6,10,LF only,,,,,,,h\n"
+    + b"5,6,11,Short\r\n"
+    + b"7,8,12,Long,,,,,,,h,extra\r\n"
+    + b'9,10,13,Mid"quote,,,,,,,h\r\n'
+    + b"1\xff,2,14,Bad byte in LON,,,,,,,h\r\n"
+    + b"1,2\xff,15,Bad byte in LAT,,,,,,,h\r\n"
+    + b"0,0,16,Null island,,,,,,,h\r\n"
+    + b"-180,90,17,Corner,,,,,,,h\r\n"
+    + b"180.0000001,0,18,Just outside,,,,,,,h\r\n"
+    + b"".join(b"%d.5,%d.25,%d,Plain St,,,,,,,h\r\n" % (i % 170, i % 80, i) for i in range(40))
+    + b"3,4,19,Lone\rCR,,,,,,,h\r\n"
+    + b"".join(b"%d.5,%d.25,%d,Plain St,,,,,,,h\r\n" % (i % 170, i % 80, i) for i in range(10)),
+    HEADER  # out.csv's columns and a quoted line break: line by line from there on
+    + b"".join(b"%d.5,%d.25,%d,Plain St,,,,,,,h\r\n" % (i % 170, i % 80, i) for i in range(30))
+    + b'1,2,3,"Two\r\nLines",,,,,,,h\r\n'
+    + b"".join(b"%d.5,%d.25,%d,Plain St,,,,,,,h\r\n" % (i % 170, i % 80, i) for i in range(30))
+    + b"1,2,15,No line end,,,,,,,h",
 ]
+TRICKY_IDS = ["ours", "legacy", "latin-1", "header-only", "empty", "chunked", "chunked-multiline"]
 
 
-@pytest.mark.parametrize("data", TRICKY, ids=["ours", "legacy", "latin-1", "header-only", "empty"])
-def test_rewrite_equals_the_plain_rewrite(data: bytes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [None, 64, 1000])
+@pytest.mark.parametrize("data", TRICKY, ids=TRICKY_IDS)
+def test_rewrite_equals_the_plain_rewrite(
+    data: bytes, chunk: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks put chunk ends everywhere: inside records, after a CR, inside a quoted field.
+    if chunk is not None:
+        monkeypatch.setattr(collect_archive, "_CHUNK", chunk)
     source = tmp_path / "run.zip"
     with zipfile.ZipFile(source, "w") as archive:
         archive.writestr("README.txt", "readme")
@@ -1020,6 +1123,58 @@ def test_rewrite_equals_the_plain_rewrite(data: bytes, tmp_path: Path) -> None:
         == len(list(csv.reader(io.StringIO(expected.decode("utf-8", "surrogateescape"), newline="")))) - 1
     )
     assert targets[0].address_count == targets[1].address_count == result.rows
+
+
+def test_plain_number_texts_cast_exactly_when_the_pattern_matches() -> None:
+    # _parse_numbers casts texts of these bytes without the pattern: every text of them up to five long.
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    number = re.compile(_NUMBER)
+    alphabet = "09.+-eE"
+    assert set(alphabet.encode()) <= set(collect_archive._PLAIN_NUMBER_BYTES)
+    for length in range(1, 6):
+        for chars in itertools.product(alphabet, repeat=length):
+            text = "".join(chars)
+            try:
+                value = pc.cast(pa.array([text]), pa.float64())[0].as_py()
+            except pa.ArrowInvalid:
+                value = None
+            assert (value is not None) == bool(number.match(text)), text
+            assert value is None or value == float(text), text
+    texts = ["1.5", " 1.5", "", "nan", "1e", "-0", "+.5", "7.", "\u0661", "1_0"]
+    expected = [float(t.strip()) if number.match(t.strip()) else None for t in texts]
+    parsed = collect_archive._parse_numbers(texts)
+    assert [None if v != v else v for v in parsed.tolist()] == expected
+
+
+def test_members_sharing_a_deflate_stay_in_step(tmp_path: Path) -> None:
+    import contextlib
+
+    targets = [CollectionZip(tmp_path / f"{n}.zip", "readme", (2026, 1, 1, 0, 0, 0)) for n in "ab"]
+    with contextlib.ExitStack() as stack:
+        handles = collect_archive.open_members(stack, targets, "x.csv")
+        for data in (b"one,", b"two," * 1000, b"three"):
+            for handle in handles:
+                handle.write(data)
+    for target in targets:
+        target.close()
+    for n in "ab":
+        with zipfile.ZipFile(tmp_path / f"{n}.zip") as written:
+            assert written.read("x.csv") == b"one," + b"two," * 1000 + b"three"
+            assert written.testzip() is None
+    # Out of step: refused, never a member holding another's bytes.
+    others = [CollectionZip(tmp_path / f"{n}.zip", "readme", (2026, 1, 1, 0, 0, 0)) for n in "cd"]
+    with contextlib.ExitStack() as stack:
+        handles = collect_archive.open_members(stack, others, "x.csv")
+        handles[0].write(b"one")
+        with pytest.raises(RuntimeError, match="same bytes in the same order"):
+            handles[1].write(b"other")
+        handles[1].write(b"one")  # back in step (the same constant object), so the members can close
+    for target in others:
+        target.discard()
 
 
 def test_a_member_name_already_collected_is_skipped_and_reported(tmp_path: Path) -> None:

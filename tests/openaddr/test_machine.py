@@ -41,6 +41,7 @@ from openaddr.outputs import STATE_KEYS
 from openaddr.sources_repo import SourceFile, SourceListing, git_blob_sha
 from openaddr.storage import LocalStorage
 from tests.db_fixtures import BACKENDS, create_database, drop_database
+from tests.servers import send
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -670,6 +671,8 @@ def test_process_source_publishes_records_and_reuses_a_real_run(
     assert (run["airflow_ti"], run["airflow_try_number"]) == (ti(first_job).ti, 1)
     assert (run["worker_id"], run["code_version"]) == (machine.worker_id(), openaddr.__version__)
     assert run["stats"]["count"] == features
+    # Park County, Wyoming: every point inside the United States (the quality gate's coverage check).
+    assert (run["stats"]["outside_coverage"], run["stats"]["coverage_country"]) == (0, "US")
     assert run["cache_seconds"] is not None
     assert run["process_seconds"] is not None
 
@@ -1428,7 +1431,7 @@ def test_plan_batch_set_puts_the_slowest_sources_first(
     alone = [entry for entry in expected if entry["path"] not in (tshwane, perrysburg)]
     assert tasks["standard"] == [
         *({"entries": [entry], "run_owner": owner_args} for entry in alone),
-        {"entries": small, "run_owner": owner_args},
+        {"entries": small, "run_owner": owner_args, "group_deadline": machine.GROUP_DEADLINE_SECONDS},
     ]
     [broken] = db_runs.set_runs(engine, set_id)
     assert (broken["source_path"], broken["status"], broken["source_problem"]) == (
@@ -1437,6 +1440,88 @@ def test_plan_batch_set_puts_the_slowest_sources_first(
         INVALID,
     )
     assert (broken["is_merged"], broken["commit_sha"], broken["job_id"]) == (True, COMMIT, None)
+
+
+def test_the_first_night_groups_entries_by_their_estimate(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    uid: str,
+    allow_private_urls: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No previous set: small files (``Content-Length`` of a HEAD) share a task; a large one (500 MB: about 500 s
+    by the estimate) and an FTP one (unknown: nothing to ask) keep a task each; nothing is downloaded."""
+    route, url = serve_park(http_server, fixtures, uid)
+    big = f"/machine/{uid}/big.zip"
+    http_server.add_route(big, lambda handler, query: send(handler, b"", content_length=500_000_000))
+    documents = {
+        **{f"sources/us/wy/small{i}.json": park_document(fixtures, url) for i in range(3)},
+        "sources/us/wy/big.json": park_document(fixtures, http_server.url(big)),
+        "sources/us/wy/ftp.json": park_document(fixtures, "ftp://127.0.0.1/park.zip", protocol="ftp"),
+    }
+    files = {path: json.dumps(document).encode() for path, document in documents.items()}
+    set_id = machine.create_batch_set(engine, storage, listing_of(f"oa-{uid}", files), dag_run_id=None)
+    planned = machine.plan_batch_set(engine, storage, set_id)
+
+    with caplog.at_level("INFO", logger="openaddr.machine.estimate"):
+        tasks = machine.batch_task_groups(engine, set_id, planned, storage=storage)
+
+    def paths(task: dict[str, Any]) -> list[str]:
+        return [entry["path"] for entry in task["entries"]]
+
+    assert [paths(task) for task in tasks["standard"]] == [
+        ["sources/us/wy/ftp.json"],
+        ["sources/us/wy/big.json"],
+        [f"sources/us/wy/small{i}.json" for i in range(3)],
+    ]
+    assert tasks["standard"][2]["group_deadline"] == machine.GROUP_DEADLINE_SECONDS
+    assert "group_deadline" not in tasks["standard"][0]
+    assert "us/wy/ftp/addresses/primary: unknown cost (nothing to ask before downloading" in caplog.text
+    # HEAD requests only: three for the shared small file, one for the big one.
+    assert [r.path for r in http_server.requests if r.path.startswith(f"/machine/{uid}/")].count(route) == 3
+    assert http_server.hits[big] == 1
+    # Without storage (no estimates), the first night keeps a task per entry, as before.
+    assert [
+        len(task["entries"]) for task in machine.batch_task_groups(engine, set_id, planned)["standard"]
+    ] == [1] * 5
+
+
+@pytest.mark.integration
+def test_a_group_past_its_deadline_releases_the_entries_it_has_not_started(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    scratch: Path,
+    child_env: dict[str, str],
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    uid: str,
+) -> None:
+    route, url = serve_park(http_server, fixtures, uid)
+    set_id = db_jobs.create_set(engine, owner=f"oa-{uid}", repository="openaddresses", commit_sha=None)
+    owner = machine.RunOwner("batch", set_id=set_id)
+    files = [
+        machine.SourceSnapshot(
+            f"sources/us/wy/p{i}.json", f"blob-{i}", json.dumps(park_document(fixtures, url)).encode()
+        )
+        for i in range(3)
+    ]
+    entries = [
+        e.to_dict() for e in machine.plan_sources(engine, storage, files, prefix="sets/r", owner=owner)
+    ]
+    task = db_runs.AirflowTask("openaddr_batch", f"batch-{uid}", "process_source", 2, 1)
+
+    # A deadline of 0 s: passed as soon as the first entry has run.
+    results = machine.process_entries(
+        engine, storage, entries, owner, scratch=scratch, task=task, env=child_env, group_deadline=0.0
+    )
+
+    assert results[0]["status"] is True
+    assert results[1:] == [{"label": e["label"], "released": True, "entry": e} for e in entries[1:]]
+    assert http_server.hits[route] == 1
+    # Only the first entry has a run: the released ones get theirs in their own tasks.
+    assert [run["source_path"] for run in db_runs.set_runs(engine, set_id)] == ["sources/us/wy/p0.json"]
 
 
 @pytest.mark.integration

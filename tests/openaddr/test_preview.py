@@ -162,6 +162,9 @@ def berkeley_parcels(fixtures: Path, tmp_path: Path) -> Path:
 def test_parcels_are_drawn_as_outlines(berkeley_parcels: Path) -> None:
     keys, values = json.loads((berkeley_parcels / "index.json").read_text())
     assert dict(zip(keys, values, strict=True))["preview"] == "preview.png"
+    # The coverage check counted the parcels (the centres of their bounds) while the preview read them.
+    stats = json.loads((berkeley_parcels / "stats.json").read_text())
+    assert (stats["outside_coverage"], stats["coverage_country"]) == (0, "US")
     image = decode(berkeley_parcels / "preview.png")
     polygons = [
         shapely.from_geojson(json.dumps(json.loads(line)["geometry"]))

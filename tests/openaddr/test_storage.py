@@ -116,6 +116,7 @@ def _record(storage: Storage, monkeypatch: pytest.MonkeyPatch, fail: Callable[[s
                 note(params["Key"][len("machine/") :])
 
         storage.client.meta.events.register("before-parameter-build.s3", on_request)
+        storage.part_client.meta.events.register("before-parameter-build.s3", on_request)
     else:
         put_file, put_bytes, promote = storage.put_file, storage.put_bytes, storage._promote
 
@@ -494,6 +495,8 @@ def test_large_files_go_multipart(state_dir: Path, s3_bucket: str, monkeypatch: 
         operations.append((model.name, params.get("Key", "")))
 
     storage.client.meta.events.register("before-parameter-build.s3", on_request)
+    # Upload requests go through the client without botocore's retries (storage.upload_file tries each 3 times)
+    storage.part_client.meta.events.register("before-parameter-build.s3", on_request)
     urls = storage.publish_run(13, state_dir)
 
     staged = [k for op, k in operations if op == "UploadPart" and k.endswith("/cache.zip")]
@@ -538,3 +541,69 @@ def test_large_files_go_multipart(state_dir: Path, s3_bucket: str, monkeypatch: 
 )
 def test_public_state(state: dict[str, Any], published: list[str], expected: dict[str, Any]) -> None:
     assert public_state(state, {name: f"U/{name}" for name in published}) == expected
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Multipart uploads: 3 tries a part (machine-ci.md §8), against moto's server behind a loopback proxy that fails
+# chosen parts
+
+
+def _big_file(path: Path, mib: int) -> bytes:
+    data = b"".join(bytes([i]) * (1 << 20) for i in range(mib))
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.integration
+def test_multipart_upload_retries_a_failing_part(
+    flaky_s3: Any, s3_bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    from openaddr.storage import S3Storage
+
+    storage = S3Storage(
+        s3_bucket, "machine", endpoint_url=flaky_s3.url, multipart_threshold=5 << 20,
+        multipart_chunksize=5 << 20, retry_wait=0.01,
+    )  # fmt: skip
+    data = _big_file(tmp_path / "big.zip", 12)  # three parts: 5, 5 and 2 MiB
+    flaky_s3.fail_part(2, times=2)
+    storage.put_file(tmp_path / "big.zip", "collections/big.zip")
+    assert [flaky_s3.part_requests(n) for n in (1, 2, 3)] == [1, 3, 1]  # part 2: two failures, then stored
+    stored = s3_client.get_object(Bucket=s3_bucket, Key="machine/collections/big.zip")
+    assert stored["Body"].read() == data
+    assert stored["ContentType"] == "application/zip"
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+@pytest.mark.integration
+def test_a_part_failing_three_times_publishes_nothing(
+    flaky_s3: Any, s3_bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    from openaddr.storage import S3Storage, StorageError
+
+    storage = S3Storage(
+        s3_bucket, "machine", endpoint_url=flaky_s3.url, multipart_threshold=5 << 20,
+        multipart_chunksize=5 << 20, retry_wait=0.01,
+    )  # fmt: skip
+    storage.put_bytes(b"the complete older file", "collections/a.zip")
+    _big_file(tmp_path / "a.zip", 11)
+    flaky_s3.fail_part(3, times=3)
+    with pytest.raises(
+        StorageError, match=r"part 3 of s3://.*/machine/collections/\.staging-.*/a\.zip failed 3 times"
+    ):
+        storage.publish_files("collections", {"a.zip": tmp_path / "a.zip"})
+    assert flaky_s3.part_requests(3) == 3
+    # The stable name still gives the older complete file; no staging object or unfinished upload is left.
+    assert storage.get_bytes("collections/a.zip") == b"the complete older file"
+    assert storage.list_keys("collections") == ["collections/a.zip"]
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+@pytest.mark.integration
+def test_small_files_are_one_put_with_three_tries(flaky_s3: Any, s3_bucket: str, tmp_path: Path) -> None:
+    from openaddr.storage import S3Storage
+
+    storage = S3Storage(s3_bucket, endpoint_url=flaky_s3.url, retry_wait=0.01)
+    (tmp_path / "small.txt").write_bytes(b"small")
+    storage.put_file(tmp_path / "small.txt", "small.txt")
+    assert storage.get_bytes("small.txt") == b"small"
+    assert sum(1 for method, _ in flaky_s3.requests if method == "PUT") == 1
