@@ -213,6 +213,8 @@ def curve_keys(xmin: np.ndarray, ymin: np.ndarray, xmax: np.ndarray, ymax: np.nd
 def _as_text(array: pa.Array[Any]) -> pa.Array[Any]:
     """A binary column as UTF-8 text; bytes that are not UTF-8 become U+FFFD (Parquet strings must be UTF-8,
     unlike the zips, which pass them through)."""
+    if array.type == pa.string():
+        return array
     try:
         return array.cast(pa.string())
     except pa.ArrowInvalid:
@@ -373,21 +375,33 @@ def read_address_csv(
         names = [f"c{i}" for i in range(len(header))]
         read_options = pacsv.ReadOptions(column_names=names, use_threads=False)
         parse_options = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse)
-        convert_options = pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.binary()),
-            include_columns=[names[i] for i in wanted.values()],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
+        # Text columns (the parser validates UTF-8 as it converts); a block that is not all UTF-8 is parsed again
+        # as bytes, and its columns decoded with replacement characters (:func:`_as_text`).
+        convert_options, binary_options = (
+            pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, kind),
+                include_columns=[names[i] for i in wanted.values()],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            )
+            for kind in (pa.string(), pa.binary())
         )
+
+        def read(block: bytes, options: pacsv.ConvertOptions) -> pa.Table:
+            return pacsv.read_csv(
+                cast("Any", pa.py_buffer(block)),  # the stubs omit buffers, which read_csv takes
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=options,
+            )
 
         def parsed(block: bytes) -> Iterator[tuple[_Batch | None, int]]:
             if block.strip():
-                table = pacsv.read_csv(
-                    cast("Any", pa.py_buffer(block)),  # the stubs omit buffers, which read_csv takes
-                    read_options=read_options,
-                    parse_options=parse_options,
-                    convert_options=convert_options,
-                )
+                try:
+                    table = read(block, convert_options)
+                except pa.ArrowInvalid:
+                    refused.clear()
+                    table = read(block, binary_options)
                 if table.num_rows:
                     columns = {
                         name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
@@ -759,7 +773,8 @@ class GeoParquetCollections:
     def _merged(self, collection: _Collection) -> Iterator[pa.Table]:
         """The collection's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
         more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
-        run)."""
+        run). Rows with equal keys stay in the order they came in (stable sorts, runs merged oldest first), so a
+        file does not depend on when its collection spilled."""
         while len(collection.runs) > self.merge_fan_in:
             group, collection.runs = (
                 collection.runs[: self.merge_fan_in],
@@ -767,7 +782,8 @@ class GeoParquetCollections:
             )
             with contextlib.ExitStack() as stack:
                 merged = _merge([_run_batches(stack, path) for path in group])
-                collection.runs.append(self._write_run(collection.schema, merged))
+                # first: its rows came before the others', so equal keys keep the order rows came in
+                collection.runs.insert(0, self._write_run(collection.schema, merged))
             for path in group:
                 path.unlink()
         sources: list[Iterator[pa.Table]] = []
