@@ -225,13 +225,12 @@ def _as_text(array: pa.Array[Any]) -> pa.Array[Any]:
 
 def _coordinates(array: pa.Array[Any], limit: float) -> np.ndarray:
     """Coordinate texts as floats, NaN where the zips drop the row: not a plain decimal number (blanks around it
-    allowed; the rule of stats.json, ``openaddr.outputs._NUMBER``) or beyond ±``limit``."""
-    from openaddr.outputs import _NUMBER
+    allowed; the rule of stats.json, ``openaddr.outputs._NUMBER``) or beyond ±``limit``. The zip step's parser
+    (:func:`openaddr.collect.archive._parse_numbers`: plain texts cast at once, only the others matched against
+    the pattern)."""
+    from openaddr.collect.archive import _parse_numbers
 
-    text = pc.utf8_trim_whitespace(_as_text(array))
-    kept = pc.if_else(pc.match_substring_regex(text, _NUMBER), text, None)
-    floats: Any = pc.cast(kept, pa.float64())
-    values: np.ndarray = floats.to_numpy(zero_copy_only=False).astype(np.float64)
+    values: np.ndarray = np.asarray(_parse_numbers(_as_text(array)), dtype=np.float64)
     with np.errstate(invalid="ignore"):
         values[~(np.abs(values) <= limit)] = np.nan
     return values
