@@ -413,7 +413,7 @@ def read_address_csv(
             )
 
         def parsed(block: bytes) -> Iterator[tuple[_Batch | None, int]]:
-            if block.strip():
+            if block and not block.isspace():  # no copy, unlike strip()
                 try:
                     table = read(block, convert_options)
                 except pa.ArrowInvalid:
