@@ -63,7 +63,7 @@ BUFFER_BYTES = 24 << 20
 #: Rows per batch of a spilled run (the merge holds one batch per run).
 SPILL_BATCH_ROWS = 2_048
 #: Runs merged at once at most (more are merged in passes).
-MERGE_FAN_IN = 64
+MERGE_FAN_IN = 32
 #: Records read at once from a CSV member or a GeoJSON file.
 READ_BLOCK_BYTES = 2 << 20
 #: Parquet compression of the published files (GDAL, DuckDB and GeoPandas all read it).
