@@ -30,6 +30,7 @@ from openaddr.collect.geoparquet import (
     curve_keys,
     hilbert_index,
     parquet_name,
+    stable_order,
 )
 from openaddr.db import make_engine, upgrade
 from openaddr.db.collect import current_zips
@@ -72,6 +73,15 @@ def test_hilbert_index_refines_its_cells() -> None:
         coarse = hilbert_index((x >> drop) << drop, (y >> drop) << drop)
         keep = np.uint64(64 - 2 * bits)
         assert ((hilbert_index(x, y) >> keep) == (coarse >> keep)).all()
+
+
+@pytest.mark.parametrize(
+    ("size", "distinct"), [(0, 1), (1, 1), (2, 1), (5000, 2**62), (5000, 300), (5000, 3)]
+)
+def test_stable_order_is_numpys_stable_argsort(size: int, distinct: int) -> None:
+    """Equal keys (the same point, e.g. the units of a building) keep the order their rows came in."""
+    keys = np.random.default_rng(size + distinct).integers(0, distinct, size).astype(np.uint64)
+    assert stable_order(keys).tolist() == np.argsort(keys, kind="stable").tolist()
 
 
 # --------------------------------------------------------------------------------------------------------------
