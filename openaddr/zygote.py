@@ -83,6 +83,15 @@ PRELOAD = (
     "openaddr.readers.shapefile_points",
     "openaddr.readers.limits",
     "openaddr.licenses",
+    # the run's preview image, coverage count and suggested conform (drawn after the outputs are written)
+    "pyarrow.compute",
+    "pyarrow.csv",
+    "PIL.Image",
+    "PIL.ImageDraw",
+    "PIL.PngImagePlugin",
+    "openaddr.preview",
+    "openaddr.coverage",
+    "openaddr.skeleton",
     "isal.isal_zlib",
     "isal.igzip_lib",
     "numpy.ma",
@@ -99,8 +108,9 @@ PRELOAD = (
 #: stops the zygote (ZygoteError).
 SHARED_SUFFIXES = ("/proj.db",)
 #: Called in the zygote after the imports: first-use work every run would otherwise repeat, pure computation that
-#: keeps nothing open (the source schema's validator, built from the schema files: 0.3 s a run otherwise).
-WARM = ("openaddr.validation:_validator",)
+#: keeps nothing open (the source schema's validator, built from the schema files: 0.3 s a run otherwise; the
+#: preview's Natural Earth basemap, decoded from its TopoJSON, which the coverage count shares: 0.2 s a run otherwise).
+WARM = ("openaddr.validation:_validator", "openaddr.preview:_basemap")
 #: Set in the zygote (unless already set) before its imports, so that no library starts a thread there.
 ZYGOTE_ENV = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
 #: The run's target in production: the ``openaddr`` command line.
