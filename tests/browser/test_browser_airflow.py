@@ -166,8 +166,12 @@ def open_task_instance(page: Watched, airflow: AirflowUI, path: str) -> None:
         username.fill(ADMIN)
         page.page.get_by_label("Password").fill(airflow.password)
         page.page.get_by_role("button", name="Sign in").click()
-        page.page.wait_for_url(f"{airflow.url}/**")
-        page.page.goto(details)
+        # The sign-in redirects (to the page asked for, through the UI's own navigation): wait until the form is
+        # gone and that navigation has settled, else a goto now is aborted by it (net::ERR_ABORTED).
+        username.wait_for(state="detached", timeout=60_000)
+        page.page.wait_for_load_state("load")
+        if not extra.is_visible():
+            page.page.goto(details)
     extra.wait_for(timeout=60_000)
 
 
