@@ -27,6 +27,7 @@ from flask import (
 )
 
 from openaddr.db.results import run_label
+from openaddr.db.review import latest_review
 from openaddr.db.runs import get_run
 from openaddr.skeleton import STATE_KEY, is_record, skeleton_text
 from openaddr.storage import run_prefix
@@ -132,5 +133,6 @@ def run_page(run_id: int) -> Response:
         files=run_files(run_id),
         skeleton=skeleton_view(state.get(STATE_KEY)),
         skeleton_key=STATE_KEY,
+        review=latest_review(get_engine(), run_id),
     )
     return conditional(make_response(page), run.get("datetime_tz"))

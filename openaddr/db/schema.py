@@ -20,6 +20,9 @@ Columns beyond 7.5.5's ``ci/schema.pgsql``:
 * ``zips``: ``layer`` (null for the CSV address collections, else the layer type of a GeoJSON or GeoParquet
   collection, §8) and ``format`` (:data:`ZIP_FORMATS`: ``zip``, ``geojsonl`` or ``parquet``; migration 0004).
 
+Tables of the review queue (§9.2, §10; migration ``0005_review``): ``run_reviews``, every maintainer's decision on a
+run held by the quality gate (who, how signed in, when), and ``api_tokens``, the hashed API tokens of scripts.
+
 Widened against 7.5.5: ``runs.code_version`` (``8.0.0.dev0`` does not fit 8 characters), ``runs.worker_id``
 (``hostname/pid`` with long container host names) and ``zips.url`` (long object-storage base paths).
 """
@@ -235,6 +238,41 @@ zips = sa.Table(
     _one_of("license_attr", LICENSE_ATTRS, "license_attr"),
     _one_of("layer", LAYER_TYPES, "layer"),
     _one_of("format", ZIP_FORMATS, "format"),
+)
+
+
+#: Decisions on a held run (``run_reviews.decision``): ``runs.accepted`` true or false.
+REVIEW_DECISIONS = ("accepted", "rejected")
+#: How the reviewer signed in: a GitHub login through OAuth, or an API token (its name).
+REVIEWER_KINDS = ("github", "token")
+
+run_reviews = sa.Table(
+    "run_reviews",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("reviewer", sa.Text, nullable=False),  # GitHub login, or the API token's name
+    sa.Column("reviewer_kind", sa.Text, nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    # The run the maintainer decided on (a decision covers the run, its original and the original's copies).
+    sa.Column("decided_run_id", sa.Integer, nullable=False),
+    _one_of("decision", REVIEW_DECISIONS, "decision"),
+    _one_of("reviewer_kind", REVIEWER_KINDS, "reviewer_kind"),
+    sa.Index("run_reviews_run_ids", "run_id"),
+    sqlite_autoincrement=True,
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),  # hex SHA-256 of the token
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+    sqlite_autoincrement=True,
 )
 
 
