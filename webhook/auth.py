@@ -35,6 +35,7 @@ from urllib.parse import urlencode
 import click
 import requests
 from flask import Blueprint, abort, current_app, redirect, request, session, url_for
+from flask.cli import AppGroup
 from flask_wtf.csrf import CSRFProtect
 
 from openaddr.db.review import create_token, revoke_token, token_name
@@ -251,9 +252,7 @@ def reviewer() -> tuple[str, str]:
 # -- the command line ----------------------------------------------------------------------------------------------
 
 
-@click.group("review-token")
-def token_cli() -> None:
-    """API tokens of scripts that accept or reject held runs."""
+token_cli = AppGroup("review-token", help="API tokens of scripts that accept or reject held runs.")
 
 
 @token_cli.command("create")
