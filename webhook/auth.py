@@ -139,6 +139,15 @@ def _github(method: str, url: str, **options: Any) -> requests.Response:
         raise SignInError(502, f"Sign-in failed: GitHub did not answer ({type(error).__name__})") from error
 
 
+def _json(answer: requests.Response) -> dict[str, Any]:
+    """An answer's JSON object, or an empty one when it is not one."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def github_login(code: str) -> str:
     """Exchange the code, then the login of its user, who must be an active member of ``MAINTAINERS_ORG``.
 
@@ -156,22 +165,19 @@ def github_login(code: str) -> str:
         },
         headers={"Accept": "application/json"},
     )
-    try:
-        body = answer.json()
-    except ValueError:
-        body = {}
-    token = body.get("access_token") if isinstance(body, dict) else None
+    body = _json(answer)
+    token = body.get("access_token")
     if answer.status_code != 200 or not isinstance(token, str) or not token:
-        reason = body.get("error_description") or body.get("error") if isinstance(body, dict) else None
+        reason = body.get("error_description") or body.get("error")
         raise SignInError(400, f"Sign-in failed: GitHub refused the code ({reason or answer.status_code})")
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"}
     user = _github("GET", f"{api_url()}/user", headers=headers)
-    login_name = user.json().get("login") if user.status_code == 200 else None
+    login_name = _json(user).get("login") if user.status_code == 200 else None
     if not isinstance(login_name, str) or not login_name:
         raise SignInError(502, f"Sign-in failed: GitHub's /user answered {user.status_code}")
     org = config["MAINTAINERS_ORG"]
     membership = _github("GET", f"{api_url()}/user/memberships/orgs/{org}", headers=headers)
-    state = membership.json().get("state") if membership.status_code == 200 else None
+    state = _json(membership).get("state") if membership.status_code == 200 else None
     if state != "active":
         log.warning(
             "Sign-in refused: %s is not an active member of %s (%s)", login_name, org, membership.status_code

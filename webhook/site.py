@@ -124,6 +124,7 @@ def run_page(run_id: int) -> Response:
     run.pop("source_data", None)
     state = run.get("state") or {}
     stats = run.get("stats")
+    review = latest_review(get_engine(), run_id)
     page = render_template(
         "run.html",
         run=run_view({**run, "label": run_label(run)}),
@@ -133,6 +134,8 @@ def run_page(run_id: int) -> Response:
         files=run_files(run_id),
         skeleton=skeleton_view(state.get(STATE_KEY)),
         skeleton_key=STATE_KEY,
-        review=latest_review(get_engine(), run_id),
+        review=review,
     )
-    return conditional(make_response(page), run.get("datetime_tz"))
+    # A decision changes the page: the newer of the run's time and the decision's is its Last-Modified.
+    changed = max(filter(None, (run.get("datetime_tz"), (review or {}).get("decided_at"))), default=None)
+    return conditional(make_response(page), changed)

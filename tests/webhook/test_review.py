@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from openaddr.db.collect import collect_runs
 from openaddr.db.results import entry_health, latest_runs
-from openaddr.db.review import create_token, held_runs, token_hash
+from openaddr.db.review import create_token, held_runs, latest_review, token_hash
 from openaddr.db.runs import copy_run, get_run
 from openaddr.db.schema import api_tokens, run_reviews
 from tests.webhook.test_site_sources import (  # noqa: F401 (fixtures)
@@ -271,7 +271,12 @@ def test_decisions_are_recorded_and_move_latest_collections_and_health(
     assert "No run is held for review." in page
     assert "alice" in page
     assert ">accepted<" in page
-    run_page = client.get(f"/runs/{held}/").get_data(as_text=True)
+    answer = client.get(f"/runs/{held}/")
+    run_page = answer.get_data(as_text=True)
+    # Its Last-Modified is the decision's (a cached "held" page is not answered 304).
+    decided_at = (latest_review(engine, held) or {})["decided_at"]
+    assert decided_at > get_run(engine, held)["datetime_tz"]
+    assert answer.last_modified == decided_at.replace(microsecond=0)
     assert re.search(
         r"accepted by alice at <time datetime=\"[^\"]+\">\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>", run_page
     )
