@@ -207,8 +207,9 @@ def test_sign_in_review_and_decide_in_chromium(
         tab.page.goto(f"{url}/runs/{first}/")
         assert "accepted by alice at" in tab.page.inner_text("main")
 
-        # Expected: mallory's 403 (and its console line), the fake GitHub's missing favicon.
-        expected = (f"{url}/auth/callback", f"{github_server.base_url}/favicon.ico")
+        # Expected: mallory's 403 (and its console line), and the /favicon.ico Chromium asks of the pages without an
+        # icon link (the fake GitHub's, the plain-text refusal).
+        expected = (f"{url}/auth/callback", f"{github_server.base_url}/favicon.ico", f"{url}/favicon.ico")
         problems = [problem for problem in tab.take() if not any(known in problem for known in expected)]
         assert problems == []
     finally:
