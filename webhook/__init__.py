@@ -28,6 +28,8 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OA_WEBHOOK_DEBUG_HEADERS`` | ``DEBUG_HEADERS`` | ``yes``/``true``/``1``: ``GET /headers`` answers the request headers (default: 404) |
 | ``OA_WEBHOOK_SITE_OWNER`` | ``SITE_OWNER`` | owner of the repository whose latest set the site shows (default ``openaddresses``) |
 | ``OA_WEBHOOK_SITE_REPOSITORY`` | ``SITE_REPOSITORY`` | that repository (default ``openaddresses``) |
+| ``OA_WEBHOOK_SECRET_KEY`` | ``SECRET_KEY`` | signs subscription confirmation links (itsdangerous); without it subscriptions are off |
+| ``OA_WEBHOOK_SMTP_URL`` | ``SMTP_URL`` | the mail server of subscription confirmations, as the URI of connection ``openaddr_alerts_smtp`` (``smtp://user:password@host:port?from_email=…``); without it subscriptions are off |
 
 Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
 Without a webhook secret the app refuses to start unless ``TESTING`` is set.
@@ -119,6 +121,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         DEBUG_HEADERS=False,
         SITE_OWNER="openaddresses",
         SITE_REPOSITORY="openaddresses",
+        SECRET_KEY=None,
+        SMTP_URL=None,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     if SECRETS_VARIABLE in os.environ:
@@ -149,7 +153,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             f"(unsigned deliveries are accepted only with {ENV_PREFIX}_TESTING=true)"
         )
 
-    from webhook import db, hook, responses, sets, site, sources
+    from webhook import db, hook, responses, sets, site, sources, subscriptions
 
     db.init_app(app)
     responses.init_app(app)
@@ -157,4 +161,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(site.bp)
     app.register_blueprint(sources.bp)
     app.register_blueprint(sets.bp)
+    app.register_blueprint(subscriptions.bp)
     return app
