@@ -150,17 +150,25 @@ def _notify_failed_run(context: Mapping[str, Any]) -> None:
     from openaddr.db.runs import utcnow
     from openaddr_airflow import config
 
-    dag_run = context["dag_run"]
+    # The dag-processor passes the DAG run when it knows the run's last task instance; otherwise only the DAG,
+    # ``run_id`` and ``reason`` (airflow/dag_processing/processor.py, _execute_dag_callbacks): the run type is
+    # then the run id's prefix (``scheduled__…``, ``asset_triggered__…``, ``manual__…``).
+    dag_run = context.get("dag_run")
+    dag = context.get("dag")
+    run_id = str(getattr(dag_run, "run_id", None) or context.get("run_id") or "")
+    dag_id = str(getattr(dag_run, "dag_id", None) or getattr(dag, "dag_id", None) or "?")
+    run_type = getattr(dag_run, "run_type", None)
+    run_type_text = str(getattr(run_type, "value", run_type) or run_id.partition("__")[0])
     message = failed_run_message(
-        dag_id=dag_run.dag_id,
-        run_id=dag_run.run_id,
-        run_type=str(getattr(dag_run, "run_type", "") or ""),
+        dag_id=dag_id,
+        run_id=run_id,
+        run_type=run_type_text,
         logical_date=getattr(dag_run, "logical_date", None),
         reason=context.get("reason"),
         ui_url=config.airflow_ui_url(),
     )
     if message is None:
-        log.info("DAG run %s of %s failed; not scheduled, so no alert", dag_run.run_id, dag_run.dag_id)
+        log.info("DAG run %s of %s failed; not scheduled, so no alert", run_id, dag_id)
         return
     with config.machine_engine() as engine:
         outcome = alert_failed_run(engine, message, NotifierSender(context), now=utcnow())
