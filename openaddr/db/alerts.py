@@ -93,46 +93,66 @@ def set_outcome(bind: Bind, set_id: int) -> dict[str, Any]:
             )
         ]
         counts = {"success": 0, "failure": 0, "warning": 0, "skipped": 0, "pending": 0}
-        new_failures = []
+        failed = []
         for run in rows:
             label = run_label(run)
             counts[label] += 1
-            if label != "failure":
-                continue
-            previous = connection.execute(
-                sa.select(*_RUN_COLUMNS)
-                .where(
-                    runs.c.source_path == run["source_path"],
-                    _same(runs.c.source_layer, run["source_layer"]),
-                    _same(runs.c.layer_name, run["layer_name"]),
-                    runs.c.status.is_not(None),
-                    merged(),
-                    runs.c.id != run["id"],
-                    sa.or_(runs.c.set_id.is_(None), runs.c.set_id != set_id),
-                    runs.c.datetime_tz <= run["datetime_tz"],
-                )
-                .order_by(runs.c.datetime_tz.desc(), runs.c.id.desc())
-                .limit(1)
-            ).first()
-            if previous is None or run_label(row_dict(previous)) != "failure":
-                new_failures.append(
-                    {
-                        key: run[key]
-                        for key in (
-                            "id",
-                            "source_path",
-                            "source_layer",
-                            "layer_name",
-                            "message",
-                            "source_problem",
-                        )
-                    }
-                )
+            if label == "failure":
+                failed.append(run)
+        previous = _previous_labels(connection, set_id, [run["id"] for run in failed])
+        new_failures = [
+            {
+                key: run[key]
+                for key in ("id", "source_path", "source_layer", "layer_name", "message", "source_problem")
+            }
+            for run in failed
+            if previous.get(run["id"]) != "failure"
+        ]
     return {"set": row_dict(found), **counts, "new_failures": new_failures}
 
 
-def _same(column: sa.ColumnElement[Any], value: Any) -> sa.ColumnElement[bool]:
-    return column.is_(None) if value is None else column == value
+def _previous_labels(connection: sa.Connection, set_id: int, run_ids: list[int]) -> dict[int, str]:
+    """Per run id, the :func:`run_label` of its entry's previous merged recorded run (the newest one not of this
+    set, recorded at or before it); a run without one is not in the answer. One query (a window over the entry's
+    earlier runs, ``runs_entry_latest``), in chunks of 1,000 ids."""
+    labels: dict[int, str] = {}
+    failed = runs.alias("failed")
+    earlier = runs.alias("earlier")
+    for start in range(0, len(run_ids), 1000):
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=failed.c.id, order_by=(earlier.c.datetime_tz.desc(), earlier.c.id.desc()))
+            .label("rank")
+        )
+        ranked = (
+            sa.select(
+                failed.c.id.label("run_id"),
+                earlier.c.status,
+                earlier.c.accepted,
+                earlier.c.state,
+                earlier.c.source_problem,
+                earlier.c.warning,
+                rank,
+            )
+            .join(
+                earlier,
+                sa.and_(
+                    earlier.c.source_path == failed.c.source_path,
+                    earlier.c.source_layer.is_not_distinct_from(failed.c.source_layer),
+                    earlier.c.layer_name.is_not_distinct_from(failed.c.layer_name),
+                    earlier.c.status.is_not(None),
+                    earlier.c.is_merged.is_(True),
+                    earlier.c.id != failed.c.id,
+                    sa.or_(earlier.c.set_id.is_(None), earlier.c.set_id != set_id),
+                    earlier.c.datetime_tz <= failed.c.datetime_tz,
+                ),
+            )
+            .where(failed.c.id.in_(run_ids[start : start + 1000]))
+            .subquery()
+        )
+        for row in connection.execute(sa.select(ranked).where(ranked.c.rank == 1)):
+            labels[row.run_id] = run_label(row._mapping)
+    return labels
 
 
 def stalled_sets(bind: Bind, *, now: dt.datetime, older_than: dt.timedelta) -> list[dict[str, Any]]:
@@ -214,14 +234,34 @@ def entries_without_success(
 def source_broken(bind: Bind, paths: Iterable[str]) -> dict[str, bool]:
     """Per source path, whether it is broken: the newest merged recorded run of one of its layer entries failed (or
     was rejected, §10). A path without a merged run is not in the answer."""
-    wanted = set(paths)
+    wanted = sorted(set(paths))
     states: dict[str, bool] = {}
-    if not wanted:
-        return states
     with transaction(bind) as connection:
-        for path in sorted(wanted):
-            for run in latest_runs(connection, accepted_only=False, source_path=path):
-                states[path] = states.get(path, False) or run_label(run) == "failure"
+        for start in range(0, len(wanted), 1000):
+            rank = (
+                sa.func.row_number()
+                .over(partition_by=ENTRY_COLUMNS, order_by=(runs.c.datetime_tz.desc(), runs.c.id.desc()))
+                .label("rank")
+            )
+            ranked = (
+                sa.select(
+                    runs.c.source_path,
+                    runs.c.status,
+                    runs.c.accepted,
+                    runs.c.state,
+                    runs.c.source_problem,
+                    runs.c.warning,
+                    rank,
+                )
+                .where(
+                    runs.c.source_path.in_(wanted[start : start + 1000]), runs.c.status.is_not(None), merged()
+                )
+                .subquery()
+            )
+            for row in connection.execute(sa.select(ranked).where(ranked.c.rank == 1)):
+                states[row.source_path] = (
+                    states.get(row.source_path, False) or run_label(row._mapping) == "failure"
+                )
     return states
 
 

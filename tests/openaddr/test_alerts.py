@@ -272,3 +272,40 @@ def test_subscriber_changes(told: bool | None, state: bool, change: bool | None)
     found = alerts.subscriber_changes([sub(told)], {"sources/a.json": state})
     assert found == ([] if change is None else [(sub(told), state)])
     assert alerts.subscriber_changes([sub(told, "sources/unknown.json")], {"sources/a.json": state}) == []
+
+
+def test_a_source_is_broken_when_an_entry_last_failed_or_was_rejected(db: sa.Connection) -> None:
+    record(db, days(2), "sources/two.json", ok=True, name="a")
+    record(db, days(2), "sources/two.json", ok=True, name="b")
+    record(db, days(1), "sources/two.json", ok=False, name="b")  # one entry of two failed: broken
+    record(db, days(2), "sources/held.json", ok=True)
+    record(
+        db, days(1), "sources/held.json", ok=True, warning="Address count dropped 50 %"
+    )  # held: not broken
+    rejected = record(db, days(1), "sources/rejected.json", ok=True, warning="Address count dropped 50 %")
+    db.execute(sa.text("UPDATE runs SET accepted = false WHERE id = :i"), {"i": rejected})
+    record(db, days(2), "sources/fixed.json", ok=False)
+    record(db, days(1), "sources/fixed.json", ok=True)
+    unmerged = insert_run(
+        db,
+        source_path="sources/fixed.json",
+        source_layer="addresses",
+        layer_name="primary",
+        is_merged=False,  # a pull request's failure: not the source's state
+        state=FAILED_STATE,
+        now=days(0.5),
+    )
+    assert unmerged > 0
+    paths = [
+        "sources/two.json",
+        "sources/held.json",
+        "sources/rejected.json",
+        "sources/fixed.json",
+        "sources/no.json",
+    ]
+    assert db_alerts.source_broken(db, paths) == {
+        "sources/two.json": True,
+        "sources/held.json": False,
+        "sources/rejected.json": True,
+        "sources/fixed.json": False,
+    }
