@@ -151,7 +151,7 @@ def _previous_labels(connection: sa.Connection, set_id: int, run_ids: list[int])
             .subquery()
         )
         for row in connection.execute(sa.select(ranked).where(ranked.c.rank == 1)):
-            labels[row.run_id] = run_label(row._mapping)
+            labels[row.run_id] = run_label(row_dict(row))
     return labels
 
 
@@ -260,7 +260,7 @@ def source_broken(bind: Bind, paths: Iterable[str]) -> dict[str, bool]:
             )
             for row in connection.execute(sa.select(ranked).where(ranked.c.rank == 1)):
                 states[row.source_path] = (
-                    states.get(row.source_path, False) or run_label(row._mapping) == "failure"
+                    states.get(row.source_path, False) or run_label(row_dict(row)) == "failure"
                 )
     return states
 
