@@ -1,7 +1,7 @@
 """Alerting's rules (openaddr/alerts.py, openaddr/db/alerts.py) on a real Machine database, SQLite and PostgreSQL.
 
 Runs are recorded with the library's own ``create_set`` / ``insert_run``; the channel is a :class:`Collected` list
-here (the real notifiers, SMTP and Slack on loopback, are ``tests/plugins/test_alerts.py``'s).
+here (the real notifiers, SMTP and Slack on loopback, are ``tests/plugins/test_alert_notifiers.py``'s).
 """
 
 from __future__ import annotations
