@@ -28,13 +28,14 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OA_WEBHOOK_DEBUG_HEADERS`` | ``DEBUG_HEADERS`` | ``yes``/``true``/``1``: ``GET /headers`` answers the request headers (default: 404) |
 | ``OA_WEBHOOK_SITE_OWNER`` | ``SITE_OWNER`` | owner of the repository whose latest set the site shows (default ``openaddresses``) |
 | ``OA_WEBHOOK_SITE_REPOSITORY`` | ``SITE_REPOSITORY`` | that repository (default ``openaddresses``) |
-| ``OA_WEBHOOK_SECRET_KEY`` | ``SECRET_KEY`` | signs the session cookie and the forms' CSRF tokens; required for sign-in |
+| ``OA_WEBHOOK_SECRET_KEY`` | ``SECRET_KEY`` | signs the session cookie, the forms' CSRF tokens and subscription confirmation links; required for sign-in, without it subscriptions are off |
 | ``OA_WEBHOOK_GITHUB_CLIENT_ID`` | ``GITHUB_CLIENT_ID`` | the GitHub OAuth app's client id (sign-in of maintainers) |
 | ``OA_WEBHOOK_GITHUB_CLIENT_SECRET`` | ``GITHUB_CLIENT_SECRET`` | its client secret |
 | ``OA_WEBHOOK_GITHUB_OAUTH_URL`` | ``GITHUB_OAUTH_URL`` | where GitHub's OAuth endpoints are (default ``https://github.com``) |
 | ``OA_WEBHOOK_MAINTAINERS_ORG`` | ``MAINTAINERS_ORG`` | the GitHub organisation whose members may review (default ``openaddresses``) |
 | ``OA_WEBHOOK_SESSION_COOKIE_SECURE`` | ``SESSION_COOKIE_SECURE`` | ``Secure`` session cookie (default true; false for plain-http development) |
 | ``OA_WEBHOOK_PERMANENT_SESSION_LIFETIME`` | ``PERMANENT_SESSION_LIFETIME`` | seconds a sign-in lasts (default 43200, 12 h) |
+| ``OA_WEBHOOK_SMTP_URL`` | ``SMTP_URL`` | the mail server of subscription confirmations, as the URI of connection ``openaddr_alerts_smtp`` (``smtp://user:password@host:port?from_email=…``); without it subscriptions are off |
 
 Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
 Without a webhook secret the app refuses to start unless ``TESTING`` is set.
@@ -138,6 +139,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=12 * 3600,
         WTF_CSRF_CHECK_DEFAULT=False,
+        SMTP_URL=None,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     if SECRETS_VARIABLE in os.environ:
@@ -173,7 +175,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             "to sign the session cookie and the forms' CSRF tokens"
         )
 
-    from webhook import auth, db, hook, responses, review, sets, site, sources
+    from webhook import auth, db, hook, responses, review, sets, site, sources, subscriptions
 
     db.init_app(app)
     responses.init_app(app)
@@ -183,4 +185,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(sets.bp)
     auth.init_app(app)
     app.register_blueprint(review.bp)
+    app.register_blueprint(subscriptions.bp)
     return app

@@ -23,6 +23,12 @@ Columns beyond 7.5.5's ``ci/schema.pgsql``:
 Tables of the review queue (§9.2, §10; migration ``0005_review``): ``run_reviews``, every maintainer's decision on a
 run held by the quality gate (who, how signed in, when), and ``api_tokens``, the hashed API tokens of scripts.
 
+Tables beyond 7.5.5 (migration ``0006_alerts``, machine-ci.md §11): ``alerts``, one row per alert decided (sent, or
+not sent because no alert channel is configured: ``channels`` empty), unique per kind and key so that an alert
+meant to go once (an entry broken for 7 days, a set that stalled) is never sent twice; ``subscriptions``, people
+subscribed by e-mail to a source file (double opt-in: ``datetime_confirmed`` null until confirmed), each with the
+random token of its unsubscribe link and ``broken``, the source's state the subscriber was last told about.
+
 Widened against 7.5.5: ``runs.code_version`` (``8.0.0.dev0`` does not fit 8 characters), ``runs.worker_id``
 (``hostname/pid`` with long container host names) and ``zips.url`` (long object-storage base paths).
 """
@@ -272,6 +278,42 @@ api_tokens = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("last_used_at", UTCDateTime),
     sa.Column("revoked_at", UTCDateTime),
+    sqlite_autoincrement=True,
+)
+
+
+#: Kinds of alert (machine-ci.md §11; :mod:`openaddr.alerts`).
+ALERT_KINDS = ("failed_run", "set_summary", "broken_entry", "stalled_set")
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    # What the alert is about: a DAG run, a set id, an entry and its last success; unique per kind.
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("datetime", UTCDateTime, nullable=False),
+    # The channels it went to (``email``, ``slack``, comma-separated); empty: alerts were off.
+    sa.Column("channels", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text),
+    _one_of("kind", ALERT_KINDS, "kind"),
+    sa.UniqueConstraint("kind", "key", name="uq_alerts_kind_key"),
+    sa.Index("alerts_datetime", "datetime"),
+    sqlite_autoincrement=True,
+)
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("source_path", sa.Text, nullable=False),  # sources/….json
+    sa.Column("token", sa.String(64), nullable=False, unique=True),  # the unsubscribe link's secret
+    sa.Column("datetime_created", UTCDateTime, nullable=False),
+    sa.Column("datetime_confirmed", UTCDateTime),  # null until the double opt-in link is opened
+    sa.Column("broken", sa.Boolean),  # the source's state the subscriber was last told about (null: none yet)
+    sa.UniqueConstraint("email", "source_path", name="uq_subscriptions_email_source_path"),
+    sa.Index("subscriptions_source_path", "source_path"),
     sqlite_autoincrement=True,
 )
 

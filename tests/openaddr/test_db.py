@@ -177,11 +177,21 @@ def test_sqlite_engine_creates_its_folder_and_enforces_foreign_keys(tmp_path: Pa
 def test_migrations_create_the_declared_schema(empty_db_url: sa.URL) -> None:
     assert current_revision(empty_db_url) is None
     upgrade(empty_db_url)
-    assert current_revision(empty_db_url) == head_revision() == "0005_review"
+    assert current_revision(empty_db_url) == head_revision() == "0006_alerts"
     engine = make_engine(empty_db_url)
     tables = set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert tables == {"jobs", "sets", "runs", "zips", "run_reviews", "api_tokens", "openaddr_alembic_version"}
+    assert tables == {
+        "jobs",
+        "sets",
+        "runs",
+        "zips",
+        "run_reviews",
+        "api_tokens",
+        "alerts",
+        "subscriptions",
+        "openaddr_alembic_version",
+    }
     assert schema_differences(empty_db_url) == []
 
 
