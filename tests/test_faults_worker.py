@@ -256,7 +256,7 @@ def _kill_scenario(
     result["try_2"] = _task_instance(stack, run_id)
     result["runs"] = _runs(machine_url, job_id)
     result["scratch_after"] = sorted(path.name for path in scratch.iterdir())
-    result["attempt_2_log"] = _task_log(stack, run_id, 2)
+    result["retry_log"] = _task_log(stack, run_id, result["try_2"]["try_number"])
     result["requests"] = gate.requests
     gate.release()
     return result
@@ -284,14 +284,16 @@ def _term_scenario(
     gate.release()
     result["state"] = _wait_run(stack, run_id)
     result["run_seconds"] = time.monotonic() - termed
-    try:
-        result["worker_exit"] = worker.wait(timeout=RUN_TIMEOUT)
-    except psutil.TimeoutExpired:
-        result["worker_exit"] = "still running"
+    # Not the worker's parent: its exit status comes from supervisord, once it has reaped it.
+    _, still = psutil.wait_procs([worker], timeout=RUN_TIMEOUT)
     result["exit_seconds"] = time.monotonic() - termed
     result["left"] = _gone(tree["all"])
-    info = {i["name"]: i for i in supervise.process_info(stack.airflow_home)}[tree["worker"]]
-    result["supervisor_state"] = (info["statename"], info["exitstatus"])
+
+    def reaped() -> tuple[str, int] | None:
+        info = {i["name"]: i for i in supervise.process_info(stack.airflow_home)}[tree["worker"]]
+        return (info["statename"], info["exitstatus"]) if info["statename"] != "RUNNING" else None
+
+    result["supervisor_state"] = None if still else _wait(reaped, GONE_TIMEOUT, "supervisord saw no exit")
     result["runs"] = _runs(machine_url, job_id)
     result["try"] = _task_instance(stack, run_id)
     result["worker_log"] = (stack.logs / f"{tree['worker']}.log").read_text(errors="replace")
@@ -373,7 +375,7 @@ def _report(result: dict[str, Any]) -> None:
         f"{TEST_TIMINGS['AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY']} s):\n"
         f"  (a) SIGKILL of {kill['tree']['worker']}: after the kill {events}; green after {kill['green']:.1f} s\n"
         f"  (b) SIGTERM of {term['tree']['worker']}: run {term['state']} {term['run_seconds']:.1f} s after the "
-        f"signal ({TERM_WATCH:.0f} s of it held), worker exited ({term['worker_exit']}) after "
+        f"signal ({TERM_WATCH:.0f} s of it held), worker exited ({term['supervisor_state']}) after "
         f"{term['exit_seconds']:.1f} s\n"
         f"  stack healthy after {result['start_seconds']:.1f} s, worker restarted in "
         f"{result['restart_seconds']:.1f} s, module {result['total_seconds']:.1f} s\n"
@@ -399,8 +401,13 @@ def test_a_killed_worker_leaves_no_process_of_its_task(faults: dict[str, Any]) -
 def test_the_killed_task_is_retried_on_the_other_worker_and_completes(faults: dict[str, Any]) -> None:
     kill = faults["kill"]
     assert kill["state"] == "success"
-    assert kill["try_1"]["try_number"] == 1
-    assert kill["try_2"] == {"state": "success", "try_number": 2, "celery_id": kill["try_2"]["celery_id"]}
+    # (Usually tries 1 and 2; an Execution API call that timed out on a loaded machine costs a try more.)
+    tried = kill["try_1"]["try_number"]
+    assert kill["try_2"] == {
+        "state": "success",
+        "try_number": tried + 1,
+        "celery_id": kill["try_2"]["celery_id"],
+    }
     assert kill["try_2"]["celery_id"] != kill["try_1"]["celery_id"]
     # The second try went to the worker that was not killed: its log names the Celery task, the killed one's not.
     stack: Stack = faults["stack"]
@@ -428,7 +435,8 @@ def test_the_run_is_recorded_once_and_nothing_half_published_stays(
     assert run["id"] == pending["id"]
     assert run["status"] is True, run["message"]
     assert run["address_count"] == park_points(fixtures)
-    assert run["airflow_try_number"] == 2
+    assert run["airflow_try_number"] == kill["try_2"]["try_number"]
+    assert pending["airflow_try_number"] == kill["try_1"]["try_number"]
     assert run["worker_id"] != pending["worker_id"]
     stack: Stack = faults["stack"]
     published = stack.storage / "runs" / str(run["id"])
@@ -449,13 +457,14 @@ def test_the_killed_try_is_swept_and_the_retry_says_it_was_lost(faults: dict[str
     # with an empty scratch folder.
     assert folder in kill["scratch_after_kill"]
     assert kill["scratch_after"] == []
-    log = kill["attempt_2_log"]
+    log = kill["retry_log"]
     assert "Removed 1 work folders left by killed tasks" in log
     assert f"'{folder}'" in log
     host, _, pid = pending["worker_id"].rpartition("/")
     assert int(pid) == kill["tree"]["runner"]
     assert (
-        f"previous try 1 was lost with its worker {host} (run {pending['id']}, task process {pid}" in log
+        f"previous try {kill['try_1']['try_number']} was lost with its worker {host} (run {pending['id']}, "
+        f"task process {pid}" in log
     ), log[-3000:]
 
 
@@ -468,13 +477,69 @@ def test_a_worker_given_sigterm_finishes_its_run_then_exits(faults: dict[str, An
     term = faults["term"]
     assert term["watched"] == {"worker": True, "processing": True, "download_held": True}
     assert term["state"] == "success"
-    assert term["worker_exit"] == 0
-    assert term["supervisor_state"][0] == "EXITED"
+    assert term["supervisor_state"] == ("EXITED", 0)
     assert term["left"] == []
     (run,) = term["runs"]
     assert run["status"] is True, run["message"]
     assert run["address_count"] == park_points(fixtures)
-    assert run["airflow_try_number"] == 1
+    assert run["airflow_try_number"] == term["try"]["try_number"]
     assert run["worker_id"].rpartition("/")[2] == str(term["tree"]["runner"])
-    assert term["try"]["try_number"] == 1
     assert "Warm shutdown" in term["worker_log"] or "warm shutdown" in term["worker_log"].lower()
+
+
+# Configuration, no service ---------------------------------------------------------------------------------
+
+
+def test_two_workers_each_with_a_node_name_and_the_pool_sized_for_both(tmp_path: Path) -> None:
+    stack = Stack(
+        tmp_path,
+        8126,
+        executor="celery",
+        metadata_url="postgresql://airflow@127.0.0.1/airflow",
+        worker_concurrency=3,
+        celery_workers=2,
+    )
+    assert stack.component_names[-2:] == WORKERS
+    assert stack.worker_node == stack.worker_nodes[CELERY_WORKER]
+    assert stack.worker_nodes[WORKERS[1]].startswith("openaddr-8126-2@")
+    commands = {program.name: program.command for program in stack.programs()}
+    for name in WORKERS:
+        command = commands[name]
+        assert command[command.index("--celery-hostname") + 1] == stack.worker_nodes[name]
+        assert command[command.index("--concurrency") + 1] == "3"
+    assert stack.environment()["OPENADDR_POOL_SLOTS"] == "6"
+
+
+def test_more_workers_only_with_celery(tmp_path: Path) -> None:
+    from devstack import StackError
+
+    with pytest.raises(StackError, match="more only with executor='celery'"):
+        Stack(tmp_path, 8127, celery_workers=2)
+    with pytest.raises(StackError, match="at least 1"):
+        Stack(tmp_path, 8127, executor="celery", metadata_url="postgresql://a@b/c", celery_workers=0)
+
+
+def test_production_defaults_bound_a_worker_death_to_six_minutes() -> None:
+    """docs/deploy.md, "A worker lost mid-run": detection (heartbeat timeout plus one detection interval), then
+    the first retry's delay with Airflow's jitter (up to twice the delay), from the committed airflow.cfg over the
+    pinned Airflow's defaults."""
+    import configparser
+
+    from airflow.configuration import conf
+
+    from openaddr_airflow.operators import DEFAULT_ARGS
+    from tests.conftest import ROOT
+
+    committed = configparser.ConfigParser(interpolation=None)
+    committed.read(ROOT / "airflow.cfg")
+
+    def setting(section: str, key: str) -> float:
+        return float(committed.get(section, key, fallback=None) or conf.get_default_value(section, key))
+
+    detected = setting("scheduler", "task_instance_heartbeat_timeout") + setting(
+        "scheduler", "task_instance_heartbeat_timeout_detection_interval"
+    )
+    first_retry = 2 * setting("core", "default_task_retry_delay")
+    assert "retry_delay" not in DEFAULT_ARGS  # the setting above is the one the tasks use
+    assert (detected, first_retry) == (310.0, 30.0)
+    assert detected + first_retry <= 6 * 60
