@@ -32,11 +32,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import pytest
 import sqlalchemy as sa
 
-from devstack import supervise
+from devstack import procs, supervise
 from devstack.procs import free_port
 from devstack.stack import CELERY_WORKER, Stack, celery_worker_name
 from openaddr.db import make_engine
@@ -65,7 +64,7 @@ TEST_TIMINGS = {
     "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
 }
 #: Generous bounds against a loaded 2-core machine (nothing here is a timing assertion).
-START_TIMEOUT = 180.0
+START_TIMEOUT = 300.0
 HELD_TIMEOUT = 180.0
 RUN_TIMEOUT = 300.0
 GONE_TIMEOUT = 30.0
@@ -122,6 +121,11 @@ def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> A
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
 
 
+def _parent(pid: int) -> int | None:
+    fields = procs.stat(pid)
+    return int(fields[1]) if fields else None
+
+
 def _task_tree(stack: Stack) -> dict[str, Any] | None:
     """The worker whose tree runs a processing zygote, and the processes of its task: the task runner (the
     zygote's parent), the zygote and the zygote's children (``process-one``), with every process of the worker."""
@@ -129,41 +133,35 @@ def _task_tree(stack: Stack) -> dict[str, Any] | None:
         pid = stack.pids().get(name)
         if pid is None:
             continue
-        try:
-            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for process in tree:
-            try:
-                if "openaddr.zygote" not in " ".join(process.cmdline()):
-                    continue
-                children = process.children()
-                runner = process.parent()
-            except psutil.NoSuchProcess:
+        tree = procs.descendants(pid)
+        for zygote in tree:
+            if b"openaddr.zygote" not in procs.cmdline(zygote):
                 continue
+            children = [child for child in tree if _parent(child) == zygote]
+            runner = _parent(zygote)
             if not children or runner is None:
                 continue  # the zygote has not forked process-one yet
             return {
                 "worker": name,
                 "worker_pid": pid,
-                "runner": runner.pid,
-                "zygote": process.pid,
-                "children": [child.pid for child in children],
+                "runner": runner,
+                "zygote": zygote,
+                "children": children,
                 "all": tree,
             }
     return None
 
 
-def _gone(processes: list[psutil.Process]) -> list[str]:
-    """Wait for ``processes`` to end; describe those still running after :data:`GONE_TIMEOUT`."""
-    _, alive = psutil.wait_procs(processes, timeout=GONE_TIMEOUT)
-    left = []
-    for process in alive:
-        try:
-            left.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
-        except psutil.NoSuchProcess:
-            pass
-    return left
+def _gone(pids: list[int], timeout: float = GONE_TIMEOUT) -> list[str]:
+    """Wait for the processes ``pids`` to end; describe those still running after ``timeout`` seconds."""
+    ends = time.monotonic() + timeout
+    while any(procs.alive(pid) for pid in pids) and time.monotonic() < ends:
+        time.sleep(0.1)
+    return [f"{pid} {_command(pid)}" for pid in pids if procs.alive(pid)]
+
+
+def _command(pid: int) -> str:
+    return procs.cmdline(pid).replace(b"\0", b" ").decode(errors="replace")[:120]
 
 
 def _task_instance(stack: Stack, run_id: str) -> dict[str, Any]:
@@ -270,22 +268,20 @@ def _term_scenario(
     result: dict[str, Any] = {"job_id": job_id, "run_id": run_id}
     tree = _held(stack, gate)
     result["tree"] = {key: value for key, value in tree.items() if key != "all"}
-    worker = psutil.Process(tree["worker_pid"])
+    worker = tree["worker_pid"]
     termed = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
+    os.kill(worker, signal.SIGTERM)
     time.sleep(TERM_WATCH)
     result["watched"] = {
-        "worker": worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE,
-        "processing": all(
-            psutil.pid_exists(pid) for pid in (tree["runner"], tree["zygote"], *tree["children"])
-        ),
+        "worker": procs.alive(worker),
+        "processing": all(procs.alive(pid) for pid in (tree["runner"], tree["zygote"], *tree["children"])),
         "download_held": not gate.released.is_set(),
     }
     gate.release()
     result["state"] = _wait_run(stack, run_id)
     result["run_seconds"] = time.monotonic() - termed
     # Not the worker's parent: its exit status comes from supervisord, once it has reaped it.
-    _, still = psutil.wait_procs([worker], timeout=RUN_TIMEOUT)
+    still = _gone([worker], RUN_TIMEOUT)
     result["exit_seconds"] = time.monotonic() - termed
     result["left"] = _gone(tree["all"])
 
