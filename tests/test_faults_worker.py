@@ -369,7 +369,7 @@ def _report(result: dict[str, Any]) -> None:
         f"\nworker faults (load {' '.join(load)}; heartbeat timeout "
         f"{TEST_TIMINGS['AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT']} s, retry delay "
         f"{TEST_TIMINGS['AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY']} s):\n"
-        f"  (a) SIGKILL of {kill['tree']['worker']}: after the kill {events}; green after {kill['green']:.1f} s\n"
+        f"  (a) SIGKILL of {kill['tree']['worker']}: after the kill {events}; DAG run {kill['state']} after {kill['green']:.1f} s\n"
         f"  (b) SIGTERM of {term['tree']['worker']}: run {term['state']} {term['run_seconds']:.1f} s after the "
         f"signal ({TERM_WATCH:.0f} s of it held), worker exited ({term['supervisor_state']}) after "
         f"{term['exit_seconds']:.1f} s\n"
