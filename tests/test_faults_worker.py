@@ -539,3 +539,34 @@ def test_production_defaults_bound_a_worker_death_to_six_minutes() -> None:
     assert "retry_delay" not in DEFAULT_ARGS  # the setting above is the one the tasks use
     assert (detected, first_retry) == (310.0, 30.0)
     assert detected + first_retry <= 6 * 60
+
+
+def test_a_task_runner_is_tied_to_its_supervisor_only_under_one() -> None:
+    """``die_with_supervisor`` asks for SIGKILL on the parent's death in a task runner (its supervisor's comms
+    set), never in a process running tasks in-process (``dag.test()``) or outside Airflow."""
+    script = (
+        "from airflow.sdk.execution_time import task_runner\n"
+        "from billiard.util import get_pdeathsig\n"
+        "from openaddr_airflow.listeners import die_with_supervisor\n"
+        "class InProcessSupervisorComms: pass\n"
+        "seen = []\n"
+        "for comms in (None, InProcessSupervisorComms(), object()):\n"
+        "    task_runner.SUPERVISOR_COMMS = comms\n"
+        "    die_with_supervisor()\n"
+        "    seen.append(get_pdeathsig())\n"
+        "print(seen)\n"
+    )
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["[0,", "0,", f"{int(signal.SIGKILL)}]"]
