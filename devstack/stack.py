@@ -304,10 +304,9 @@ class Stack(AirflowApi):
         self.celery_workers = celery_workers
         #: The Celery workers' node names by program name (``-H``): the stack pings these, not another worker on
         #: the same broker.
+        host = socket.gethostname()
         self.worker_nodes = {
-            celery_worker_name(
-                number
-            ): f"openaddr-{port}{'' if number == 1 else f'-{number}'}@{socket.gethostname()}"
+            celery_worker_name(number): f"openaddr-{port}{'' if number == 1 else f'-{number}'}@{host}"
             for number in range(1, celery_workers + 1)
         }
         #: The first worker's node name.
