@@ -50,6 +50,7 @@ from openaddr.db.runs import (
     insert_run,
     job_runs,
     layer_digest,
+    mark_try_failed,
     parse_duration,
     previous_run_times,
     public_state,
@@ -902,6 +903,40 @@ def test_a_stale_attempt_is_dropped(db: sa.Connection) -> None:
         db, run_id, state=GOOD_STATE, attempt_started=retry_start, try_number=2, now=retry_start
     )
     assert get_run(db, run_id)["status"] is True  # type: ignore[index]
+
+
+def test_the_next_try_tells_a_failed_try_from_one_lost_with_its_worker(db: sa.Connection) -> None:
+    """A try that raised marks its pending run; one whose process died leaves none (issue 16)."""
+    from openaddr.machine.recording import previous_try
+
+    run_id = reserve(db, task(try_number=1))
+    lost = task_run(db, task(try_number=2))
+    assert lost is not None
+    assert previous_try(lost) == (
+        f"previous try 1 was lost with its worker worker-1 (run {run_id}, task process 42, started "
+        f"2025-06-15 12:00:00 UTC): it ended without recording a result or an error"
+    )
+    # The second try raises: its mark says so, and the run stays pending.
+    reserve(db, task(try_number=2), started=NOW + dt.timedelta(minutes=1))
+    assert mark_try_failed(db, task(try_number=1), "not this try") is None
+    assert (
+        mark_try_failed(db, task(try_number=2), "OperationalError: the server closed the connection")
+        == run_id
+    )
+    failed = task_run(db, task(try_number=3))
+    assert failed is not None
+    assert failed["status"] is None
+    assert previous_try(failed) == (
+        f"previous try 2 of run {run_id} failed on worker-1: OperationalError: the server closed the connection"
+    )
+    # The third try resets the mark; a run with a result is never marked.
+    reserve(db, task(try_number=3), started=NOW + dt.timedelta(minutes=2))
+    assert get_run(db, run_id)["message"] is None  # type: ignore[index]
+    assert finish_run(
+        db, run_id, state=GOOD_STATE, attempt_started=NOW + dt.timedelta(minutes=2), try_number=3
+    )
+    assert mark_try_failed(db, task(try_number=3), "late") is None
+    assert get_run(db, run_id)["message"] == OK_MESSAGE  # type: ignore[index]
 
 
 def test_finish_run_of_an_unknown_run(db: sa.Connection) -> None:
