@@ -96,8 +96,18 @@ def test_gunicorn_serves_the_app(tmp_path) -> None:
     env = {"PATH": "/usr/bin:/bin", "GITHUB_WEBHOOK_SECRETS": "s3cret-key", "HOME": str(tmp_path)}
     env["OPENADDR_DATABASE_URL"] = f"sqlite:///{tmp_path / 'machine.db'}"
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    CONFIG = "python:webhook.gunicorn_conf"  # noqa: N806 - read as a constant
     server = subprocess.Popen(
-        [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "1", "webhook:create_app()"],
+        [
+            gunicorn,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--config",
+            CONFIG,
+            "webhook:create_app()",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -122,3 +132,21 @@ def test_gunicorn_serves_the_app(tmp_path) -> None:
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_gunicorn_hook_freezes_what_a_worker_loaded() -> None:
+    """``webhook.gunicorn_conf.post_worker_init``: what the worker holds after loading the app moves to the permanent
+    generation, so full collections during requests no longer walk it."""
+    import gc
+
+    from webhook import gunicorn_conf
+
+    create_app({"TESTING": True, "DATABASE_URL": "sqlite://"})
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        gunicorn_conf.post_worker_init(object())
+        assert gc.get_freeze_count() > 10_000
+        assert sum(gc.get_count()) < 100
+    finally:
+        gc.unfreeze()
