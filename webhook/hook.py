@@ -28,7 +28,7 @@ from flask import Blueprint, current_app, jsonify, request
 from openaddr.db.jobs import create_job, job_by_delivery
 from openaddr.github import CommitStatus, error_status, github_client, pending_status, post_commit_status
 from webhook import changes
-from webhook.db import get_db
+from webhook.db import get_db, retry_disconnect
 from webhook.trigger import AirflowTrigger, TriggerFailed
 
 if TYPE_CHECKING:
@@ -244,10 +244,22 @@ def _sent_contents(job: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _recorded(delivery_id: str) -> dict[str, Any] | None:
-    """The job of a delivery id, read in a transaction of its own."""
-    connection = get_db()
-    with connection.begin():
-        return job_by_delivery(connection, delivery_id)
+    """The job of a delivery id: one statement, outside a transaction on PostgreSQL (autocommit: no ``BEGIN`` and
+    ``COMMIT`` round trips), in a transaction of its own on SQLite; retried once on a new connection when the
+    pooled one broke (:func:`webhook.db.retry_disconnect`)."""
+
+    def read(connection: sa.Connection) -> dict[str, Any] | None:
+        if connection.dialect.name != "postgresql" or connection.in_transaction():
+            with connection.begin():
+                return job_by_delivery(connection, delivery_id)
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with connection.begin():
+                return job_by_delivery(connection, delivery_id)
+        finally:
+            connection.execution_options(isolation_level=connection.default_isolation_level)
+
+    return retry_disconnect(read)
 
 
 @bp.post("/hook")

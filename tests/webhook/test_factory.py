@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import ROOT
 from webhook import ConfigurationError, create_app
@@ -150,3 +151,29 @@ def test_the_gunicorn_hook_freezes_what_a_worker_loaded() -> None:
         assert sum(gc.get_count()) < 100
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.integration
+def test_a_pooled_connection_the_server_dropped_is_replaced(
+    postgres_database_url: sa.URL, postgres_admin_url: sa.URL
+) -> None:
+    """No ping before each request: a pooled PostgreSQL connection the server ended (a restart) fails the delivery
+    lookup once, which is retried on a new connection; and the lookup leaves the connection transactional."""
+    from webhook import hook
+
+    app = create_app({"TESTING": True, "DATABASE_URL": postgres_database_url.render_as_string(False)})
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with app.app_context():
+            pid = get_db().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with admin.connect() as connection:
+            assert connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        with app.app_context():
+            assert hook._recorded(f"no-such-delivery-{pid}") is None
+            connection = get_db()
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+            assert connection.get_isolation_level() != "AUTOCOMMIT"
+            assert connection.exec_driver_sql("SELECT now() = statement_timestamp()").scalar_one() is False
+    finally:
+        admin.dispose()
+        close_engine(app)
