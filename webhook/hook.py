@@ -244,20 +244,31 @@ def _sent_contents(job: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _recorded(delivery_id: str) -> dict[str, Any] | None:
-    """The job of a delivery id: one statement, outside a transaction on PostgreSQL (autocommit: no ``BEGIN`` and
-    ``COMMIT`` round trips), in a transaction of its own on SQLite; retried once on a new connection when the
-    pooled one broke (:func:`webhook.db.retry_disconnect`)."""
+    """The job of a delivery id: one statement, outside a transaction on PostgreSQL (the driver's autocommit: no
+    ``BEGIN`` and ``COMMIT`` round trips), in a transaction of its own on SQLite; retried once on a new connection
+    when the pooled one broke (:func:`webhook.db.retry_disconnect`).
+
+    The driver connection's ``autocommit`` is switched directly (psycopg2 and psycopg: on the client, nothing sent)
+    and back in ``finally``; SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` would send ``SET
+    default_transaction_isolation`` to switch back, a round trip of its own.
+    """
 
     def read(connection: sa.Connection) -> dict[str, Any] | None:
-        if connection.dialect.name != "postgresql" or connection.in_transaction():
+        driver = connection.connection.dbapi_connection
+        if (
+            connection.dialect.name != "postgresql"
+            or connection.in_transaction()
+            or not hasattr(driver, "autocommit")
+        ):
             with connection.begin():
                 return job_by_delivery(connection, delivery_id)
-        connection.execution_options(isolation_level="AUTOCOMMIT")
+        driver.autocommit = True
         try:
             with connection.begin():
                 return job_by_delivery(connection, delivery_id)
         finally:
-            connection.execution_options(isolation_level=connection.default_isolation_level)
+            if not driver.closed:  # closed: broken and dropped by SQLAlchemy (retry_disconnect tries again)
+                driver.autocommit = False
 
     return retry_disconnect(read)
 

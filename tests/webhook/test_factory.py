@@ -172,7 +172,7 @@ def test_a_pooled_connection_the_server_dropped_is_replaced(
             assert hook._recorded(f"no-such-delivery-{pid}") is None
             connection = get_db()
             assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
-            assert connection.get_isolation_level() != "AUTOCOMMIT"
+            assert connection.connection.dbapi_connection.autocommit is False
             assert connection.exec_driver_sql("SELECT now() = statement_timestamp()").scalar_one() is False
     finally:
         admin.dispose()
