@@ -108,7 +108,7 @@ def create_job(
     return job_id
 
 
-#: PostgreSQL's source of ``jobs.sequence`` numbers (migration 0005).
+#: PostgreSQL's source of ``jobs.sequence`` numbers (migration 0007).
 JOB_SEQUENCE = "jobs_sequence_seq"
 
 

@@ -72,6 +72,7 @@ DAG_QUEUES = {
     "openaddr_batch": "batch",
     "openaddr_collect": "batch",
     "openaddr_refresh_merged": "batch",
+    "openaddr_alert_broken_sources": "batch",
 }
 TASK_QUEUES = {"process_large_source": "large"}
 
@@ -204,5 +205,11 @@ def test_parsing_imports_no_gdal_proj_or_conform_code() -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == []
-    assert result["dags"] == ["openaddr_batch", "openaddr_ci", "openaddr_collect", "openaddr_refresh_merged"]
+    assert result["dags"] == [
+        "openaddr_alert_broken_sources",
+        "openaddr_batch",
+        "openaddr_ci",
+        "openaddr_collect",
+        "openaddr_refresh_merged",
+    ]
     assert result["loaded"] == []

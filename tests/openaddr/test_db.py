@@ -177,11 +177,21 @@ def test_sqlite_engine_creates_its_folder_and_enforces_foreign_keys(tmp_path: Pa
 def test_migrations_create_the_declared_schema(empty_db_url: sa.URL) -> None:
     assert current_revision(empty_db_url) is None
     upgrade(empty_db_url)
-    assert current_revision(empty_db_url) == head_revision() == "0005"
+    assert current_revision(empty_db_url) == head_revision() == "0007_jobs_sequence"
     engine = make_engine(empty_db_url)
     tables = set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert tables == {"jobs", "sets", "runs", "zips", "openaddr_alembic_version"}
+    assert tables == {
+        "jobs",
+        "sets",
+        "runs",
+        "zips",
+        "run_reviews",
+        "api_tokens",
+        "alerts",
+        "subscriptions",
+        "openaddr_alembic_version",
+    }
     assert schema_differences(empty_db_url) == []
 
 
@@ -241,9 +251,9 @@ def test_zips_format_migration_fills_existing_rows(empty_db_url: sa.URL) -> None
 
 
 def test_job_numbers_continue_after_the_sequence_migration(empty_db_url: sa.URL) -> None:
-    """0005 (PostgreSQL: ``jobs_sequence_seq``) numbers new jobs after the largest number given before; a
+    """0007 (PostgreSQL: ``jobs_sequence_seq``) numbers new jobs after the largest number given before; a
     rolled-back job leaves at most a gap, never a repeat; going down and up again still continues."""
-    upgrade(empty_db_url, "0004")
+    upgrade(empty_db_url, "0006_alerts")
     engine = make_engine(empty_db_url)
     with engine.begin() as connection:
         for number in (1, 2, 7):
@@ -253,7 +263,7 @@ def test_job_numbers_continue_after_the_sequence_migration(empty_db_url: sa.URL)
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:  # the same id: rolled back
         create_job(connection, task_files={"s": "sources/b.json"}, job_id=first, now=NOW)
     second = create_job(engine, task_files={"s": "sources/c.json"}, now=NOW)
-    downgrade(empty_db_url, "0004")
+    downgrade(empty_db_url, "0006_alerts")
     upgrade(empty_db_url)
     third = create_job(engine, task_files={"s": "sources/d.json"}, now=NOW)
     with engine.connect() as connection:

@@ -6,8 +6,8 @@ every push waited for every other in flight (``make bench-webhook``: 40 of a pus
 takes no lock that lasts. The sequence starts after the largest number already given. SQLite has no sequences and
 keeps MAX + 1 (its writers are serialised by ``BEGIN IMMEDIATE`` anyway).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007_jobs_sequence
+Revises: 0006_alerts
 Create Date: 2026-12-07
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007_jobs_sequence"
+down_revision = "0006_alerts"
 branch_labels = None
 depends_on = None
 
@@ -32,7 +32,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop the sequence (numbers given stay; :func:`create_job` of 0004 continues from MAX + 1)."""
+    """Drop the sequence (numbers given stay; :func:`create_job` before this revision continued from MAX + 1)."""
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute(f"DROP SEQUENCE IF EXISTS {SEQUENCE}")
