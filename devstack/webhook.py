@@ -143,6 +143,7 @@ def webhook_server(port: int) -> Program:
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(WORKERS),
         "--chdir", str(ROOT),
+        "--config", "python:webhook.gunicorn_conf",
         "--access-logfile", "-",
         "webhook:create_app()",
     ]  # fmt: skip

@@ -128,8 +128,9 @@ jobs = sa.Table(
     sa.Column("github_comments_url", sa.Text),
     sa.Column("datetime_start", UTCDateTime),
     sa.Column("datetime_end", UTCDateTime),
-    # Orders the jobs list. 7.5.5 drew it from the shared sequence; here create_job assigns MAX + 1 under a lock,
-    # the same way on both backends (SQLite has no sequences, nor identities on columns outside the key).
+    # Orders the jobs list. 7.5.5 drew it from the shared sequence; here create_job draws it from the sequence
+    # jobs_sequence_seq on PostgreSQL (migration 0007) and assigns MAX + 1 on SQLite (which has no sequences, nor
+    # identities on columns outside the key; its writers are serialised).
     sa.Column("sequence", sa.Integer, unique=True),
     sa.Column("github_delivery_id", sa.Text, unique=True),
     sa.Column("github_event", sa.Text),
