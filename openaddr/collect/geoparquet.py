@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 from openaddr.canonical import OUTPUT_COLUMNS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,13 @@ _TYPE_NAMES = {
 }
 _KEY = "_key"
 _INPUT = "_input"
+_TARGETS = "_targets"
+_X = "_x"
+_Y = "_y"
+#: Layer types whose geometry is a point built from a longitude and a latitude (the address CSVs).
+POINT_LAYERS = frozenset({"addresses"})
+#: Collections one sorter (a licence class and layer type) can feed: a bit each in a uint64.
+MAX_SORTER_COLLECTIONS = 64
 _POINT_WKB = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])
 
 
@@ -129,13 +136,21 @@ def file_schema(layer: str) -> pa.Schema:
 
 
 def _buffer_schema(layer: str) -> pa.Schema:
-    """Rows as buffered and spilled: the curve key, the input's index, attributes, geometry and bbox."""
+    """Rows as buffered and spilled: the curve key, the input's index, the collections the row goes to (a bit per
+    collection of its sorter), the attributes, and the spatial columns: a point layer's (addresses) longitude and
+    latitude only (its WKB and bbox are built as it is written: 16 bytes a row instead of 57 to sort and spill),
+    another layer's WKB and bounds."""
+    spatial = (
+        [(_X, pa.float64()), (_Y, pa.float64())]
+        if layer in POINT_LAYERS
+        else [("geometry", pa.binary()), *((f"_{n}", pa.float64()) for n in BBOX_TYPE.names)]
+    )
     fields: list[pa.Field[Any]] = [
         pa.field(_KEY, pa.uint64(), nullable=False),
         pa.field(_INPUT, pa.int32(), nullable=False),
+        pa.field(_TARGETS, pa.uint64(), nullable=False),
         *(pa.field(name, pa.string(), nullable=False) for name in layer_attributes(layer)),
-        pa.field("geometry", pa.binary(), nullable=False),
-        pa.field("bbox", BBOX_TYPE, nullable=False),
+        *(pa.field(name, kind, nullable=False) for name, kind in spatial),
     ]
     return pa.schema(fields)
 
@@ -278,13 +293,13 @@ def _bbox(xmin: np.ndarray, ymin: np.ndarray, xmax: np.ndarray, ymax: np.ndarray
 
 @dataclass
 class _Batch:
-    """Rows of one input ready for the collections: the buffer columns but ``_input``, and their geometry
-    types."""
+    """Rows of one input ready for the collections: the curve key, the attributes, the spatial columns as buffered
+    (:func:`_buffer_schema`: longitude and latitude of a point layer, else WKB and bounds), the geometry types and
+    bounds."""
 
     key: np.ndarray
     attributes: list[pa.Array[Any]]
-    geometry: pa.Array[Any]
-    bbox: pa.StructArray
+    spatial: list[pa.Array[Any]]
     types: set[str]
     bounds: tuple[float, float, float, float]
 
@@ -309,10 +324,8 @@ def _address_batch(columns: Mapping[str, pa.Array[Any]], size: int) -> tuple[_Ba
         for name in OUTPUT_COLUMNS[2:]
     ]
     bounds = (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
-    batch = _Batch(
-        curve_keys(lon, lat, lon, lat), attributes, point_wkb(lon, lat), _bbox(lon, lat, lon, lat), {"Point"},
-        bounds,
-    )  # fmt: skip
+    spatial: list[pa.Array[Any]] = [pa.array(lon, pa.float64()), pa.array(lat, pa.float64())]
+    batch = _Batch(curve_keys(lon, lat, lon, lat), attributes, spatial, {"Point"}, bounds)
     return batch, size - kept
 
 
@@ -487,9 +500,9 @@ def _feature_batch(lines: list[bytes], attributes: Sequence[str], where: str) ->
     xmin, ymin, xmax, ymax = xmin[valid], ymin[valid], xmax[valid], ymax[valid]
     type_ids = np.unique(shapely.get_type_id(chosen))
     wkb = pa.array(shapely.to_wkb(chosen, output_dimension=2, byte_order=1, flavor="iso"), pa.binary())
+    spatial: list[pa.Array[Any]] = [wkb, *(pa.array(v, pa.float64()) for v in (xmin, ymin, xmax, ymax))]
     batch = _Batch(
-        curve_keys(xmin, ymin, xmax, ymax), columns, wkb, _bbox(xmin, ymin, xmax, ymax),
-        {_TYPE_NAMES[int(t)] for t in type_ids},
+        curve_keys(xmin, ymin, xmax, ymax), columns, spatial, {_TYPE_NAMES[int(t)] for t in type_ids},
         (float(xmin.min()), float(ymin.min()), float(xmax.max()), float(ymax.max())),
     )  # fmt: skip
     return batch, size - kept
@@ -545,15 +558,66 @@ class ParquetFile:
 
 @dataclass
 class _Collection:
-    layer: str
-    schema: pa.Schema
-    buffered: list[pa.RecordBatch] = field(default_factory=list)
-    buffered_bytes: int = 0
-    runs: list[Path] = field(default_factory=list)
+    """A file being built: the sorter its rows go through and its bit there, and what it holds so far."""
+
+    key: tuple[str, str, str]
+    sorter: _Sorter
+    bit: int
     rows: int = 0
     types: set[str] = field(default_factory=set)
     bounds: list[float] = field(default_factory=lambda: [math.inf, math.inf, -math.inf, -math.inf])
     members: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Sorter:
+    """The rows of one licence class and layer type, sorted once for all its collections: ``global`` and each
+    area take the same rows in the same order, so a row is buffered, spilled and merged once, carrying a bit per
+    collection it goes to (``_targets``), and split among the files only as it is written."""
+
+    layer: str
+    schema: pa.Schema
+    collections: list[_Collection] = field(default_factory=list)
+    buffered: list[pa.RecordBatch] = field(default_factory=list)
+    buffered_bytes: int = 0
+    runs: list[Path] = field(default_factory=list)
+
+
+class _Background:
+    """One thread that runs the tasks given to it in order (finishing and encoding row groups: pyarrow releases
+    the GIL, so the caller merges the next rows on the other core meanwhile); at most ``depth`` tasks wait. The
+    first error stops the rest and is raised by :meth:`submit` or :meth:`close`."""
+
+    def __init__(self, depth: int = 1) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="geoparquet-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (task := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    task()
+                except BaseException as exc:  # raised again in the caller's thread
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._check()
+        self._queue.put(task)
+
+    def close(self) -> None:
+        """Wait for the tasks given so far; raise the first error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
 
 
 def geo_metadata(geometry_types: Iterable[str], bbox: Sequence[float] | None) -> dict[str, Any]:
@@ -596,6 +660,8 @@ class GeoParquetCollections:
         self.buffer_bytes = buffer_bytes
         self.row_group_rows = row_group_rows
         self.collections: dict[tuple[str, str, str], _Collection] = {}
+        #: One per licence class and layer type (:class:`_Sorter`).
+        self.sorters: dict[tuple[str, str], _Sorter] = {}
         self.entries: list[Entry] = []
         self._buffered = 0
         #: Sorted runs written to the spill folder so far (merge passes included).
@@ -603,7 +669,19 @@ class GeoParquetCollections:
 
     def add_collection(self, area: str, license_attr: str, layer: str) -> None:
         """Declare a collection (every declared one gets a file, empty or not)."""
-        self.collections[area, license_attr, layer] = _Collection(layer, _buffer_schema(layer))
+        key = (area, license_attr, layer)
+        if key in self.collections:
+            return
+        sorter = self.sorters.get((license_attr, layer))
+        if sorter is None:
+            sorter = self.sorters[license_attr, layer] = _Sorter(layer, _buffer_schema(layer))
+        if len(sorter.collections) >= MAX_SORTER_COLLECTIONS:
+            raise ValueError(
+                f"more than {MAX_SORTER_COLLECTIONS} areas for licence class {license_attr!r}, layer {layer}"
+            )
+        collection = _Collection(key, sorter, len(sorter.collections))
+        sorter.collections.append(collection)
+        self.collections[key] = collection
 
     def _entry(self, entry: Entry) -> int:
         self.entries.append(entry)
@@ -671,41 +749,49 @@ class GeoParquetCollections:
 
     def _add(self, batch: _Batch, index: int, targets: Sequence[_Collection]) -> None:
         size = len(batch)
-        record = pa.RecordBatch.from_arrays(
-            [
-                pa.array(batch.key, pa.uint64()),
-                pa.array(np.full(size, index, dtype=np.int32)),
-                *batch.attributes,
-                batch.geometry,
-                batch.bbox,
-            ],
-            schema=targets[0].schema,
-        )
-        nbytes = record.nbytes
+        masks: dict[int, tuple[_Sorter, int]] = {}
         for collection in targets:
-            collection.buffered.append(record)
-            collection.buffered_bytes += nbytes
             collection.rows += size
             collection.types |= batch.types
             b = collection.bounds
             b[0], b[1] = min(b[0], batch.bounds[0]), min(b[1], batch.bounds[1])
             b[2], b[3] = max(b[2], batch.bounds[2]), max(b[3], batch.bounds[3])
-            self._buffered += nbytes
+            sorter, mask = masks.get(id(collection.sorter), (collection.sorter, 0))
+            masks[id(sorter)] = (sorter, mask | 1 << collection.bit)
+        key = pa.array(batch.key, pa.uint64())
+        inputs = pa.array(np.full(size, index, dtype=np.int32))
+        for sorter, mask in masks.values():
+            record = pa.RecordBatch.from_arrays(
+                [
+                    key,
+                    inputs,
+                    pa.array(np.full(size, mask, dtype=np.uint64)),
+                    *batch.attributes,
+                    *batch.spatial,
+                ],
+                schema=sorter.schema,
+            )
+            sorter.buffered.append(record)
+            sorter.buffered_bytes += record.nbytes
+            self._buffered += record.nbytes
         while self._buffered > self.buffer_bytes:
-            self._spill(max(self.collections.values(), key=lambda c: c.buffered_bytes))
+            self._spill(max(self.sorters.values(), key=lambda s: s.buffered_bytes))
 
     @staticmethod
-    def _sorted(collection: _Collection) -> pa.Table:
-        table = pa.Table.from_batches(collection.buffered, schema=collection.schema)
+    def _sorted(sorter: _Sorter) -> pa.Table:
+        table = pa.Table.from_batches(sorter.buffered, schema=sorter.schema)
         order = stable_order(table.column(_KEY).to_numpy())
         return table.take(order)
 
-    def _spill(self, collection: _Collection) -> None:
-        table = self._sorted(collection)
-        collection.runs.append(self._write_run(collection.schema, [table]))
-        self._buffered -= collection.buffered_bytes
-        collection.buffered = []
-        collection.buffered_bytes = 0
+    def _spill(self, sorter: _Sorter) -> None:
+        table = self._sorted(sorter)
+        sorter.runs.append(self._write_run(sorter.schema, [table]))
+        self._drop_buffer(sorter)
+
+    def _drop_buffer(self, sorter: _Sorter) -> None:
+        self._buffered -= sorter.buffered_bytes
+        sorter.buffered = []
+        sorter.buffered_bytes = 0
 
     def _write_run(self, schema: pa.Schema, pieces: Iterable[pa.Table]) -> Path:
         """A sorted run in a new spill file (Arrow IPC, uncompressed: lz4 costs more CPU than the disk saves
@@ -721,97 +807,157 @@ class GeoParquetCollections:
 
     def close(self) -> dict[tuple[str, str, str], ParquetFile]:
         """Merge and write every collection's file (``<folder>/<name>``); remove the spilled runs."""
-        files = {}
+        files: dict[tuple[str, str, str], ParquetFile] = {}
         try:
-            for key, collection in self.collections.items():
-                files[key] = self._write(self.folder / parquet_name(*key), collection)
+            for sorter in self.sorters.values():
+                files.update(self._write(sorter))
         finally:
             shutil.rmtree(self.spill_folder, ignore_errors=True)
-        return files
+        return {key: files[key] for key in self.collections}
 
     def discard(self) -> None:
         """Remove everything written (after a failure)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _write(self, path: Path, collection: _Collection) -> ParquetFile:
+    def _write(self, sorter: _Sorter) -> dict[tuple[str, str, str], ParquetFile]:
+        """Write the files of a sorter's collections, all at once: each merged piece of rows is split among them
+        by the ``_targets`` bits; a file's rows are finished (provenance, WKB, bbox) and encoded a row group at a
+        time on the background thread."""
         import pyarrow.parquet as pq
 
-        bbox = collection.bounds if collection.rows else None
-        types = sorted(collection.types)
-        schema = file_schema(collection.layer).with_metadata(
-            {"geo": json.dumps(geo_metadata(types, bbox), separators=(",", ":"))}
-        )
+        layer = sorter.layer
+        attributes = layer_attributes(layer)
         paths = pa.array([e.source_path for e in self.entries], pa.string())
         layers = pa.array([e.layer for e in self.entries], pa.string())
         names = pa.array([e.name for e in self.entries], pa.string())
         run_ids = pa.array([e.run_id for e in self.entries], pa.int64())
-        attributes = layer_attributes(collection.layer)
-        groups = 0
+        points = layer in POINT_LAYERS
 
-        def finished(table: pa.Table) -> pa.Table:
+        def finished(table: pa.Table, schema: pa.Schema) -> pa.Table:
+            # one chunk a column: the merge's pieces can be a few rows each, and the encoder's cost per chunk
+            # made writing a row group of 100-row chunks 4 times as slow as writing it in one
+            table = table.combine_chunks()
             index = table.column(_INPUT)
+            if points:
+                x, y = table.column(_X).to_numpy(), table.column(_Y).to_numpy()
+                spatial: list[Any] = [point_wkb(x, y), _bbox(x, y, x, y)]
+            else:
+                bounds = [table.column(f"_{n}").to_numpy() for n in BBOX_TYPE.names]
+                spatial = [table.column("geometry"), _bbox(*bounds)]
             return pa.Table.from_arrays(
                 [
                     paths.take(index), layers.take(index), names.take(index), run_ids.take(index),
-                    *(table.column(name) for name in attributes), table.column("geometry"), table.column("bbox"),
+                    *(table.column(name) for name in attributes), *spatial,
                 ],
                 schema=schema,
             )  # fmt: skip
 
-        with pq.ParquetWriter(
-            path,
-            schema,
-            compression=COMPRESSION,
-            # the stubs omit the list of columns, which ParquetWriter takes
-            use_dictionary=cast(
-                "Any",
-                [n for n in (*(name for name, _ in PROVENANCE), *attributes) if n not in UNIQUE_COLUMNS],
-            ),
-            write_statistics=[*(name for name, _ in PROVENANCE), *(f"bbox.{n}" for n in BBOX_TYPE.names)],
-            store_schema=True,
-        ) as writer:
-            pending: list[pa.Table] = []
-            pending_rows = 0
-            for piece in self._merged(collection):
-                pending.append(piece)
-                pending_rows += piece.num_rows
-                while pending_rows >= self.row_group_rows:
-                    table = pa.concat_tables(pending)
-                    writer.write_table(finished(table.slice(0, self.row_group_rows)), self.row_group_rows)
-                    groups += 1
-                    rest = table.slice(self.row_group_rows)
-                    pending, pending_rows = [rest], rest.num_rows
-            if pending_rows:
-                writer.write_table(finished(pa.concat_tables(pending)), self.row_group_rows)
-                groups += 1
-        collection.buffered = []
-        return ParquetFile(path, collection.rows, types, list(bbox) if bbox else None, groups)
+        @dataclass
+        class Output:
+            collection: _Collection
+            path: Path
+            schema: pa.Schema
+            writer: pq.ParquetWriter
+            pending: list[pa.Table] = field(default_factory=list)
+            pending_rows: int = 0
+            groups: int = 0
 
-    def _merged(self, collection: _Collection) -> Iterator[pa.Table]:
-        """The collection's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
+        def write(output: Output, table: pa.Table) -> None:
+            output.groups += 1
+            writer, schema = output.writer, output.schema
+            background.submit(lambda: writer.write_table(finished(table, schema), self.row_group_rows))
+
+        outputs: list[Output] = []
+        background = _Background()
+        try:
+            for collection in sorter.collections:
+                bbox = collection.bounds if collection.rows else None
+                schema = file_schema(layer).with_metadata(
+                    {"geo": json.dumps(geo_metadata(collection.types, bbox), separators=(",", ":"))}
+                )
+                path = self.folder / parquet_name(*collection.key)
+                writer = pq.ParquetWriter(
+                    path,
+                    schema,
+                    compression=COMPRESSION,
+                    # the stubs omit the list of columns, which ParquetWriter takes
+                    use_dictionary=cast(
+                        "Any",
+                        [
+                            n
+                            for n in (*(name for name, _ in PROVENANCE), *attributes)
+                            if n not in UNIQUE_COLUMNS
+                        ],
+                    ),
+                    write_statistics=[
+                        *(name for name, _ in PROVENANCE),
+                        *(f"bbox.{n}" for n in BBOX_TYPE.names),
+                    ],
+                    store_schema=True,
+                )
+                outputs.append(Output(collection, path, schema, writer))
+            for piece in self._merged(sorter):
+                if len(outputs) == 1:
+                    parts = [(outputs[0], piece)]
+                else:
+                    targets = piece.column(_TARGETS).to_numpy()
+                    parts = []
+                    for output in outputs:
+                        has = (targets & np.uint64(1 << output.collection.bit)) != 0
+                        count = int(has.sum())
+                        if count:
+                            parts.append(
+                                (output, piece if count == len(has) else piece.filter(pa.array(has)))
+                            )
+                for output, part in parts:
+                    output.pending.append(part)
+                    output.pending_rows += part.num_rows
+                    while output.pending_rows >= self.row_group_rows:
+                        table = pa.concat_tables(output.pending)
+                        write(output, table.slice(0, self.row_group_rows))
+                        rest = table.slice(self.row_group_rows)
+                        output.pending, output.pending_rows = [rest], rest.num_rows
+            for output in outputs:
+                if output.pending_rows:
+                    write(output, pa.concat_tables(output.pending))
+                output.pending = []
+            for output in outputs:
+                background.submit(output.writer.close)
+        finally:
+            background.close()
+            for output in outputs:
+                output.writer.close()  # again (a no-op) after an error
+        return {
+            output.collection.key: ParquetFile(
+                output.path,
+                output.collection.rows,
+                sorted(output.collection.types),
+                list(output.collection.bounds) if output.collection.rows else None,
+                output.groups,
+            )
+            for output in outputs
+        }
+
+    def _merged(self, sorter: _Sorter) -> Iterator[pa.Table]:
+        """The sorter's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
         more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
         run). Rows with equal keys stay in the order they came in (stable sorts, runs merged oldest first), so a
-        file does not depend on when its collection spilled."""
-        while len(collection.runs) > self.merge_fan_in:
-            group, collection.runs = (
-                collection.runs[: self.merge_fan_in],
-                collection.runs[self.merge_fan_in :],
-            )
+        file does not depend on when its rows were spilled."""
+        while len(sorter.runs) > self.merge_fan_in:
+            group, sorter.runs = sorter.runs[: self.merge_fan_in], sorter.runs[self.merge_fan_in :]
             with contextlib.ExitStack() as stack:
                 merged = _merge([_run_batches(stack, path) for path in group])
                 # first: its rows came before the others', so equal keys keep the order rows came in
-                collection.runs.insert(0, self._write_run(collection.schema, merged))
+                sorter.runs.insert(0, self._write_run(sorter.schema, merged))
             for path in group:
                 path.unlink()
         sources: list[Iterator[pa.Table]] = []
         with contextlib.ExitStack() as stack:
-            for path in collection.runs:
+            for path in sorter.runs:
                 sources.append(_run_batches(stack, path))
-            if collection.buffered:
-                table = self._sorted(collection)
-                collection.buffered = []
-                self._buffered -= collection.buffered_bytes
-                collection.buffered_bytes = 0
+            if sorter.buffered:
+                table = self._sorted(sorter)
+                self._drop_buffer(sorter)
                 sources.append(iter(table.to_batches(max_chunksize=SPILL_BATCH_ROWS)))  # type: ignore[arg-type]
             if len(sources) == 1:
                 for piece in sources[0]:
