@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -378,12 +379,6 @@ def read_address_csv(
     """
     import pyarrow.csv as pacsv
 
-    refused: list[str] = []
-
-    def refuse(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
-        refused.append(row.text)
-        return "skip"
-
     with archive.open(info) as member:
         if info.compress_type == zipfile.ZIP_DEFLATED and hasattr(member, "_decompressor"):
             # zipfile has no hook for another inflate implementation; ISA-L's is compatible and about twice as
@@ -404,7 +399,6 @@ def read_address_csv(
                 wanted[name] = index
         names = [f"c{i}" for i in range(len(header))]
         read_options = pacsv.ReadOptions(column_names=names, use_threads=False)
-        parse_options = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse)
         # Text columns (the parser validates UTF-8 as it converts); a block that is not all UTF-8 is parsed again
         # as bytes, and its columns decoded with replacement characters (:func:`_as_text`).
         convert_options, binary_options = (
@@ -417,7 +411,7 @@ def read_address_csv(
             for kind in (pa.string(), pa.binary())
         )
 
-        def read(block: bytes, options: pacsv.ConvertOptions) -> pa.Table:
+        def read(block: bytes, options: pacsv.ConvertOptions, parse_options: pacsv.ParseOptions) -> pa.Table:
             return pacsv.read_csv(
                 cast("Any", pa.py_buffer(block)),  # the stubs omit buffers, which read_csv takes
                 read_options=read_options,
@@ -425,25 +419,51 @@ def read_address_csv(
                 convert_options=options,
             )
 
-        def parsed(block: bytes) -> Iterator[tuple[_Batch | None, int]]:
-            if block and not block.isspace():  # no copy, unlike strip()
-                try:
-                    table = read(block, convert_options)
-                except pa.ArrowInvalid:
-                    refused.clear()
-                    table = read(block, binary_options)
-                if table.num_rows:
-                    columns = {
-                        name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
-                    }
-                    yield _address_batch(columns, table.num_rows)
+        def parse(block: bytes) -> tuple[pa.Table | None, list[str]]:
+            """A block's table (None when blank) and the records the parser refused."""
+            refused: list[str] = []
+
+            def refuse(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
+                refused.append(row.text)
+                return "skip"
+
+            if not block or block.isspace():  # no copy, unlike strip()
+                return None, refused
+            parse_options = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse)
+            try:
+                table = read(block, convert_options, parse_options)
+            except pa.ArrowInvalid:
+                refused.clear()
+                table = read(block, binary_options, parse_options)
+            return table, refused
+
+        # inflating and parsing the next block on another thread while this one's rows are converted, sorted
+        # and spilled (ISA-L and Arrow's parser release the GIL)
+        blocks_parsed = _read_ahead(parse(block) for block in itertools.chain([first[header_end:]], blocks))
+        for table, refused in blocks_parsed:
+            if table is not None and table.num_rows:
+                columns = {
+                    name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
+                }
+                yield _address_batch(columns, table.num_rows)
             if refused:
                 yield _refused_rows(refused, wanted)
-                refused.clear()
 
-        yield from parsed(first[header_end:])
-        for block in blocks:
-            yield from parsed(block)
+
+_T = TypeVar("_T")
+_END: Any = object()
+
+
+def _read_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """The items of ``items``, each next one computed on a worker thread while the caller handles the current
+    one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="geoparquet-read") as pool:
+        future = pool.submit(next, items, _END)
+        while (item := future.result()) is not _END:
+            future = pool.submit(next, items, _END)
+            yield item
 
 
 def _refused_rows(texts: list[str], wanted: dict[str, int]) -> tuple[_Batch | None, int]:
@@ -690,6 +710,14 @@ class GeoParquetCollections:
         self._previous_pool: pa.MemoryPool | None = pa.default_memory_pool()
         pa.set_memory_pool(_memory_pool())
 
+    def _release_unused(self) -> None:
+        """Hand the memory the pools keep from freed buffers back to the system: after a spill and a row group
+        (the process default pool, which Arrow's C++ internals such as the Parquet encoder use, is mimalloc in
+        the wheels, and it kept it)."""
+        pa.default_memory_pool().release_unused()
+        if self._previous_pool is not None:
+            self._previous_pool.release_unused()
+
     def _restore_pool(self) -> None:
         if self._previous_pool is not None:
             pa.set_memory_pool(self._previous_pool)
@@ -815,6 +843,8 @@ class GeoParquetCollections:
         table = self._sorted(sorter)
         sorter.runs.append(self._write_run(sorter.schema, [table]))
         self._drop_buffer(sorter)
+        del table
+        self._release_unused()
 
     def _drop_buffer(self, sorter: _Sorter) -> None:
         self._buffered -= sorter.buffered_bytes
@@ -895,7 +925,12 @@ class GeoParquetCollections:
         def write(output: Output, table: pa.Table) -> None:
             output.groups += 1
             writer, schema = output.writer, output.schema
-            background.submit(lambda: writer.write_table(finished(table, schema), self.row_group_rows))
+
+            def task() -> None:
+                writer.write_table(finished(table, schema), self.row_group_rows)
+                self._release_unused()
+
+            background.submit(task)
 
         outputs: list[Output] = []
         background = _Background()
