@@ -21,11 +21,14 @@ file's bounding box and the covering; ``crs`` is omitted, which the specificatio
 **Order.** Rows are sorted by the Hilbert index of their bounding box's centre (32 bits per axis over the whole
 globe, :func:`hilbert_index`), so each row group (:data:`ROW_GROUP_ROWS` rows) covers a compact area and a reader
 filtering on ``bbox`` skips the others by their column statistics. The sort is external and memory stays flat
-whatever the collection's size: incoming rows are buffered per collection; when all buffers together pass
+whatever the collection's size. The collections of one licence class and layer type (``global`` and the areas)
+share one sort: a row is buffered once with a bit for each collection it goes to (a point layer's row as its
+longitude and latitude; WKB and bbox are built as it is written); when all buffers together pass
 :data:`BUFFER_BYTES` the largest is sorted and spilled to a temporary Arrow IPC file (a sorted run); at the end
-each collection's runs are merged (a batched k-way merge: each round takes from every run the rows up to the
-smallest of their current batches' last keys, sorts that slice and writes it) into a ``pyarrow.parquet
-.ParquetWriter`` in row groups. A collection that never spilled is sorted in memory.
+each sorter's runs are merged (a batched k-way merge: each round takes from every run the rows up to the
+smallest of their current batches' last keys, sorts that slice and passes it on), split among the collections
+by their bits and written by one ``pyarrow.parquet.ParquetWriter`` each, in row groups. A sorter that never
+spilled is sorted in memory. Each file is the same as if its collection had been sorted alone.
 """
 
 from __future__ import annotations
