@@ -98,6 +98,7 @@ class RunListener:
     def record_failure(self, task_instance: Any, error: Any) -> list[dict[str, Any]]:
         """Record what a failed ``process_source`` attempt means for its runs (every entry of a batch group);
         return them."""
+        from openaddr.db.retry import Retry, budget_seconds
         from openaddr.db.runs import AirflowTask
         from openaddr.machine import RunOwner, record_task_failure
         from openaddr_airflow import config
@@ -119,8 +120,12 @@ class RunListener:
         run_owner = getattr(operator, "run_owner", None)
         owner = RunOwner(**run_owner) if entries and isinstance(run_owner, dict) else None
         log.info("%s failed (timeout: %s, final: %s): %s", task, timed_out, final, error)
+        # A final failure or a timeout must reach the database (else the run stays pending for ever): ride out an
+        # outage as a task does. An attempt that will be retried leaves its runs pending anyway: one try.
+        db = Retry(budget_seconds() if final or timed_out else 0.0)
         with config.machine_engine() as engine:
-            return record_task_failure(
+            return db(
+                record_task_failure,
                 engine,
                 task,
                 timeout=limit if timed_out else None,
