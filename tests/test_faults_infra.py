@@ -36,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from devstack.procs import free_port
@@ -177,9 +178,18 @@ def _write_sources(checkout: Path, fixtures: Path, server: LoopbackHTTPServer, n
     return paths
 
 
-def _task_instances(stack: Stack, run_id: str) -> list[dict[str, Any]]:
-    answer = stack.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
-    return list(answer.json()["task_instances"])
+def _task_instances(stack: Stack, run_id: str, tries: int = 1) -> list[dict[str, Any]]:
+    """The run's task instances (asked up to ``tries`` times: the api-server may not answer in time under load)."""
+    for attempt in range(tries):
+        try:
+            answer = stack.request(
+                "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
+            )
+            return list(answer.json()["task_instances"])
+        except requests.RequestException:
+            if attempt + 1 == tries:
+                raise
+    return []
 
 
 def _states(stack: Stack, run_id: str) -> dict[str, int]:
@@ -191,13 +201,18 @@ def _states(stack: Stack, run_id: str) -> dict[str, int]:
 
 
 def _wait_for(what: str, predicate: Any, stack: Stack, timeout: float, poll: float = 0.5) -> float:
+    """Poll ``predicate`` until it holds; an answer of the api-server lost under load counts as not yet."""
     started = time.monotonic()
-    while not predicate():
+    while True:
+        try:
+            if predicate():
+                return time.monotonic()
+        except requests.RequestException:
+            pass
         stack.check_alive()
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"{what}: not after {timeout:.0f} s")
         time.sleep(poll)
-    return time.monotonic()
 
 
 def _wait_end(stack: Stack, run_id: str) -> str:
@@ -205,8 +220,7 @@ def _wait_end(stack: Stack, run_id: str) -> str:
 
     def ended() -> bool:
         nonlocal state
-        with contextlib.suppress(Exception):  # an api-server answer lost under load: ask again
-            state = stack.state(DAG_ID, run_id)
+        state = stack.state(DAG_ID, run_id)
         return state in ("success", "failed")
 
     _wait_for(f"{DAG_ID} run {run_id}", ended, stack, SET_TIMEOUT, poll=1.0)
@@ -233,7 +247,7 @@ def _outcome(stack: Stack, machine: sa.Engine, run_id: str) -> dict[str, Any]:
                 {"run_id": run_id},
             )
         ]
-    tis = _task_instances(stack, run_id)
+    tis = _task_instances(stack, run_id, tries=5)
     logs = [
         path.read_text(errors="replace")
         for path in (stack.logs / f"dag_id={DAG_ID}" / f"run_id={run_id}").rglob("*.log")

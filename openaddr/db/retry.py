@@ -49,9 +49,15 @@ def transient(error: BaseException) -> bool:
     :param error: an exception raised by a Machine-database call
     """
     if isinstance(error, sa.exc.DBAPIError):
-        return bool(error.connection_invalidated) or isinstance(
-            error, (sa.exc.OperationalError, sa.exc.InterfaceError)
-        )
+        if error.connection_invalidated:
+            return True
+        if not isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+            return False
+        if type(error.orig).__module__.startswith("sqlite3"):
+            # sqlite3 raises OperationalError for a missing table as for a busy file: only the latter passes.
+            text = str(error.orig).lower()
+            return "locked" in text or "busy" in text
+        return True
     # DisconnectionError: a pool's pre-ping gave up; TimeoutError: no pooled connection came free in time.
     return isinstance(error, (sa.exc.DisconnectionError, sa.exc.TimeoutError))
 

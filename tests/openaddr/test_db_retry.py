@@ -122,6 +122,26 @@ def test_bugs_and_bad_data_are_not_transient(proxied: sa.Engine) -> None:
         assert not transient(error), error
 
 
+def test_on_sqlite_a_busy_file_is_transient_and_a_missing_table_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "machine.db"
+    upgrade(sa.make_url(f"sqlite:///{path}"))
+    holder = make_engine(f"sqlite:///{path}")
+    waiting = make_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
+    try:
+        with holder.begin():  # BEGIN IMMEDIATE: the write lock, held
+            locked = raised(lambda: db_runs.get_run(waiting, 1))
+        assert isinstance(locked, sa.exc.OperationalError)
+        assert "locked" in str(locked)
+        assert transient(locked)
+        with waiting.connect() as connection:
+            missing = raised(lambda: connection.exec_driver_sql("SELECT * FROM nowhere"))
+        assert isinstance(missing, sa.exc.OperationalError)
+        assert not transient(missing)
+    finally:
+        holder.dispose()
+        waiting.dispose()
+
+
 # -- riding one out ---------------------------------------------------------------------------------------------
 
 
