@@ -87,8 +87,14 @@ class RunListener:
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
         """Record a timeout or a final failure of ``process_source``; recompute the job and post its status."""
         if is_process_task(task_instance):
+            from openaddr.db.retry import DatabaseUnavailable
+
             try:
                 self.record_failure(task_instance, error)
+            except DatabaseUnavailable as exc:
+                # The database did not answer (one try for an attempt that will be retried, the budget for a
+                # final one): the runs stay pending, and a next attempt records them. No traceback: it says why.
+                log.warning("Could not record the failure of %s: %s", task_instance, exc)
             except Exception:
                 log.exception("Could not record the failure of %s", task_instance)
         self._after(task_instance)
