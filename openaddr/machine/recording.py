@@ -269,10 +269,48 @@ def _process_group(
             if earlier is not None and earlier["status"] is not None:
                 results.append(db(_finish, engine, owner, planned, earlier["id"], seconds=0.0))
                 continue
-        results.append(
-            process_source(engine, storage, planned, owner, scratch=scratch, task=slot_task, **kwargs)
-        )
+            if earlier is not None:
+                log.warning("%s: %s", planned.label, previous_try(earlier))
+        try:
+            results.append(
+                process_source(engine, storage, planned, owner, scratch=scratch, task=slot_task, **kwargs)
+            )
+        except Exception as error:
+            if slot_task is not None:
+                _mark_try_failed(engine, slot_task, error)
+            raise
     return results
+
+
+def previous_try(run: Mapping[str, Any]) -> str:
+    """What became of the latest try that reached a pending run (its ``airflow_try_number``), as the next try
+    logs it: failed with the error it marked (:func:`openaddr.db.runs.mark_try_failed`), or, without a mark,
+    lost with its worker: that try's process died before it could record a result or an error. (One exception:
+    a try whose error could not be marked because the Machine database itself was unreachable; that try's own
+    log says so.)
+
+    :param run: the pending run (:func:`openaddr.db.runs.task_run`)
+    """
+    number = run["airflow_try_number"]
+    host, _, pid = str(run["worker_id"] or "?/?").rpartition("/")
+    started = run["datetime_start"]
+    when = f", started {started:%Y-%m-%d %H:%M:%S} UTC" if started is not None else ""
+    message = run["message"] or ""
+    if message.startswith(db_runs.FAILED_TRY_PREFIX.format(number)):
+        return f"previous try {number} of run {run['id']} failed on {host}: {message.split(': ', 1)[1]}"
+    return (
+        f"previous try {number} was lost with its worker {host} (run {run['id']}, task process {pid}{when}): "
+        f"it ended without recording a result or an error"
+    )
+
+
+def _mark_try_failed(engine: sa.Engine, task: db_runs.AirflowTask, error: BaseException) -> None:
+    """Mark the try's pending run as failed by ``error`` (:func:`openaddr.db.runs.mark_try_failed`); never
+    raises: the database may be what failed, and the error itself propagates."""
+    try:
+        db_runs.mark_try_failed(engine, task, f"{type(error).__name__}: {error}")
+    except Exception:
+        log.warning("Could not mark try %d of %s as failed", task.try_number, task.ti, exc_info=True)
 
 
 def _finish(

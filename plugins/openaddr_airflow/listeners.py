@@ -63,13 +63,41 @@ def timeout_of(error: Any) -> bool:
     return False
 
 
+def die_with_supervisor() -> None:
+    """Have the kernel SIGKILL this task runner when its parent, Airflow's supervisor in a Celery pool process,
+    ends (:func:`openaddr.zygote.die_with_parent`).
+
+    The supervisor puts the task runner in a process group of its own, so a worker killed with its process group
+    (SIGKILL, a cold shutdown, a lost container) used to leave the runner, and below it ``process-one``, running
+    as orphans that held the run's work folder and kept downloading (issue 16). Dying with the supervisor closes
+    the zygote's stdin, and the zygote kills the processing child's group. Never fails the task: a system
+    without the call is logged.
+
+    Only in a task runner a supervisor forked: a task run in-process (``dag.test()``, its
+    ``InProcessSupervisorComms``) has no supervisor, and its process's parent is a shell or a test runner.
+    """
+    from airflow.sdk.execution_time import task_runner
+
+    from openaddr.zygote import die_with_parent
+
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None or type(comms).__name__.startswith("InProcess"):
+        return
+    try:
+        die_with_parent()
+    except OSError:
+        log.warning("This task runner cannot be tied to its supervisor's life", exc_info=True)
+
+
 class RunListener:
     """Task-instance listener of the Machine DAGs: records failures and timeouts, updates jobs, posts statuses and
     publishes the Machine-task metric."""
 
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
-        """A Machine task started: publish the metric."""
+        """A task started (in its task runner, before its body): tie the runner's life to its supervisor's; for a
+        Machine task, publish the metric."""
+        die_with_supervisor()
         if is_process_task(task_instance):
             self._publish_metric(task_instance)
 
