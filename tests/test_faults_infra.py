@@ -19,10 +19,10 @@ own), make the set slow enough for a fault to land mid-set.
   in progress, the proxy resets every connection and refuses new ones for :data:`DB_OUTAGE_SECONDS`.
 
 Timings shortened **in this test only**, by configuration (:data:`TEST_TIMINGS`): Airflow's retry delay capped
-at 10 s (``[core] max_task_retry_delay``; the DAGs' own is 5 min with back-off), a task stuck in *queued* requeued
-after 60 s (``[scheduler] task_queued_timeout``; production 1800 s), and a task's in-process retry of the Machine
-database 40 s (``OPENADDR_DATABASE_RETRY_SECONDS``; production 300 s), shorter than the outage so that both the
-in-process retry and Airflow's retry are exercised. ``pytest -s`` prints the recovery times; nothing asserts one.
+at 10 s (``[core] max_task_retry_delay``; in production the first retry waits 15–30 s, the second 150–300 s), a
+task stuck in *queued* requeued after 60 s (``[scheduler] task_queued_timeout``; production 1800 s), and a task's
+in-process retry of the Machine database 40 s (``OPENADDR_DATABASE_RETRY_SECONDS``; production 300 s), shorter
+than the outage so that both the in-process retry and Airflow's retry are exercised. ``pytest -s`` prints the recovery times; nothing asserts one.
 """
 
 from __future__ import annotations
