@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import openaddr
-from openaddr.db import jobs as db_jobs, runs as db_runs
+from openaddr.db import jobs as db_jobs, retry as db_retry, runs as db_runs
 from openaddr.errors import SourceProblem
 from openaddr.machine.child import format_bytes, memory_limit, run_process_one, tail
 from openaddr.machine.entries import STANDARD, PlannedEntry, RunOwner, worker_id
@@ -62,6 +62,9 @@ def process_source(
 
     Source failures are recorded, not raised: the return value says what happened. Infrastructure errors (storage,
     database) propagate, so Airflow retries the task; a retry overwrites the same run (one run per task instance).
+    Each Machine-database step is first retried in-process while its connection is lost or refused
+    (:mod:`openaddr.db.retry`, ``OPENADDR_DATABASE_RETRY_SECONDS``): a short outage costs a wait, not the
+    processing; a longer one raises :class:`~openaddr.db.retry.DatabaseUnavailable`.
 
     :param entry: the planned entry
     :param owner: the job or set
@@ -77,12 +80,14 @@ def process_source(
     """
     entry = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
     started = started or db_runs.utcnow()
+    db = db_retry.Retry(db_retry.budget_seconds())
     common = _LayerKey(source_path=entry.path, source_layer=entry.layer, layer_name=entry.name)
 
     if not owner.rerun:
-        reusable = db_runs.find_reusable_run(engine, **common, layer_digest=entry.digest, kind=owner.kind)
+        reusable = db(db_runs.find_reusable_run, engine, **common, layer_digest=entry.digest, kind=owner.kind)
         if reusable is not None:
-            run_id = db_runs.copy_run(
+            run_id = db(
+                db_runs.copy_run,
                 engine,
                 reusable["id"],
                 job_id=owner.job_id,
@@ -90,10 +95,11 @@ def process_source(
                 commit_sha=owner.commit_sha,
                 task=task,
             )
-            return _finish(engine, owner, entry, run_id, seconds=0.0)
+            return db(_finish, engine, owner, entry, run_id, seconds=0.0)
 
     content = storage.get_bytes(entry.source_key)
-    run_id = db_runs.insert_run(
+    run_id = db(
+        db_runs.insert_run,
         engine,
         **common,
         layer_digest=entry.digest,
@@ -171,8 +177,9 @@ def process_source(
             and db_runs.run_message(state) == db_runs.OK_MESSAGE
         ):
             # The quality gate (§10): a success that breaks a rule is recorded held, with its warning.
-            warning = gate_warning(engine, run_id, stats, **common)
-        db_runs.finish_run(
+            warning = db(gate_warning, engine, run_id, stats, **common)
+        db(
+            db_runs.finish_run,
             engine,
             run_id,
             state=None if crashed else state,
@@ -186,7 +193,7 @@ def process_source(
             warning=warning,
             worker_id=worker_id(),
         )
-        return _finish(engine, owner, entry, run_id, seconds=child.seconds)
+        return db(_finish, engine, owner, entry, run_id, seconds=child.seconds)
 
 
 def process_entries(
@@ -242,6 +249,7 @@ def _process_group(
 ) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     began = time.monotonic()
+    db = db_retry.Retry(db_retry.budget_seconds())
     for slot, entry in enumerate(entries):
         planned = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
         if group_deadline is not None and slot > 0 and time.monotonic() - began > group_deadline:
@@ -257,9 +265,9 @@ def _process_group(
             break
         slot_task = dataclasses.replace(task, slot=slot) if task is not None else None
         if slot_task is not None and slot_task.try_number > 1:
-            earlier = db_runs.task_run(engine, slot_task)
+            earlier = db(db_runs.task_run, engine, slot_task)
             if earlier is not None and earlier["status"] is not None:
-                results.append(_finish(engine, owner, planned, earlier["id"], seconds=0.0))
+                results.append(db(_finish, engine, owner, planned, earlier["id"], seconds=0.0))
                 continue
             if earlier is not None:
                 log.warning("%s: %s", planned.label, previous_try(earlier))

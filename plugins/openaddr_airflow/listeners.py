@@ -115,8 +115,14 @@ class RunListener:
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
         """Record a timeout or a final failure of ``process_source``; recompute the job and post its status."""
         if is_process_task(task_instance):
+            from openaddr.db.retry import DatabaseUnavailable
+
             try:
                 self.record_failure(task_instance, error)
+            except DatabaseUnavailable as exc:
+                # The database did not answer (one try for an attempt that will be retried, the budget for a
+                # final one): the runs stay pending, and a next attempt records them. No traceback: it says why.
+                log.warning("Could not record the failure of %s: %s", task_instance, exc)
             except Exception:
                 log.exception("Could not record the failure of %s", task_instance)
         self._after(task_instance)
@@ -126,6 +132,7 @@ class RunListener:
     def record_failure(self, task_instance: Any, error: Any) -> list[dict[str, Any]]:
         """Record what a failed ``process_source`` attempt means for its runs (every entry of a batch group);
         return them."""
+        from openaddr.db.retry import Retry, budget_seconds
         from openaddr.db.runs import AirflowTask
         from openaddr.machine import RunOwner, record_task_failure
         from openaddr_airflow import config
@@ -147,8 +154,12 @@ class RunListener:
         run_owner = getattr(operator, "run_owner", None)
         owner = RunOwner(**run_owner) if entries and isinstance(run_owner, dict) else None
         log.info("%s failed (timeout: %s, final: %s): %s", task, timed_out, final, error)
+        # A final failure or a timeout must reach the database (else the run stays pending for ever): ride out an
+        # outage as a task does. An attempt that will be retried leaves its runs pending anyway: one try.
+        db = Retry(budget_seconds() if final or timed_out else 0.0)
         with config.machine_engine() as engine:
-            return record_task_failure(
+            return db(
+                record_task_failure,
                 engine,
                 task,
                 timeout=limit if timed_out else None,
