@@ -113,10 +113,16 @@ def start_demo_set(stack: Stack, new: bool = False, wait: float = 30.0) -> tuple
     the earlier runs' results: the batch reuses runs of the last 6 days). A run is triggered too when the
     scheduler has created none within ``wait`` seconds.
 
+    The collect DAG is paused first (a DAG an earlier start unpaused stays so) and stays paused until
+    :func:`collect_after_held_rerun` triggers it: the asset event of a paused DAG queues no run, so the demo's
+    collections are built once, after the quality gate has held the shrunken re-run.
+
     :return: the run id, and whether it is the run of an earlier start
     """
+    stack.unpause(COLLECT, paused=True)
     for dag_id in DAG_IDS:
-        stack.unpause(dag_id)
+        if dag_id != COLLECT:
+            stack.unpause(dag_id)
     if new:
         return stack.trigger(BATCH), False
     deadline = time.monotonic() + wait
@@ -139,20 +145,41 @@ def start_demo_set(stack: Stack, new: bool = False, wait: float = 30.0) -> tuple
     return stack.trigger(BATCH), False
 
 
-def find_collect_run(stack: Stack, since: dt.datetime | None, wait: float = 120.0) -> str | None:
-    """The collect run the batch run's completed set triggered: the newest ``openaddr_collect`` run queued
-    since the batch run started, once the scheduler has created it (the asset event is processed on its next
-    loop). None when none appears within ``wait`` seconds (a batch run that completed no set emits no event).
+def held_rerun(home: Path, stack: Stack, site: str, timeout: float) -> bool:
+    """The quality gate in the demo: re-run a demo source on a shrunken copy of its data through a signed push to
+    the webhook (:func:`devstack.push.shrunk_rerun`) and print the held run, its page and its latest URL.
+
+    :return: whether exactly one run was held
     """
-    deadline = time.monotonic() + wait
-    while True:
-        for collect_run in reversed(stack.runs(COLLECT)):
-            queued = parse_time(collect_run.get("queued_at")) or parse_time(collect_run.get("run_after"))
-            if since is None or (queued is not None and queued >= since):
-                return str(collect_run["dag_run_id"])
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(2)
+    import requests
+
+    from devstack.push import shrunk_rerun
+    from devstack.report import format_held, latest_entry_run
+
+    _say("Re-running a demo source on a shrunken copy of its data (the quality gate should hold it)…")
+    try:
+        result = shrunk_rerun(home, timeout)
+    except (StackError, TimeoutError, requests.RequestException) as error:
+        log.error("The shrunken re-run failed: %s", error)
+        return False
+    held = result["held"]
+    latest = latest_entry_run(stack.machine_database_url, held[0]) if held else None
+    _say(format_held(result, latest, site))
+    if len(held) != 1:
+        log.error("The quality gate held %d runs of the shrunken re-run, not one", len(held))
+    return len(held) == 1
+
+
+def collect_after_held_rerun(stack: Stack, timeout: float) -> tuple[str, str]:
+    """Unpause the collect DAG and trigger its run over the latest completed set (the demo set), now that the
+    quality gate holds the shrunken re-run: the collections take the set's run of that source, not the held one.
+
+    :return: the collect run's id and final state
+    """
+    stack.unpause(COLLECT)
+    collect_run = stack.trigger(COLLECT)
+    _say(f"Waiting for collect run {collect_run} (the collections of the set, without the held run)…")
+    return collect_run, stack.wait(COLLECT, collect_run, timeout)
 
 
 def earlier_note(run_id: str, queued: dt.datetime | None, due: dt.datetime | None) -> str:
@@ -235,15 +262,9 @@ def run(args: argparse.Namespace) -> int:
             collect_run: str | None = None
             collect_state = "none"
             if report is not None and report["set"]["datetime_end"] is not None:
-                batch_record = stack.request("GET", f"/dags/{BATCH}/dagRuns/{run_id}").json()
-                collect_run = find_collect_run(stack, parse_time(batch_record.get("start_date")))
-                if collect_run is None:
-                    log.error("The completed set triggered no %s run within 120 s", COLLECT)
-                    ok = False
-                else:
-                    _say(f"Waiting for collect run {collect_run} (the collections of the set)…")
-                    collect_state = stack.wait(COLLECT, collect_run, args.timeout)
-                    ok = ok and collect_state == "success"
+                ok = held_rerun(home, stack, webhook_url(args.webhook_port), args.timeout) and ok
+                collect_run, collect_state = collect_after_held_rerun(stack, args.timeout)
+                ok = ok and collect_state == "success"
             _say(
                 format_collections(
                     collect_run,

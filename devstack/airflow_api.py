@@ -191,10 +191,10 @@ class AirflowApi:
             raise
         return result
 
-    def unpause(self, dag_id: str) -> None:
-        """Unpause a DAG (new DAGs start paused)."""
+    def unpause(self, dag_id: str, paused: bool = False) -> None:
+        """Unpause a DAG (new DAGs start paused), or pause it with ``paused``."""
         self.request(
-            "PATCH", f"/dags/{dag_id}", params={"update_mask": "is_paused"}, json={"is_paused": False}
+            "PATCH", f"/dags/{dag_id}", params={"update_mask": "is_paused"}, json={"is_paused": paused}
         )
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:

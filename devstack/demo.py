@@ -48,3 +48,47 @@ def demo_server(port: int, folder: Path = DEMO / "data") -> Program:
         str(port),
     ]
     return Program(DEMO_SERVER, command, kind="extra", stop_timeout=5)
+
+
+#: The demo source ``make run`` re-runs on a shrunken copy of its data, so the quality gate holds the re-run.
+SHRUNK_SOURCE = "sources/us/pa/bucks.json"
+#: That copy, in ``demo/data`` beside the source's own file: the first :data:`SHRUNK_KEEP` features.
+SHRUNK_DATA = "bucks-shrunk.zip"
+SHRUNK_KEEP = 20
+
+
+def shrunk_copy(source: Path, keep: int = SHRUNK_KEEP) -> bytes:
+    """The shrunken copy of a demo data zip holding one GeoJSON file, one feature a line (as ``bucks.zip``): the
+    same member, date and compression with only its first ``keep`` features. ``demo/data/bucks-shrunk.zip`` is
+    ``shrunk_copy(demo/data/bucks.zip)`` (a test checks it)."""
+    import io
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive:
+        (info,) = archive.infolist()
+        document = json.loads(archive.read(info))
+    features = document["features"][:keep]
+    text = '{"type":"FeatureCollection","features":[\n'
+    text += ",\n".join(json.dumps(feature, sort_keys=True) for feature in features) + "\n]}\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        member = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+        member.compress_type = info.compress_type
+        member.external_attr = info.external_attr
+        archive.writestr(member, text)
+    return buffer.getvalue()
+
+
+def shrunk_source(text: str, note: str) -> str:
+    """A demo source file's text changed to read the shrunken copy of its data: each layer entry's ``data`` URL
+    names :data:`SHRUNK_DATA` in the same folder of the demo data server, and its ``note`` is ``note`` (so its
+    layer digest is new at every start and the CI job processes it instead of reusing a run)."""
+    import json
+
+    source = json.loads(text)
+    for entries in (source.get("layers") or {}).values():
+        for entry in entries:
+            entry["data"] = entry["data"].rsplit("/", 1)[0] + "/" + SHRUNK_DATA
+            entry["note"] = note
+    return json.dumps(source, indent=4) + "\n"

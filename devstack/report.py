@@ -143,3 +143,58 @@ def format_collections(
         )
     lines.append(f"Listed with their URLs at {site}/ and {site}/index.json")
     return "\n".join(lines) + "\n"
+
+
+def latest_entry_run(database_url: str, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run the latest URLs of ``run``'s layer entry give (merged and accepted), or None."""
+    from openaddr.db import make_engine
+    from openaddr.db.results import latest_entry_runs
+
+    engine = make_engine(database_url)
+    try:
+        latest = latest_entry_runs(engine, run["source_path"])
+    finally:
+        engine.dispose()
+    return next(
+        (
+            row
+            for row in latest
+            if (row["source_layer"], row["layer_name"]) == (run["source_layer"], run["layer_name"])
+        ),
+        None,
+    )
+
+
+def format_held(result: dict[str, Any], latest: dict[str, Any] | None, site: str) -> str:
+    """What ``make run`` prints about the demo's shrunken re-run (:func:`devstack.push.shrunk_rerun`): the commit,
+    each run the quality gate held with its warning and page, and the run the latest URL still gives."""
+    from devstack.demo import SHRUNK_DATA, SHRUNK_KEEP
+    from openaddr.machine.entries import source_name
+
+    commit, held = result["commit"], result["held"]
+    path = commit["modified"][0] if commit["modified"] else "?"
+    lines = [
+        f"Quality gate: commit {commit['sha'][:12]} on the fake GitHub points {path} at {SHRUNK_DATA} (its first "
+        f"{SHRUNK_KEEP} features); job {result['answer']['id']} re-ran it: "
+        f"{len(held)} run{'' if len(held) == 1 else 's'} held for review.",
+    ]
+    held_ids = {run["id"] for run in held}
+    for run in result["runs"]:
+        count = run["address_count"] if run["address_count"] is not None else "-"
+        is_held = run["id"] in held_ids
+        status = {True: "success", False: "failed", None: "pending"}[run["status"]]
+        label = f"{run['source_layer']}/{run['layer_name']}"
+        lines.append(
+            f"  {'held run' if is_held else 'run'} {run['id']}: {label}, {status}, {count} addresses"
+        )
+        if run["warning"]:
+            lines.append(f"    warning: {run['warning']}")
+        lines.append(f"    its page, with the warning and the preview: {site}/runs/{run['id']}/")
+        if is_held and run["source_layer"] and run["layer_name"]:
+            rest = f"{source_name(run['source_path'])}/{run['source_layer']}/{run['layer_name']}.zip"
+            still = f"run {latest['id']}'s" if latest is not None else "no run's"
+            lines.append(f"    the latest URL still gives {still} data: {site}/latest/run/{rest}")
+    lines.append(
+        "  Held runs stay out of the latest URLs and the collections until a maintainer accepts them."
+    )
+    return "\n".join(lines) + "\n"

@@ -1,12 +1,19 @@
-"""The coverage check of the quality gate (issue 14): how many of a run's points lie outside its source's country.
+"""The coverage check of the quality gate (issue 14): how many of a run's points lie outside its source's country
+or, where the source names one that ships, its state or province.
 
 ``stats.json`` gets ``outside_coverage`` (:data:`openaddr.quality.OUTSIDE_COVERAGE_KEY`), the rows with valid
 coordinates outside the source's country grown by :data:`BUFFER_DEGREES`, and ``coverage_country``, the ISO 3166-1
 alpha-2 code it was checked against; the gate holds a run when more than 1 % of its rows are outside.
 
 * **Boundaries**: the country polygons of the preview's basemap (Natural Earth 1:50m Admin 0, ``openaddr/basemap/``),
-  decoded by :func:`openaddr.preview.basemap_topology`. Country level only: no subdivision boundaries ship with the
-  project, so a county's source is checked against its whole country.
+  decoded by :func:`openaddr.preview.basemap_topology`; and for the United States, Canada, Australia and Brazil
+  their states and provinces (Natural Earth Admin 1, simplified to about 1:50m: :data:`SUBDIVISIONS`).
+* **Subdivision**: where a source names one of those (:func:`source_subdivision`: ``coverage["ISO 3166"]`` with a
+  subdivision part, ``US-CA``, else the second folder of its path, ``sources/us/ca/…`` → US-CA), its points are
+  counted against that subdivision instead of the whole country, so a Californian source with points in Nevada
+  is flagged. ``stats.json`` then also gets ``coverage_subdivision``. A subdivision named but not shipped
+  (``sources/us/pr/…``: Natural Earth draws Puerto Rico as a country) is checked against its country, and the log
+  says so.
 * **Country**: ``coverage["ISO 3166"]["alpha2"]`` (its part before ``-`` for a subdivision such as ``US-CA``),
   else ``coverage.country``, else the first segment of the source's path below ``sources/`` (``us/ca/…`` → US);
   mapped to the feature's ISO numeric id by :mod:`openaddr.basemap.iso3166`. A source with no such country (a path
@@ -25,12 +32,14 @@ alpha-2 code it was checked against; the gate holds a run when more than 1 % of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,15 +65,35 @@ CHUNK = 1_000_000
 CELL_DEGREES = 0.1
 
 _CODE = re.compile(r"^[A-Za-z]{2}$")
+#: The subdivision part of an ISO 3166-2 code (``CA``, ``NSW``, ``974``).
+_SUBDIVISION = re.compile(r"^[A-Za-z0-9]{1,3}$")
+#: The states and provinces of the United States, Canada, Australia and Brazil (see ``basemap/README.md``).
+SUBDIVISIONS = Path(__file__).parent / "basemap" / "subdivisions-us-ca-au-br.json"
 
 
 @dataclass(frozen=True)
 class Country:
-    """The country a source is checked against: its alpha-2 code, where the code came from and the feature."""
+    """The country a source is checked against: its alpha-2 code, where the code came from and the feature; and
+    the subdivision checked instead of the whole country, when the source names one that ships
+    (:func:`source_subdivision`)."""
 
     code: str
     origin: str
     feature: str
+    #: The ISO 3166-2 code of the subdivision (``US-CA``) the points are counted against, or None: the country.
+    subdivision: str | None = None
+    #: Where the subdivision came from, or why a subdivision the source names is not checked.
+    subdivision_note: str | None = None
+
+    @property
+    def area_name(self) -> str:
+        """What the points are counted against: the subdivision's code, else the country's."""
+        return self.subdivision or self.code
+
+    @property
+    def area_origin(self) -> str:
+        """Where the checked area's code came from."""
+        return self.subdivision_note if self.subdivision and self.subdivision_note else self.origin
 
 
 @dataclass(frozen=True)
@@ -94,7 +123,46 @@ def _code_from(document: Mapping[str, Any], source_path: PurePath | str) -> tupl
 
 
 def source_country(document: Mapping[str, Any], source_path: PurePath | str) -> Country | NoCheck:
-    """The country of a source (see the module's notes), or why it has none that can be checked."""
+    """The country of a source (see the module's notes) with its subdivision (:func:`source_subdivision`), or why it
+    has none that can be checked."""
+    country = _source_country(document, source_path)
+    if isinstance(country, NoCheck):
+        return country
+    found = source_subdivision(document, source_path, country.code)
+    if found is None:
+        return country
+    code, origin = found
+    if code in subdivision_codes():
+        return dataclasses.replace(country, subdivision=code, subdivision_note=origin)
+    note = f"{origin} names {code}, whose boundary does not ship: checked against {country.code}"
+    return dataclasses.replace(country, subdivision_note=note)
+
+
+def source_subdivision(
+    document: Mapping[str, Any], source_path: PurePath | str, country: str
+) -> tuple[str, str] | None:
+    """The ISO 3166-2 code of the subdivision a source names in ``country`` (alpha-2) and where it came from, or
+    None: ``coverage["ISO 3166"]`` with a subdivision part (``US-CA``), else, when the first folder of the path below
+    ``sources/`` is the country, the second (``sources/us/ca/berkeley.json`` → ``US-CA``). Only countries whose
+    subdivisions ship (:func:`subdivision_codes`) are looked at."""
+    if country not in {code.split("-", 1)[0] for code in subdivision_codes()}:
+        return None
+    coverage = document.get("coverage")
+    iso = coverage.get("ISO 3166") if isinstance(coverage, dict) else None
+    alpha2 = iso.get("alpha2") if isinstance(iso, dict) else iso
+    if isinstance(alpha2, str) and "-" in alpha2:
+        head, part = alpha2.strip().upper().split("-", 1)
+        if ALIASES.get(head, head) == country and _SUBDIVISION.match(part):
+            return f"{country}-{part}", 'coverage "ISO 3166"'
+    parts = PurePath(source_path).parts
+    if "sources" in parts[:-1]:
+        below = parts[len(parts) - 1 - parts[::-1].index("sources") + 1 :]
+        if len(below) > 2 and below[0].upper() == country and _SUBDIVISION.match(below[1]):
+            return f"{country}-{below[1].upper()}", "the source's path"
+    return None
+
+
+def _source_country(document: Mapping[str, Any], source_path: PurePath | str) -> Country | NoCheck:
     found = _code_from(document, source_path)
     if found is None:
         return NoCheck(
@@ -145,7 +213,39 @@ def country_area(feature: str) -> Any:
     ]
     if not polygons:
         raise KeyError(feature)
-    area: Any = shapely.buffer(shapely.MultiPolygon(polygons), BUFFER_DEGREES, quad_segs=4)
+    return _prepared(shapely.buffer(shapely.MultiPolygon(polygons), BUFFER_DEGREES, quad_segs=4))
+
+
+@functools.cache
+def _subdivision_features() -> dict[str, Any]:
+    """ISO 3166-2 code → the GeoJSON geometry of :data:`SUBDIVISIONS`."""
+    collection = json.loads(SUBDIVISIONS.read_text(encoding="utf-8"))
+    return {feature["properties"]["code"]: feature["geometry"] for feature in collection["features"]}
+
+
+def subdivision_codes() -> frozenset[str]:
+    """The ISO 3166-2 codes of the subdivisions that ship."""
+    return frozenset(_subdivision_features())
+
+
+@functools.cache
+def subdivision_area(code: str) -> Any:
+    """The prepared, buffered area of a subdivision (an ISO 3166-2 code of :func:`subdivision_codes`), copied
+    across the antimeridian where it reaches past it (Natural Earth cuts Alaska's Aleutians at ±180°).
+
+    :raises KeyError: no such subdivision
+    """
+    import shapely
+    from shapely.geometry import shape
+
+    geometry = shape(_subdivision_features()[code])
+    return _prepared(shapely.buffer(geometry, BUFFER_DEGREES, quad_segs=4))
+
+
+def _prepared(area: Any) -> Any:
+    """A buffered area, also copied 360° the other way where it reaches past ±180°, prepared."""
+    import shapely
+
     west, _, east, _ = area.bounds
     copies = [area]
     if west < -180:
@@ -170,7 +270,8 @@ class OutsideCounter:
 
     def __post_init__(self) -> None:
         started = time.perf_counter()
-        self._area = country_area(self.country.feature)
+        subdivision = self.country.subdivision
+        self._area = subdivision_area(subdivision) if subdivision else country_area(self.country.feature)
         self.seconds += time.perf_counter() - started
 
     def __call__(self, lon: FloatArray, lat: FloatArray) -> None:
@@ -222,6 +323,8 @@ def counter_for(
     if isinstance(country, NoCheck):
         log.info("No coverage check for %s: %s", label, country.reason)
         return None
+    if country.subdivision is None and country.subdivision_note:
+        log.info("Coverage check of %s: %s", label, country.subdivision_note)
     return OutsideCounter(country)
 
 
@@ -242,4 +345,7 @@ __all__ = [
     "counter_for",
     "country_area",
     "source_country",
+    "source_subdivision",
+    "subdivision_area",
+    "subdivision_codes",
 ]

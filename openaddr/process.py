@@ -350,7 +350,8 @@ def _write_preview(entry: LayerEntry, state_dir: Path, state: dict[str, Any]) ->
     gets none and says so. Never fails the entry: a preview that cannot be drawn is logged and left out.
 
     The points the preview reads are also counted against the source's country (:mod:`openaddr.coverage`) and
-    ``stats.json`` gets ``outside_coverage`` and ``coverage_country`` for the quality gate."""
+    ``stats.json`` gets ``outside_coverage`` and ``coverage_country`` (and ``coverage_subdivision``) for the quality
+    gate."""
     from openaddr.coverage import counter_for
     from openaddr.preview import render_state_preview
 
@@ -387,14 +388,16 @@ def _record_coverage(entry: LayerEntry, state_dir: Path, counter: OutsideCounter
     stats = json.loads(stats_path.read_text(encoding="utf-8"))
     stats[OUTSIDE_COVERAGE_KEY] = counter.outside
     stats["coverage_country"] = counter.country.code
+    if counter.country.subdivision:
+        stats["coverage_subdivision"] = counter.country.subdivision
     write_json(stats_path, stats)
     log.info(
         "%d of %d points of %s are outside %s (from %s) and %s° around it (checked in %.2f s)",
         counter.outside,
         counter.points,
         entry.label,
-        counter.country.code,
-        counter.country.origin,
+        counter.country.area_name,
+        counter.country.area_origin,
         BUFFER_DEGREES,
         counter.seconds,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import io
 import json
 import os
 import re
@@ -22,13 +24,23 @@ import requests
 from devstack import ROOT, StackError, procs, supervise
 from devstack.airflow_api import ADMIN, PASSWORDS_FILE
 from devstack.control import check_home_free, home_state, stop_home
-from devstack.demo import DEMO, DEMO_URL, demo_sources
+from devstack.demo import (
+    DEMO,
+    DEMO_URL,
+    SHRUNK_DATA,
+    SHRUNK_KEEP,
+    SHRUNK_SOURCE,
+    demo_sources,
+    shrunk_copy,
+    shrunk_source,
+)
 from devstack.procs import free_port, processes_of
 from devstack.report import set_report
 from devstack.stack import SECRET_KEYS, Stack, load_secrets
 from devstack.supervise import Program
 from devstack.webhook import AIRFLOW_ROLE, AIRFLOW_USER, load_airflow_password, webhook_env, webhook_server
 from openaddr.db import make_engine, upgrade
+from openaddr.db.results import latest_entry_runs
 from openaddr.db.runs import insert_run
 from openaddr.sources import load_source
 from openaddr.storage import LocalStorage
@@ -36,7 +48,7 @@ from openaddr_airflow.links import run_links
 
 #: The launcher's whole run: ~25 s to healthy, ~35 s for the demo set (a scheduled run, then ours), ~15 s to
 #: stop; up to twice that on a busy 2-core machine.
-RUN_TIMEOUT = 320  # the demo set, then its collect run
+RUN_TIMEOUT = 360  # the demo set, the held re-run (a CI job), then the collect run
 
 
 def _clean_environment() -> dict[str, str]:
@@ -248,6 +260,97 @@ def test_a_second_start_shows_the_earlier_demo_set_says_so_and_keeps_the_passwor
         assert "demo set of an earlier start" not in result.stdout
     password = re.compile(r"\(login admin / (\S+)\)")
     assert password.search(result.stdout).group(1) == password.search(first.stdout).group(1)
+
+
+def _held_run(result: subprocess.CompletedProcess[str], home: Path) -> tuple[dict, dict]:
+    """The demo's shrunken re-run the quality gate held (from the report's line, checked in the Machine database)
+    and the demo set's run of the same entry."""
+    match = re.search(
+        r"^  held run (\d+): addresses/county, success, (\d+) addresses$", result.stdout, re.MULTILINE
+    )
+    assert match, result.stdout
+    held_id = int(match.group(1))
+    with sqlite3.connect(home / "machine.db") as machine:
+        machine.row_factory = sqlite3.Row
+        held = dict(machine.execute("SELECT * FROM runs WHERE id = ?", (held_id,)).fetchone())
+    assert int(match.group(2)) == held["address_count"]
+    run_id = re.search(r"Demo batch run (\S+):", result.stdout).group(1)
+    report = set_report(f"sqlite:///{home / 'machine.db'}", run_id)
+    (first,) = [run for run in report["runs"] if run["source_path"] == SHRUNK_SOURCE]
+    return held, first
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_shrunken_rerun_is_held_and_stays_out_of_latest_and_the_collections(demo_run: dict):
+    """The quality gate in the demo: the CI job of a pushed commit that points the Bucks source at a shrunken copy
+    of its data records a second run of the entry, held with its warning; the latest run of the entry and the
+    collections (built after it) keep the demo set's run."""
+    result, home = demo_run["result"], demo_run["home"]
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert re.search(r"job [0-9a-f-]{36} re-ran it: 1 run held for review\.$", result.stdout, re.MULTILINE)
+    held, first = _held_run(result, home)
+    app = f"http://127.0.0.1:{demo_run['webhook_port']}"
+    assert f"its page, with the warning and the preview: {app}/runs/{held['id']}/" in result.stdout
+    latest = f"{app}/latest/run/us/pa/bucks/addresses/county.zip"
+    assert f"the latest URL still gives run {first['id']}'s data: {latest}" in result.stdout
+    # A second run of the set's entry, processed (not reused), merged (a push to master), held: status true,
+    # a warning naming the count rule against the set's run, not reviewed.
+    assert (held["source_path"], held["source_layer"], held["layer_name"]) == (
+        first["source_path"], first["source_layer"], first["layer_name"],
+    )  # fmt: skip
+    assert held["job_id"]
+    assert (held["set_id"], held["copy_of"]) == (None, None)
+    assert (held["status"], held["is_merged"], held["accepted"]) == (1, 1, None)
+    assert (first["status"], first["warning"]) == (True, None)
+    assert 0 < held["address_count"] < 0.9 * first["address_count"]
+    drop = f"({first['address_count']:,} → {held['address_count']:,}) against run {first['id']}"
+    assert held["warning"].startswith("Address count dropped "), held["warning"]
+    assert drop in held["warning"], held["warning"]
+    assert f"    warning: {held['warning']}" in result.stdout
+    assert (home / "storage" / "runs" / str(held["id"]) / "preview.png").is_file()
+    # The latest run of the entry is still the set's.
+    engine = make_engine(f"sqlite:///{home / 'machine.db'}")
+    try:
+        latest_runs = latest_entry_runs(engine, SHRUNK_SOURCE)
+    finally:
+        engine.dispose()
+    assert [run["id"] for run in latest_runs] == [first["id"]]
+    # The collections, built after the held run, hold the set's run's rows of the entry, not the held run's.
+    collections = home / "storage" / "collections"
+    with zipfile.ZipFile(collections / "openaddr-collected-global.zip") as archive:
+        rows = len(archive.read("us/pa/bucks.csv").splitlines()) - 1
+    assert rows == first["address_count"] != held["address_count"]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(collections / "openaddr-collected-global-addresses.parquet", columns=["run_id"])
+    run_ids = set(table.column("run_id").to_pylist())
+    assert str(first["id"]) in {str(run) for run in run_ids}
+    assert str(held["id"]) not in {str(run) for run in run_ids}
+
+
+def test_the_shrunken_demo_data_is_the_first_features_of_its_source_data(tmp_path: Path):
+    """``demo/data/bucks-shrunk.zip`` is what :func:`shrunk_copy` makes of ``bucks.zip`` (so it can be remade), and
+    :func:`shrunk_source` points a demo source at it from whichever port the data server has."""
+    full, shrunk = DEMO / "data" / "bucks.zip", DEMO / "data" / SHRUNK_DATA
+    made = zipfile.ZipFile(io.BytesIO(shrunk_copy(full)))
+    committed = zipfile.ZipFile(shrunk)
+    assert [(i.filename, i.date_time) for i in made.infolist()] == [
+        (i.filename, i.date_time) for i in committed.infolist()
+    ]
+    text = committed.read("bucks.geojson")
+    assert made.read("bucks.geojson") == text
+    features = json.loads(text)["features"]
+    assert len(features) == SHRUNK_KEEP
+    assert features == json.loads(zipfile.ZipFile(full).read("bucks.geojson"))["features"][:SHRUNK_KEEP]
+    copy = demo_sources(tmp_path, 9999)
+    changed = tmp_path / "changed.json"
+    changed.write_text(shrunk_source((copy / SHRUNK_SOURCE).read_text(), "a note"))
+    entries = list(load_source(changed).entries())
+    assert entries
+    for entry in entries:
+        assert entry.data["data"] == f"http://127.0.0.1:9999/{SHRUNK_DATA}"
+        assert entry.data["note"] == "a note"
 
 
 def test_a_taken_port_fails_clearly_before_starting_anything(tmp_path: Path):
@@ -523,6 +626,7 @@ def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
         assert probe.status_code == 422, probe.text
         pools = requests.post(f"{api}/api/v2/pools", json={}, headers=bearer, timeout=30)
         assert pools.status_code == 403, pools.text
+        _held_run_is_shown_over_http(home, "".join(lines), f"http://127.0.0.1:{webhook_port}")
         _push_a_changed_source(home, webhook_port)
     finally:
         said = stop_home(home)
@@ -530,6 +634,31 @@ def test_the_running_stack_serves_the_extra_links_over_http(tmp_path: Path):
         reader.join(timeout=10)
     assert said.startswith(f"Stopped the stack of {home} through its launcher"), said
     assert processes_of(home / "airflow") == []
+
+
+def _held_run_is_shown_over_http(home: Path, stdout: str, app: str) -> None:
+    """The demo's held run on the running stack's site: its page says it is held, with its warning and its preview,
+    whose PNG the app serves; the entry's latest URL still redirects to the demo set's run."""
+    from PIL import Image
+
+    held, first = _held_run(subprocess.CompletedProcess([], 0, stdout, ""), home)
+    page = requests.get(f"{app}/runs/{held['id']}/", timeout=30)
+    assert page.status_code == 200
+    assert "held for review by the quality gate" in page.text
+    assert html.escape(held["warning"], quote=False) in page.text
+    image = re.search(r'<img src="([^"]+)" width="1024" height="768"', page.text)
+    assert image, page.text
+    png = requests.get(image.group(1), timeout=30)
+    assert png.status_code == 200
+    assert png.headers["Content-Type"] == "image/png"
+    assert png.url == f"{app}/files/runs/{held['id']}/preview.png"
+    assert Image.open(io.BytesIO(png.content)).size == (1024, 768)
+    assert png.content == (home / "storage" / "runs" / str(held["id"]) / "preview.png").read_bytes()
+    latest = requests.get(
+        f"{app}/latest/run/us/pa/bucks/addresses/county.zip", allow_redirects=False, timeout=30
+    )
+    assert latest.status_code == 302
+    assert latest.headers["Location"] == f"{app}/files/runs/{first['id']}/us/pa/bucks.zip"
 
 
 def _push_a_changed_source(home: Path, webhook_port: int) -> None:

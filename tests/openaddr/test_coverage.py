@@ -128,7 +128,7 @@ def raw_country(feature: str) -> Any:
 
 def test_points_just_across_a_border_within_the_buffer_are_not_counted() -> None:
     """Points in Canada north of the 49th parallel, and in Mexico south of the US border, against the US."""
-    us = coverage.source_country({}, "sources/us/mt/x.json")
+    us = coverage.source_country({}, "sources/us/x.json")  # the country: no state folder
     assert isinstance(us, coverage.Country)
     assert us.feature == "840"
     border = raw_country("840")
@@ -232,3 +232,45 @@ def test_cells_and_points_agree() -> None:
     rng = np.random.default_rng(14)
     lon, lat = rng.uniform(-125.0, -65.0, 200_000), rng.uniform(24.0, 50.0, 200_000)
     assert (coverage._inside(area, lon, lat) == shapely.contains_xy(area, lon, lat)).all()
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "expected"),
+    [
+        ({}, "sources/us/ca/berkeley.json", "US-CA"),
+        ({}, "sources/ca/on/toronto.json", "CA-ON"),
+        ({}, "sources/au/nsw/sydney.json", "AU-NSW"),
+        ({}, "sources/br/sp/sao_paulo.json", "BR-SP"),
+        ({"coverage": {"ISO 3166": {"alpha2": "US-NV"}}}, "sources/us/ca/x.json", "US-NV"),
+        ({}, "sources/us/countrywide.json", None),
+        ({}, "sources/us/pr/x.json", None),
+        ({}, "sources/de/be/berlin.json", None),
+    ],
+)
+def test_the_subdivision_of_a_source(document: dict[str, Any], path: str, expected: str | None) -> None:
+    country = coverage.source_country(document, path)
+    assert isinstance(country, coverage.Country)
+    assert country.subdivision == expected
+    if expected:
+        coverage.subdivision_area(expected)
+
+
+def test_points_in_a_neighbouring_state_are_outside_a_states_source() -> None:
+    """San Francisco's real points are inside California; the same points moved 4.5° east (into Nevada, checked
+    against the shipped Nevada outline) are outside California, though inside the United States."""
+    from shapely.geometry import shape
+
+    features = {
+        f["properties"]["code"]: shape(f["geometry"])
+        for f in json.loads(coverage.SUBDIVISIONS.read_text())["features"]
+    }
+    ca = coverage.source_country({}, "sources/us/ca/san_francisco.json")
+    assert isinstance(ca, coverage.Country)
+    lon, lat = np.array([-122.42, -122.45, -122.40]), np.array([37.77, 37.75, 37.79])
+    assert coverage.count_outside(ca, lon, lat) == 0
+    moved = lon + 4.5
+    assert shapely.contains_xy(features["US-NV"], moved, lat).all()
+    assert (shapely.distance(features["US-CA"], shapely.points(moved, lat)) > coverage.BUFFER_DEGREES).all()
+    assert coverage.count_outside(ca, moved, lat) == 3
+    us = coverage.source_country({}, "sources/us/x.json")
+    assert coverage.count_outside(us, moved, lat) == 0
