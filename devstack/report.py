@@ -195,6 +195,7 @@ def format_held(result: dict[str, Any], latest: dict[str, Any] | None, site: str
             still = f"run {latest['id']}'s" if latest is not None else "no run's"
             lines.append(f"    the latest URL still gives {still} data: {site}/latest/run/{rest}")
     lines.append(
-        "  Held runs stay out of the latest URLs and the collections until a maintainer accepts them."
+        "  Held runs stay out of the latest URLs and the collections until a maintainer accepts them on the "
+        f"review queue: {site}/review/ (sign in as maintainer through the fake GitHub)."
     )
     return "\n".join(lines) + "\n"
