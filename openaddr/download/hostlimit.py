@@ -190,7 +190,7 @@ def _adapt(state: _HostState, outcome: str, maximum: int, host: str) -> None:
 FOLDER_NAME = "hostlimit"
 
 
-def _host_folder_name(host: str) -> str:
+def host_folder_name(host: str) -> str:
     """A file name for ``host`` (``name:port``): its readable characters and a digest, so that two hosts never
     share a folder whatever characters they have."""
     readable = re.sub(r"[^A-Za-z0-9.-]", "_", host)[:80]
@@ -210,7 +210,7 @@ class MachineHostLimiter:
         self.folder = folder
 
     def _host(self, host: str) -> Path:
-        path = self.folder / _host_folder_name(host)
+        path = self.folder / host_folder_name(host)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

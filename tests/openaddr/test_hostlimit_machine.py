@@ -8,6 +8,8 @@ so what is proved is the limit across the tasks and processing children of one m
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,21 +17,28 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from esri_server import esri_server_fixture  # noqa: F401  (the esri_server fixture)
 
+from openaddr.db import make_engine
 from openaddr.download import StageClock
 from openaddr.download.hostlimit import (
     FOLDER_NAME,
     RECOVERY_SUCCESSES,
     MachineHostLimiter,
+    host_folder_name,
     host_limiter,
     slot,
 )
 from openaddr.errors import DownloadError
+from openaddr.machine import PlannedEntry, RunOwner, process_source
 from openaddr.settings import Settings
+from openaddr.storage import LocalStorage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from esri_server import ReplayServer
 
 HOST = "services.example.com:443"
 
@@ -151,3 +160,45 @@ def test_the_local_setting_is_the_machine_limiter_in_the_scratch_folder(tmp_path
     assert [path.name for path in (tmp_path / FOLDER_NAME).iterdir()] == [
         f"services.example.com_443-{hashlib.sha256(HOST.encode()).hexdigest()[:12]}"
     ]
+    assert (
+        host_folder_name(HOST) == f"services.example.com_443-{hashlib.sha256(HOST.encode()).hexdigest()[:12]}"
+    )
+
+
+@pytest.mark.integration
+def test_a_processing_child_takes_its_slots_in_the_tasks_scratch_folder(
+    esri_server: ReplayServer,
+    fixtures: Path,
+    sqlite_template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child forked for an entry runs with its work folder as ``TMPDIR``: without being told the scratch
+    folder, its limiter would be its own, in a folder removed with the run."""
+    monkeypatch.delenv("OPENADDR_SCRATCH", raising=False)
+    document = json.loads((fixtures / "sources" / "us-ca-carson.json").read_text(encoding="utf-8"))
+    document["data"] = esri_server.layer_url("us-ca-carson")
+    path = "sources/us/ca/carson.json"
+    storage = LocalStorage(tmp_path / "storage")
+    content = json.dumps(document).encode()
+    storage.put_bytes(content, f"sets/1/{path}")
+    shutil.copyfile(sqlite_template, tmp_path / "machine.db")
+    engine = make_engine(f"sqlite:///{tmp_path / 'machine.db'}")
+    entry = PlannedEntry(
+        path=path,
+        layer="addresses",
+        name="primary",
+        source_key=f"sets/1/{path}",
+        blob_sha=None,
+        digest="d",
+        timeout=600.0,
+    )
+    scratch = tmp_path / "scratch"
+    try:
+        result = process_source(engine, storage, entry, RunOwner("batch", rerun=True), scratch=scratch)
+    finally:
+        engine.dispose()
+    assert result["address_count"] > 0, result
+    host = esri_server.layer_url("us-ca-carson").split("/")[2]
+    assert [p.name for p in (scratch / FOLDER_NAME).iterdir()] == [host_folder_name(host)]
+    assert [p.name for p in scratch.iterdir()] == [FOLDER_NAME]  # the run's work folder is gone
