@@ -201,7 +201,9 @@ class MachineHostLimiter:
     """The machine-wide limiter of ``OPENADDR_HOST_LIMITER=local``: ``flock`` on slot files (see the module
     docstring). Every thread and every process that builds one on the same folder shares its slots: ``flock``
     locks belong to an open file description, and each request opens its slot file anew, so two threads of one
-    process exclude each other as two processes do.
+    process exclude each other as two processes do. A process forked while a slot is held keeps the slot's
+    description open until it exits (``O_CLOEXEC`` covers ``exec`` only): the slot is then held longer, never
+    shared, so the limit can only be undershot (the download's page threads end before the conform forks).
 
     :param folder: where the hosts' slot files live (``<scratch>/hostlimit``); created when missing
     """
