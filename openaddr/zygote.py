@@ -308,8 +308,8 @@ def _kill_group(pid: int) -> None:
 
 def describe() -> int:
     """A child's view of itself, as one JSON line on stdout (a diagnostic target, and what the tests check):
-    process, group and session ids, open descriptors, address-space limit and size, threads, and which of
-    :data:`PRELOAD` were imported before the run began."""
+    process, group and session ids, open descriptors, address-space limit and size, threads, which of
+    :data:`PRELOAD` were imported before the run began and how many objects the zygote froze for the collector."""
     fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
     with open("/proc/self/status", encoding="ascii") as stream:
         status = dict(line.split(":", 1) for line in stream if ":" in line)
@@ -327,6 +327,7 @@ def describe() -> int:
         "vm_size": int(status["VmSize"].split()[0]) * 1024,
         "threads": _thread_count(),
         "preloaded": [name for name in PRELOAD if name in sys.modules],
+        "frozen": gc.get_freeze_count(),
         "env": dict(os.environ),
         "tmpdir": tempfile.gettempdir(),
     }
