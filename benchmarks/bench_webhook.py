@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database", default="openaddr_bench_webhook", help="its name (%(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "webhook")
     parser.add_argument("--profile", action="store_true", help="pyinstrument profiles of the workers")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time each request's phases and the workers' GC pauses; print where the slowest 1 %% waited",
+    )
     parser.add_argument("--send", type=Path, help=argparse.SUPPRESS)  # the sender process's deliveries
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)
@@ -162,7 +167,7 @@ def send_all(deliveries: Path, url: str, threads: int, results: Path) -> None:
 
     def send(item: dict[str, Any], due: float) -> None:
         started[item["i"]] = time.monotonic()
-        result: dict[str, Any] = {"i": item["i"], "late": started[item["i"]] - due}
+        result: dict[str, Any] = {"i": item["i"], "late": started[item["i"]] - due, "due": due}
         try:
             status, data = post(item)
             result["status"] = status
@@ -314,6 +319,9 @@ def start_webhook(
     if args.profile:
         env["BENCH_PROFILE_DIR"] = str(args.out)
         app = "benchmarks.bench_webhook:profiled_app()"
+    elif args.trace:
+        env["BENCH_TRACE_DIR"] = str(args.out)
+        app = "benchmarks.bench_webhook:traced_app()"
     command = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"127.0.0.1:{port}",
@@ -321,6 +329,7 @@ def start_webhook(
         "--worker-class", args.worker_class,
         "--threads", str(args.gthreads),
         "--chdir", str(ROOT),
+        "--config", "python:webhook.gunicorn_conf",
         "--log-level", "warning",
         app,
     ]  # fmt: skip
@@ -375,6 +384,168 @@ def profiled_app() -> Any:
     # gunicorn ends a worker with SIGTERM → SystemExit runs atexit; SIGQUIT would not.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     return app
+
+
+#: The phases ``--trace`` times: (module, attribute) of the functions a push goes through, by name.
+TRACED = {
+    "lookup": ("webhook.hook", "_recorded"),
+    "compare": ("webhook.changes", "push_changed_paths"),
+    "contents": ("webhook.changes", "fetch_contents"),
+    "number": ("openaddr.db.jobs", "_next_job_sequence"),
+    "insert": ("webhook.hook", "create_job"),
+    "trigger": ("webhook.trigger", "AirflowTrigger.trigger"),
+    "status": ("webhook.hook", "_post_status"),
+}
+
+
+def traced_app() -> Any:
+    """``webhook:create_app()`` with each request's phases timed (:data:`TRACED`, wall seconds, nested phases
+    counted in their parent too) and the worker's GC pauses recorded (``gc.callbacks``); one JSON line per request
+    in ``trace-<pid>.jsonl`` (``--trace``), written when the worker ends."""
+    import atexit
+    import gc
+    import importlib
+
+    from flask import g, request
+
+    from webhook import create_app
+
+    app = create_app()
+    folder = Path(os.environ["BENCH_TRACE_DIR"])
+    records: list[dict[str, Any]] = []
+    pauses: list[tuple[float, float, int]] = []  # (start, seconds, generation)
+    local = threading.local()
+
+    def timed(name: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.monotonic()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases = getattr(local, "phases", None)
+                if phases is not None:
+                    phases[name] = phases.get(name, 0.0) + time.monotonic() - began
+
+        return wrapper
+
+    for name, (module_name, attribute) in TRACED.items():
+        owner: Any = importlib.import_module(module_name)
+        *path, last = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, last, timed(name, getattr(owner, last)))
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            local.gc_start = time.monotonic()
+        elif getattr(local, "gc_start", None) is not None:
+            pauses.append((local.gc_start, time.monotonic() - local.gc_start, info["generation"]))
+            local.gc_start = None
+
+    gc.callbacks.append(on_gc)
+
+    @app.before_request
+    def _start() -> None:
+        g.trace_start = time.monotonic()
+        local.phases = {}
+
+    @app.teardown_request
+    def _stop(exc: BaseException | None) -> None:
+        start = g.pop("trace_start", None)
+        if start is None:
+            return
+        records.append(
+            {
+                "delivery": request.headers.get("X-GitHub-Delivery"),
+                "event": request.headers.get("X-GitHub-Event"),
+                "start": start,
+                "end": time.monotonic(),
+                "phases": local.phases,
+                "pid": os.getpid(),
+            }
+        )
+        local.phases = None
+
+    def _write() -> None:
+        for record in records:
+            record["gc"] = [
+                [round(seconds, 6), generation]
+                for began, seconds, generation in pauses
+                if record["start"] <= began <= record["end"]
+            ]
+        lines = [json.dumps(record) for record in records]
+        lines.append(json.dumps({"pauses": pauses, "pid": os.getpid()}))
+        (folder / f"trace-{os.getpid()}.jsonl").write_text("".join(line + "\n" for line in lines))
+
+    atexit.register(_write)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return app
+
+
+def print_trace(folder: Path, deliveries: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """Where the slowest 1 % of deliveries spent their time, from the workers' traces (``--trace``): waiting to be
+    taken by a worker (from the due time to Flask's first line), each traced phase, GC pauses during the request,
+    and the rest; then every GC pause of the workers by generation."""
+    traces: dict[str, list[dict[str, Any]]] = {}
+    pauses: list[tuple[float, float, int]] = []
+    for path in sorted(folder.glob("trace-*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "pauses" in record:
+                pauses += [tuple(pause) for pause in record["pauses"]]
+            elif record.get("delivery"):
+                traces.setdefault(record["delivery"], []).append(record)
+    rows = []
+    for item, result in zip(deliveries, results, strict=True):
+        if "due" not in result:
+            continue
+        done = result["due"] + result["latency"]
+        # A redelivery shares its delivery id with its push: the trace whose request ended last before done.
+        candidates = [t for t in traces.get(item["delivery"], []) if t["end"] <= done + 0.001]
+        if not candidates:
+            continue
+        trace = max(candidates, key=lambda t: t["end"])
+        service = trace["end"] - trace["start"]
+        gc_time = sum(seconds for seconds, _ in trace["gc"])
+        rows.append(
+            {
+                "kind": item["kind"],
+                "latency": result["latency"],
+                "queue": trace["start"] - result["due"],
+                "service": service,
+                "after": done - trace["end"],
+                "gc": gc_time,
+                "phases": trace["phases"],
+            }
+        )
+    if not rows:
+        print("trace: no requests traced")
+        return
+    rows.sort(key=lambda row: row["latency"])
+    slow = rows[-max(1, len(rows) // 100) :]
+    typical = rows[: len(rows) // 2]
+
+    def mean(values: list[float]) -> float:
+        return 1000 * statistics.fmean(values) if values else 0.0
+
+    print(
+        f"trace ({len(rows)} deliveries matched; ms, mean of the slowest 1 % ({len(slow)}) | of the fastest half):"
+    )
+    for key in ("latency", "queue", "service", "after", "gc"):
+        print(f"  {key:<10} {mean([r[key] for r in slow]):7.1f} | {mean([r[key] for r in typical]):6.1f}")
+    names = sorted({name for row in rows for name in row["phases"]})
+    for name in names:
+        print(f"  {name:<10} {mean([r['phases'].get(name, 0.0) for r in slow]):7.1f} | "
+              f"{mean([r['phases'].get(name, 0.0) for r in typical]):6.1f}")  # fmt: skip
+    kinds: dict[str, int] = {}
+    for row in slow:
+        kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
+    print(f"  slowest 1 % by kind: {kinds}")
+    for generation in (0, 1, 2):
+        mine = [seconds * 1000 for _, seconds, gen in pauses if gen == generation]
+        if mine:
+            print(f"  GC generation {generation}: {len(mine)} pauses, total {sum(mine):.0f} ms, "
+                  f"p99 {percentile(mine, 0.99):.2f} ms, max {max(mine):.1f} ms")  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:
@@ -573,6 +744,8 @@ def run_case(backend: str, args: argparse.Namespace) -> bool:
     print(f"CPU a delivery: webhook {cpu * per:.1f} ms, fakes (this process) {harness_cpu * per:.1f} ms, "
           f"sender {sender['cpu'] * per:.1f} ms, PostgreSQL {postgres_cpu * per:.1f} ms; "
           f"load average {os.getloadavg()[0]:.2f} at the end")  # fmt: skip
+    if args.trace:
+        print_trace(out, deliveries, results)
     print(f"{len(found['errors'])} errors; {len(found['lost'])} lost, {len(found['doubled'])} doubled")
     for kind in ("errors", "lost", "doubled"):
         for line in found[kind][:10]:

@@ -18,6 +18,12 @@
    large workers (pool `oa_large`, queue `large`).
 4. **complete_set** marks the set complete once every entry has finished, and emits the asset
    `openaddr://sets/latest` for the collection DAG.
+5. **send_set_alerts** sends the set's summary (successes, failures, warnings, new failures) to the maintainers
+   through the connections `openaddr_alerts_smtp` / `openaddr_alerts_slack` (without either, alerts are off and
+   the summary in the task's log says so), and mails the subscribers of each source that broke or recovered.
+
+A failed scheduled run of this DAG is an alert too (`on_failure_callback`, as on `openaddr_collect`,
+`openaddr_refresh_merged` and `openaddr_alert_broken_sources`).
 
 Owner: the OpenAddresses Machine maintainers.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from openaddr_airflow.alerts import FailedRunNotifier
 from openaddr_airflow.operators import BATCH_QUEUE, DEFAULT_ARGS, process_sources
 from openaddr_airflow.settings import BATCH_MAX_ACTIVE_DAG_TASKS, BATCH_MAX_ACTIVE_TASKS
 from openaddr_airflow.tags import Tag
@@ -79,6 +86,22 @@ def complete_set(set_id: int) -> dict[str, int]:
         return complete_batch_set(engine, set_id)
 
 
+@task
+def send_set_alerts(set_id: int) -> dict:
+    """The set's summary to the maintainers (once) and the subscribers' break and recovery messages.
+
+    :param set_id: the set :func:`complete_set` completed
+    :return: the counts, whether the summary was sent (``off``: no alert connection), the subscribers' outcome
+    """
+    from openaddr.alerts import alert_set_complete
+    from openaddr.db.runs import utcnow
+    from openaddr_airflow import config
+    from openaddr_airflow.alerts import NotifierSender
+
+    with config.machine_engine() as engine:
+        return alert_set_complete(engine, set_id, NotifierSender(), base_url=config.base_url(), now=utcnow())
+
+
 @dag(
     schedule="@daily",
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
@@ -87,6 +110,7 @@ def complete_set(set_id: int) -> dict[str, int]:
     tags=[Tag.KIND_BATCH, Tag.TIER_2, Tag.DATA_SOURCES],
     max_active_runs=1,
     max_active_tasks=BATCH_MAX_ACTIVE_DAG_TASKS,
+    on_failure_callback=FailedRunNotifier(),
     default_args={**DEFAULT_ARGS, "queue": BATCH_QUEUE},
 )
 def openaddr_batch():
@@ -95,7 +119,7 @@ def openaddr_batch():
     processed = process_sources(
         list_sources(set_id), priority_weight=1, max_active_standard=BATCH_MAX_ACTIVE_TASKS, release=True
     )
-    processed >> complete_set(set_id)
+    processed >> complete_set(set_id) >> send_set_alerts(set_id)
 
 
 openaddr_batch()

@@ -43,6 +43,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from openaddr_airflow.alerts import FailedRunNotifier
 from openaddr_airflow.operators import BATCH_QUEUE, DEFAULT_ARGS
 from openaddr_airflow.tags import Tag
 
@@ -169,6 +170,7 @@ def record_collections(plan: dict, built: list[dict], deduped: dict) -> dict:
     tags=[Tag.KIND_COLLECT, Tag.TIER_2],
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "queue": BATCH_QUEUE},
+    on_failure_callback=FailedRunNotifier(),
 )
 def openaddr_collect():
     """Collect the latest set into the regional collections (see the module docstring)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
+from openaddr_airflow.alerts import FailedRunNotifier
 from openaddr_airflow.operators import BATCH_QUEUE, DEFAULT_ARGS
 from openaddr_airflow.tags import Tag
 
@@ -46,6 +47,7 @@ def refresh_merged() -> dict:
     doc_md=__doc__,
     tags=[Tag.KIND_MAINTENANCE, Tag.TIER_2],
     default_args={**DEFAULT_ARGS, "queue": BATCH_QUEUE},
+    on_failure_callback=FailedRunNotifier(),
 )
 def openaddr_refresh_merged():
     """Recheck which CI runs are merged (see the module docstring)."""

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING
 from devstack import ROOT, StackError, control, procs
 from devstack.airflow_api import ADMIN, parse_time
 from devstack.demo import DEFAULT_DEMO_PORT, demo_server, demo_sources
-from devstack.github import DEFAULT_GITHUB_PORT, STATE, github_env, github_server, github_url
+from devstack.github import (
+    DEFAULT_GITHUB_PORT,
+    MAINTAINER,
+    OUTSIDER,
+    STATE,
+    github_env,
+    github_server,
+    github_url,
+)
 from devstack.push import write_stack_file
 from devstack.report import collections_report, format_collections, format_report, set_report
 from devstack.stack import DAG_IDS, DEFAULT_PORT, Stack
@@ -218,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{AIRFLOW_USER})\n"
                 f"GitHub      {github_url(args.github_port)}/  (fake: openaddresses/openaddresses holds the demo "
                 f"sources; `make push` sends a signed push of a changed one)\n"
+                f"Review      {webhook_url(args.webhook_port)}/review/  (held runs; sign in through the fake GitHub "
+                f"as {MAINTAINER}, a member of openaddresses, or {OUTSIDER}, refused)\n"
                 f"Machine DB  {stack.machine_db}\n"
                 f"Storage     {stack.storage}/\n"
                 f"Logs        {stack.logs}/<program>.log\n"

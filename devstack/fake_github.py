@@ -33,6 +33,14 @@ requests answered at once is :attr:`~FakeGitHub.max_in_flight`).
   encoding ``none``), ``GET …/git/blobs/{sha}``, ``GET …/pulls/{number}`` and ``…/pulls/{number}/files``
   (paginated) of the pull requests in :attr:`FakeRepository.pulls`.
 
+* GitHub's OAuth web flow and the identity a sign-in reads (the review queue's sign-in, ``webhook/auth.py``):
+  ``GET /login/oauth/authorize`` (an HTML page asking which user signs in, for a registered OAuth app and its
+  ``redirect_uri``; :meth:`~FakeGitHub.add_oauth_app`), ``POST /login/oauth/authorize`` (302 to the redirect URI
+  with a one-time ``code`` and the ``state``), ``POST /login/oauth/access_token`` (the code for a ``gho_`` token,
+  JSON with ``Accept: application/json``; a wrong code or secret is 200 with ``error``, as GitHub answers),
+  ``GET /user`` and ``GET /user/memberships/orgs/{org}`` (``state: active``, or 404 for a non-member) for that
+  token; users and their organisations: :meth:`~FakeGitHub.add_user`.
+
 More endpoints are added with :meth:`FakeGitHub.route` at class level, or :meth:`FakeGitHub.add_route` in a test.
 """
 
@@ -55,7 +63,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 MAXIMUM_STATUSES = "This SHA and context has reached the maximum number of statuses."
 STATES = ("pending", "success", "failure", "error")
@@ -264,6 +272,11 @@ class FakeGitHub:
             self._next_comment_id = 1001
             #: Seconds every request waits before it is answered (real GitHub takes 0.2–0.4 s).
             self.delay = 0.0
+            #: OAuth apps (client id → secret), users (login → organisations), one-time codes and access tokens.
+            self.oauth_apps: dict[str, str] = {}
+            self.users: dict[str, set[str]] = {}
+            self.oauth_codes: dict[str, dict[str, str]] = {}
+            self.oauth_tokens: dict[str, str] = {}
             #: Requests being answered now, and the most there were at once.
             self.in_flight = 0
             self.max_in_flight = 0
@@ -279,6 +292,16 @@ class FakeGitHub:
         with self._lock:
             self.repositories[(owner, repo)] = repository
         return repository
+
+    def add_oauth_app(self, client_id: str, client_secret: str) -> None:
+        """Register an OAuth app (its id and secret)."""
+        with self._lock:
+            self.oauth_apps[client_id] = client_secret
+
+    def add_user(self, login: str, orgs: tuple[str, ...] | list[str] = ()) -> None:
+        """Register a user who can sign in, an active member of ``orgs``."""
+        with self._lock:
+            self.users[login] = set(orgs)
 
     def fail_next(
         self, path: str, times: int = 1, status: int = 500, headers: dict[str, str] | None = None
@@ -606,6 +629,134 @@ def _post_installation_token(
         handler,
         {"token": f"ghs_fake_{params['installation']}", "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
         201,
+    )
+
+
+# OAuth web flow ---------------------------------------------------------------------------------------------
+
+_AUTHORIZE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Authorize application · fake GitHub</title></head>
+<body><h1>Authorize {client_id}</h1><p>Scope: {scope}</p>
+<form method="post" action="/login/oauth/authorize">
+<label>Sign in as <input name="login" value="" autocomplete="off"></label>
+<input type="hidden" name="client_id" value="{client_id}"><input type="hidden" name="redirect_uri" value="{redirect_uri}">
+<input type="hidden" name="state" value="{state}">
+<button type="submit">Authorize</button></form></body></html>
+"""
+
+
+def _html(handler: _Handler, body: str, status: int = 200) -> None:
+    send(handler, body.encode(), status=status, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+@FakeGitHub.route("GET", r"/login/oauth/authorize")
+def _get_authorize(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    import html
+
+    query = request.query
+    if query.get("client_id") not in server.oauth_apps or not query.get("redirect_uri"):
+        _html(handler, "<!doctype html><title>404</title><p>Unknown OAuth application", 404)
+        return
+    values = {
+        key: html.escape(query.get(key, ""), quote=True)
+        for key in ("client_id", "redirect_uri", "state", "scope")
+    }
+    _html(handler, _AUTHORIZE_PAGE.format(**values))
+
+
+@FakeGitHub.route("POST", r"/login/oauth/authorize")
+def _post_authorize(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    form = dict(parse_qsl(request.body.decode()))
+    login, client_id, redirect_uri = (
+        form.get("login", ""),
+        form.get("client_id", ""),
+        form.get("redirect_uri", ""),
+    )
+    if client_id not in server.oauth_apps or not redirect_uri or login not in server.users:
+        _html(handler, "<!doctype html><title>422</title><p>Unknown user or application", 422)
+        return
+    code = f"code_{len(server.oauth_codes) + 1}_{zlib.crc32(login.encode()):08x}"
+    with server._lock:
+        server.oauth_codes[code] = {"login": login, "client_id": client_id, "redirect_uri": redirect_uri}
+    separator = "&" if "?" in redirect_uri else "?"
+    location = f"{redirect_uri}{separator}{urlencode({'code': code, 'state': form.get('state', '')})}"
+    send(handler, b"", status=302, headers={"Location": location})
+
+
+@FakeGitHub.route("POST", r"/login/oauth/access_token")
+def _post_access_token(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    form = dict(parse_qsl(request.body.decode()))
+    client_id = form.get("client_id", "")
+    if server.oauth_apps.get(client_id) != form.get("client_secret") or client_id not in server.oauth_apps:
+        server.json(
+            handler,
+            {
+                "error": "incorrect_client_credentials",
+                "error_description": "The client_id and/or client_secret passed are incorrect.",
+            },
+        )
+        return
+    with server._lock:
+        grant = server.oauth_codes.pop(form.get("code", ""), None)
+    if (
+        grant is None
+        or grant["client_id"] != client_id
+        or grant["redirect_uri"] != form.get("redirect_uri", grant["redirect_uri"])
+    ):
+        server.json(
+            handler,
+            {
+                "error": "bad_verification_code",
+                "error_description": "The code passed is incorrect or expired.",
+            },
+        )
+        return
+    token = f"gho_fake_{len(server.oauth_tokens) + 1}_{zlib.crc32(grant['login'].encode()):08x}"
+    with server._lock:
+        server.oauth_tokens[token] = grant["login"]
+    server.json(handler, {"access_token": token, "token_type": "bearer", "scope": "read:org"})
+
+
+def _token_login(server: FakeGitHub, request: GitHubRequest) -> str | None:
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    return server.oauth_tokens.get(token.strip()) if scheme.lower() in ("bearer", "token") else None
+
+
+@FakeGitHub.route("GET", r"/user")
+def _get_user(server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]) -> None:
+    login = _token_login(server, request)
+    if login is None:
+        server.json(handler, {"message": "Bad credentials", "documentation_url": DOCS}, 401)
+        return
+    server.json(handler, {**server.user_json(login), "type": "User", "name": login.capitalize()})
+
+
+@FakeGitHub.route("GET", r"/user/memberships/orgs/(?P<org>[^/]+)")
+def _get_membership(
+    server: FakeGitHub, handler: _Handler, request: GitHubRequest, params: dict[str, str]
+) -> None:
+    login = _token_login(server, request)
+    if login is None:
+        server.json(handler, {"message": "Bad credentials", "documentation_url": DOCS}, 401)
+        return
+    if params["org"] not in server.users.get(login, set()):
+        server.not_found(handler)
+        return
+    server.json(
+        handler,
+        {
+            "state": "active",
+            "role": "member",
+            "organization": server.user_json(params["org"]),
+            "user": {**server.user_json(login), "type": "User"},
+        },
     )
 
 

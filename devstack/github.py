@@ -49,6 +49,10 @@ OWNER = REPO = "openaddresses"
 DEFAULT_BRANCH = "master"
 #: The token the webhook and the tasks send: the fake asks for one on status posts and accepts any.
 TOKEN = "devstack-fake-github-token"
+#: The OAuth app of the review queue's sign-in, and who may sign in: a maintainer (a member of the organisation)
+#: and an outsider (refused). The fake's authorize page asks which login signs in.
+CLIENT_ID, CLIENT_SECRET = "Iv1.devstack", "devstack-oauth-secret"
+MAINTAINER, OUTSIDER = "maintainer", "outsider"
 #: The folder of the commits' files under the stack's home.
 STATE = "github"
 
@@ -66,6 +70,9 @@ def github_env(port: int) -> dict[str, str]:
     return {
         "OA_WEBHOOK_GITHUB_TOKEN": TOKEN,
         "OA_WEBHOOK_GITHUB_API_URL": url,
+        "OA_WEBHOOK_GITHUB_OAUTH_URL": url,
+        "OA_WEBHOOK_GITHUB_CLIENT_ID": CLIENT_ID,
+        "OA_WEBHOOK_GITHUB_CLIENT_SECRET": CLIENT_SECRET,
         "AIRFLOW_CONN_GITHUB_OPENADDRESSES": json.dumps(connection),
     }
 
@@ -228,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)8s: %(message)s")
     server = DemoGitHub(args.state.resolve(), args.port)
     repository = add_demo_repository(server, args.sources.resolve())
+    server.add_oauth_app(CLIENT_ID, CLIENT_SECRET)
+    server.add_user(MAINTAINER, [OWNER])
+    server.add_user(OUTSIDER, [])
     log.info(
         "Fake GitHub on %s: %s/%s, %s at %s",
         server.base_url,

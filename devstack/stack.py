@@ -24,7 +24,8 @@ the plugins to use the local defaults). Used by benchmarks and tests::
 
 ``Stack`` also runs the production shape on one computer (airflow.md, "Production shape"): PostgreSQL for
 Airflow's metadata and for the Machine database, the CeleryExecutor with Redis as the broker, and one
-``airflow celery worker`` as a fifth component::
+``airflow celery worker`` as a fifth component (or several, ``celery_workers=2``: ``celery-worker``,
+``celery-worker-2``, each with a node name of its own, as two hosts of the worker pool)::
 
     with Stack(home, port, executor="celery",
                metadata_url="postgresql+psycopg2://postgres@127.0.0.1:5432/airflow",
@@ -73,7 +74,8 @@ DEFAULT_PARALLELISM = 4
 #: Started in this order; the api-server is stopped once the others are gone (tasks report to it).
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: The fifth component of the CeleryExecutor shape (``airflow celery worker``); the health endpoint does not
-#: report it, so the stack pings it through the broker.
+#: report it, so the stack pings it through the broker. With ``celery_workers=n`` the others are
+#: ``celery-worker-2`` … ``celery-worker-<n>`` (:func:`celery_worker_name`).
 CELERY_WORKER = "celery-worker"
 #: ``executor=`` of :class:`Stack` → Airflow's executor.
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
@@ -94,6 +96,13 @@ SECRET_KEYS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AI
 TERM_TIMEOUT = 30.0
 #: Seconds into a stop after which idle LocalExecutor workers are killed (apache/airflow#67870).
 IDLE_WORKER_GRACE = 5.0
+
+
+def celery_worker_name(number: int) -> str:
+    """The program name of the ``number``-th Celery worker (from 1): ``celery-worker``, ``celery-worker-2``, …"""
+    if number < 1:
+        raise ValueError(f"worker numbers start at 1, not {number}")
+    return CELERY_WORKER if number == 1 else f"{CELERY_WORKER}-{number}"
 
 
 def read_parallelism(config: Path) -> int:
@@ -225,8 +234,11 @@ class Stack(AirflowApi):
     :param broker_url: Celery's broker (default :data:`DEFAULT_BROKER_URL`); give each stack sharing a Redis
         a database index of its own
     :param result_backend: Celery's result backend (default :func:`result_backend_url` of ``metadata_url``)
-    :param worker_concurrency: task processes of the Celery worker (default ``parallelism``); with Celery
-        also the slots of ``oa_sources``
+    :param worker_concurrency: task processes of each Celery worker (default ``parallelism``); with Celery
+        also the slots of ``oa_sources`` (times ``celery_workers``)
+    :param celery_workers: how many ``airflow celery worker`` programs (each serving every queue with
+        ``worker_concurrency`` slots and a node name of its own, ``openaddr-<port>[-<n>]@<host>``), as several
+        hosts of the worker pool would; the fault tests kill one and see the other take its task
     :param warm_up: have ``start()`` call :meth:`warm_up`, so that the first task does not wait ~10 s for the
         api-server to build its Execution API
     :raises StackError: on an unknown executor, Celery without ``metadata_url``, or ``env`` naming the
@@ -250,12 +262,17 @@ class Stack(AirflowApi):
         broker_url: str | None = None,
         result_backend: str | None = None,
         worker_concurrency: int | None = None,
+        celery_workers: int = 1,
         warm_up: bool = False,
     ) -> None:
         if executor not in EXECUTORS:
             raise StackError(f"executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
         if executor == "celery" and metadata_url is None:
             raise StackError("the CeleryExecutor needs a PostgreSQL metadata database: pass metadata_url")
+        if celery_workers < 1 or (celery_workers > 1 and executor != "celery"):
+            raise StackError(
+                f"celery_workers={celery_workers}: at least 1, and more only with executor='celery'"
+            )
         named = [key for key in MACHINE_DB_KEYS if key in (env or {})]
         if named:
             raise StackError(
@@ -284,8 +301,16 @@ class Stack(AirflowApi):
         self.broker_url = broker_url or DEFAULT_BROKER_URL
         self.result_backend = result_backend or result_backend_url(self.metadata_url)
         self.worker_concurrency = worker_concurrency if worker_concurrency is not None else self.parallelism
-        #: The Celery worker's node name: the stack pings this one, not another worker on the same broker.
-        self.worker_node = f"openaddr-{port}@{socket.gethostname()}"
+        self.celery_workers = celery_workers
+        #: The Celery workers' node names by program name (``-H``): the stack pings these, not another worker on
+        #: the same broker.
+        host = socket.gethostname()
+        self.worker_nodes = {
+            celery_worker_name(number): f"openaddr-{port}{'' if number == 1 else f'-{number}'}@{host}"
+            for number in range(1, celery_workers + 1)
+        }
+        #: The first worker's node name.
+        self.worker_node = self.worker_nodes[CELERY_WORKER]
         self.warm = warm_up
         #: supervisord while the stack runs (its PID is the session id of every process of the stack).
         self.supervisord: subprocess.Popen[bytes] | None = None
@@ -321,12 +346,12 @@ class Stack(AirflowApi):
     @property
     def component_names(self) -> tuple[str, ...]:
         """The Airflow components ``start()`` starts, in order."""
-        return (*COMPONENTS, CELERY_WORKER) if self.celery else COMPONENTS
+        return (*COMPONENTS, *self.worker_nodes) if self.celery else COMPONENTS
 
     @property
     def pool_slots(self) -> int:
-        """Slots of ``oa_sources``: the worker concurrency, and never fewer than the DAGs' minimum of 3."""
-        return max(3, self.worker_concurrency if self.celery else self.parallelism)
+        """Slots of ``oa_sources``: the workers' concurrency, and never fewer than the DAGs' minimum of 3."""
+        return max(3, self.worker_concurrency * self.celery_workers if self.celery else self.parallelism)
 
     def environment(self) -> dict[str, str]:
         """The environment of every program: this process's, then the stack's settings, then ``env``."""
@@ -383,21 +408,22 @@ class Stack(AirflowApi):
     def programs(self) -> list[Program]:
         """What supervisord runs: the extra programs, then the Airflow components."""
         airflow = str(self.airflow)
-        arguments = {
+        arguments: dict[str, list[str]] = {
             "api-server": ["api-server", "--port", str(self.port)],
             # No log servers: the api-server reads task logs from the shared folder of this one computer,
             # and their fixed ports (8793, 8794) would clash between two stacks on one machine.
             "scheduler": ["scheduler", "--skip-serve-logs"],
             "dag-processor": ["dag-processor"],
             "triggerer": ["triggerer", "--skip-serve-logs"],
-            CELERY_WORKER: [
+        }
+        for name, node in self.worker_nodes.items():
+            arguments[name] = [
                 "celery", "worker", "--skip-serve-logs",
                 "--concurrency", str(self.worker_concurrency),
-                # One worker serves every queue here; production gives ci, batch and large workers of their own.
+                # Every worker serves every queue here; production gives ci, batch and large workers of their own.
                 "--queues", "ci,batch,large",
-                "--celery-hostname", self.worker_node,
-            ],
-        }  # fmt: skip
+                "--celery-hostname", node,
+            ]  # fmt: skip
         return [
             *self.extra_programs,
             *(
@@ -541,23 +567,48 @@ class Stack(AirflowApi):
             return {}
         return supervise.pids(self.airflow_home)
 
-    def worker_ready(self) -> bool:
-        """Whether this stack's Celery worker answers a ping through the broker (it then consumes tasks).
+    def workers_ready(self, names: Sequence[str] | None = None) -> list[str]:
+        """The Celery workers (program names; default all of them) that answer a ping through the broker (they
+        then consume tasks).
 
-        The worker does not heartbeat into the metadata database, so the health endpoint cannot tell; the
-        ping names the worker's node, not just any worker on the same broker. Imports Celery (not Airflow).
+        The workers do not heartbeat into the metadata database, so the health endpoint cannot tell; the ping
+        names the workers' nodes, not just any worker on the same broker. Imports Celery (not Airflow).
         """
         from celery import Celery
 
+        wanted = {name: self.worker_nodes[name] for name in (names or self.worker_nodes)}
         app = Celery("openaddr-devstack", broker=self.broker_url)
         try:
-            replies = app.control.ping(destination=[self.worker_node], timeout=PING_TIMEOUT)
+            replies = app.control.ping(destination=list(wanted.values()), timeout=PING_TIMEOUT)
         except Exception as error:  # the broker refused or is down: not ready, and say why
-            log.debug("Pinging %s failed: %s", self.worker_node, error)
-            return False
+            log.debug("Pinging %s failed: %s", ", ".join(wanted.values()), error)
+            return []
         finally:
             app.close()
-        return any(self.worker_node in reply for reply in replies)
+        return [name for name, node in wanted.items() if any(node in reply for reply in replies)]
+
+    def worker_ready(self) -> bool:
+        """Whether every Celery worker of this stack answers a ping through the broker (:meth:`workers_ready`)."""
+        return len(self.workers_ready()) == len(self.worker_nodes)
+
+    def start_program(self, name: str, timeout: float = 120.0) -> int:
+        """Start a program of the running stack that has exited or was stopped (e.g. a Celery worker a test
+        killed) and wait until it runs (a worker: until it answers a ping); return its PID.
+
+        :raises StackError: when the stack does not run, the name is unknown or it does not come up in time
+        """
+        if self.supervisord is None:
+            raise StackError("the stack is not running")
+        program = next((p for p in self.programs() if p.name == name), None)
+        if program is None:
+            raise StackError(f"no program {name!r} in this stack")
+        supervise.connect(self.airflow_home).supervisor.startProcess(program.rpc_name, True)
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if name not in self.worker_nodes or self.workers_ready([name]):
+                return self.pids()[name]
+            time.sleep(0.5)
+        raise StackError(f"{name} did not answer a ping within {timeout:.0f} s (logs in {self.logs})")
 
     def unhealthy(self, health: Mapping[str, Any]) -> list[str]:
         """The components the health answer does not report healthy since this stack started."""
@@ -582,9 +633,9 @@ class Stack(AirflowApi):
             except requests.RequestException:
                 waiting = ["api-server"]
             if not worker_ready:
-                worker_ready = self.worker_ready()
-                if not worker_ready:
-                    waiting.append(CELERY_WORKER)
+                ready = self.workers_ready()
+                worker_ready = len(ready) == len(self.worker_nodes)
+                waiting += [name for name in self.worker_nodes if name not in ready]
             if not waiting:
                 log.info("Healthy after %.1f s", time.monotonic() - started)
                 return time.monotonic() - started

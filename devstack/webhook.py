@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 WEBHOOK = "webhook"
 DEFAULT_WEBHOOK_PORT = 8079
 SECRET_FILE = "webhook-secret"
+#: The app's ``SECRET_KEY`` (session cookie, CSRF tokens), shared by its workers and kept across starts.
+SESSION_KEY_FILE = "webhook-session-key"
 #: The app's SimpleAuthManager user, and its role: ``user`` may trigger DAG runs, nothing of ``op`` or ``admin``.
 AIRFLOW_USER = "webhook"
 AIRFLOW_ROLE = "user"
@@ -42,9 +44,10 @@ AIRFLOW_ROLE = "user"
 WORKERS = 2
 
 
-def load_webhook_secret(home: Path) -> str:
-    """The stack's GitHub webhook secret from ``home/webhook-secret``, generated (mode 600) when missing."""
-    path = home / SECRET_FILE
+def load_webhook_secret(home: Path, name: str = SECRET_FILE) -> str:
+    """The stack's GitHub webhook secret from ``home/webhook-secret`` (or another secret of the app, ``name``:
+    the session key), generated (mode 600) when missing."""
+    path = home / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: never overwrite the secret a running app uses; 0o600: never readable by others.
@@ -126,6 +129,10 @@ def webhook_env(home: Path, port: int, airflow_port: int) -> dict[str, str]:
         "OPENADDR_BASE_URL": url,
         "OPENADDR_RESULTS_PUBLIC_URL": f"{url}/files",
         "OA_WEBHOOK_BASE_URL": url,
+        # The review queue's sign-in (the fake GitHub's OAuth app: devstack/github.py's github_env).
+        "OA_WEBHOOK_SECRET_KEY": load_webhook_secret(home, SESSION_KEY_FILE),
+        # Plain http on loopback: a Secure cookie would not come back.
+        "OA_WEBHOOK_SESSION_COOKIE_SECURE": "false",
     }
 
 
@@ -136,6 +143,7 @@ def webhook_server(port: int) -> Program:
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(WORKERS),
         "--chdir", str(ROOT),
+        "--config", "python:webhook.gunicorn_conf",
         "--access-logfile", "-",
         "webhook:create_app()",
     ]  # fmt: skip

@@ -196,6 +196,8 @@ class Settings(BaseSettings):
     :param home: folder of the embedded database and storage (None: ``./var``)
     :param scratch: parent of the tasks' work folders (None: the system temporary folder)
     :param database_url: the Machine database (after the connection ``openaddr_machine_db``)
+    :param database_retry_seconds: how long a task retries a Machine-database step that lost its connection
+        before it fails as an infrastructure failure, for Airflow to retry (:mod:`openaddr.db.retry`)
     :param results: the run storage (after the variable ``openaddr_results``)
     :param results_public_url: public URL of the storage (after ``openaddr_results_public_url``)
     :param base_url: the results site (after ``openaddr_base_url``)
@@ -243,6 +245,7 @@ class Settings(BaseSettings):
     home: Folder = None
     scratch: Folder = None
     database_url: Text = None
+    database_retry_seconds: Seconds = 300.0
     results: Text = None
     results_public_url: Text = None
     base_url: Text = None

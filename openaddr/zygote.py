@@ -7,6 +7,9 @@ everything imported, and keeps every guarantee of the fresh subprocess:
 
 * **its own process group**: the child calls ``setsid()`` first; the parent kills the whole group (the child and
   anything it forked) at the deadline, and once more after the child has exited, so no grandchild outlives its run;
+* **it dies with the zygote**: the child asks the kernel for SIGKILL when the zygote ends
+  (:func:`die_with_parent`), and the zygote kills every running child's group when its own parent, the task, goes
+  (EOF on its stdin): a task runner killed with its Celery worker takes its processing with it (issue 16);
 * **its own address-space limit**: ``setrlimit(RLIMIT_AS)`` in the child (the mappings inherited from the zygote
   count towards it, as the interpreter and the imports count in a fresh subprocess);
 * **a crash or an out-of-memory ends that run only**: the exit status comes back to the parent (a negative number
@@ -209,6 +212,7 @@ def main() -> int:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             request = json.loads(line)
+            request["zygote"] = os.getpid()
             pid = os.fork()
             if pid == 0:
                 os.close(wake_r)
@@ -244,6 +248,8 @@ def _child(request: Mapping[str, Any], keep: frozenset[int]) -> None:
     code = 1
     try:
         os.setsid()  # its own session and process group, killed as a whole
+        # A zygote that dies (SIGKILL, its host's OOM killer) takes the run with it: no orphaned download.
+        die_with_parent(signal.SIGKILL, expected_parent=int(request["zygote"]))
         signal.set_wakeup_fd(-1)
         for number in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(number, signal.SIG_DFL)
@@ -290,6 +296,37 @@ def _child(request: Mapping[str, Any], keep: frozenset[int]) -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+#: ``prctl(2)`` option: the signal this process gets when its parent (the thread that forked it) ends.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL, *, expected_parent: int | None = None) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent ends (Linux ``prctl(PR_SET_PDEATHSIG)``,
+    through ctypes: no package wraps it but python-prctl, unmaintained); a no-op elsewhere.
+
+    Processes that run in sessions or process groups of their own (Airflow's task runner, this module's children)
+    are not reached by a kill of their parent's group: this is what ends them when that parent dies, however it
+    dies. The setting is cleared by ``fork`` (each process asks for itself) and kept across ``exec``. When the
+    parent has already gone before the call (``os.getppid()`` is no longer ``expected_parent``, or is 1), this
+    process sends ``sig`` to itself at once.
+
+    :param expected_parent: the parent's PID as known before (default: only a parent of 1 counts as gone)
+    :return: whether the kernel took the setting (False on other systems)
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+    parent = os.getppid()
+    if parent == 1 or (expected_parent is not None and parent != expected_parent):
+        os.kill(os.getpid(), sig)
+    return True
 
 
 def _max_fd() -> int:

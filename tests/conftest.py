@@ -78,4 +78,5 @@ pytest_plugins = [
     "tests.s3_server",
     "tests.github_server",
     "tests.airflow_fixtures",
+    "tests.smtp_server",
 ]

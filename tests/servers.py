@@ -12,7 +12,8 @@ Fixtures (load with ``pytest_plugins = ["tests.servers"]``):
 * ``download_settings``: :class:`openaddr.settings.Settings` for loopback servers: private hosts allowed, short
   timeouts, tiny retry delays.
 
-Routes are keyed by path (no query); registering a path again replaces its route and resets its counter, so tests
+``POST`` requests are recorded with their body and answered by the path's route (a loopback stand-in for a
+webhook such as Slack's). Routes are keyed by path (no query); registering a path again replaces its route and resets its counter, so tests
 use paths of their own. ``server.hits[path]`` counts requests, ``server.requests`` records their headers.
 """
 
@@ -54,6 +55,7 @@ class RecordedRequest:
     path: str
     query: str
     headers: dict[str, str]
+    body: bytes = b""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -70,6 +72,16 @@ class _Handler(BaseHTTPRequestHandler):
             route = owner.data_route(path[len("/data/") :])
         if route is None:
             route = status_route(404, b"no such route\n")
+        route(self, dict(parse_qsl(parts.query)))
+
+    def do_POST(self) -> None:
+        """Record the request with its body; answer the route as for ``GET`` (404 without one)."""
+        owner = self.server.owner
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        owner.record(RecordedRequest(parts.path, parts.query, {k: v for k, v in self.headers.items()}, body))
+        route = owner.routes.get(parts.path) or status_route(404, b"no such route\n")
         route(self, dict(parse_qsl(parts.query)))
 
     def do_HEAD(self) -> None:

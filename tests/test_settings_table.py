@@ -51,3 +51,19 @@ def test_the_default_in_the_table_is_the_fields(variable: str) -> None:
         assert default in (None, ()), f"{variable}: the table says unset, the field's default is {default!r}"
     else:
         assert getattr(Settings.from_env({variable: written.group(1)}), field) == default
+
+
+def _variables(lines: str, quote: str) -> set[str]:
+    rows = "\n".join(line for line in lines.splitlines() if line.startswith(f"| {quote}"))
+    return set(re.findall(rf"{quote}(OA_WEBHOOK_\w+|OPENADDR_\w+|GITHUB_WEBHOOK_SECRETS){quote}", rows))
+
+
+def test_the_webhook_table_names_every_setting_of_the_app() -> None:
+    """README's table under "The webhook" and ``webhook/__init__.py``'s table of settings name the same variables."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## The webhook (`webhook/`)") :]
+    section = section[: section.index("\nAny other Flask setting")]
+    docstring = (README.parent / "webhook" / "__init__.py").read_text(encoding="utf-8").split('"""')[1]
+    in_readme, in_app = _variables(section, "`"), _variables(docstring, "``")
+    assert "OA_WEBHOOK_GITHUB_OAUTH_URL" in in_app
+    assert sorted(in_readme) == sorted(in_app)

@@ -28,6 +28,14 @@ Configuration, in this order (later wins): the defaults below, then the environm
 | ``OA_WEBHOOK_DEBUG_HEADERS`` | ``DEBUG_HEADERS`` | ``yes``/``true``/``1``: ``GET /headers`` answers the request headers (default: 404) |
 | ``OA_WEBHOOK_SITE_OWNER`` | ``SITE_OWNER`` | owner of the repository whose latest set the site shows (default ``openaddresses``) |
 | ``OA_WEBHOOK_SITE_REPOSITORY`` | ``SITE_REPOSITORY`` | that repository (default ``openaddresses``) |
+| ``OA_WEBHOOK_SECRET_KEY`` | ``SECRET_KEY`` | signs the session cookie, the forms' CSRF tokens and subscription confirmation links; required for sign-in, without it subscriptions are off |
+| ``OA_WEBHOOK_GITHUB_CLIENT_ID`` | ``GITHUB_CLIENT_ID`` | the GitHub OAuth app's client id (sign-in of maintainers) |
+| ``OA_WEBHOOK_GITHUB_CLIENT_SECRET`` | ``GITHUB_CLIENT_SECRET`` | its client secret |
+| ``OA_WEBHOOK_GITHUB_OAUTH_URL`` | ``GITHUB_OAUTH_URL`` | where GitHub's OAuth endpoints are (default ``https://github.com``) |
+| ``OA_WEBHOOK_MAINTAINERS_ORG`` | ``MAINTAINERS_ORG`` | the GitHub organisation whose members may review (default ``openaddresses``) |
+| ``OA_WEBHOOK_SESSION_COOKIE_SECURE`` | ``SESSION_COOKIE_SECURE`` | ``Secure`` session cookie (default true; false for plain-http development) |
+| ``OA_WEBHOOK_PERMANENT_SESSION_LIFETIME`` | ``PERMANENT_SESSION_LIFETIME`` | seconds a sign-in lasts (default 43200, 12 h) |
+| ``OA_WEBHOOK_SMTP_URL`` | ``SMTP_URL`` | the mail server of subscription confirmations, as the URI of connection ``openaddr_alerts_smtp`` (``smtp://user:password@host:port?from_email=…``); without it subscriptions are off |
 
 Any other Flask setting can be given as ``OA_WEBHOOK_<KEY>`` (:meth:`flask.Config.from_prefixed_env`).
 Without a webhook secret the app refuses to start unless ``TESTING`` is set.
@@ -119,6 +127,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         DEBUG_HEADERS=False,
         SITE_OWNER="openaddresses",
         SITE_REPOSITORY="openaddresses",
+        # Sign-in of maintainers (webhook/auth.py): GitHub OAuth, the session cookie, CSRF.
+        SECRET_KEY=None,
+        GITHUB_CLIENT_ID=None,
+        GITHUB_CLIENT_SECRET=None,
+        GITHUB_OAUTH_URL="https://github.com",
+        MAINTAINERS_ORG="openaddresses",
+        SESSION_COOKIE_NAME="oa_session",
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        WTF_CSRF_CHECK_DEFAULT=False,
+        SMTP_URL=None,
     )
     app.config.from_prefixed_env(ENV_PREFIX)
     if SECRETS_VARIABLE in os.environ:
@@ -137,7 +158,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
 
     app.config[SECRETS_VARIABLE] = parse_secrets(app.config[SECRETS_VARIABLE])
-    for key in ("GAG_GITHUB_STATUS", "REJECT_NEW_JOBS", "TESTING", "DEBUG_HEADERS"):
+    for key in ("GAG_GITHUB_STATUS", "REJECT_NEW_JOBS", "TESTING", "DEBUG_HEADERS", "SESSION_COOKIE_SECURE"):
         app.config[key] = as_bool(app.config.get(key))
     if not app.config["DATABASE_URL"]:
         app.config["DATABASE_URL"] = default_database_url()
@@ -148,8 +169,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             f"No webhook secret: set {SECRETS_VARIABLE} (comma-separated) to the secrets of the GitHub webhook "
             f"(unsigned deliveries are accepted only with {ENV_PREFIX}_TESTING=true)"
         )
+    if app.config["GITHUB_CLIENT_ID"] and not app.config["SECRET_KEY"]:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}_GITHUB_CLIENT_ID is set but {ENV_PREFIX}_SECRET_KEY is not: sign-in needs a secret key "
+            "to sign the session cookie and the forms' CSRF tokens"
+        )
 
-    from webhook import db, hook, responses, sets, site, sources
+    from webhook import auth, db, hook, responses, review, sets, site, sources, subscriptions
 
     db.init_app(app)
     responses.init_app(app)
@@ -157,4 +183,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(site.bp)
     app.register_blueprint(sources.bp)
     app.register_blueprint(sets.bp)
+    auth.init_app(app)
+    app.register_blueprint(review.bp)
+    app.register_blueprint(subscriptions.bp)
     return app

@@ -28,7 +28,7 @@ from flask import Blueprint, current_app, jsonify, request
 from openaddr.db.jobs import create_job, job_by_delivery
 from openaddr.github import CommitStatus, error_status, github_client, pending_status, post_commit_status
 from webhook import changes
-from webhook.db import get_db
+from webhook.db import get_db, retry_disconnect
 from webhook.trigger import AirflowTrigger, TriggerFailed
 
 if TYPE_CHECKING:
@@ -244,10 +244,33 @@ def _sent_contents(job: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _recorded(delivery_id: str) -> dict[str, Any] | None:
-    """The job of a delivery id, read in a transaction of its own."""
-    connection = get_db()
-    with connection.begin():
-        return job_by_delivery(connection, delivery_id)
+    """The job of a delivery id: one statement, outside a transaction on PostgreSQL (the driver's autocommit: no
+    ``BEGIN`` and ``COMMIT`` round trips), in a transaction of its own on SQLite; retried once on a new connection
+    when the pooled one broke (:func:`webhook.db.retry_disconnect`).
+
+    The driver connection's ``autocommit`` is switched directly (psycopg2 and psycopg: on the client, nothing sent)
+    and back in ``finally``; SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` would send ``SET
+    default_transaction_isolation`` to switch back, a round trip of its own.
+    """
+
+    def read(connection: sa.Connection) -> dict[str, Any] | None:
+        driver = connection.connection.dbapi_connection
+        if (
+            connection.dialect.name != "postgresql"
+            or connection.in_transaction()
+            or not hasattr(driver, "autocommit")
+        ):
+            with connection.begin():
+                return job_by_delivery(connection, delivery_id)
+        driver.autocommit = True
+        try:
+            with connection.begin():
+                return job_by_delivery(connection, delivery_id)
+        finally:
+            if not driver.closed:  # closed: broken and dropped by SQLAlchemy (retry_disconnect tries again)
+                driver.autocommit = False
+
+    return retry_disconnect(read)
 
 
 @bp.post("/hook")

@@ -27,6 +27,7 @@ from flask import (
 )
 
 from openaddr.db.results import run_label
+from openaddr.db.review import latest_review
 from openaddr.db.runs import get_run
 from openaddr.skeleton import STATE_KEY, is_record, skeleton_text
 from openaddr.storage import run_prefix
@@ -123,6 +124,7 @@ def run_page(run_id: int) -> Response:
     run.pop("source_data", None)
     state = run.get("state") or {}
     stats = run.get("stats")
+    review = latest_review(get_engine(), run_id)
     page = render_template(
         "run.html",
         run=run_view({**run, "label": run_label(run)}),
@@ -132,5 +134,8 @@ def run_page(run_id: int) -> Response:
         files=run_files(run_id),
         skeleton=skeleton_view(state.get(STATE_KEY)),
         skeleton_key=STATE_KEY,
+        review=review,
     )
-    return conditional(make_response(page), run.get("datetime_tz"))
+    # A decision changes the page: the newer of the run's time and the decision's is its Last-Modified.
+    changed = max(filter(None, (run.get("datetime_tz"), (review or {}).get("decided_at"))), default=None)
+    return conditional(make_response(page), changed)

@@ -12,7 +12,8 @@
   (``addresses``, ``parcels``, …) is read as ``<source>/<layer>/<name>``. They are ``max-age=60`` without
   ``Last-Modified``, so they follow a newly recorded run within a minute.
 * ``GET /health``: ``OK``. ``GET /health/sources`` and ``.json`` (``?failing=true``: only stale and never): per entry
-  healthy, stale or never (:func:`openaddr.db.results.entry_health`), with counts per class.
+  healthy, stale or never (:func:`openaddr.db.results.entry_health`), with counts per class, and whether alerts
+  are on or off (:func:`openaddr.alerts.alerting_status`, from the newest recorded alert).
 * ``GET /runs/<id>/sample.html`` and ``sample.json``: the run's published ``sample.json`` (of the run a copy reuses),
   transposed in HTML (one line per column), as rows in JSON; 404 "Run <id> does not exist" or "Run <id> did not
   produce sample data", 500 when it does not parse.
@@ -29,6 +30,8 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 
+from openaddr.alerts import alerting_status
+from openaddr.db.alerts import latest_alert
 from openaddr.db.results import (
     HEALTH_CLASSES,
     entry_health,
@@ -42,6 +45,7 @@ from openaddr.storage import ObjectNotFoundError, run_prefix
 from webhook.db import get_engine
 from webhook.responses import conditional
 from webhook.storage import get_storage
+from webhook.subscriptions import subscribe_status
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -263,6 +267,7 @@ def source_page(source: str) -> Response | str:
         ],
         document_run=document[0] if document else None,
         document=pretty_source(document[1]) if document else None,
+        subscribe=subscribe_status(),
     )
     return conditional(Response(page, mimetype="text/html"), newest)
 
@@ -375,6 +380,7 @@ def health_sources(*, as_json: bool = False) -> Response | str:
     """
     failing = request.args.get("failing", "").strip().lower() in ("1", "true", "yes", "on")
     items = entry_health(get_engine())
+    alerting = alerting_status(latest_alert(get_engine()))
     counts = {name: sum(1 for item in items if item["health"] == name) for name in HEALTH_CLASSES}
     if failing:
         items = [item for item in items if item["health"] != "healthy"]
@@ -383,6 +389,7 @@ def health_sources(*, as_json: bool = False) -> Response | str:
             {
                 "counts": counts,
                 "failing_only": failing,
+                "alerts": alerting,
                 "entries": [
                     {
                         "source": source_name(item["source_path"]),
@@ -404,6 +411,7 @@ def health_sources(*, as_json: bool = False) -> Response | str:
     return render_template(
         "health.html",
         counts=counts,
+        alerting=alerting,
         failing=failing,
         items=[
             {

@@ -21,11 +21,14 @@ file's bounding box and the covering; ``crs`` is omitted, which the specificatio
 **Order.** Rows are sorted by the Hilbert index of their bounding box's centre (32 bits per axis over the whole
 globe, :func:`hilbert_index`), so each row group (:data:`ROW_GROUP_ROWS` rows) covers a compact area and a reader
 filtering on ``bbox`` skips the others by their column statistics. The sort is external and memory stays flat
-whatever the collection's size: incoming rows are buffered per collection; when all buffers together pass
+whatever the collection's size. The collections of one licence class and layer type (``global`` and the areas)
+share one sort: a row is buffered once with a bit for each collection it goes to (a point layer's row as its
+longitude and latitude; WKB and bbox are built as it is written); when all buffers together pass
 :data:`BUFFER_BYTES` the largest is sorted and spilled to a temporary Arrow IPC file (a sorted run); at the end
-each collection's runs are merged (a batched k-way merge: each round takes from every run the rows up to the
-smallest of their current batches' last keys, sorts that slice and writes it) into a ``pyarrow.parquet
-.ParquetWriter`` in row groups. A collection that never spilled is sorted in memory.
+each sorter's runs are merged (a batched k-way merge: each round takes from every run the rows up to the
+smallest of their current batches' last keys, sorts that slice and passes it on), split among the collections
+by their bits and written by one ``pyarrow.parquet.ParquetWriter`` each, in row groups. A sorter that never
+spilled is sorted in memory. Each file is the same as if its collection had been sorted alone.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -41,7 +45,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +54,7 @@ import pyarrow.compute as pc
 from openaddr.canonical import OUTPUT_COLUMNS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ BUFFER_BYTES = 24 << 20
 #: Rows per batch of a spilled run (the merge holds one batch per run).
 SPILL_BATCH_ROWS = 2_048
 #: Runs merged at once at most (more are merged in passes).
-MERGE_FAN_IN = 32
+MERGE_FAN_IN = 64
 #: Records read at once from a CSV member or a GeoJSON file.
 READ_BLOCK_BYTES = 2 << 20
 #: Parquet compression of the published files (GDAL, DuckDB and GeoPandas all read it).
@@ -94,6 +98,13 @@ _TYPE_NAMES = {
 }
 _KEY = "_key"
 _INPUT = "_input"
+_TARGETS = "_targets"
+_X = "_x"
+_Y = "_y"
+#: Layer types whose geometry is a point built from a longitude and a latitude (the address CSVs).
+POINT_LAYERS = frozenset({"addresses"})
+#: Collections one sorter (a licence class and layer type) can feed: a bit each in a uint64.
+MAX_SORTER_COLLECTIONS = 64
 _POINT_WKB = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])
 
 
@@ -129,13 +140,21 @@ def file_schema(layer: str) -> pa.Schema:
 
 
 def _buffer_schema(layer: str) -> pa.Schema:
-    """Rows as buffered and spilled: the curve key, the input's index, attributes, geometry and bbox."""
+    """Rows as buffered and spilled: the curve key, the input's index, the collections the row goes to (a bit per
+    collection of its sorter), the attributes, and the spatial columns: a point layer's (addresses) longitude and
+    latitude only (its WKB and bbox are built as it is written: 16 bytes a row instead of 57 to sort and spill),
+    another layer's WKB and bounds."""
+    spatial = (
+        [(_X, pa.float64()), (_Y, pa.float64())]
+        if layer in POINT_LAYERS
+        else [("geometry", pa.binary()), *((f"_{n}", pa.float64()) for n in BBOX_TYPE.names)]
+    )
     fields: list[pa.Field[Any]] = [
         pa.field(_KEY, pa.uint64(), nullable=False),
         pa.field(_INPUT, pa.int32(), nullable=False),
+        pa.field(_TARGETS, pa.uint64(), nullable=False),
         *(pa.field(name, pa.string(), nullable=False) for name in layer_attributes(layer)),
-        pa.field("geometry", pa.binary(), nullable=False),
-        pa.field("bbox", BBOX_TYPE, nullable=False),
+        *(pa.field(name, kind, nullable=False) for name, kind in spatial),
     ]
     return pa.schema(fields)
 
@@ -278,13 +297,13 @@ def _bbox(xmin: np.ndarray, ymin: np.ndarray, xmax: np.ndarray, ymax: np.ndarray
 
 @dataclass
 class _Batch:
-    """Rows of one input ready for the collections: the buffer columns but ``_input``, and their geometry
-    types."""
+    """Rows of one input ready for the collections: the curve key, the attributes, the spatial columns as buffered
+    (:func:`_buffer_schema`: longitude and latitude of a point layer, else WKB and bounds), the geometry types and
+    bounds."""
 
     key: np.ndarray
     attributes: list[pa.Array[Any]]
-    geometry: pa.Array[Any]
-    bbox: pa.StructArray
+    spatial: list[pa.Array[Any]]
     types: set[str]
     bounds: tuple[float, float, float, float]
 
@@ -309,10 +328,8 @@ def _address_batch(columns: Mapping[str, pa.Array[Any]], size: int) -> tuple[_Ba
         for name in OUTPUT_COLUMNS[2:]
     ]
     bounds = (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
-    batch = _Batch(
-        curve_keys(lon, lat, lon, lat), attributes, point_wkb(lon, lat), _bbox(lon, lat, lon, lat), {"Point"},
-        bounds,
-    )  # fmt: skip
+    spatial: list[pa.Array[Any]] = [pa.array(lon, pa.float64()), pa.array(lat, pa.float64())]
+    batch = _Batch(curve_keys(lon, lat, lon, lat), attributes, spatial, {"Point"}, bounds)
     return batch, size - kept
 
 
@@ -353,7 +370,7 @@ def _record_blocks(member: IO[bytes], block_bytes: int) -> Iterator[bytes]:
 
 
 def read_address_csv(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, block_bytes: int = READ_BLOCK_BYTES
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, block_bytes: int = READ_BLOCK_BYTES, ahead: bool = False
 ) -> Iterator[tuple[_Batch | None, int]]:
     """The address rows of a CSV member, batch by batch, with the rows dropped per batch.
 
@@ -364,12 +381,6 @@ def read_address_csv(
     row order does not matter here, the rows are sorted afterwards.
     """
     import pyarrow.csv as pacsv
-
-    refused: list[str] = []
-
-    def refuse(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
-        refused.append(row.text)
-        return "skip"
 
     with archive.open(info) as member:
         if info.compress_type == zipfile.ZIP_DEFLATED and hasattr(member, "_decompressor"):
@@ -391,7 +402,6 @@ def read_address_csv(
                 wanted[name] = index
         names = [f"c{i}" for i in range(len(header))]
         read_options = pacsv.ReadOptions(column_names=names, use_threads=False)
-        parse_options = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse)
         # Text columns (the parser validates UTF-8 as it converts); a block that is not all UTF-8 is parsed again
         # as bytes, and its columns decoded with replacement characters (:func:`_as_text`).
         convert_options, binary_options = (
@@ -404,7 +414,7 @@ def read_address_csv(
             for kind in (pa.string(), pa.binary())
         )
 
-        def read(block: bytes, options: pacsv.ConvertOptions) -> pa.Table:
+        def read(block: bytes, options: pacsv.ConvertOptions, parse_options: pacsv.ParseOptions) -> pa.Table:
             return pacsv.read_csv(
                 cast("Any", pa.py_buffer(block)),  # the stubs omit buffers, which read_csv takes
                 read_options=read_options,
@@ -412,25 +422,55 @@ def read_address_csv(
                 convert_options=options,
             )
 
-        def parsed(block: bytes) -> Iterator[tuple[_Batch | None, int]]:
-            if block and not block.isspace():  # no copy, unlike strip()
-                try:
-                    table = read(block, convert_options)
-                except pa.ArrowInvalid:
-                    refused.clear()
-                    table = read(block, binary_options)
-                if table.num_rows:
-                    columns = {
-                        name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
-                    }
-                    yield _address_batch(columns, table.num_rows)
+        def parse(block: bytes) -> tuple[pa.Table | None, list[str]]:
+            """A block's table (None when blank) and the records the parser refused."""
+            refused: list[str] = []
+
+            def refuse(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
+                refused.append(row.text)
+                return "skip"
+
+            if not block or block.isspace():  # no copy, unlike strip()
+                return None, refused
+            parse_options = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=refuse)
+            try:
+                table = read(block, convert_options, parse_options)
+            except pa.ArrowInvalid:
+                refused.clear()
+                table = read(block, binary_options, parse_options)
+            return table, refused
+
+        # with ``ahead``, the next block is inflated and parsed on another thread while this one's rows are
+        # converted, sorted and spilled (ISA-L and Arrow's parser release the GIL)
+        blocks_parsed: Iterator[tuple[pa.Table | None, list[str]]] = (
+            parse(block) for block in itertools.chain([first[header_end:]], blocks)
+        )
+        if ahead:
+            blocks_parsed = _read_ahead(blocks_parsed)
+        for table, refused in blocks_parsed:
+            if table is not None and table.num_rows:
+                columns = {
+                    name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
+                }
+                yield _address_batch(columns, table.num_rows)
             if refused:
                 yield _refused_rows(refused, wanted)
-                refused.clear()
 
-        yield from parsed(first[header_end:])
-        for block in blocks:
-            yield from parsed(block)
+
+_T = TypeVar("_T")
+_END: Any = object()
+
+
+def _read_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """The items of ``items``, each next one computed on a worker thread while the caller handles the current
+    one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="geoparquet-read") as pool:
+        future = pool.submit(next, items, _END)
+        while (item := future.result()) is not _END:
+            future = pool.submit(next, items, _END)
+            yield item
 
 
 def _refused_rows(texts: list[str], wanted: dict[str, int]) -> tuple[_Batch | None, int]:
@@ -487,9 +527,9 @@ def _feature_batch(lines: list[bytes], attributes: Sequence[str], where: str) ->
     xmin, ymin, xmax, ymax = xmin[valid], ymin[valid], xmax[valid], ymax[valid]
     type_ids = np.unique(shapely.get_type_id(chosen))
     wkb = pa.array(shapely.to_wkb(chosen, output_dimension=2, byte_order=1, flavor="iso"), pa.binary())
+    spatial: list[pa.Array[Any]] = [wkb, *(pa.array(v, pa.float64()) for v in (xmin, ymin, xmax, ymax))]
     batch = _Batch(
-        curve_keys(xmin, ymin, xmax, ymax), columns, wkb, _bbox(xmin, ymin, xmax, ymax),
-        {_TYPE_NAMES[int(t)] for t in type_ids},
+        curve_keys(xmin, ymin, xmax, ymax), columns, spatial, {_TYPE_NAMES[int(t)] for t in type_ids},
         (float(xmin.min()), float(ymin.min()), float(xmax.max()), float(ymax.max())),
     )  # fmt: skip
     return batch, size - kept
@@ -545,15 +585,81 @@ class ParquetFile:
 
 @dataclass
 class _Collection:
-    layer: str
-    schema: pa.Schema
-    buffered: list[pa.RecordBatch] = field(default_factory=list)
-    buffered_bytes: int = 0
-    runs: list[Path] = field(default_factory=list)
+    """A file being built: the sorter its rows go through and its bit there, and what it holds so far."""
+
+    key: tuple[str, str, str]
+    sorter: _Sorter
+    bit: int
     rows: int = 0
     types: set[str] = field(default_factory=set)
     bounds: list[float] = field(default_factory=lambda: [math.inf, math.inf, -math.inf, -math.inf])
     members: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Sorter:
+    """The rows of one licence class and layer type, sorted once for all its collections: ``global`` and each
+    area take the same rows in the same order, so a row is buffered, spilled and merged once, carrying a bit per
+    collection it goes to (``_targets``), and split among the files only as it is written."""
+
+    layer: str
+    schema: pa.Schema
+    collections: list[_Collection] = field(default_factory=list)
+    buffered: list[pa.RecordBatch] = field(default_factory=list)
+    buffered_bytes: int = 0
+    runs: list[Path] = field(default_factory=list)
+
+
+class _Background:
+    """One thread that runs the tasks given to it in order (finishing and encoding row groups: pyarrow releases
+    the GIL, so the caller merges the next rows on the other core meanwhile); at most ``depth`` tasks are given
+    and not done (the one running included), so the row groups in flight stay bounded. The first error stops the
+    rest and is raised by :meth:`submit` or :meth:`close`."""
+
+    def __init__(self, depth: int = 1) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._slots = threading.Semaphore(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="geoparquet-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (task := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    task()
+                except BaseException as exc:  # raised again in the caller's thread
+                    self._error = exc
+            del task  # its row group
+            self._slots.release()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._slots.acquire()
+        self._check()
+        self._queue.put(task)
+
+    def close(self) -> None:
+        """Wait for the tasks given so far; raise the first error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+
+class _Inline:
+    """:class:`_Background`'s interface, running each task at once in the caller's thread."""
+
+    def submit(self, task: Callable[[], None]) -> None:
+        task()
+
+    def close(self) -> None:
+        pass
 
 
 def geo_metadata(geometry_types: Iterable[str], bbox: Sequence[float] | None) -> dict[str, Any]:
@@ -568,8 +674,24 @@ def geo_metadata(geometry_types: Iterable[str], bbox: Sequence[float] | None) ->
     return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
 
 
+def _memory_pool() -> pa.MemoryPool:
+    """jemalloc when this pyarrow has it, else the default pool. The wheels' default, mimalloc, kept freed memory
+    from the sort's and the merge's short-lived tables: the step's peak RSS (6.45 M rows, 72 files) was 331 MiB
+    with it, 286-290 MiB with this pool as pyarrow's default (what pyarrow's Python calls allocate; Arrow's C++
+    internals, such as the Parquet encoder, keep the process default), 261 MiB with jemalloc for everything
+    (``ARROW_DEFAULT_MEMORY_POOL=jemalloc``, which has to be set before pyarrow loads), all for the same CPU
+    time."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return pa.default_memory_pool()
+
+
 class GeoParquetCollections:
     """The GeoParquet collections being built, keyed by (area, licence class, layer type) (module docstring).
+
+    While it is open (until :meth:`close` or :meth:`discard`) Arrow's default memory pool is
+    :func:`_memory_pool` (buffers go back to the pool they came from, so the switch is safe).
 
     :param folder: a folder for the spilled runs and the finished files (created; :meth:`close` leaves only the
         files, :meth:`discard` nothing)
@@ -577,6 +699,10 @@ class GeoParquetCollections:
     :param row_group_rows: rows per row group of the files
     :param merge_fan_in: spilled runs merged at once at most
     :param block_bytes: bytes of CSV or GeoJSON read and converted at once
+    :param threads: inflate and parse the next CSV block on a reader thread, and finish and encode row groups on
+        a writer thread, while the caller's thread converts, sorts and merges (off by default: on the shared
+        2-core machine it cost about 10 % more CPU and 20 MiB more peak RSS, over the 300 MiB target in some
+        runs, for no wall-clock gain that load let us measure; README, Figures)
     """
 
     def __init__(
@@ -587,7 +713,9 @@ class GeoParquetCollections:
         row_group_rows: int = ROW_GROUP_ROWS,
         merge_fan_in: int = MERGE_FAN_IN,
         block_bytes: int = READ_BLOCK_BYTES,
+        threads: bool = False,
     ) -> None:
+        self.threads = threads
         self.merge_fan_in = merge_fan_in
         self.block_bytes = block_bytes
         self.folder = folder
@@ -596,14 +724,43 @@ class GeoParquetCollections:
         self.buffer_bytes = buffer_bytes
         self.row_group_rows = row_group_rows
         self.collections: dict[tuple[str, str, str], _Collection] = {}
+        #: One per licence class and layer type (:class:`_Sorter`).
+        self.sorters: dict[tuple[str, str], _Sorter] = {}
         self.entries: list[Entry] = []
         self._buffered = 0
         #: Sorted runs written to the spill folder so far (merge passes included).
         self.spills = 0
+        self._previous_pool: pa.MemoryPool | None = pa.default_memory_pool()
+        pa.set_memory_pool(_memory_pool())
+
+    def _release_unused(self) -> None:
+        """Hand the memory the pools keep from freed buffers back to the system: after a spill and a row group
+        (the process default pool, which Arrow's C++ internals such as the Parquet encoder use, is mimalloc in
+        the wheels, and it kept it)."""
+        pa.default_memory_pool().release_unused()
+        if self._previous_pool is not None:
+            self._previous_pool.release_unused()
+
+    def _restore_pool(self) -> None:
+        if self._previous_pool is not None:
+            pa.set_memory_pool(self._previous_pool)
+            self._previous_pool = None
 
     def add_collection(self, area: str, license_attr: str, layer: str) -> None:
         """Declare a collection (every declared one gets a file, empty or not)."""
-        self.collections[area, license_attr, layer] = _Collection(layer, _buffer_schema(layer))
+        key = (area, license_attr, layer)
+        if key in self.collections:
+            return
+        sorter = self.sorters.get((license_attr, layer))
+        if sorter is None:
+            sorter = self.sorters[license_attr, layer] = _Sorter(layer, _buffer_schema(layer))
+        if len(sorter.collections) >= MAX_SORTER_COLLECTIONS:
+            raise ValueError(
+                f"more than {MAX_SORTER_COLLECTIONS} areas for licence class {license_attr!r}, layer {layer}"
+            )
+        collection = _Collection(key, sorter, len(sorter.collections))
+        sorter.collections.append(collection)
+        self.collections[key] = collection
 
     def _entry(self, entry: Entry) -> int:
         self.entries.append(entry)
@@ -637,7 +794,7 @@ class GeoParquetCollections:
                 targets = self._targets(keys, name)
                 if not targets:
                     continue
-                for batch, lost in read_address_csv(archive, info, self.block_bytes):
+                for batch, lost in read_address_csv(archive, info, self.block_bytes, self.threads):
                     dropped += lost
                     if batch is not None:
                         added += len(batch)
@@ -671,41 +828,51 @@ class GeoParquetCollections:
 
     def _add(self, batch: _Batch, index: int, targets: Sequence[_Collection]) -> None:
         size = len(batch)
-        record = pa.RecordBatch.from_arrays(
-            [
-                pa.array(batch.key, pa.uint64()),
-                pa.array(np.full(size, index, dtype=np.int32)),
-                *batch.attributes,
-                batch.geometry,
-                batch.bbox,
-            ],
-            schema=targets[0].schema,
-        )
-        nbytes = record.nbytes
+        masks: dict[int, tuple[_Sorter, int]] = {}
         for collection in targets:
-            collection.buffered.append(record)
-            collection.buffered_bytes += nbytes
             collection.rows += size
             collection.types |= batch.types
             b = collection.bounds
             b[0], b[1] = min(b[0], batch.bounds[0]), min(b[1], batch.bounds[1])
             b[2], b[3] = max(b[2], batch.bounds[2]), max(b[3], batch.bounds[3])
-            self._buffered += nbytes
+            sorter, mask = masks.get(id(collection.sorter), (collection.sorter, 0))
+            masks[id(sorter)] = (sorter, mask | 1 << collection.bit)
+        key = pa.array(batch.key, pa.uint64())
+        inputs = pa.array(np.full(size, index, dtype=np.int32))
+        for sorter, mask in masks.values():
+            record = pa.RecordBatch.from_arrays(
+                [
+                    key,
+                    inputs,
+                    pa.array(np.full(size, mask, dtype=np.uint64)),
+                    *batch.attributes,
+                    *batch.spatial,
+                ],
+                schema=sorter.schema,
+            )
+            sorter.buffered.append(record)
+            sorter.buffered_bytes += record.nbytes
+            self._buffered += record.nbytes
         while self._buffered > self.buffer_bytes:
-            self._spill(max(self.collections.values(), key=lambda c: c.buffered_bytes))
+            self._spill(max(self.sorters.values(), key=lambda s: s.buffered_bytes))
 
     @staticmethod
-    def _sorted(collection: _Collection) -> pa.Table:
-        table = pa.Table.from_batches(collection.buffered, schema=collection.schema)
+    def _sorted(sorter: _Sorter) -> pa.Table:
+        table = pa.Table.from_batches(sorter.buffered, schema=sorter.schema)
         order = stable_order(table.column(_KEY).to_numpy())
         return table.take(order)
 
-    def _spill(self, collection: _Collection) -> None:
-        table = self._sorted(collection)
-        collection.runs.append(self._write_run(collection.schema, [table]))
-        self._buffered -= collection.buffered_bytes
-        collection.buffered = []
-        collection.buffered_bytes = 0
+    def _spill(self, sorter: _Sorter) -> None:
+        table = self._sorted(sorter)
+        sorter.runs.append(self._write_run(sorter.schema, [table]))
+        self._drop_buffer(sorter)
+        del table
+        self._release_unused()
+
+    def _drop_buffer(self, sorter: _Sorter) -> None:
+        self._buffered -= sorter.buffered_bytes
+        sorter.buffered = []
+        sorter.buffered_bytes = 0
 
     def _write_run(self, schema: pa.Schema, pieces: Iterable[pa.Table]) -> Path:
         """A sorted run in a new spill file (Arrow IPC, uncompressed: lz4 costs more CPU than the disk saves
@@ -721,97 +888,164 @@ class GeoParquetCollections:
 
     def close(self) -> dict[tuple[str, str, str], ParquetFile]:
         """Merge and write every collection's file (``<folder>/<name>``); remove the spilled runs."""
-        files = {}
+        files: dict[tuple[str, str, str], ParquetFile] = {}
         try:
-            for key, collection in self.collections.items():
-                files[key] = self._write(self.folder / parquet_name(*key), collection)
+            for sorter in self.sorters.values():
+                files.update(self._write(sorter))
         finally:
             shutil.rmtree(self.spill_folder, ignore_errors=True)
-        return files
+            self._restore_pool()
+        return {key: files[key] for key in self.collections}
 
     def discard(self) -> None:
         """Remove everything written (after a failure)."""
+        self._restore_pool()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _write(self, path: Path, collection: _Collection) -> ParquetFile:
+    def _write(self, sorter: _Sorter) -> dict[tuple[str, str, str], ParquetFile]:
+        """Write the files of a sorter's collections, all at once: each merged piece of rows is split among them
+        by the ``_targets`` bits; a file's rows are finished (provenance, WKB, bbox) and encoded a row group at a
+        time on the background thread."""
         import pyarrow.parquet as pq
 
-        bbox = collection.bounds if collection.rows else None
-        types = sorted(collection.types)
-        schema = file_schema(collection.layer).with_metadata(
-            {"geo": json.dumps(geo_metadata(types, bbox), separators=(",", ":"))}
-        )
+        layer = sorter.layer
+        attributes = layer_attributes(layer)
         paths = pa.array([e.source_path for e in self.entries], pa.string())
         layers = pa.array([e.layer for e in self.entries], pa.string())
         names = pa.array([e.name for e in self.entries], pa.string())
         run_ids = pa.array([e.run_id for e in self.entries], pa.int64())
-        attributes = layer_attributes(collection.layer)
-        groups = 0
+        points = layer in POINT_LAYERS
 
-        def finished(table: pa.Table) -> pa.Table:
+        def finished(table: pa.Table, schema: pa.Schema) -> pa.Table:
+            # one chunk a column: the merge's pieces can be a few rows each, and the encoder's cost per chunk
+            # made writing a row group of 100-row chunks 4 times as slow as writing it in one
+            table = table.combine_chunks()
             index = table.column(_INPUT)
+            if points:
+                x, y = table.column(_X).to_numpy(), table.column(_Y).to_numpy()
+                spatial: list[Any] = [point_wkb(x, y), _bbox(x, y, x, y)]
+            else:
+                bounds = [table.column(f"_{n}").to_numpy() for n in BBOX_TYPE.names]
+                spatial = [table.column("geometry"), _bbox(*bounds)]
             return pa.Table.from_arrays(
                 [
                     paths.take(index), layers.take(index), names.take(index), run_ids.take(index),
-                    *(table.column(name) for name in attributes), table.column("geometry"), table.column("bbox"),
+                    *(table.column(name) for name in attributes), *spatial,
                 ],
                 schema=schema,
             )  # fmt: skip
 
-        with pq.ParquetWriter(
-            path,
-            schema,
-            compression=COMPRESSION,
-            # the stubs omit the list of columns, which ParquetWriter takes
-            use_dictionary=cast(
-                "Any",
-                [n for n in (*(name for name, _ in PROVENANCE), *attributes) if n not in UNIQUE_COLUMNS],
-            ),
-            write_statistics=[*(name for name, _ in PROVENANCE), *(f"bbox.{n}" for n in BBOX_TYPE.names)],
-            store_schema=True,
-        ) as writer:
-            pending: list[pa.Table] = []
-            pending_rows = 0
-            for piece in self._merged(collection):
-                pending.append(piece)
-                pending_rows += piece.num_rows
-                while pending_rows >= self.row_group_rows:
-                    table = pa.concat_tables(pending)
-                    writer.write_table(finished(table.slice(0, self.row_group_rows)), self.row_group_rows)
-                    groups += 1
-                    rest = table.slice(self.row_group_rows)
-                    pending, pending_rows = [rest], rest.num_rows
-            if pending_rows:
-                writer.write_table(finished(pa.concat_tables(pending)), self.row_group_rows)
-                groups += 1
-        collection.buffered = []
-        return ParquetFile(path, collection.rows, types, list(bbox) if bbox else None, groups)
+        @dataclass
+        class Output:
+            collection: _Collection
+            path: Path
+            schema: pa.Schema
+            writer: pq.ParquetWriter
+            pending: list[pa.Table] = field(default_factory=list)
+            pending_rows: int = 0
+            groups: int = 0
 
-    def _merged(self, collection: _Collection) -> Iterator[pa.Table]:
-        """The collection's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
+        def write(output: Output, table: pa.Table) -> None:
+            output.groups += 1
+            writer, schema = output.writer, output.schema
+
+            def task() -> None:
+                writer.write_table(finished(table, schema), self.row_group_rows)
+                self._release_unused()
+
+            background.submit(task)
+
+        outputs: list[Output] = []
+        background: _Background | _Inline = _Background() if self.threads else _Inline()
+        try:
+            for collection in sorter.collections:
+                bbox = collection.bounds if collection.rows else None
+                schema = file_schema(layer).with_metadata(
+                    {"geo": json.dumps(geo_metadata(collection.types, bbox), separators=(",", ":"))}
+                )
+                path = self.folder / parquet_name(*collection.key)
+                writer = pq.ParquetWriter(
+                    path,
+                    schema,
+                    compression=COMPRESSION,
+                    # the stubs omit the list of columns, which ParquetWriter takes
+                    use_dictionary=cast(
+                        "Any",
+                        [
+                            n
+                            for n in (*(name for name, _ in PROVENANCE), *attributes)
+                            if n not in UNIQUE_COLUMNS
+                        ],
+                    ),
+                    write_statistics=[
+                        *(name for name, _ in PROVENANCE),
+                        *(f"bbox.{n}" for n in BBOX_TYPE.names),
+                    ],
+                    store_schema=True,
+                )
+                outputs.append(Output(collection, path, schema, writer))
+            for piece in self._merged(sorter):
+                if len(outputs) == 1:
+                    parts = [(outputs[0], piece)]
+                else:
+                    targets = piece.column(_TARGETS).to_numpy()
+                    parts = []
+                    for output in outputs:
+                        has = (targets & np.uint64(1 << output.collection.bit)) != 0
+                        count = int(has.sum())
+                        if count:
+                            parts.append(
+                                (output, piece if count == len(has) else piece.filter(pa.array(has)))
+                            )
+                for output, part in parts:
+                    output.pending.append(part)
+                    output.pending_rows += part.num_rows
+                    while output.pending_rows >= self.row_group_rows:
+                        table = pa.concat_tables(output.pending)
+                        write(output, table.slice(0, self.row_group_rows))
+                        rest = table.slice(self.row_group_rows)
+                        output.pending, output.pending_rows = [rest], rest.num_rows
+            for output in outputs:
+                if output.pending_rows:
+                    write(output, pa.concat_tables(output.pending))
+                output.pending = []
+            for output in outputs:
+                background.submit(output.writer.close)
+        finally:
+            background.close()
+            for output in outputs:
+                output.writer.close()  # again (a no-op) after an error
+        return {
+            output.collection.key: ParquetFile(
+                output.path,
+                output.collection.rows,
+                sorted(output.collection.types),
+                list(output.collection.bounds) if output.collection.rows else None,
+                output.groups,
+            )
+            for output in outputs
+        }
+
+    def _merged(self, sorter: _Sorter) -> Iterator[pa.Table]:
+        """The sorter's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
         more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
         run). Rows with equal keys stay in the order they came in (stable sorts, runs merged oldest first), so a
-        file does not depend on when its collection spilled."""
-        while len(collection.runs) > self.merge_fan_in:
-            group, collection.runs = (
-                collection.runs[: self.merge_fan_in],
-                collection.runs[self.merge_fan_in :],
-            )
+        file does not depend on when its rows were spilled."""
+        while len(sorter.runs) > self.merge_fan_in:
+            group, sorter.runs = sorter.runs[: self.merge_fan_in], sorter.runs[self.merge_fan_in :]
             with contextlib.ExitStack() as stack:
                 merged = _merge([_run_batches(stack, path) for path in group])
                 # first: its rows came before the others', so equal keys keep the order rows came in
-                collection.runs.insert(0, self._write_run(collection.schema, merged))
+                sorter.runs.insert(0, self._write_run(sorter.schema, merged))
             for path in group:
                 path.unlink()
         sources: list[Iterator[pa.Table]] = []
         with contextlib.ExitStack() as stack:
-            for path in collection.runs:
+            for path in sorter.runs:
                 sources.append(_run_batches(stack, path))
-            if collection.buffered:
-                table = self._sorted(collection)
-                collection.buffered = []
-                self._buffered -= collection.buffered_bytes
-                collection.buffered_bytes = 0
+            if sorter.buffered:
+                table = self._sorted(sorter)
+                self._drop_buffer(sorter)
                 sources.append(iter(table.to_batches(max_chunksize=SPILL_BATCH_ROWS)))  # type: ignore[arg-type]
             if len(sources) == 1:
                 for piece in sources[0]:

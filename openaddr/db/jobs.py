@@ -84,10 +84,7 @@ def create_job(
     job_id = job_id or str(uuid.uuid4())
     paths = sorted(set(task_files.values()))
     with transaction(bind) as connection:
-        _lock_job_sequence(connection)
-        sequence = connection.execute(
-            sa.select(sa.func.coalesce(sa.func.max(jobs.c.sequence), 0) + 1)
-        ).scalar_one()
+        sequence = _next_job_sequence(connection)
         connection.execute(
             sa.insert(jobs).values(
                 id=job_id,
@@ -111,10 +108,18 @@ def create_job(
     return job_id
 
 
-def _lock_job_sequence(connection: sa.Connection) -> None:
-    # SQLite transactions here begin IMMEDIATE (openaddr.db.make_engine), which already serialises writers.
+#: PostgreSQL's source of ``jobs.sequence`` numbers (migration 0007).
+JOB_SEQUENCE = "jobs_sequence_seq"
+
+
+def _next_job_sequence(connection: sa.Connection) -> Any:
+    """The ``sequence`` of a new job: on PostgreSQL ``nextval`` (an SQL expression, evaluated by the insert; no lock
+    held to the commit, so concurrent jobs do not wait for each other; a rolled-back job leaves a gap, and numbers
+    follow the inserts, not the commits); on SQLite MAX + 1, its transactions here beginning IMMEDIATE
+    (:func:`openaddr.db.make_engine`), which serialises writers until the commit anyway."""
     if connection.dialect.name == "postgresql":
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('openaddr.jobs.sequence'))"))
+        return sa.func.nextval(JOB_SEQUENCE)
+    return connection.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.sequence), 0) + 1)).scalar_one()
 
 
 def get_job(bind: Bind, job_id: str) -> dict[str, Any] | None:

@@ -42,6 +42,8 @@ OK_MESSAGE = "Everything is fine"
 REUSED_FAILURE_MESSAGE = "Re-using failed previous run"
 #: The message when the processing subprocess crashed (7.5.5 named its command).
 CRASH_MESSAGE = "Something went wrong in openaddr-process-one"
+#: The message of a pending run whose try raised (:func:`mark_try_failed`); ``{}`` is the try number.
+FAILED_TRY_PREFIX = "Try {} failed: "
 
 #: Reuse windows of §5 step 1: CI reuses successes and failures of the last 10 days (7.5.5; 2.1.8 used 5 days).
 CI_REUSE_WINDOW = dt.timedelta(days=10)
@@ -470,6 +472,32 @@ def finish_run(
         else:
             log.info("Run %d: %s", run_id, message)
     return recorded
+
+
+def mark_try_failed(bind: Bind, task: AirflowTask, error: str) -> int | None:
+    """Say on a task instance's pending run that this try (``task.try_number``) ended with an error it raised:
+    the run stays pending (status null, the next try resets it), its message reads ``Try N failed: <error>``.
+
+    A try that leaves no such mark on its pending run never ended by itself: its process died (SIGKILL, a lost
+    host, a worker killed with its tasks), which is how the next try tells a failed try from one lost with its
+    worker (:func:`openaddr.machine.recording.previous_try`).
+
+    :param error: what the try raised (cut to 500 characters)
+    :return: the run's id, or None when the task instance has no pending run of this try
+    """
+    message = f"{FAILED_TRY_PREFIX.format(task.try_number)}{error}"[:500]
+    with transaction(bind) as connection:
+        return connection.execute(
+            sa.update(runs)
+            .where(
+                *_task_instance_filter(task),
+                runs.c.airflow_slot == task.slot,
+                runs.c.airflow_try_number == task.try_number,
+                runs.c.status.is_(None),
+            )
+            .values(message=message)
+            .returning(runs.c.id)
+        ).scalar_one_or_none()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,15 @@ Columns beyond 7.5.5's ``ci/schema.pgsql``:
 * ``zips``: ``layer`` (null for the CSV address collections, else the layer type of a GeoJSON or GeoParquet
   collection, §8) and ``format`` (:data:`ZIP_FORMATS`: ``zip``, ``geojsonl`` or ``parquet``; migration 0004).
 
+Tables of the review queue (§9.2, §10; migration ``0005_review``): ``run_reviews``, every maintainer's decision on a
+run held by the quality gate (who, how signed in, when), and ``api_tokens``, the hashed API tokens of scripts.
+
+Tables beyond 7.5.5 (migration ``0006_alerts``, machine-ci.md §11): ``alerts``, one row per alert decided (sent, or
+not sent because no alert channel is configured: ``channels`` empty), unique per kind and key so that an alert
+meant to go once (an entry broken for 7 days, a set that stalled) is never sent twice; ``subscriptions``, people
+subscribed by e-mail to a source file (double opt-in: ``datetime_confirmed`` null until confirmed), each with the
+random token of its unsubscribe link and ``broken``, the source's state the subscriber was last told about.
+
 Widened against 7.5.5: ``runs.code_version`` (``8.0.0.dev0`` does not fit 8 characters), ``runs.worker_id``
 (``hostname/pid`` with long container host names) and ``zips.url`` (long object-storage base paths).
 """
@@ -119,8 +128,9 @@ jobs = sa.Table(
     sa.Column("github_comments_url", sa.Text),
     sa.Column("datetime_start", UTCDateTime),
     sa.Column("datetime_end", UTCDateTime),
-    # Orders the jobs list. 7.5.5 drew it from the shared sequence; here create_job assigns MAX + 1 under a lock,
-    # the same way on both backends (SQLite has no sequences, nor identities on columns outside the key).
+    # Orders the jobs list. 7.5.5 drew it from the shared sequence; here create_job draws it from the sequence
+    # jobs_sequence_seq on PostgreSQL (migration 0007) and assigns MAX + 1 on SQLite (which has no sequences, nor
+    # identities on columns outside the key; its writers are serialised).
     sa.Column("sequence", sa.Integer, unique=True),
     sa.Column("github_delivery_id", sa.Text, unique=True),
     sa.Column("github_event", sa.Text),
@@ -235,6 +245,77 @@ zips = sa.Table(
     _one_of("license_attr", LICENSE_ATTRS, "license_attr"),
     _one_of("layer", LAYER_TYPES, "layer"),
     _one_of("format", ZIP_FORMATS, "format"),
+)
+
+
+#: Decisions on a held run (``run_reviews.decision``): ``runs.accepted`` true or false.
+REVIEW_DECISIONS = ("accepted", "rejected")
+#: How the reviewer signed in: a GitHub login through OAuth, or an API token (its name).
+REVIEWER_KINDS = ("github", "token")
+
+run_reviews = sa.Table(
+    "run_reviews",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("reviewer", sa.Text, nullable=False),  # GitHub login, or the API token's name
+    sa.Column("reviewer_kind", sa.Text, nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    # The run the maintainer decided on (a decision covers the run, its original and the original's copies).
+    sa.Column("decided_run_id", sa.Integer, nullable=False),
+    _one_of("decision", REVIEW_DECISIONS, "decision"),
+    _one_of("reviewer_kind", REVIEWER_KINDS, "reviewer_kind"),
+    sa.Index("run_reviews_run_ids", "run_id"),
+    sqlite_autoincrement=True,
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),  # hex SHA-256 of the token
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+    sqlite_autoincrement=True,
+)
+
+
+#: Kinds of alert (machine-ci.md §11; :mod:`openaddr.alerts`).
+ALERT_KINDS = ("failed_run", "set_summary", "broken_entry", "stalled_set")
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    # What the alert is about: a DAG run, a set id, an entry and its last success; unique per kind.
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("datetime", UTCDateTime, nullable=False),
+    # The channels it went to (``email``, ``slack``, comma-separated); empty: alerts were off.
+    sa.Column("channels", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text),
+    _one_of("kind", ALERT_KINDS, "kind"),
+    sa.UniqueConstraint("kind", "key", name="uq_alerts_kind_key"),
+    sa.Index("alerts_datetime", "datetime"),
+    sqlite_autoincrement=True,
+)
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("source_path", sa.Text, nullable=False),  # sources/….json
+    sa.Column("token", sa.String(64), nullable=False, unique=True),  # the unsubscribe link's secret
+    sa.Column("datetime_created", UTCDateTime, nullable=False),
+    sa.Column("datetime_confirmed", UTCDateTime),  # null until the double opt-in link is opened
+    sa.Column("broken", sa.Boolean),  # the source's state the subscriber was last told about (null: none yet)
+    sa.UniqueConstraint("email", "source_path", name="uq_subscriptions_email_source_path"),
+    sa.Index("subscriptions_source_path", "source_path"),
+    sqlite_autoincrement=True,
 )
 
 

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import openaddr
-from openaddr.db import jobs as db_jobs, runs as db_runs
+from openaddr.db import jobs as db_jobs, retry as db_retry, runs as db_runs
 from openaddr.errors import SourceProblem
 from openaddr.machine.child import format_bytes, memory_limit, run_process_one, tail
 from openaddr.machine.entries import LARGE, STANDARD, TIERS, PlannedEntry, RunOwner, worker_id
@@ -67,6 +67,9 @@ def process_source(
 
     Source failures are recorded, not raised: the return value says what happened. Infrastructure errors (storage,
     database) propagate, so Airflow retries the task; a retry overwrites the same run (one run per task instance).
+    Each Machine-database step is first retried in-process while its connection is lost or refused
+    (:mod:`openaddr.db.retry`, ``OPENADDR_DATABASE_RETRY_SECONDS``): a short outage costs a wait, not the
+    processing; a longer one raises :class:`~openaddr.db.retry.DatabaseUnavailable`.
 
     :param entry: the planned entry
     :param owner: the job or set
@@ -82,12 +85,14 @@ def process_source(
     """
     entry = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
     started = started or db_runs.utcnow()
+    db = db_retry.Retry(db_retry.budget_seconds())
     common = _LayerKey(source_path=entry.path, source_layer=entry.layer, layer_name=entry.name)
 
     if not owner.rerun:
-        reusable = db_runs.find_reusable_run(engine, **common, layer_digest=entry.digest, kind=owner.kind)
+        reusable = db(db_runs.find_reusable_run, engine, **common, layer_digest=entry.digest, kind=owner.kind)
         if reusable is not None:
-            run_id = db_runs.copy_run(
+            run_id = db(
+                db_runs.copy_run,
                 engine,
                 reusable["id"],
                 job_id=owner.job_id,
@@ -95,10 +100,11 @@ def process_source(
                 commit_sha=owner.commit_sha,
                 task=task,
             )
-            return _finish(engine, owner, entry, run_id, seconds=0.0)
+            return db(_finish, engine, owner, entry, run_id, seconds=0.0)
 
     content = storage.get_bytes(entry.source_key)
-    run_id = db_runs.insert_run(
+    run_id = db(
+        db_runs.insert_run,
         engine,
         **common,
         layer_digest=entry.digest,
@@ -180,8 +186,9 @@ def process_source(
             and db_runs.run_message(state) == db_runs.OK_MESSAGE
         ):
             # The quality gate (§10): a success that breaks a rule is recorded held, with its warning.
-            warning = gate_warning(engine, run_id, stats, **common)
-        db_runs.finish_run(
+            warning = db(gate_warning, engine, run_id, stats, **common)
+        db(
+            db_runs.finish_run,
             engine,
             run_id,
             state=None if crashed else state,
@@ -195,7 +202,7 @@ def process_source(
             warning=warning,
             worker_id=worker_id(),
         )
-        return _finish(engine, owner, entry, run_id, seconds=child.seconds)
+        return db(_finish, engine, owner, entry, run_id, seconds=child.seconds)
 
 
 def process_entries(
@@ -254,6 +261,7 @@ def _process_group(
 ) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     began = time.monotonic()
+    db = db_retry.Retry(db_retry.budget_seconds())
     for slot, entry in enumerate(entries):
         planned = entry if isinstance(entry, PlannedEntry) else PlannedEntry.from_dict(entry)
         if group_deadline is not None and slot > 0 and time.monotonic() - began > group_deadline:
@@ -269,17 +277,55 @@ def _process_group(
             break
         slot_task = dataclasses.replace(task, slot=slot) if task is not None else None
         if slot_task is not None and slot_task.try_number > 1:
-            earlier = db_runs.task_run(engine, slot_task)
+            earlier = db(db_runs.task_run, engine, slot_task)
             if earlier is not None and earlier["status"] is not None:
-                results.append(_finish(engine, owner, planned, earlier["id"], seconds=0.0))
+                results.append(db(_finish, engine, owner, planned, earlier["id"], seconds=0.0))
                 continue
+            if earlier is not None:
+                log.warning("%s: %s", planned.label, previous_try(earlier))
         if limits is not None:
             # As process_source chooses: a pull request's source gets the standard tier's limit.
             kwargs["limit"] = limits[LARGE if planned.size == LARGE and not owner.pull_request else STANDARD]
-        results.append(
-            process_source(engine, storage, planned, owner, scratch=scratch, task=slot_task, **kwargs)
-        )
+        try:
+            results.append(
+                process_source(engine, storage, planned, owner, scratch=scratch, task=slot_task, **kwargs)
+            )
+        except Exception as error:
+            if slot_task is not None:
+                _mark_try_failed(engine, slot_task, error)
+            raise
     return results
+
+
+def previous_try(run: Mapping[str, Any]) -> str:
+    """What became of the latest try that reached a pending run (its ``airflow_try_number``), as the next try
+    logs it: failed with the error it marked (:func:`openaddr.db.runs.mark_try_failed`), or, without a mark,
+    lost with its worker: that try's process died before it could record a result or an error. (One exception:
+    a try whose error could not be marked because the Machine database itself was unreachable; that try's own
+    log says so.)
+
+    :param run: the pending run (:func:`openaddr.db.runs.task_run`)
+    """
+    number = run["airflow_try_number"]
+    host, _, pid = str(run["worker_id"] or "?/?").rpartition("/")
+    started = run["datetime_start"]
+    when = f", started {started:%Y-%m-%d %H:%M:%S} UTC" if started is not None else ""
+    message = run["message"] or ""
+    if message.startswith(db_runs.FAILED_TRY_PREFIX.format(number)):
+        return f"previous try {number} of run {run['id']} failed on {host}: {message.split(': ', 1)[1]}"
+    return (
+        f"previous try {number} was lost with its worker {host} (run {run['id']}, task process {pid}{when}): "
+        f"it ended without recording a result or an error"
+    )
+
+
+def _mark_try_failed(engine: sa.Engine, task: db_runs.AirflowTask, error: BaseException) -> None:
+    """Mark the try's pending run as failed by ``error`` (:func:`openaddr.db.runs.mark_try_failed`); never
+    raises: the database may be what failed, and the error itself propagates."""
+    try:
+        db_runs.mark_try_failed(engine, task, f"{type(error).__name__}: {error}")
+    except Exception:
+        log.warning("Could not mark try %d of %s as failed", task.try_number, task.ti, exc_info=True)
 
 
 def _finish(

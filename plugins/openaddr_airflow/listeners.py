@@ -63,13 +63,41 @@ def timeout_of(error: Any) -> bool:
     return False
 
 
+def die_with_supervisor() -> None:
+    """Have the kernel SIGKILL this task runner when its parent, Airflow's supervisor in a Celery pool process,
+    ends (:func:`openaddr.zygote.die_with_parent`).
+
+    The supervisor puts the task runner in a process group of its own, so a worker killed with its process group
+    (SIGKILL, a cold shutdown, a lost container) used to leave the runner, and below it ``process-one``, running
+    as orphans that held the run's work folder and kept downloading (issue 16). Dying with the supervisor closes
+    the zygote's stdin, and the zygote kills the processing child's group. Never fails the task: a system
+    without the call is logged.
+
+    Only in a task runner a supervisor forked: a task run in-process (``dag.test()``, its
+    ``InProcessSupervisorComms``) has no supervisor, and its process's parent is a shell or a test runner.
+    """
+    from airflow.sdk.execution_time import task_runner
+
+    from openaddr.zygote import die_with_parent
+
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None or type(comms).__name__.startswith("InProcess"):
+        return
+    try:
+        die_with_parent()
+    except OSError:
+        log.warning("This task runner cannot be tied to its supervisor's life", exc_info=True)
+
+
 class RunListener:
     """Task-instance listener of the Machine DAGs: records failures and timeouts, updates jobs, posts statuses and
     publishes the Machine-task metric."""
 
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
-        """A Machine task started: publish the metric."""
+        """A task started (in its task runner, before its body): tie the runner's life to its supervisor's; for a
+        Machine task, publish the metric."""
+        die_with_supervisor()
         if is_process_task(task_instance):
             self._publish_metric(task_instance)
 
@@ -87,8 +115,14 @@ class RunListener:
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
         """Record a timeout or a final failure of ``process_source``; recompute the job and post its status."""
         if is_process_task(task_instance):
+            from openaddr.db.retry import DatabaseUnavailable
+
             try:
                 self.record_failure(task_instance, error)
+            except DatabaseUnavailable as exc:
+                # The database did not answer (one try for an attempt that will be retried, the budget for a
+                # final one): the runs stay pending, and a next attempt records them. No traceback: it says why.
+                log.warning("Could not record the failure of %s: %s", task_instance, exc)
             except Exception:
                 log.exception("Could not record the failure of %s", task_instance)
         self._after(task_instance)
@@ -98,6 +132,7 @@ class RunListener:
     def record_failure(self, task_instance: Any, error: Any) -> list[dict[str, Any]]:
         """Record what a failed ``process_source`` attempt means for its runs (every entry of a batch group);
         return them."""
+        from openaddr.db.retry import Retry, budget_seconds
         from openaddr.db.runs import AirflowTask
         from openaddr.machine import RunOwner, record_task_failure
         from openaddr_airflow import config
@@ -119,8 +154,12 @@ class RunListener:
         run_owner = getattr(operator, "run_owner", None)
         owner = RunOwner(**run_owner) if entries and isinstance(run_owner, dict) else None
         log.info("%s failed (timeout: %s, final: %s): %s", task, timed_out, final, error)
+        # A final failure or a timeout must reach the database (else the run stays pending for ever): ride out an
+        # outage as a task does. An attempt that will be retried leaves its runs pending anyway: one try.
+        db = Retry(budget_seconds() if final or timed_out else 0.0)
         with config.machine_engine() as engine:
-            return record_task_failure(
+            return db(
+                record_task_failure,
                 engine,
                 task,
                 timeout=limit if timed_out else None,

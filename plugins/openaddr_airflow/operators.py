@@ -18,13 +18,17 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-#: Attempt settings of every Machine task (machine-ci.md §3.2: infrastructure errors are retried twice, 5 min apart,
-#: with exponential back-off).
+#: Attempt settings of every Machine task (machine-ci.md §3.2: infrastructure errors are retried twice, with
+#: exponential back-off). The first delay is ``[core] default_task_retry_delay`` (airflow.cfg: 15 s; a test stack
+#: shortens it in its environment), so a task lost with its worker is queued again 15–30 s after the scheduler
+#: detects the loss; the factor of 10 spaces a second failure 150–300 s further, near the original's 5 minutes, for
+#: an outage that outlasts the first retry (Airflow waits ``delay × factor^(try − 1)`` to twice that, by a hash of
+#: the task instance; docs/deploy.md, "A worker lost mid-run"). Source failures are recorded, never raised, so
+#: never retried.
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "openaddresses",
     "retries": 2,
-    "retry_delay": dt.timedelta(minutes=5),
-    "retry_exponential_backoff": 2.0,
+    "retry_exponential_backoff": 10.0,
 }
 #: Pool of every ``process_source`` task: as many slots as the workers run tasks at once.
 POOL = "oa_sources"

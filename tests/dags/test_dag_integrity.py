@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from airflow.configuration import conf
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import BaseHook
 
@@ -72,6 +73,7 @@ DAG_QUEUES = {
     "openaddr_batch": "batch",
     "openaddr_collect": "batch",
     "openaddr_refresh_merged": "batch",
+    "openaddr_alert_broken_sources": "batch",
 }
 TASK_QUEUES = {"process_large_source": "large"}
 
@@ -107,8 +109,9 @@ def test_process_source_is_pooled_timed_and_named(
     assert str(task.weight_rule).endswith("absolute")
     assert task.execution_timeout == dt.timedelta(hours=3, minutes=5)
     assert task.retries == 2
-    assert task.retry_delay == dt.timedelta(minutes=5)
-    assert task.retry_exponential_backoff
+    # No delay of its own: [core] default_task_retry_delay (airflow.cfg: 15 s; Airflow's 300 s in this session).
+    assert task.retry_delay == dt.timedelta(seconds=conf.getint("core", "default_task_retry_delay"))
+    assert task.retry_exponential_backoff == 10.0
     assert "label" in task.map_index_template
 
 
@@ -204,5 +207,11 @@ def test_parsing_imports_no_gdal_proj_or_conform_code() -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == []
-    assert result["dags"] == ["openaddr_batch", "openaddr_ci", "openaddr_collect", "openaddr_refresh_merged"]
+    assert result["dags"] == [
+        "openaddr_alert_broken_sources",
+        "openaddr_batch",
+        "openaddr_ci",
+        "openaddr_collect",
+        "openaddr_refresh_merged",
+    ]
     assert result["loaded"] == []

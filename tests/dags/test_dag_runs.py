@@ -270,6 +270,12 @@ def test_batch_set_processes_every_entry_then_reuses_successes(
     )
     snapshot = json.loads((machine.storage / "sets" / str(record["id"]) / "sources.json").read_text())
     assert set(snapshot) == set(runs)
+    # send_set_alerts decided the set's summary; with no alert connection it is recorded as not sent (alerts off).
+    from openaddr.db.alerts import latest_alert
+
+    summary = latest_alert(machine.engine)
+    assert summary is not None
+    assert (summary["kind"], summary["key"], summary["channels"]) == ("set_summary", str(record["id"]), "")
 
     # The next night: successes of the last 6 days are copied, the failure is tried again.
     hits = http_server.hits["/data/us-wy-park.zip"]

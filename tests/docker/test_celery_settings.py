@@ -22,11 +22,15 @@ from airflow.providers.celery.executors.celery_executor_utils import app
 
 names = ["task_acks_late", "worker_prefetch_multiplier", "task_default_queue", "task_track_started",
          "broker_transport_options", "worker_soft_shutdown_timeout", "task_reject_on_worker_lost",
-         "worker_concurrency"]
+         "worker_concurrency", "task_publish_retry_policy", "broker_connection_max_retries",
+         "broker_connection_retry_on_startup"]
 print(json.dumps({
     "app": {name: app.conf[name] for name in names},
     "default_config_keys": sorted(DEFAULT_CELERY_CONFIG),
     "default_queue": conf.get("operators", "default_queue"),
+    "operation_timeout": conf.getfloat("celery", "operation_timeout"),
+    "task_publish_max_retries": conf.getint("celery", "task_publish_max_retries"),
+    "task_queued_timeout": conf.getfloat("scheduler", "task_queued_timeout"),
 }))
 """
 
@@ -105,3 +109,25 @@ def test_unnamed_tasks_go_to_the_batch_workers(effective: dict[str, Any]) -> Non
 
     assert effective["default_queue"] == BATCH_QUEUE
     assert effective["app"]["task_default_queue"] == BATCH_QUEUE
+
+
+def test_a_broker_outage_neither_fails_a_task_nor_stops_a_worker(effective: dict[str, Any]) -> None:
+    """Issue 16 fault (c), the configuration ``tests/test_faults_infra.py`` runs with: Celery's own publish retries
+    outlast the executor's operation timeout, so a publish to a broker that is down times out and the executor
+    keeps the task for its next loop (up to ``task_publish_max_retries`` loops) instead of failing it; the workers
+    reconnect for ever and at start."""
+    app = effective["app"]
+    policy = app["task_publish_retry_policy"]
+    waits = [
+        min(policy["interval_start"] + n * policy["interval_step"], policy["interval_max"]) for n in range(10)
+    ]
+    assert sum(waits[: policy["max_retries"]]) > effective["operation_timeout"]
+    assert effective["task_publish_max_retries"] >= 300
+    assert app["broker_connection_max_retries"] is None
+    assert app["broker_connection_retry_on_startup"] is True
+
+
+def test_a_lost_message_is_requeued_after_a_scale_out_wait(effective: dict[str, Any]) -> None:
+    # Long enough for a message to wait out a scale-out (its token lives as long), short enough to requeue a
+    # message a broker restart lost within the half hour.
+    assert effective["task_queued_timeout"] == 1800

@@ -150,6 +150,38 @@ def test_external_sort_spills_and_merges(sorted_file: tuple[Path, GeoParquetColl
     )
 
 
+def test_one_sort_for_global_and_its_area_with_threads(
+    sorted_file: tuple[Path, GeoParquetCollections, int], tmp_path: Path
+) -> None:
+    """The same run into ``global`` and an area (one sorter: each row buffered, spilled and merged once, split
+    among the files as they are written), with the reader and writer threads: both files hold exactly the rows,
+    order and row groups of the single-threaded file of one collection; the area of the other licence class,
+    declared and given nothing, is written empty."""
+    path, _, added = sorted_file
+    collections = GeoParquetCollections(
+        tmp_path / "out",
+        buffer_bytes=40_000,
+        row_group_rows=500,
+        merge_fan_in=3,
+        block_bytes=4096,
+        threads=True,
+    )
+    for key in (("global", "", "addresses"), ("us_west", "", "addresses"), ("us_west", "sa", "addresses")):
+        collections.add_collection(*key)
+    run_zip = path.parent.parent / "run.zip"
+    keys = [("global", "", "addresses"), ("us_west", "", "addresses")]
+    entry = Entry("sources/xx/cities.json", "addresses", "primary", 42)
+    assert collections.add_run_zip(run_zip, entry, keys) == (4004, 2)
+    files = collections.close()
+    expected = pq.read_table(path)
+    for key in keys:
+        assert files[key].rows == added
+        assert files[key].row_groups == 9
+        assert pq.read_table(files[key].path).equals(expected, check_metadata=True), key
+    assert files["us_west", "sa", "addresses"].rows == 0
+    assert pq.read_table(files["us_west", "sa", "addresses"].path).num_rows == 0
+
+
 def test_row_groups_are_tight(sorted_file: tuple[Path, GeoParquetCollections, int]) -> None:
     """Sorted by the curve, a reader looking for one city reads at most the 3 row groups its ~1,000 rows can
     straddle, of 9, by the bbox statistics alone (in the shuffled input order every group held every city)."""

@@ -50,6 +50,7 @@ from openaddr.db.runs import (
     insert_run,
     job_runs,
     layer_digest,
+    mark_try_failed,
     parse_duration,
     previous_run_times,
     public_state,
@@ -177,11 +178,21 @@ def test_sqlite_engine_creates_its_folder_and_enforces_foreign_keys(tmp_path: Pa
 def test_migrations_create_the_declared_schema(empty_db_url: sa.URL) -> None:
     assert current_revision(empty_db_url) is None
     upgrade(empty_db_url)
-    assert current_revision(empty_db_url) == head_revision() == "0004"
+    assert current_revision(empty_db_url) == head_revision() == "0007_jobs_sequence"
     engine = make_engine(empty_db_url)
     tables = set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert tables == {"jobs", "sets", "runs", "zips", "openaddr_alembic_version"}
+    assert tables == {
+        "jobs",
+        "sets",
+        "runs",
+        "zips",
+        "run_reviews",
+        "api_tokens",
+        "alerts",
+        "subscriptions",
+        "openaddr_alembic_version",
+    }
     assert schema_differences(empty_db_url) == []
 
 
@@ -238,6 +249,56 @@ def test_zips_format_migration_fills_existing_rows(empty_db_url: sa.URL) -> None
     assert urls == ["https://x/a-parcels.geojsonl.zip", "https://x/a.zip"]
     upgrade(empty_db_url)
     assert schema_differences(empty_db_url) == []
+
+
+def test_job_numbers_continue_after_the_sequence_migration(empty_db_url: sa.URL) -> None:
+    """0007 (PostgreSQL: ``jobs_sequence_seq``) numbers new jobs after the largest number given before; a
+    rolled-back job leaves at most a gap, never a repeat; going down and up again still continues."""
+    upgrade(empty_db_url, "0006_alerts")
+    engine = make_engine(empty_db_url)
+    with engine.begin() as connection:
+        for number in (1, 2, 7):
+            connection.execute(sa.insert(jobs).values(id=f"old-{number}", task_files={}, sequence=number))
+    upgrade(empty_db_url)
+    first = create_job(engine, task_files={"s": "sources/a.json"}, now=NOW)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:  # the same id: rolled back
+        create_job(connection, task_files={"s": "sources/b.json"}, job_id=first, now=NOW)
+    second = create_job(engine, task_files={"s": "sources/c.json"}, now=NOW)
+    downgrade(empty_db_url, "0006_alerts")
+    upgrade(empty_db_url)
+    third = create_job(engine, task_files={"s": "sources/d.json"}, now=NOW)
+    with engine.connect() as connection:
+        numbers = dict(connection.execute(sa.select(jobs.c.id, jobs.c.sequence)).all())
+    engine.dispose()
+    assert numbers[first] == 8
+    assert 8 < numbers[second] <= 10
+    assert numbers[second] < numbers[third]
+    assert len(set(numbers.values())) == len(numbers) == 6
+    assert schema_differences(empty_db_url) == []
+
+
+@pytest.mark.integration
+def test_a_job_is_numbered_while_another_waits_uncommitted(postgres_database_url: sa.URL) -> None:
+    """On PostgreSQL a job's insert takes no lock held to the commit (the webhook commits only after Airflow's
+    answer): a second job is created and committed while the first is still open, and both get numbers."""
+    engine = make_engine(postgres_database_url)
+    try:
+        with engine.connect() as first_connection:
+            first_transaction = first_connection.begin()
+            first = create_job(first_connection, task_files={"s": "sources/a.json"}, now=NOW)
+            with engine.begin() as connection:
+                connection.exec_driver_sql("SET LOCAL lock_timeout = '2s'")  # waiting would fail, not hang
+                second = create_job(connection, task_files={"s": "sources/b.json"}, now=NOW)
+            first_transaction.commit()
+        with engine.connect() as connection:
+            numbers = dict(
+                connection.execute(
+                    sa.select(jobs.c.id, jobs.c.sequence).where(jobs.c.id.in_([first, second]))
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    assert numbers[first] < numbers[second]
 
 
 @pytest.mark.parametrize(
@@ -892,6 +953,40 @@ def test_a_stale_attempt_is_dropped(db: sa.Connection) -> None:
         db, run_id, state=GOOD_STATE, attempt_started=retry_start, try_number=2, now=retry_start
     )
     assert get_run(db, run_id)["status"] is True  # type: ignore[index]
+
+
+def test_the_next_try_tells_a_failed_try_from_one_lost_with_its_worker(db: sa.Connection) -> None:
+    """A try that raised marks its pending run; one whose process died leaves none (issue 16)."""
+    from openaddr.machine.recording import previous_try
+
+    run_id = reserve(db, task(try_number=1))
+    lost = task_run(db, task(try_number=2))
+    assert lost is not None
+    assert previous_try(lost) == (
+        f"previous try 1 was lost with its worker worker-1 (run {run_id}, task process 42, started "
+        f"2025-06-15 12:00:00 UTC): it ended without recording a result or an error"
+    )
+    # The second try raises: its mark says so, and the run stays pending.
+    reserve(db, task(try_number=2), started=NOW + dt.timedelta(minutes=1))
+    assert mark_try_failed(db, task(try_number=1), "not this try") is None
+    assert (
+        mark_try_failed(db, task(try_number=2), "OperationalError: the server closed the connection")
+        == run_id
+    )
+    failed = task_run(db, task(try_number=3))
+    assert failed is not None
+    assert failed["status"] is None
+    assert previous_try(failed) == (
+        f"previous try 2 of run {run_id} failed on worker-1: OperationalError: the server closed the connection"
+    )
+    # The third try resets the mark; a run with a result is never marked.
+    reserve(db, task(try_number=3), started=NOW + dt.timedelta(minutes=2))
+    assert get_run(db, run_id)["message"] is None  # type: ignore[index]
+    assert finish_run(
+        db, run_id, state=GOOD_STATE, attempt_started=NOW + dt.timedelta(minutes=2), try_number=3
+    )
+    assert mark_try_failed(db, task(try_number=3), "late") is None
+    assert get_run(db, run_id)["message"] == OK_MESSAGE  # type: ignore[index]
 
 
 def test_finish_run_of_an_unknown_run(db: sa.Connection) -> None:

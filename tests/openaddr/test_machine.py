@@ -1176,6 +1176,56 @@ def test_a_failed_group_accounts_for_every_entry(
     assert len(db_runs.set_runs(engine, set_id)) == 4
 
 
+@pytest.mark.integration
+def test_a_try_that_raised_is_named_by_the_next_one(
+    engine: sa.Engine,
+    storage: LocalStorage,
+    scratch: Path,
+    child_env: dict[str, str],
+    http_server: LoopbackHTTPServer,
+    fixtures: Path,
+    uid: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An infrastructure error (storage down at publishing) marks the pending run; the retry logs what became of
+    the previous try and records the run (issue 16; a try lost with its worker leaves no mark:
+    tests/test_faults_worker.py)."""
+    _, url = serve_park(http_server, fixtures, uid)
+    set_id = db_jobs.create_set(engine, owner=f"oa-{uid}", repository="openaddresses", commit_sha=None)
+    owner = machine.RunOwner("batch", set_id=set_id)
+    snapshot = machine.SourceSnapshot(
+        PARK_PATH, "blob-park", json.dumps(park_document(fixtures, url)).encode()
+    )
+    entries = [
+        e.to_dict() for e in machine.plan_sources(engine, storage, [snapshot], prefix="sets/z", owner=owner)
+    ]
+    task = db_runs.AirflowTask("openaddr_batch", f"batch-{uid}", "process_source", 0, 1)
+
+    class StorageDown(LocalStorage):
+        def publish_run(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+            raise OSError("storage down")
+
+    down = StorageDown(storage.root)
+    with pytest.raises(OSError, match="storage down"):
+        machine.process_entries(engine, down, entries, owner, scratch=scratch, task=task, env=child_env)
+    (pending,) = db_runs.task_runs(engine, task)
+    assert (pending["status"], pending["message"]) == (None, "Try 1 failed: OSError: storage down")
+
+    with caplog.at_level("WARNING", logger="openaddr.machine.recording"):
+        (result,) = machine.process_entries(
+            engine,
+            storage,
+            entries,
+            owner,
+            scratch=scratch,
+            task=dataclasses.replace(task, try_number=2),
+            env=child_env,
+        )
+    host = pending["worker_id"].rpartition("/")[0]
+    assert f"previous try 1 of run {pending['id']} failed on {host}: OSError: storage down" in caplog.text
+    assert (result["run_id"], result["status"]) == (pending["id"], True)
+
+
 @SQLITE_ONLY
 @pytest.mark.integration
 @pytest.mark.parametrize("mib", [64, 350])

@@ -242,3 +242,59 @@ def test_a_parent_killed_outright_leaves_no_process_behind(tmp_path: Path) -> No
     assert gone(zygote_pid)
     assert gone(child)
     assert gone(shell)
+
+
+def test_a_child_dies_with_a_zygote_killed_outright(tmp_path: Path) -> None:
+    """The zygote killed with SIGKILL (it cannot kill its children): the kernel ends the child it forked, whose
+    own session a kill of the task's group would never reach (PR_SET_PDEATHSIG; issue 16)."""
+    import threading
+
+    from devstack.procs import descendants
+
+    zygote = Zygote()
+    zygote.start()
+    assert zygote.pid is not None
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            zygote.run("time:sleep", [600], log_path=tmp_path / "log", timeout=600)
+        except ZygoteError as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        ends = time.monotonic() + 60
+        while len(descendants(zygote.pid)) < 2 and time.monotonic() < ends:
+            time.sleep(0.05)
+        (child,) = set(descendants(zygote.pid)) - {zygote.pid}
+        os.kill(zygote.pid, signal.SIGKILL)
+        assert gone(child)
+        thread.join(30)
+        assert failures, "the parent did not notice its zygote died"
+    finally:
+        zygote.close()
+
+
+def test_a_process_whose_parent_is_already_gone_ends_at_once() -> None:
+    """``die_with_parent`` after the parent changed: the process sends itself the signal instead of living on."""
+    code = "import signal\nfrom openaddr.zygote import die_with_parent\n"
+    alive = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "import os\ndie_with_parent(expected_parent=os.getppid())\nprint('alive')",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (alive.returncode, alive.stdout) == (0, "alive\n")
+    orphaned = subprocess.run(
+        [sys.executable, "-c", code + "die_with_parent(signal.SIGTERM, expected_parent=1)\nprint('alive')"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (orphaned.returncode, orphaned.stdout) == (-signal.SIGTERM, "")

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
 
 from devstack import ROOT
 from devstack.demo import DEMO
-from devstack.github import OWNER, REPO, DemoGitHub, add_demo_repository, commit_sha
+from devstack.github import (
+    MAINTAINER,
+    OUTSIDER,
+    OWNER,
+    REPO,
+    DemoGitHub,
+    add_demo_repository,
+    commit_sha,
+    github_env,
+)
 from devstack.procs import free_port
 from devstack.push import changed_source, push_payload, sign
 from tests.webhook.hooktools import AIRFLOW_PASSWORD, AIRFLOW_USER, SECRET
@@ -149,7 +160,7 @@ def test_the_push_make_push_sends_makes_a_job_a_dag_run_and_a_pending_status(
     ]
 
 
-def test_the_program_serves_the_demo_repository_until_sigterm(tmp_path: Path):
+def test_the_program_serves_the_demo_repository_until_sigterm(tmp_path: Path, sqlite_template: Path):
     port = free_port()
     command = [sys.executable, "-m", "devstack.github", "--port", str(port), "--sources", str(DEMO)]
     process = subprocess.Popen([*command, "--state", str(tmp_path / "github")], cwd=ROOT)
@@ -167,6 +178,36 @@ def test_the_program_serves_the_demo_repository_until_sigterm(tmp_path: Path):
         assert (
             answer.json()["statuses_url"] == f"http://127.0.0.1:{port}/repos/{OWNER}/{REPO}/statuses/{{sha}}"
         )
+        # The review queue's sign-in as make run configures it: the maintainer gets in, the outsider does not.
+        database = tmp_path / "machine.db"
+        shutil.copyfile(sqlite_template, database)
+        settings = {key.removeprefix("OA_WEBHOOK_"): value for key, value in github_env(port).items()}
+        app = create_app(
+            {
+                **settings,
+                "TESTING": True,
+                "DATABASE_URL": f"sqlite:///{database}",
+                "SECRET_KEY": "devstack test",
+                "SESSION_COOKIE_SECURE": False,
+            }
+        )
+        try:
+            for login, status in ((OUTSIDER, 403), (MAINTAINER, 303)):
+                client = app.test_client()
+                start = urlsplit(client.get("/auth/login").headers["Location"])
+                query = dict(parse_qsl(start.query))
+                form = {**{key: query[key] for key in ("client_id", "redirect_uri", "state")}, "login": login}
+                back = requests.post(
+                    f"http://127.0.0.1:{port}/login/oauth/authorize",
+                    data=form,
+                    allow_redirects=False,
+                    timeout=10,
+                )
+                callback = urlsplit(back.headers["Location"])
+                assert client.get(f"{callback.path}?{callback.query}").status_code == status, login
+            assert "Signed in as <strong>maintainer</strong>" in client.get("/review/").get_data(as_text=True)
+        finally:
+            close_engine(app)
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import ROOT
 from webhook import ConfigurationError, create_app
@@ -96,8 +97,18 @@ def test_gunicorn_serves_the_app(tmp_path) -> None:
     env = {"PATH": "/usr/bin:/bin", "GITHUB_WEBHOOK_SECRETS": "s3cret-key", "HOME": str(tmp_path)}
     env["OPENADDR_DATABASE_URL"] = f"sqlite:///{tmp_path / 'machine.db'}"
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    CONFIG = "python:webhook.gunicorn_conf"  # noqa: N806 - read as a constant
     server = subprocess.Popen(
-        [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "1", "webhook:create_app()"],
+        [
+            gunicorn,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--config",
+            CONFIG,
+            "webhook:create_app()",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -122,3 +133,47 @@ def test_gunicorn_serves_the_app(tmp_path) -> None:
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_gunicorn_hook_freezes_what_a_worker_loaded() -> None:
+    """``webhook.gunicorn_conf.post_worker_init``: what the worker holds after loading the app moves to the permanent
+    generation, so full collections during requests no longer walk it."""
+    import gc
+
+    from webhook import gunicorn_conf
+
+    create_app({"TESTING": True, "DATABASE_URL": "sqlite://"})
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        gunicorn_conf.post_worker_init(object())
+        assert gc.get_freeze_count() > 10_000
+        assert sum(gc.get_count()) < 100
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.integration
+def test_a_pooled_connection_the_server_dropped_is_replaced(
+    postgres_database_url: sa.URL, postgres_admin_url: sa.URL
+) -> None:
+    """No ping before each request: a pooled PostgreSQL connection the server ended (a restart) fails the delivery
+    lookup once, which is retried on a new connection; and the lookup leaves the connection transactional."""
+    from webhook import hook
+
+    app = create_app({"TESTING": True, "DATABASE_URL": postgres_database_url.render_as_string(False)})
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with app.app_context():
+            pid = get_db().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with admin.connect() as connection:
+            assert connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        with app.app_context():
+            assert hook._recorded(f"no-such-delivery-{pid}") is None
+            connection = get_db()
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+            assert connection.connection.dbapi_connection.autocommit is False
+            assert connection.exec_driver_sql("SELECT now() = statement_timestamp()").scalar_one() is False
+    finally:
+        admin.dispose()
+        close_engine(app)
