@@ -1189,7 +1189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=2,
         help="runs of the real openaddr_batch, the Machine database aged a week between them (default 2: the "
-        "first night has no previous times and runs a task per entry; the second groups the small entries)",
+        "first night has no previous times and groups the entries by their estimates; the second by the first's "
+        "times)",
     )
     parser.add_argument("--sample", type=int, default=50, help="sources of the baseline sample (default 50)")
     parser.add_argument(

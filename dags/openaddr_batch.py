@@ -8,8 +8,8 @@
    recorded as failed runs (`invalid_source`).
 3. **process_source**, one mapped instance per entry, named `source/layer/name`, except that entries which took
    under a minute in the previous set (or, without a previous time, are estimated to: ArcGIS count, HTTP
-   `Content-Length`) are grouped, up to 10 and 5 minutes a task (named `first label + N more`), because a task
-   costs Airflow more than a small source takes. A group that runs past 10 minutes releases the entries it has
+   `Content-Length`) are grouped, up to 100 and 5 minutes a task (less, so that there are at least four tasks per
+   worker slot; named `first label + N more`), because a task costs Airflow more than a small source takes. A group that runs past 10 minutes releases the entries it has
    not started to **process_released_source**, a task each. For each entry: copies a successful run of the
    last 6 days of the same entry, or downloads and conforms it in a child forked from a zygote that has
    imported the processing stack once per task (3-hour deadline), publishes
@@ -68,7 +68,8 @@ def list_sources(set_id: int, **context) -> list[dict]:
     with config.machine_engine() as engine:
         storage = config.machine_storage()
         planned = plan_batch_set(engine, storage, set_id)
-        return push_tiers(context["ti"], batch_task_groups(engine, set_id, planned, storage=storage))
+        groups = batch_task_groups(engine, set_id, planned, storage=storage, slots=BATCH_MAX_ACTIVE_TASKS)
+        return push_tiers(context["ti"], groups)
 
 
 @task(trigger_rule="all_done", outlets=[LATEST_SET])

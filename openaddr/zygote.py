@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import faulthandler
+import gc
 import importlib
 import json
 import os
@@ -175,6 +176,11 @@ def main() -> int:
     if threads != 1:  # fork() copies only the calling thread: a lock another thread held would stay locked
         say({"error": f"the zygote runs {threads} threads after its imports; it can only fork with one"})
         return 1
+    # Every object the imports made moves to the collector's permanent generation: a child's collections then
+    # never walk them, so its first full collection does not touch (and copy, page by page) the whole inherited
+    # heap (one gc.collect() in a child: 0.12–0.28 s unfrozen, 0.03–0.08 s frozen, on the loaded 2-core machine).
+    gc.collect()
+    gc.freeze()
     say({"ready": os.getpid(), "seconds": round(time.monotonic() - started, 3)})
 
     wake_r, wake_w = os.pipe()
@@ -339,8 +345,8 @@ def _kill_group(pid: int) -> None:
 
 def describe() -> int:
     """A child's view of itself, as one JSON line on stdout (a diagnostic target, and what the tests check):
-    process, group and session ids, open descriptors, address-space limit and size, threads, and which of
-    :data:`PRELOAD` were imported before the run began."""
+    process, group and session ids, open descriptors, address-space limit and size, threads, which of
+    :data:`PRELOAD` were imported before the run began and how many objects the zygote froze for the collector."""
     fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
     with open("/proc/self/status", encoding="ascii") as stream:
         status = dict(line.split(":", 1) for line in stream if ":" in line)
@@ -358,6 +364,7 @@ def describe() -> int:
         "vm_size": int(status["VmSize"].split()[0]) * 1024,
         "threads": _thread_count(),
         "preloaded": [name for name in PRELOAD if name in sys.modules],
+        "frozen": gc.get_freeze_count(),
         "env": dict(os.environ),
         "tmpdir": tempfile.gettempdir(),
     }
@@ -530,4 +537,10 @@ class Zygote:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Its children are gone (killed at EOF); tearing down the interpreter and its libraries (about 0.6 s, which
+    # the task waits for in Zygote.close) would free nothing the exit does not.
+    for open_stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            open_stream.flush()
+    os._exit(status)

@@ -7,8 +7,14 @@ back by one after :data:`RECOVERY_SUCCESSES` answers in a row that were not thro
 
 Two kinds, chosen by ``Settings.host_limiter`` (``OPENADDR_HOST_LIMITER``):
 
-* ``local`` (the default, the embedded mode): :class:`LocalHostLimiter`, one per process, a condition variable per
-  host. It holds across the downloads of one process (the threads of one task), not across tasks;
+* ``local`` (the default, the embedded mode): :class:`MachineHostLimiter`, shared by every process of one machine
+  (every task and processing child of a LocalExecutor, or of one Celery worker host). A slot is a lock file,
+  ``<scratch>/hostlimit/<host>/slot-<i>``, held with ``flock`` while the request runs; a request takes the first
+  free slot below the host's current limit, so at most that many are in flight on the machine, whichever
+  processes send them. The kernel drops a dead process's locks, so the slots of a killed task come back at once.
+  The host's limit and its run of successes live beside them in ``state.json``, rewritten under ``state.lock``
+  (and forgotten :data:`STATE_SECONDS` after the last answer, as in Redis). :class:`LocalHostLimiter` (a
+  condition variable per host) is the same limit within one process only, for tests and benchmarks;
 * ``redis``: :class:`RedisHostLimiter`, for a fleet under Celery. Slots are *leases* in a Redis sorted set per host
   (``<prefix>:<host>:leases``, scored by their expiry in Redis's own clock), taken and given back by Lua scripts so
   that counting and taking is one atomic step; a lease expires ``lease_seconds`` after it was taken (longer than
@@ -24,11 +30,18 @@ mutex): see the README's "Design decisions".
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
 import logging
 import math
+import os
+import re
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from openaddr.errors import OpenaddrError
@@ -121,10 +134,8 @@ class _HostState:
 
 
 class LocalHostLimiter:
-    """The in-process limiter: a condition variable and the AIMD state per host.
-
-    :func:`host_limiter` gives every caller of a process the same one (:data:`LOCAL`).
-    """
+    """The in-process limiter: a condition variable and the AIMD state per host (tests and benchmarks; the
+    ``local`` setting is :class:`MachineHostLimiter`, which holds across processes)."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
@@ -175,8 +186,102 @@ def _adapt(state: _HostState, outcome: str, maximum: int, host: str) -> None:
             state.limit, state.successes = state.limit + 1, 0
 
 
-#: The limiter of this process (``OPENADDR_HOST_LIMITER=local``).
-LOCAL = LocalHostLimiter()
+#: Name of the machine-wide limiter's folder inside the scratch folder.
+FOLDER_NAME = "hostlimit"
+
+
+def host_folder_name(host: str) -> str:
+    """A file name for ``host`` (``name:port``): its readable characters and a digest, so that two hosts never
+    share a folder whatever characters they have."""
+    readable = re.sub(r"[^A-Za-z0-9.-]", "_", host)[:80]
+    return f"{readable}-{hashlib.sha256(host.encode()).hexdigest()[:12]}"
+
+
+class MachineHostLimiter:
+    """The machine-wide limiter of ``OPENADDR_HOST_LIMITER=local``: ``flock`` on slot files (see the module
+    docstring). Every thread and every process that builds one on the same folder shares its slots: ``flock``
+    locks belong to an open file description, and each request opens its slot file anew, so two threads of one
+    process exclude each other as two processes do. A process forked while a slot is held keeps the slot's
+    description open until it exits (``O_CLOEXEC`` covers ``exec`` only): the slot is then held longer, never
+    shared, so the limit can only be undershot (the download's page threads end before the conform forks).
+
+    :param folder: where the hosts' slot files live (``<scratch>/hostlimit``); created when missing
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _host(self, host: str) -> Path:
+        path = self.folder / host_folder_name(host)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _read(self, folder: Path, maximum: int) -> _HostState:
+        state = _HostState(maximum)
+        try:
+            saved = json.loads((folder / "state.json").read_bytes())
+        except (OSError, ValueError):
+            return state
+        if not isinstance(saved, dict) or time.time() - float(saved.get("updated", 0)) > STATE_SECONDS:
+            return state
+        with contextlib.suppress(TypeError, ValueError):
+            state.limit = max(1, min(maximum, int(saved["limit"])))
+            state.successes = int(saved["successes"])
+        return state
+
+    def acquire(self, host: str, maximum: int, deadline: Deadline | None) -> Any:
+        """See :class:`HostLimiter`; the token is the open, locked slot file."""
+        folder = self._host(host)
+        pause = 0.005
+        while True:
+            for index in range(self._read(folder, maximum).limit):
+                fd = os.open(folder / f"slot-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                return fd
+            remaining = _check(deadline, host)
+            time.sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
+            pause = min(pause * 2, POLL_INTERVAL)
+
+    def release(self, host: str, token: Any, outcome: str, maximum: int) -> None:
+        """See :class:`HostLimiter`: the host's state is updated under its state lock, then the slot unlocked."""
+        folder = self._host(host)
+        try:
+            if outcome != "failed":
+                lock = os.open(folder / "state.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    state = self._read(folder, maximum)
+                    before = (state.limit, state.successes)
+                    _adapt(state, outcome, maximum, host)
+                    if (state.limit, state.successes) == before:
+                        return  # the common case, a host at its full limit: nothing to write
+                    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".state-")
+                    with os.fdopen(fd, "w") as stream:
+                        json.dump(
+                            {"limit": state.limit, "successes": state.successes, "updated": time.time()},
+                            stream,
+                        )
+                    os.replace(temporary, folder / "state.json")
+                finally:
+                    os.close(lock)
+        finally:
+            os.close(token)  # closing the only descriptor of the slot file drops its lock
+
+    def limit(self, host: str, maximum: int) -> int:
+        """See :class:`HostLimiter`."""
+        return self._read(self._host(host), maximum).limit
+
+
+def machine_folder(settings: Settings) -> Path:
+    """The machine-wide limiter's folder: ``hostlimit`` in the scratch folder (``OPENADDR_SCRATCH``, else
+    ``openaddr-scratch`` in the system temporary folder, as the tasks' work folders)."""
+    scratch = settings.scratch or Path(tempfile.gettempdir()) / "openaddr-scratch"
+    return Path(scratch) / FOLDER_NAME
+
 
 # KEYS: leases, state. ARGV: token, maximum, lease (ms). 1 when the lease was taken.
 _ACQUIRE = """
@@ -304,7 +409,7 @@ def host_limiter(settings: Settings, *, lease_seconds: float) -> HostLimiter:
     :raises HostLimiterUnavailable: Redis mode without ``OPENADDR_REDIS_URL``, or Redis not answering
     """
     if settings.host_limiter == "local":
-        return LOCAL
+        return MachineHostLimiter(machine_folder(settings))
     if not settings.redis_url:
         raise HostLimiterUnavailable("OPENADDR_HOST_LIMITER=redis needs OPENADDR_REDIS_URL, which is not set")
     return RedisHostLimiter(settings.redis_url, lease_seconds=lease_seconds)

@@ -65,12 +65,15 @@ from openaddr.machine.entries import (
 )
 from openaddr.machine.estimate import Estimate, estimate_entries
 from openaddr.machine.planning import (
+    ENTRY_OVERHEAD_SECONDS,
     GROUP_BUDGET_SECONDS,
     GROUP_DEADLINE_SECONDS,
     GROUP_SIZE,
     MAX_CI_FILES,
+    MIN_GROUP_SECONDS,
     PULL_REQUEST_EVENTS,
     SMALL_ENTRY_SECONDS,
+    TASKS_PER_SLOT,
     batch_task_groups,
     by_tier,
     ci_owner,
@@ -86,6 +89,7 @@ from openaddr.zygote import Zygote, ZygoteError
 
 __all__ = [
     "DEFAULT_LARGE_MEMORY_LIMIT",
+    "ENTRY_OVERHEAD_SECONDS",
     "DEFAULT_MEMORY_LIMIT",
     "GROUP_BUDGET_SECONDS",
     "GROUP_DEADLINE_SECONDS",
@@ -95,9 +99,11 @@ __all__ = [
     "LARGE_MEMORY_LIMIT_VARIABLE",
     "MAX_CI_FILES",
     "MEMORY_LIMIT_VARIABLE",
+    "MIN_GROUP_SECONDS",
     "PULL_REQUEST_EVENTS",
     "SMALL_ENTRY_SECONDS",
     "STANDARD",
+    "TASKS_PER_SLOT",
     "TIERS",
     "ChildResult",
     "Estimate",

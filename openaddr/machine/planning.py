@@ -43,16 +43,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-#: Grouping of the nightly batch: a task instance costs Airflow about 1.9 s of worker time on the 2-core
-#: development machine (benchmarks/README.md), more than a small source takes to process. So entries whose
-#: previous run took less than :data:`SMALL_ENTRY_SECONDS` are processed up to :data:`GROUP_SIZE` to a task, up to
-#: :data:`GROUP_BUDGET_SECONDS` of previous run time per task. An entry without a previous time (the first night)
-#: is grouped the same way by its estimate (:mod:`openaddr.machine.estimate`: ArcGIS count, ``Content-Length``,
-#: the source's hints); unknown, slower and large ones keep a task each; CI never groups (one task, one status
-#: line, per entry).
+#: Grouping of the nightly batch: a task instance costs Airflow about 3 s of worker time on the 2-core development
+#: machine (DAG parse, listener, Execution API calls, the zygote's start; benchmarks/README.md), far more than a
+#: small source takes to process. So entries whose previous run took less than :data:`SMALL_ENTRY_SECONDS` share
+#: tasks, up to :data:`GROUP_SIZE` to a task and a budget of *cost* per task: each entry's previous run time plus
+#: :data:`ENTRY_OVERHEAD_SECONDS`, what the task spends on it besides (forking its child, publishing, recording).
+#: The budget is :data:`GROUP_BUDGET_SECONDS`, or less when the set's small entries would then make fewer than
+#: :data:`TASKS_PER_SLOT` tasks per worker slot (so that the last tasks do not leave slots idle; never below
+#: :data:`MIN_GROUP_SECONDS`). An entry without a previous time (the first night) is grouped the same way by its
+#: estimate (:mod:`openaddr.machine.estimate`: ArcGIS count, ``Content-Length``, the source's hints); unknown,
+#: slower and large ones keep a task each; CI never groups (one task, one status line, per entry).
 SMALL_ENTRY_SECONDS = 60.0
-GROUP_SIZE = 10
+GROUP_SIZE = 100
 GROUP_BUDGET_SECONDS = 300.0
+ENTRY_OVERHEAD_SECONDS = 0.4
+TASKS_PER_SLOT = 4
+MIN_GROUP_SECONDS = 30.0
 #: A group's deadline: once it has run this long (twice its budget: an entry turned out far slower than its
 #: previous time or estimate), it releases the entries it has not started to tasks of their own
 #: (:func:`openaddr.machine.process_entries`).
@@ -278,16 +284,32 @@ def group_entries(
     budget: float = GROUP_BUDGET_SECONDS,
     small: float = SMALL_ENTRY_SECONDS,
     deadline: float = GROUP_DEADLINE_SECONDS,
+    slots: int | None = None,
 ) -> list[dict[str, Any]]:
     """Batch task arguments ``{"entries": [entry, …], "run_owner": …}``, in the order given; a group of more
     than one entry also ``"group_deadline": deadline``.
 
     Consecutive entries whose path took less than ``small`` seconds in the previous set (``times``, as
     :func:`openaddr.db.runs.previous_run_times`) share a task: up to ``size`` of them and ``budget`` seconds of
-    previous time. Any other entry (no previous time, slower, or large) has a task of its own.
+    cost (previous time plus :data:`ENTRY_OVERHEAD_SECONDS` each). Any other entry (no previous time, slower, or
+    large) has a task of its own.
 
     :param arguments: :func:`task_arguments` of one owner, slowest first
+    :param slots: the worker slots the tasks share: the budget shrinks so that the small entries make at least
+        :data:`TASKS_PER_SLOT` tasks per slot (down to :data:`MIN_GROUP_SECONDS`); None: ``budget`` as given
     """
+    arguments = list(arguments)
+
+    def groupable(argument: Mapping[str, Any]) -> float | None:
+        seconds = times.get(argument["entry"]["path"])
+        if seconds is None or seconds >= small or argument["entry"].get("size") == LARGE:
+            return None
+        return seconds + ENTRY_OVERHEAD_SECONDS
+
+    costs = [groupable(argument) for argument in arguments]
+    if slots is not None and slots > 0:
+        total = sum(cost for cost in costs if cost is not None)
+        budget = min(budget, max(MIN_GROUP_SECONDS, total / (slots * TASKS_PER_SLOT)))
     groups: list[dict[str, Any]] = []
     current: list[Mapping[str, Any]] = []
     spent = 0.0
@@ -298,17 +320,16 @@ def group_entries(
             groups.append({"entries": [a["entry"] for a in current], "run_owner": current[0]["run_owner"]})
         current, spent = [], 0.0
 
-    for argument in arguments:
-        seconds = times.get(argument["entry"]["path"])
-        if seconds is None or seconds >= small or argument["entry"].get("size") == LARGE:
+    for argument, cost in zip(arguments, costs, strict=True):
+        if cost is None:
             close()
             current = [argument]
             close()
             continue
-        if current and (len(current) >= size or spent + seconds > budget):
+        if current and (len(current) >= size or spent + cost > budget):
             close()
         current.append(argument)
-        spent += seconds
+        spent += cost
     close()
     for group in groups:
         if len(group["entries"]) > 1:
@@ -323,6 +344,7 @@ def batch_task_groups(
     *,
     storage: Storage | None = None,
     estimate: Callable[[list[dict[str, Any]]], Mapping[str, Estimate]] | None = None,
+    slots: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """``list_sources``'s result: the planned entries by tier (:func:`by_tier`), the standard ones grouped by the
     previous set's times, else by their estimate (:func:`group_entries`), the large ones a task each.
@@ -330,6 +352,7 @@ def batch_task_groups(
     :param storage: where the set's source files are (to read the entries to estimate); None: no estimates, the
         entries without a previous time keep a task each
     :param estimate: how to estimate (default :func:`openaddr.machine.estimate.estimate_entries`)
+    :param slots: the worker slots the set's standard tasks share (:func:`group_entries`)
     """
     from openaddr.machine.estimate import estimate_entries
 
@@ -351,7 +374,7 @@ def batch_task_groups(
         tiers[STANDARD], key=lambda a: (a["entry"]["path"] in times, -times.get(a["entry"]["path"], 0))
     )
     return {
-        STANDARD: group_entries(ordered, times),
+        STANDARD: group_entries(ordered, times, slots=slots),
         LARGE: group_entries(tiers[LARGE], {}),
     }
 

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -19,9 +20,10 @@ import openaddr
 from openaddr.db import jobs as db_jobs, retry as db_retry, runs as db_runs
 from openaddr.errors import SourceProblem
 from openaddr.machine.child import format_bytes, memory_limit, run_process_one, tail
-from openaddr.machine.entries import STANDARD, PlannedEntry, RunOwner, worker_id
+from openaddr.machine.entries import LARGE, STANDARD, TIERS, PlannedEntry, RunOwner, worker_id
 from openaddr.machine.scratch import WORK_PREFIX, work_folder
 from openaddr.quality import gate_warning
+from openaddr.settings import Settings
 from openaddr.skeleton import FILE_NAME as SKELETON_FILE, STATE_KEY as SKELETON_KEY, read_skeleton
 from openaddr.storage import public_state, read_state
 from openaddr.zygote import Zygote
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from openaddr.storage import Storage
 
 log = logging.getLogger(__name__)
+
+#: The scratch folder's variable (``Settings.scratch``), passed on to the processing child.
+SCRATCH_VARIABLE = Settings.variable("scratch")
 
 
 class _LayerKey(TypedDict):
@@ -121,6 +126,10 @@ def process_source(
         # A pull request's source is untrusted: its conform.size cannot buy it the large tier's limit.
         size = STANDARD if owner.pull_request else entry.size
         limit = memory_limit(size=size) if limit is None else limit
+        # The child's TMPDIR is its work folder: it finds the machine-wide ArcGIS host limiter
+        # (openaddr.download.hostlimit) in the scratch folder only when told where that is.
+        child_env = dict(os.environ if env is None else env)
+        child_env.setdefault(SCRATCH_VARIABLE, str(scratch))
         child = run_process_one(
             source_file,
             out,
@@ -129,7 +138,7 @@ def process_source(
             timeout=entry.timeout,
             log_path=log_path,
             limit=limit,
-            env=env,
+            env=child_env,
             zygote=zygote,
         )
         state_dir = out / entry.layer / entry.name
@@ -222,6 +231,8 @@ def process_entries(
     :param group_deadline: seconds (None: none)
     :return: one summary per entry (:func:`process_source`), or ``{"label", "released": True, "entry"}``
     """
+    if "limit" not in kwargs:  # read once for the group, not once an entry (a settings parse: ~10 ms)
+        kwargs["limits"] = {tier: memory_limit(size=tier) for tier in TIERS}
     with Zygote(kwargs.get("env")) as zygote:
         return _process_group(
             engine,
@@ -245,6 +256,7 @@ def _process_group(
     scratch: Path,
     task: db_runs.AirflowTask | None,
     group_deadline: float | None,
+    limits: Mapping[str, int | None] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
@@ -271,6 +283,9 @@ def _process_group(
                 continue
             if earlier is not None:
                 log.warning("%s: %s", planned.label, previous_try(earlier))
+        if limits is not None:
+            # As process_source chooses: a pull request's source gets the standard tier's limit.
+            kwargs["limit"] = limits[LARGE if planned.size == LARGE and not owner.pull_request else STANDARD]
         try:
             results.append(
                 process_source(engine, storage, planned, owner, scratch=scratch, task=slot_task, **kwargs)

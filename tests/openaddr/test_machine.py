@@ -1398,7 +1398,7 @@ def test_group_entries_packs_small_entries_up_to_a_size_and_a_time_budget() -> N
         argument("almost"),  # 3 × 10 + 59 = 89 s: fits the default budget
     ]
 
-    groups = machine.group_entries(arguments, times)
+    groups = machine.group_entries(arguments, times, size=10)
 
     assert [[entry["path"] for entry in group["entries"]] for group in groups] == [
         ["new"],
@@ -1409,10 +1409,38 @@ def test_group_entries_packs_small_entries_up_to_a_size_and_a_time_budget() -> N
         ["p12", "p13", "p14", "almost"],
     ]
     assert all(group["run_owner"] == owner for group in groups)
-    # The time budget closes a group before the size does.
+    # The time budget closes a group before the size does: each entry costs its time and the task's overhead.
     budgeted = machine.group_entries([argument(f"p{i}") for i in range(6)], times, budget=25.0)
+    assert 2 * (10.0 + machine.ENTRY_OVERHEAD_SECONDS) <= 25.0 < 3 * 10.0
     assert [len(group["entries"]) for group in budgeted] == [2, 2, 2]
     assert machine.group_entries([], times) == []
+
+
+def test_group_entries_makes_enough_tasks_for_the_worker_slots() -> None:
+    """1,000 small entries of 0.1 s (the second night of ``make bench-batch``): 0.5 s of cost each, 500 s in all.
+    Two slots: four tasks a slot at least, so the budget falls to 500 / 8 = 62.5 s (125 entries), under the size
+    of 100; sixteen slots: 500 / 64 is under the floor of MIN_GROUP_SECONDS (60 entries a task)."""
+    owner = {"kind": "batch", "set_id": 1}
+    arguments = [{"entry": {"path": f"p{i}", "label": f"p{i}"}, "run_owner": owner} for i in range(1000)]
+    times = {f"p{i}": 0.1 for i in range(1000)}
+    assert machine.ENTRY_OVERHEAD_SECONDS == 0.4  # the cost of each entry below: 0.5 s
+
+    def sizes(**kwargs: Any) -> list[int]:
+        return [len(group["entries"]) for group in machine.group_entries(arguments, times, **kwargs)]
+
+    assert sizes() == [machine.GROUP_SIZE] * 10  # no slots given: the budget (300 s) is not reached
+    assert sizes(slots=2) == [100] * 10
+    assert sizes(slots=2, size=1000) == [125] * 8  # 62.5 s a task: four tasks for each of the two slots
+    assert sizes(slots=16) == [60] * 16 + [40]  # MIN_GROUP_SECONDS (30 s) a task
+    # Every entry is in exactly one task, in the order given, each group with its deadline.
+    groups = machine.group_entries(arguments, times, slots=16)
+    assert [entry["path"] for group in groups for entry in group["entries"]] == [f"p{i}" for i in range(1000)]
+    assert all(group["group_deadline"] == machine.GROUP_DEADLINE_SECONDS for group in groups)
+    # Entries that are not small (no time, a minute or more) never count towards the budget.
+    slow = [{"entry": {"path": "slow", "label": "slow"}, "run_owner": owner}, *arguments[:10]]
+    assert [
+        len(group["entries"]) for group in machine.group_entries(slow, {**times, "slow": 3600.0}, slots=2)
+    ] == [1, 10]
 
 
 def test_plan_batch_set_puts_the_slowest_sources_first(

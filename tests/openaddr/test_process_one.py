@@ -98,6 +98,8 @@ def scratch(allow_private_urls: None, tmp_path: Path, monkeypatch: pytest.Monkey
     folder = tmp_path / "scratch"
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    # The machine's scratch folder (the ArcGIS host limiter's slot files) is not the run's temporary folder.
+    monkeypatch.setenv("OPENADDR_SCRATCH", str(tmp_path / "machine-scratch"))
     return folder
 
 
