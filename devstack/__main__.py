@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--webhook-port",
         type=int,
-        default=DEFAULT_WEBHOOK_PORT,
-        help="the webhook app: runs' pages and files, POST /hook (%(default)s)",
+        help=f"the webhook app: runs' pages and files, POST /hook (default: the port of the home's first start, "
+        f"else {DEFAULT_WEBHOOK_PORT}; the published runs' URLs carry it)",
     )
     parser.add_argument("--parallelism", type=int, help="task slots (default: airflow.cfg)")
     parser.add_argument(
@@ -194,6 +194,32 @@ def earlier_note(run_id: str, queued: dt.datetime | None, due: dt.datetime | Non
     )
 
 
+#: The webhook port of a home's first start, in the home: the storage's public URL (``/files/`` of the webhook
+#: app) is in every published run's URLs, which collect and the site resolve against the storage.
+WEBHOOK_PORT_FILE = "webhook-port"
+
+
+def home_webhook_port(home: Path, asked: int | None) -> int:
+    """The webhook port for a start of ``home``: the one of its first start (kept in :data:`WEBHOOK_PORT_FILE`),
+    which a later start must keep: runs published under another port's ``/files/`` URLs would be left out of
+    the collections and their links would break.
+
+    :param asked: ``--webhook-port``, None when not given
+    :raises StackError: when ``asked`` is not the home's port
+    """
+    path = home / WEBHOOK_PORT_FILE
+    recorded = int(path.read_text().strip()) if path.is_file() else None
+    if recorded is not None and asked is not None and asked != recorded:
+        raise StackError(
+            f"{home}'s runs were published under {webhook_url(recorded)}/files/ (the webhook port of its first "
+            f"start): start it with --webhook-port {recorded}, or use another --home"
+        )
+    port = recorded if recorded is not None else asked if asked is not None else DEFAULT_WEBHOOK_PORT
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{port}\n")
+    return port
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the stack, run the demo set, report; then keep running unless ``args.once``.
 
@@ -202,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     home = Path(args.home).resolve()
     control.check_home_free(home)
+    args.webhook_port = home_webhook_port(home, args.webhook_port)
     procs.check_port_free(args.port, "Airflow api-server")
     procs.check_port_free(args.demo_port, "demo data server")
     procs.check_port_free(args.github_port, "fake GitHub")

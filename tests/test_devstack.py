@@ -247,11 +247,13 @@ def test_a_second_start_shows_the_earlier_demo_set_says_so_and_keeps_the_passwor
     first_run = re.search(r"Demo batch run (\S+):", first.stdout).group(1)
     result = _launch(
         "--home", str(home), "--port", str(free_port()), "--demo-port", str(free_port()),
-        "--webhook-port", str(free_port()), "--github-port", str(free_port()), "--once",
+        "--github-port", str(free_port()), "--once",
         timeout=RUN_TIMEOUT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert _left_running(result.stderr) == []
+    # Without --webhook-port it kept the first start's: the runs' /files/ URLs still resolve (collect used them).
+    assert f"Webhook     http://127.0.0.1:{demo_run['webhook_port']}/" in result.stdout
     second_run = re.search(r"Demo batch run (\S+): success", result.stdout).group(1)
     if second_run == first_run:
         assert f"This is the demo set of an earlier start (batch run {first_run}, queued " in result.stdout
@@ -761,3 +763,21 @@ def test_once_waits_for_the_collect_run_and_says_where_the_collections_are(demo_
         ).fetchall()
     assert states == [("success",)]
     assert "Listed with their URLs at http://" in result.stdout
+
+
+def test_a_home_keeps_the_webhook_port_of_its_first_start(tmp_path: Path) -> None:
+    """The published runs' URLs carry the webhook port (the storage's ``/files/``): a later start without
+    ``--webhook-port`` takes the first start's, and one asking for another is refused with what to do."""
+    from devstack.__main__ import home_webhook_port
+
+    home = tmp_path / "var"
+    assert home_webhook_port(home, None) == 8079
+    assert home_webhook_port(home, None) == 8079
+    other = tmp_path / "other"
+    assert home_webhook_port(other, 9123) == 9123
+    assert home_webhook_port(other, None) == 9123
+    assert home_webhook_port(other, 9123) == 9123
+    with pytest.raises(
+        StackError, match=r"published under http://127\.0\.0\.1:9123/files/.*--webhook-port 9123"
+    ):
+        home_webhook_port(other, 9124)
