@@ -200,7 +200,8 @@ WEBHOOK_PORT_FILE = "webhook-port"
 
 
 def home_webhook_port(home: Path, asked: int | None) -> int:
-    """The webhook port for a start of ``home``: the one of its first start (kept in :data:`WEBHOOK_PORT_FILE`),
+    """The webhook port for a start of ``home``: the one of its first start (:func:`run` keeps it in
+    :data:`WEBHOOK_PORT_FILE` once the ports are found free),
     which a later start must keep: runs published under another port's ``/files/`` URLs would be left out of
     the collections and their links would break.
 
@@ -214,10 +215,7 @@ def home_webhook_port(home: Path, asked: int | None) -> int:
             f"{home}'s runs were published under {webhook_url(recorded)}/files/ (the webhook port of its first "
             f"start): start it with --webhook-port {recorded}, or use another --home"
         )
-    port = recorded if recorded is not None else asked if asked is not None else DEFAULT_WEBHOOK_PORT
-    home.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{port}\n")
-    return port
+    return recorded if recorded is not None else asked if asked is not None else DEFAULT_WEBHOOK_PORT
 
 
 def run(args: argparse.Namespace) -> int:
@@ -236,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     pid_path = home / "airflow" / control.LAUNCHER_PID
     pid_path.parent.mkdir(parents=True, exist_ok=True)
     pid_path.write_text(f"{os.getpid()}\n")
+    (home / WEBHOOK_PORT_FILE).write_text(f"{args.webhook_port}\n")
     try:
         sources = demo_sources(home, args.demo_port)
         env = {

@@ -768,13 +768,14 @@ def test_once_waits_for_the_collect_run_and_says_where_the_collections_are(demo_
 def test_a_home_keeps_the_webhook_port_of_its_first_start(tmp_path: Path) -> None:
     """The published runs' URLs carry the webhook port (the storage's ``/files/``): a later start without
     ``--webhook-port`` takes the first start's, and one asking for another is refused with what to do."""
-    from devstack.__main__ import home_webhook_port
+    from devstack.__main__ import WEBHOOK_PORT_FILE, home_webhook_port
 
     home = tmp_path / "var"
     assert home_webhook_port(home, None) == 8079
-    assert home_webhook_port(home, None) == 8079
+    assert home_webhook_port(home, 9123) == 9123
     other = tmp_path / "other"
-    assert home_webhook_port(other, 9123) == 9123
+    other.mkdir()
+    (other / WEBHOOK_PORT_FILE).write_text("9123\n")  # as run() keeps it
     assert home_webhook_port(other, None) == 9123
     assert home_webhook_port(other, 9123) == 9123
     with pytest.raises(
