@@ -45,6 +45,7 @@ READ: dict[str, tuple[str, Any]] = {
     "embedded": ("1", True),
     "home": ("/srv/openaddr", Path("/srv/openaddr")),
     "scratch": ("/tmp/scratch", Path("/tmp/scratch")),
+    "database_retry_seconds": ("120", 120.0),
     "database_url": ("postgresql+psycopg2://postgres@127.0.0.1:5432/openaddr", None),
     "results": ("s3://bucket/prefix", "s3://bucket/prefix"),
     "results_public_url": ("https://results.example", "https://results.example"),
@@ -86,6 +87,7 @@ MALFORMED: dict[str, str] = {
     "large_pool_slots": "0",
     "embedded": "y?",
     "gag_github_status": "please",
+    "database_retry_seconds": "soon",
 }
 
 
