@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -300,6 +301,11 @@ class Settings(BaseSettings):
         an entry is processed)."""
         if self.allow_private_hosts:
             log.warning("The private-address guard is off: private and loopback hosts may be fetched")
+
+    def scratch_folder(self) -> Path:
+        """Parent of the tasks' work folders: ``scratch``, else ``openaddr-scratch`` in the system temporary
+        folder (the documented default)."""
+        return self.scratch or Path(tempfile.gettempdir()) / "openaddr-scratch"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (field names), validated like the original."""

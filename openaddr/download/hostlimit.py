@@ -41,13 +41,13 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from openaddr.errors import OpenaddrError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from openaddr.retry import Deadline
     from openaddr.settings import Settings
@@ -279,8 +279,7 @@ class MachineHostLimiter:
 def machine_folder(settings: Settings) -> Path:
     """The machine-wide limiter's folder: ``hostlimit`` in the scratch folder (``OPENADDR_SCRATCH``, else
     ``openaddr-scratch`` in the system temporary folder, as the tasks' work folders)."""
-    scratch = settings.scratch or Path(tempfile.gettempdir()) / "openaddr-scratch"
-    return Path(scratch) / FOLDER_NAME
+    return settings.scratch_folder() / FOLDER_NAME
 
 
 # KEYS: leases, state. ARGV: token, maximum, lease (ms). 1 when the lease was taken.

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -260,7 +259,7 @@ def sources_location() -> str:
 
 def scratch_folder() -> Path:
     """Parent of the tasks' work folders (``OPENADDR_SCRATCH``, else the system temporary folder)."""
-    folder = settings().scratch or Path(tempfile.gettempdir()) / "openaddr-scratch"
+    folder = settings().scratch_folder()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
