@@ -26,8 +26,15 @@ from flask import Blueprint, current_app, render_template, request, url_for
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from openaddr.alerts import InvalidEmail, check_email, confirmation_message, source_page_url, unsubscribe_url
-from openaddr.db.alerts import confirm_subscription, subscribe, subscription_by_token, unsubscribe
+from openaddr.db.alerts import (
+    confirm_subscription,
+    restart_confirmation,
+    subscribe,
+    subscription_by_token,
+    unsubscribe,
+)
 from openaddr.db.results import source_timeline
+from openaddr.db.runs import utcnow
 from openaddr.mail import MailConfigurationError, parse_smtp_url, send
 from webhook.db import get_engine
 
@@ -89,10 +96,21 @@ def subscribe_form() -> tuple[str, int]:
     engine = get_engine()
     if not source or ".." in source.split("/") or not source_timeline(engine, source_path):
         return _page("Not subscribed", f"Source {source or '(none)'} has no runs to follow.", 400)
+    asked = utcnow()
     subscription = subscribe(engine, email, source_path)
     base = _base_url()
     if subscription["datetime_confirmed"] is not None:
         return _page("Already subscribed", f"{email} is already subscribed to {source_path}.", 200)
+    sent = subscription["datetime_created"]
+    if sent < asked and (asked - sent).total_seconds() < CONFIRM_MAX_AGE:
+        # A form anyone can post must not make the site mail an address again and again: one confirmation a
+        # subscription while its link is valid, a new one only once it expired.
+        return _page(
+            "Check your inbox",
+            f"A confirmation link went to {email} at {sent:%Y-%m-%d %H:%M} UTC; it is valid for 7 days.",
+        )
+    if sent < asked:
+        subscription = restart_confirmation(engine, subscription["id"], now=asked)
     signed = _serializer().dumps({"id": subscription["id"], "email": email})
     message = confirmation_message(
         subscription,

@@ -293,6 +293,18 @@ def subscribe(bind: Bind, email: str, source_path: str, *, now: dt.datetime | No
     return row_dict(row)
 
 
+def restart_confirmation(bind: Bind, subscription_id: int, *, now: dt.datetime) -> dict[str, Any]:
+    """An unconfirmed subscription whose confirmation link expired, its time set to ``now`` for a new link."""
+    with transaction(bind) as connection:
+        connection.execute(
+            sa.update(subscriptions)
+            .where(subscriptions.c.id == subscription_id, subscriptions.c.datetime_confirmed.is_(None))
+            .values(datetime_created=now)
+        )
+        row = connection.execute(sa.select(subscriptions).where(subscriptions.c.id == subscription_id)).one()
+    return row_dict(row)
+
+
 def get_subscription(bind: Bind, subscription_id: int) -> dict[str, Any] | None:
     """One subscription, or None."""
     with transaction(bind) as connection:
