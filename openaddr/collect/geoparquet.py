@@ -40,9 +40,12 @@ import itertools
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import zipfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -370,7 +373,10 @@ def _record_blocks(member: IO[bytes], block_bytes: int) -> Iterator[bytes]:
 
 
 def read_address_csv(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, block_bytes: int = READ_BLOCK_BYTES, ahead: bool = False
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    block_bytes: int = READ_BLOCK_BYTES,
+    workers: Workers | None = None,
 ) -> Iterator[tuple[_Batch | None, int]]:
     """The address rows of a CSV member, batch by batch, with the rows dropped per batch.
 
@@ -379,6 +385,9 @@ def read_address_csv(
     streaming reader holds several blocks at once: twice the memory); a record it refuses (a field count other
     than the header's) is parsed by the csv module instead, padded or cut to the header, as the zip step keeps it:
     row order does not matter here, the rows are sorted afterwards.
+
+    With ``workers``, blocks are parsed and converted on their threads while this thread inflates the next ones
+    (:func:`_ordered_map`: the batches still come in the member's order).
     """
     import pyarrow.csv as pacsv
 
@@ -440,37 +449,72 @@ def read_address_csv(
                 table = read(block, binary_options, parse_options)
             return table, refused
 
-        # with ``ahead``, the next block is inflated and parsed on another thread while this one's rows are
-        # converted, sorted and spilled (ISA-L and Arrow's parser release the GIL)
-        blocks_parsed: Iterator[tuple[pa.Table | None, list[str]]] = (
-            parse(block) for block in itertools.chain([first[header_end:]], blocks)
-        )
-        if ahead:
-            blocks_parsed = _read_ahead(blocks_parsed)
-        for table, refused in blocks_parsed:
+        def convert(block: bytes) -> list[tuple[_Batch | None, int]]:
+            table, refused = parse(block)
+            batches = []
             if table is not None and table.num_rows:
                 columns = {
                     name: table.column(names[index]).combine_chunks() for name, index in wanted.items()
                 }
-                yield _address_batch(columns, table.num_rows)
+                batches.append(_address_batch(columns, table.num_rows))
             if refused:
-                yield _refused_rows(refused, wanted)
+                batches.append(_refused_rows(refused, wanted))
+            return batches
+
+        for batches in _ordered_map(convert, itertools.chain([first[header_end:]], blocks), workers):
+            yield from batches
 
 
 _T = TypeVar("_T")
-_END: Any = object()
+_R = TypeVar("_R")
+#: Rows of a merge round and the order to take them in (None: already in order).
+_Piece = tuple[pa.Table, "np.ndarray | None"]
 
 
-def _read_ahead(items: Iterator[_T]) -> Iterator[_T]:
-    """The items of ``items``, each next one computed on a worker thread while the caller handles the current
-    one."""
-    from concurrent.futures import ThreadPoolExecutor
+@dataclass(frozen=True)
+class Workers:
+    """Threads that parse and convert blocks of rows, sort and spill buffers, and finish and encode row groups,
+    while the caller's thread inflates, routes and merges rows: pyarrow, numpy's sorts, ISA-L and shapely release
+    the GIL for the heavy part of each, so they run on every core. ``window``: calls queued or running at most in
+    :func:`_ordered_map` (each holds a block of rows)."""
 
-    with ThreadPoolExecutor(1, thread_name_prefix="geoparquet-read") as pool:
-        future = pool.submit(next, items, _END)
-        while (item := future.result()) is not _END:
-            future = pool.submit(next, items, _END)
-            yield item
+    pool: ThreadPoolExecutor
+    count: int
+    window: int
+
+    @classmethod
+    def start(cls, count: int) -> Workers:
+        return cls(ThreadPoolExecutor(count, thread_name_prefix="geoparquet"), count, count + 2)
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _ordered_map(
+    function: Callable[[_T], _R], items: Iterable[_T], workers: Workers | None, window: int | None = None
+) -> Iterator[_R]:
+    """``map(function, items)``, the calls run on the workers' threads (at most ``window`` queued or running,
+    default ``workers.window``, so the memory they hold stays bounded) while the caller's thread takes the next
+    items; the results still come in the items' order. Without workers, plain ``map``."""
+    if workers is None:
+        yield from map(function, items)
+        return
+    pending: deque[Future[_R]] = deque()
+    try:
+        for item in items:
+            pending.append(workers.pool.submit(function, item))
+            if len(pending) >= (window or workers.window):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        for future in pending:
+            with contextlib.suppress(BaseException):
+                future.result()  # a call already running: let it end before its inputs go
 
 
 def _refused_rows(texts: list[str], wanted: dict[str, int]) -> tuple[_Batch | None, int]:
@@ -536,25 +580,32 @@ def _feature_batch(lines: list[bytes], attributes: Sequence[str], where: str) ->
 
 
 def read_geojson_lines(
-    path: Path, attributes: Sequence[str], where: str, block_bytes: int = READ_BLOCK_BYTES
+    path: Path,
+    attributes: Sequence[str],
+    where: str,
+    block_bytes: int = READ_BLOCK_BYTES,
+    workers: Workers | None = None,
 ) -> Iterator[tuple[_Batch | None, int]]:
     """The features of a gzipped line-delimited GeoJSON file, batch by batch, with the features dropped per
-    batch.
+    batch (with ``workers``, blocks are converted on their threads, in order, as :func:`read_address_csv` does).
 
     :raises GeoParquetError: a line that is no GeoJSON feature with text properties (``where`` names the run)
     """
     from isal import igzip
 
-    rest = b""
-    with igzip.open(path, "rb") as source:
-        while chunk := source.read(block_bytes):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            lines = [line for line in lines if line.strip()]
-            if lines:
-                yield _feature_batch(lines, attributes, where)
-    if rest.strip():
-        yield _feature_batch([rest], attributes, where)
+    def blocks() -> Iterator[list[bytes]]:
+        rest = b""
+        with igzip.open(path, "rb") as source:
+            while chunk := source.read(block_bytes):
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                lines = [line for line in lines if line.strip()]
+                if lines:
+                    yield lines
+        if rest.strip():
+            yield [rest]
+
+    yield from _ordered_map(lambda lines: _feature_batch(lines, attributes, where), blocks(), workers)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -699,10 +750,10 @@ class GeoParquetCollections:
     :param row_group_rows: rows per row group of the files
     :param merge_fan_in: spilled runs merged at once at most
     :param block_bytes: bytes of CSV or GeoJSON read and converted at once
-    :param threads: inflate and parse the next CSV block on a reader thread, and finish and encode row groups on
-        a writer thread, while the caller's thread converts, sorts and merges (off by default: on the shared
-        2-core machine it cost about 10 % more CPU and 20 MiB more peak RSS, over the 300 MiB target in some
-        runs, for no wall-clock gain that load let us measure; README, Figures)
+    :param workers: threads that parse and convert blocks, sort and spill buffers, and finish and encode row
+        groups (:class:`Workers`), while the caller's thread inflates, routes and merges rows; default: one per
+        core this process may run on (:func:`default_workers`); 0: all of it on the caller's thread. The files
+        are the same whatever the number
     """
 
     def __init__(
@@ -713,9 +764,13 @@ class GeoParquetCollections:
         row_group_rows: int = ROW_GROUP_ROWS,
         merge_fan_in: int = MERGE_FAN_IN,
         block_bytes: int = READ_BLOCK_BYTES,
-        threads: bool = False,
+        workers: int | None = None,
     ) -> None:
-        self.threads = threads
+        count = default_workers() if workers is None else workers
+        if count < 0:
+            raise ValueError(f"workers must be 0 or more, not {count}")
+        self.workers = Workers.start(count) if count else None
+        self._spilling: Future[None] | None = None
         self.merge_fan_in = merge_fan_in
         self.block_bytes = block_bytes
         self.folder = folder
@@ -794,7 +849,7 @@ class GeoParquetCollections:
                 targets = self._targets(keys, name)
                 if not targets:
                     continue
-                for batch, lost in read_address_csv(archive, info, self.block_bytes, self.threads):
+                for batch, lost in read_address_csv(archive, info, self.block_bytes, self.workers):
                     dropped += lost
                     if batch is not None:
                         added += len(batch)
@@ -818,7 +873,7 @@ class GeoParquetCollections:
         where = f"run {entry.run_id} ({entry.source_path}, layer {entry.layer} {entry.name!r})"
         added = dropped = 0
         for batch, lost in read_geojson_lines(
-            gz_path, layer_attributes(entry.layer), where, self.block_bytes
+            gz_path, layer_attributes(entry.layer), where, self.block_bytes, self.workers
         ):
             dropped += lost
             if batch is not None:
@@ -857,55 +912,94 @@ class GeoParquetCollections:
             self._spill(max(self.sorters.values(), key=lambda s: s.buffered_bytes))
 
     @staticmethod
-    def _sorted(sorter: _Sorter) -> pa.Table:
-        table = pa.Table.from_batches(sorter.buffered, schema=sorter.schema)
+    def _sorted(schema: pa.Schema, batches: list[pa.RecordBatch]) -> pa.Table:
+        table = pa.Table.from_batches(batches, schema=schema)
         order = stable_order(table.column(_KEY).to_numpy())
         return table.take(order)
 
     def _spill(self, sorter: _Sorter) -> None:
-        table = self._sorted(sorter)
-        sorter.runs.append(self._write_run(sorter.schema, [table]))
+        """Sort the sorter's buffer and write it as a sorted run: on a worker thread when there are workers, one
+        spill at a time (the buffer being spilled and the one filling are all the memory rows take)."""
+        batches, schema = sorter.buffered, sorter.schema
+        path = self._next_run_path()
+        sorter.runs.append(path)  # in the order rows came in, whenever it is written
         self._drop_buffer(sorter)
-        del table
-        self._release_unused()
+
+        def spill() -> None:
+            table = self._sorted(schema, batches)
+            batches.clear()
+            self._write_run(path, schema, [table])
+            del table
+            self._release_unused()
+
+        if self.workers is None:
+            spill()
+            return
+        self._wait_for_spill()
+        self._spilling = self.workers.pool.submit(spill)
+
+    def _wait_for_spill(self) -> None:
+        if self._spilling is not None:
+            spilling, self._spilling = self._spilling, None
+            spilling.result()
 
     def _drop_buffer(self, sorter: _Sorter) -> None:
         self._buffered -= sorter.buffered_bytes
         sorter.buffered = []
         sorter.buffered_bytes = 0
 
-    def _write_run(self, schema: pa.Schema, pieces: Iterable[pa.Table]) -> Path:
+    def _next_run_path(self) -> Path:
+        self.spills += 1
+        return self.spill_folder / f"run-{self.spills}.arrow"
+
+    @staticmethod
+    def _write_run(path: Path, schema: pa.Schema, pieces: Iterable[pa.Table]) -> None:
         """A sorted run in a new spill file (Arrow IPC, uncompressed: lz4 costs more CPU than the disk saves
         time), in batches of :data:`SPILL_BATCH_ROWS`."""
         import pyarrow.ipc as ipc
 
-        self.spills += 1
-        path = self.spill_folder / f"run-{self.spills}.arrow"
         with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
             for piece in pieces:
                 writer.write_table(piece, max_chunksize=SPILL_BATCH_ROWS)
-        return path
 
     def close(self) -> dict[tuple[str, str, str], ParquetFile]:
         """Merge and write every collection's file (``<folder>/<name>``); remove the spilled runs."""
         files: dict[tuple[str, str, str], ParquetFile] = {}
         try:
+            # every buffer that spilled before goes to disk too, so no sorter holds its buffer in memory while
+            # another is merged (a sorter that never spilled is sorted in memory)
+            for sorter in self.sorters.values():
+                if sorter.runs and sorter.buffered:
+                    self._spill(sorter)
+            self._wait_for_spill()
             for sorter in self.sorters.values():
                 files.update(self._write(sorter))
         finally:
+            self._stop_workers()
             shutil.rmtree(self.spill_folder, ignore_errors=True)
             self._restore_pool()
         return {key: files[key] for key in self.collections}
 
     def discard(self) -> None:
         """Remove everything written (after a failure)."""
+        self._stop_workers()
         self._restore_pool()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _stop_workers(self) -> None:
+        """Let a spill still running end (its error, if any, is the caller's to raise first) and stop the
+        threads."""
+        with contextlib.suppress(BaseException):
+            self._wait_for_spill()
+        if self.workers is not None:
+            self.workers.pool.shutdown(wait=True, cancel_futures=True)
+            self.workers = None
 
     def _write(self, sorter: _Sorter) -> dict[tuple[str, str, str], ParquetFile]:
         """Write the files of a sorter's collections, all at once: each merged piece of rows is split among them
         by the ``_targets`` bits; a file's rows are finished (provenance, WKB, bbox) and encoded a row group at a
-        time on the background thread."""
+        time on a writer thread: one per worker (:class:`_Background`), each file on one of them, the files
+        shared out by rows so the threads take about as many each."""
         import pyarrow.parquet as pq
 
         layer = sorter.layer
@@ -953,10 +1047,15 @@ class GeoParquetCollections:
                 writer.write_table(finished(table, schema), self.row_group_rows)
                 self._release_unused()
 
-            background.submit(task)
+            lane_of[id(output)].submit(task)
 
         outputs: list[Output] = []
-        background: _Background | _Inline = _Background() if self.threads else _Inline()
+        lanes: list[_Background | _Inline] = (
+            [_Background() for _ in range(self.workers.count)] if self.workers is not None else [_Inline()]
+        )
+        # each file on the writer thread with the fewest rows so far, the largest files first
+        load = [0] * len(lanes)
+        lane_of: dict[int, _Background | _Inline] = {}
         try:
             for collection in sorter.collections:
                 bbox = collection.bounds if collection.rows else None
@@ -984,20 +1083,39 @@ class GeoParquetCollections:
                     store_schema=True,
                 )
                 outputs.append(Output(collection, path, schema, writer))
-            for piece in self._merged(sorter):
+            for output in sorted(outputs, key=lambda o: -o.collection.rows):
+                lightest = load.index(min(load))
+                lane_of[id(output)] = lanes[lightest]
+                load[lightest] += output.collection.rows
+            bits = [np.uint64(1 << output.collection.bit) for output in outputs]
+
+            def split(piece: _Piece) -> list[tuple[int, pa.Table]]:
+                """A merged piece's rows of each file, in order (the take of the merge and the split among the
+                files in one go, on a worker thread)."""
+                table, order = piece
                 if len(outputs) == 1:
-                    parts = [(outputs[0], piece)]
-                else:
-                    targets = piece.column(_TARGETS).to_numpy()
-                    parts = []
-                    for output in outputs:
-                        has = (targets & np.uint64(1 << output.collection.bit)) != 0
-                        count = int(has.sum())
-                        if count:
-                            parts.append(
-                                (output, piece if count == len(has) else piece.filter(pa.array(has)))
-                            )
-                for output, part in parts:
+                    return [(0, table if order is None else table.take(order))]
+                targets = table.column(_TARGETS).to_numpy()
+                if order is not None:
+                    targets = targets[order]
+                parts = []
+                for index, bit in enumerate(bits):
+                    has = (targets & bit) != 0
+                    count = int(has.sum())
+                    if count == len(has):
+                        rows = order
+                    elif count:
+                        rows = order[has] if order is not None else np.flatnonzero(has)
+                    else:
+                        continue
+                    parts.append((index, table if rows is None else table.take(rows)))
+                return parts
+
+            # a merge round holds a batch of each run: one round per worker in flight
+            count = self.workers.count if self.workers is not None else None
+            for parts in _ordered_map(split, self._merged(sorter), self.workers, count):
+                for index, part in parts:
+                    output = outputs[index]
                     output.pending.append(part)
                     output.pending_rows += part.num_rows
                     while output.pending_rows >= self.row_group_rows:
@@ -1010,9 +1128,13 @@ class GeoParquetCollections:
                     write(output, pa.concat_tables(output.pending))
                 output.pending = []
             for output in outputs:
-                background.submit(output.writer.close)
+                lane_of[id(output)].submit(output.writer.close)
+            _close_all(lanes)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                _close_all(lanes)
+            raise
         finally:
-            background.close()
             for output in outputs:
                 output.writer.close()  # again (a no-op) after an error
         return {
@@ -1026,7 +1148,7 @@ class GeoParquetCollections:
             for output in outputs
         }
 
-    def _merged(self, sorter: _Sorter) -> Iterator[pa.Table]:
+    def _merged(self, sorter: _Sorter) -> Iterator[_Piece]:
         """The sorter's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
         more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
         run). Rows with equal keys stay in the order they came in (stable sorts, runs merged oldest first), so a
@@ -1034,9 +1156,14 @@ class GeoParquetCollections:
         while len(sorter.runs) > self.merge_fan_in:
             group, sorter.runs = sorter.runs[: self.merge_fan_in], sorter.runs[self.merge_fan_in :]
             with contextlib.ExitStack() as stack:
-                merged = _merge([_run_batches(stack, path) for path in group])
+                merged = (
+                    table if order is None else table.take(order)
+                    for table, order in _merge([_run_batches(stack, path) for path in group])
+                )
                 # first: its rows came before the others', so equal keys keep the order rows came in
-                sorter.runs.insert(0, self._write_run(sorter.schema, merged))
+                path = self._next_run_path()
+                self._write_run(path, sorter.schema, merged)
+                sorter.runs.insert(0, path)
             for path in group:
                 path.unlink()
         sources: list[Iterator[pa.Table]] = []
@@ -1044,14 +1171,29 @@ class GeoParquetCollections:
             for path in sorter.runs:
                 sources.append(_run_batches(stack, path))
             if sorter.buffered:
-                table = self._sorted(sorter)
+                table = self._sorted(sorter.schema, sorter.buffered)
                 self._drop_buffer(sorter)
                 sources.append(iter(table.to_batches(max_chunksize=SPILL_BATCH_ROWS)))  # type: ignore[arg-type]
             if len(sources) == 1:
                 for piece in sources[0]:
-                    yield pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
+                    yield (
+                        (pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece),
+                        None,
+                    )
                 return
             yield from _merge(sources)
+
+
+def _close_all(lanes: Sequence[_Background | _Inline]) -> None:
+    """Close every lane (each waits for its tasks), then raise the first error any of them had."""
+    errors: list[BaseException] = []
+    for lane in lanes:
+        try:
+            lane.close()
+        except BaseException as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _run_batches(stack: contextlib.ExitStack, path: Path) -> Iterator[pa.Table]:
@@ -1067,10 +1209,10 @@ def _run_batches(stack: contextlib.ExitStack, path: Path) -> Iterator[pa.Table]:
     return batches()
 
 
-def _merge(sources: list[Iterator[Any]]) -> Iterator[pa.Table]:
+def _merge(sources: list[Iterator[Any]]) -> Iterator[_Piece]:
     """K-way merge of sorted sources of batches, batch-wise: each round takes from every source the rows with a key
-    up to the smallest last key of their current batches (no later row of any source can sort before those), then
-    sorts just those rows."""
+    up to the smallest last key of their current batches (no later row of any source can sort before those), and
+    gives them with their order (the take is the caller's: on a worker thread); None when they are in order."""
     current: list[pa.Table | None] = []
     keys: list[np.ndarray] = []
 
@@ -1108,11 +1250,9 @@ def _merge(sources: list[Iterator[Any]]) -> Iterator[pa.Table]:
                 current[i] = piece.slice(cut)
                 keys[i] = keys[i][cut:]
         if len(taken) == 1:
-            yield taken[0]  # one run's rows only: already in order
+            yield taken[0], None  # one run's rows only: already in order
             continue
-        table = pa.concat_tables(taken)
-        order = stable_order(np.concatenate(taken_keys))
-        yield table.take(order)
+        yield pa.concat_tables(taken), stable_order(np.concatenate(taken_keys))
 
 
 __all__ = [

@@ -124,7 +124,7 @@ def sorted_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GeoParq
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("xx/cities.csv", HEADER + "".join(rows[:2000] + hostile + rows[2000:]))
     collections = GeoParquetCollections(
-        folder / "out", buffer_bytes=40_000, row_group_rows=500, merge_fan_in=3, block_bytes=4096
+        folder / "out", buffer_bytes=40_000, row_group_rows=500, merge_fan_in=3, block_bytes=4096, workers=0
     )
     collections.add_collection("global", "", "addresses")
     added, dropped = collections.add_run_zip(
@@ -164,7 +164,7 @@ def test_one_sort_for_global_and_its_area_with_threads(
         row_group_rows=500,
         merge_fan_in=3,
         block_bytes=4096,
-        threads=True,
+        workers=2,
     )
     for key in (("global", "", "addresses"), ("us_west", "", "addresses"), ("us_west", "sa", "addresses")):
         collections.add_collection(*key)
