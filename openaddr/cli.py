@@ -106,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--area",
         action="append",
         metavar="AREA",
-        help="build only this area's collections (repeatable; one of the nine areas of "
-        "openaddr.collect.areas, global first); needs --no-record",
+        # spelled out: importing openaddr.collect.areas would load all of collect for every command (a test
+        # holds this list to AREAS)
+        help="build only this area's collections (repeatable): global, us_northeast, us_midwest, us_south, "
+        "us_west, europe, asia, south_america or north_america; needs --no-record",
     )
     split = p.add_mutually_exclusive_group()
     split.add_argument(

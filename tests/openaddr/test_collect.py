@@ -1131,6 +1131,12 @@ def test_collect_command_record_only_refuses_missing_or_malformed_parts(
     world.storage.delete_prefix(parts_module.PARTS_FOLDER)
 
 
+def test_collect_command_help_names_every_area(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["collect", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(repeatable): " + ", ".join(AREAS[:-1]) + " or " + AREAS[-1] + ";" in text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
