@@ -8,7 +8,9 @@ storage: each area's part is ``collect-parts/<set id>/<collection time>/<area>.j
 the runs taken, the rows dropped, and for ``global`` the dedupe's tie-break ``members``).
 ``openaddr collect SET --record-only --at TIME`` reads the nine parts back (:func:`load_parts`), checks that every
 area is there with exactly its 18 collections, and records them all in one transaction, as one full collect
-does; the parts are then deleted (:func:`delete_parts`). A rerun of an area overwrites its part.
+does; the parts are then deleted (:func:`delete_parts`). A rerun of an area overwrites its part, and any collect
+that publishes an area's collections again (the DAG's, a full run, a split run at another time) first discards
+every part of that area (:func:`discard_parts`), since they would describe files that are no longer there.
 
 The collection time is part of the key: areas collected at another time are another split run, never mixed in
 (their README dates and member times would differ from one full collect's).
@@ -165,6 +167,14 @@ def load_parts(storage: Storage, set_id: int, *, now: dt.datetime) -> Parts:
             start = per_area + layer_index * len(LICENSE_ATTRS)
             parts.collections += by_area[area][start : start + len(LICENSE_ATTRS)]
     return parts
+
+
+def discard_parts(storage: Storage, areas: Iterable[str]) -> None:
+    """Delete every part of these areas, of any set and time: their collections are about to be published again,
+    so what those parts say (sizes, row counts) would no longer be true of the stored files
+    (:func:`openaddr.collect.collect` calls it before publishing)."""
+    names = {f"{area}.json" for area in areas}
+    storage.delete_keys([key for key in storage.list_keys(PARTS_FOLDER) if key.rsplit("/", 1)[-1] in names])
 
 
 def delete_parts(storage: Storage, set_id: int, *, now: dt.datetime) -> None:
