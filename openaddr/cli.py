@@ -19,9 +19,16 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import datetime as dt
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
+    import sqlalchemy as sa
+
+    from openaddr.collect import Collection
+    from openaddr.collect.dedupe import DedupeStats
     from openaddr.settings import Settings
+    from openaddr.storage import Storage
 
 
 def _raise_csv_field_limit() -> None:
@@ -92,7 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dedupe",
         action="store_true",
-        help="also build the -processed collections without cross-source duplicates (README: the dedupe)",
+        help="also build the -processed collections without cross-source duplicates (README: the dedupe); "
+        "with a split run, give it to --record-only",
+    )
+    p.add_argument(
+        "--area",
+        action="append",
+        metavar="AREA",
+        # spelled out: importing openaddr.collect.areas would load all of collect for every command (a test
+        # holds this list to AREAS)
+        help="build only this area's collections (repeatable): global, us_northeast, us_midwest, us_south, "
+        "us_west, europe, asia, south_america or north_america; needs --no-record",
+    )
+    split = p.add_mutually_exclusive_group()
+    split.add_argument(
+        "--no-record",
+        action="store_true",
+        help="publish the collections without recording them in zips; keep what was published in the storage "
+        "(collect-parts/) for --record-only",
+    )
+    split.add_argument(
+        "--record-only",
+        action="store_true",
+        help="build nothing: record the collections every area published with --no-record at --at, "
+        "in one transaction",
+    )
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        help="the collection time, ISO 8601 with a zone (e.g. 2026-12-07T12:30:00+00:00): the same for every "
+        "part of a split run (default: now; --no-record prints it)",
     )
     return parser
 
@@ -208,11 +244,18 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
     """``openaddr collect SET``: build and publish the collections of a set, then print one line per collection
     (name, size, addresses, URL) and what was dropped or left out.
 
+    Split by area as the ``openaddr_collect`` DAG does: ``--area AREA --no-record`` builds and publishes some
+    areas and keeps what they published in the storage (:mod:`openaddr.collect.parts`), all at one ``--at``;
+    ``--record-only --at TIME [--dedupe]`` then builds the ``-processed`` collections if asked and records every
+    area's collections in one transaction: the same files and ``zips`` rows as one full collect.
+
     The database and storage come from the options, else ``OPENADDR_DATABASE_URL`` and ``OPENADDR_RESULTS``;
     naming neither is bad usage (exit status 2), never a local default.
 
-    :return: 0 when published, 1 when the set cannot be collected (unknown, incomplete) or publishing failed
+    :return: 0 when published (and recorded), 1 when the set cannot be collected (unknown, incomplete), a split
+        run's parts are missing or malformed, or publishing failed; 2 bad usage
     """
+    import datetime as dt
     from pathlib import Path
 
     def usage(message: str) -> int:
@@ -234,9 +277,46 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
     if not owner or not repository or "/" in repository:
         return usage(f"--repository must be OWNER/NAME, not {args.repository!r}")
 
+    from openaddr.collect.areas import AREAS
+
+    areas: list[str] | None = None
+    if args.area:
+        unknown = sorted({area for area in args.area if area not in AREAS})
+        if unknown:
+            return usage(f"unknown area {', '.join(map(repr, unknown))}: choose from {', '.join(AREAS)}")
+        areas = [area for area in AREAS if area in args.area]
+        if args.dedupe:
+            return usage(
+                f"--dedupe needs every area's address collections at once, not only {', '.join(areas)}: "
+                "build the areas with --no-record, then run --record-only --dedupe"
+            )
+        if args.record_only:
+            return usage("--record-only records every area at once; --area goes with --no-record")
+        if not args.no_record:
+            return usage(
+                "--area builds part of a set: add --no-record, then record every area together with "
+                "--record-only (recording some areas alone would leave the others' collections not current)"
+            )
+    if args.dedupe and args.no_record:
+        return usage("--dedupe runs once every area is published: give it to --record-only, not --no-record")
+    at: dt.datetime | None = None
+    if args.at is not None:
+        try:
+            at = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            return usage(
+                f"--at must be an ISO 8601 time with a zone (2026-12-07T12:30:00+00:00), not {args.at!r}"
+            )
+        if at.tzinfo is None:
+            return usage(f"--at needs a zone (e.g. {args.at}+00:00), not {args.at!r}")
+        at = at.astimezone(dt.UTC)
+    elif args.record_only:
+        return usage(
+            "--record-only needs --at, the collection time the areas were built with (--no-record prints it)"
+        )
+
     import sqlalchemy.exc
 
-    from openaddr.collect import collect
     from openaddr.db import make_engine
     from openaddr.storage import open_storage
 
@@ -247,9 +327,10 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
         work_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(database)
     try:
-        result = collect(
-            engine, storage, which, owner=owner, repository=repository, work_dir=work_dir, dedupe=args.dedupe
-        )
+        if args.record_only:
+            assert at is not None
+            return _record_parts(engine, storage, which, at, args.dedupe, owner, repository, work_dir)
+        return _collect(engine, storage, which, at, areas, args, owner, repository, work_dir)
     except LookupError as exc:
         sys.stderr.write(f"openaddr collect: {exc.args[0] if exc.args else exc}\n")
         return 1
@@ -258,13 +339,42 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     finally:
         engine.dispose()
+
+
+def _collect(
+    engine: sa.Engine,
+    storage: Storage,
+    which: int | str,
+    at: dt.datetime | None,
+    areas: list[str] | None,
+    args: argparse.Namespace,
+    owner: str,
+    repository: str,
+    work_dir: Path | None,
+) -> int:
+    """Build and publish (``--no-record``: keep the parts for ``--record-only``), then print."""
+    from openaddr.collect import collect
+    from openaddr.collect.areas import AREAS
+    from openaddr.collect.parts import parts_prefix, save_parts
+    from openaddr.db.runs import utcnow
+
+    if args.no_record and at is None:
+        at = utcnow().replace(microsecond=0)  # whole seconds: the --at the other parts are given
+    result = collect(
+        engine,
+        storage,
+        which,
+        owner=owner,
+        repository=repository,
+        work_dir=work_dir,
+        now=at,
+        dedupe=args.dedupe,
+        areas=areas,
+        record=not args.no_record,
+    )
     out = sys.stdout
     out.write(f"Set {result.set_id}: {len(result.runs)} runs collected\n")
-    for item in result.collections:
-        out.write(f"{item.name}\t{item.content_length} bytes\t{item.address_count} addresses\t{item.url}\n")
-    dropped = sum(result.dropped.values())
-    if dropped:
-        out.write(f"{dropped} rows dropped for invalid coordinates, from {len(result.dropped)} runs\n")
+    _print_collections(result.collections, result.dropped)
     for run_id, reason in sorted(result.skipped.items()):
         out.write(f"Run {run_id} left out: {reason}\n")
     for run_id, reason in sorted(result.geojson_skipped.items()):
@@ -275,12 +385,87 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
             f"{features} features without a usable geometry left out of the GeoParquet collections, "
             f"from {len(result.features_dropped)} runs\n"
         )
-    for attr, figures in result.dedupe.items():
+    _print_dedupe(result.dedupe)
+    if args.no_record:
+        assert at is not None
+        built = areas or list(AREAS)
+        save_parts(storage, result, built, now=at)
+        prefix = parts_prefix(result.set_id, at)
+        stored = set(storage.list_keys(prefix))
+        left = [area for area in AREAS if f"{prefix}/{area}.json" not in stored]
+        stamp = at.isoformat()
         out.write(
+            f"Not recorded: set {result.set_id} at {stamp}, areas {', '.join(built)} (kept in {prefix}/)\n"
+        )
+        if left:
+            out.write(
+                f"Areas left to build: {', '.join(left)}: openaddr collect {result.set_id} --no-record "
+                f"--at {stamp} --area AREA\n"
+            )
+        out.write(
+            f"Record every area with: openaddr collect {result.set_id} --record-only --at {stamp} [--dedupe]\n"
+        )
+    return 0
+
+
+def _record_parts(
+    engine: sa.Engine,
+    storage: Storage,
+    which: int | str,
+    at: dt.datetime,
+    dedupe: bool,
+    owner: str,
+    repository: str,
+    work_dir: Path | None,
+) -> int:
+    """``--record-only``: the split run's parts read back, the dedupe if asked, every collection recorded."""
+    from openaddr.collect import dedupe_published, record_collections
+    from openaddr.collect.parts import delete_parts, load_parts
+    from openaddr.db.collect import collect_set
+
+    set_id = int(collect_set(engine, which, owner=owner, repository=repository)["id"])
+    parts = load_parts(storage, set_id, now=at)
+    collections = list(parts.collections)
+    stats: Mapping[str, DedupeStats] = {}
+    if dedupe:
+        processed, stats = dedupe_published(
+            engine,
+            storage,
+            set_id,
+            parts.members,
+            now=at,
+            owner=owner,
+            repository=repository,
+            work_dir=work_dir,
+        )
+        collections += processed
+    record_collections(engine, collections, now=at)
+    delete_parts(storage, set_id, now=at)
+    out = sys.stdout
+    out.write(f"Set {set_id}: {len(parts.runs)} runs collected\n")
+    _print_collections(collections, parts.dropped)
+    _print_dedupe(stats)
+    out.write(
+        f"Recorded {len(collections)} collections of set {set_id} at {at.isoformat()} as the current ones\n"
+    )
+    return 0
+
+
+def _print_collections(collections: Sequence[Collection], dropped: Mapping[int, int]) -> None:
+    out = sys.stdout
+    for item in collections:
+        out.write(f"{item.name}\t{item.content_length} bytes\t{item.address_count} addresses\t{item.url}\n")
+    rows = sum(dropped.values())
+    if rows:
+        out.write(f"{rows} rows dropped for invalid coordinates, from {len(dropped)} runs\n")
+
+
+def _print_dedupe(stats: Mapping[str, DedupeStats]) -> None:
+    for attr, figures in stats.items():
+        sys.stdout.write(
             f"Dedupe {attr or 'open'}: {figures.rows} rows, {figures.dropped_global} dropped from global, "
             f"{figures.dropped_regional} from their region; {figures.shards} shards, largest {figures.largest_shard}\n"
         )
-    return 0
 
 
 if __name__ == "__main__":

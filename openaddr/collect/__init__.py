@@ -52,6 +52,7 @@ from openaddr.collect.archive import (
 from openaddr.collect.areas import AREAS, areas_of, source_name
 from openaddr.collect.dedupe import DedupeSettings, DedupeStats, Processed, build_processed
 from openaddr.collect.geoparquet import Entry, GeoParquetCollections, parquet_name
+from openaddr.collect.parts import discard_parts
 from openaddr.db.collect import ZipRow, collect_runs, collect_set, record_zips
 from openaddr.db.runs import utcnow
 from openaddr.db.schema import LICENSE_ATTRS
@@ -315,6 +316,7 @@ def collect(
                 folder, addresses, readme, zip_time(now), members, settings
             )
             names.update({p.name: p.path for p in result.processed})
+        discard_parts(storage, wanted)  # a split run's parts of these areas would describe replaced files
         urls = storage.publish_files(COLLECTIONS_FOLDER, names)
         for (area, attr, layer), collection in zips.items():
             name = collection_name(area, attr, layer)

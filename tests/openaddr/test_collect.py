@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from openaddr.collect import (
     collect,
     collection_name,
     dedupe_published,
+    parts as parts_module,
     record_collections,
     repository_of,
 )
@@ -1008,6 +1010,186 @@ def test_collect_command_needs_database_and_storage(
         "openaddr collect: cannot use the Machine database: (sqlite3.OperationalError) no such table: sets"
         in (capsys.readouterr().err)
     )
+
+
+def collect_cli(world: World, *args: str) -> int:
+    """``openaddr collect`` on the world's database and storage."""
+    return main(
+        ["collect", *args, "--database", world.url, "--storage", str(world.storage.root),
+         "--public-url", "http://files.test/storage", "--work-dir", str(world.folder / "work")]
+    )  # fmt: skip
+
+
+def test_collect_command_split_by_area_equals_one_call(
+    collected: Collected, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator's split run: the areas one at a time (--no-record, the --at the first one printed), then
+    # --record-only --dedupe; the same zips rows and files as one `openaddr collect --dedupe` at that time.
+    world = collected.world
+    for name in (
+        "OPENADDR_DATABASE_URL",
+        "OPENADDR_RESULTS",
+        "OPENADDR_RESULTS_PUBLIC_URL",
+        "OPENADDR_SCRATCH",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    before = current_zips(world.engine)
+    first, *others = reversed(AREAS)  # any order; global, the largest, last
+    assert collect_cli(world, "2", "--area", first, "--no-record") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Set 2: ")
+    assert [line.split("\t")[0] for line in out if line.startswith("openaddr-collected-")] == (
+        parts_module.expected_names(first)
+    )
+    stamp = out[-3].split(" at ", 1)[1].split(",", 1)[0]
+    at = dt.datetime.fromisoformat(stamp)
+    assert at.tzinfo is not None
+    assert at.microsecond == 0
+    prefix = parts_module.parts_prefix(2, at)
+    assert out[-3:] == [
+        f"Not recorded: set 2 at {stamp}, areas {first} (kept in {prefix}/)",
+        f"Areas left to build: {', '.join(AREAS[:-1])}: openaddr collect 2 --no-record --at {stamp} --area AREA",
+        f"Record every area with: openaddr collect 2 --record-only --at {stamp} [--dedupe]",
+    ]
+    for area in others:
+        assert collect_cli(world, "2", "--area", area, "--no-record", "--at", stamp) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"Record every area with: openaddr collect 2 --record-only --at {stamp} [--dedupe]" in out
+    assert not any(line.startswith("Areas left to build") for line in out[-2:])
+    assert current_zips(world.engine) == before  # nothing recorded by the areas
+    assert world.storage.list_keys(prefix) == [f"{prefix}/{area}.json" for area in sorted(AREAS)]
+
+    assert collect_cli(world, "2", "--record-only", "--at", stamp, "--dedupe") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Set 2: 25 runs collected"
+    assert len([line for line in out if line.startswith("openaddr-collected-")]) == 180
+    assert "8 rows dropped for invalid coordinates, from 2 runs" in out
+    assert any(line.startswith("Dedupe open: ") for line in out)
+    assert out[-1] == f"Recorded 180 collections of set 2 at {stamp} as the current ones"
+    assert world.storage.list_keys(parts_module.PARTS_FOLDER) == []  # the parts are gone once recorded
+    split_rows = current_zips(world.engine)
+    assert len(split_rows) == 180
+    assert all(row["datetime"] == at for row in split_rows)
+    split_files = {key: world.storage.get_bytes(key) for key in world.storage.list_keys(COLLECTIONS_FOLDER)}
+    split_lines = out
+
+    assert collect_cli(world, "2", "--at", stamp, "--dedupe") == 0
+    whole = capsys.readouterr().out.splitlines()
+    assert current_zips(world.engine) == split_rows
+    assert {key: world.storage.get_bytes(key) for key in world.storage.list_keys(COLLECTIONS_FOLDER)} == (
+        split_files
+    )
+    # the same lines, in the same order, as one call prints (but for what only building sees)
+    assert [line for line in whole if line.startswith(("openaddr-collected-", "Set ", "Dedupe "))] == [
+        line for line in split_lines if line.startswith(("openaddr-collected-", "Set ", "Dedupe "))
+    ]
+
+
+def test_collect_command_record_only_refuses_missing_or_malformed_parts(
+    collected: Collected, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = collected.world
+    monkeypatch.delenv("OPENADDR_SCRATCH", raising=False)
+    at = "2026-12-20T08:00:00+00:00"
+    before = current_zips(world.engine)
+    assert collect_cli(world, "2", "--record-only", "--at", at) == 1
+    err = capsys.readouterr().err
+    assert f"set 2 at {at}: no published collections of {', '.join(AREAS)}" in err
+    assert collect_cli(world, "2", "--area", "europe", "--area", "asia", "--no-record", "--at", at) == 0
+    capsys.readouterr()
+    prefix = parts_module.parts_prefix(2, dt.datetime.fromisoformat(at))
+    assert world.storage.list_keys(prefix) == [f"{prefix}/asia.json", f"{prefix}/europe.json"]
+    # Another collect of asia (here the DAG's way, at another time) replaces its files: asia's part is discarded.
+    later = NOW + dt.timedelta(days=20)
+    collect(world.engine, world.storage, 2, now=later, work_dir=world.folder, areas=["asia"], record=False)
+    assert world.storage.list_keys(parts_module.PARTS_FOLDER) == [f"{prefix}/europe.json"]
+    assert collect_cli(world, "latest", "--record-only", "--at", "2026-12-20T09:00:00+01:00") == 1
+    missing = [area for area in AREAS if area != "europe"]
+    assert f"no published collections of {', '.join(missing)} (nothing under" in capsys.readouterr().err
+    europe = world.storage.get_bytes(f"{prefix}/europe.json")
+    for area in missing:  # the other areas' parts, from europe's; then some of them damaged
+        world.storage.put_bytes(europe.replace(b"europe", area.encode()), f"{prefix}/{area}.json")
+    part = json.loads(world.storage.get_bytes(f"{prefix}/global.json"))
+    del part["collections"][-1]
+    world.storage.put_bytes(json.dumps(part).encode(), f"{prefix}/global.json")
+    assert collect_cli(world, "2", "--record-only", "--at", at) == 1
+    assert (
+        f"{prefix}/global.json: collections differ from the area's 18: missing "
+        "['openaddr-collected-global-sa-centerlines.parquet'], unexpected [], 17 in all"
+    ) in capsys.readouterr().err
+    world.storage.put_bytes(b"[1, 2", f"{prefix}/global.json")
+    assert collect_cli(world, "2", "--record-only", "--at", at) == 1
+    assert f"{prefix}/global.json: not JSON" in capsys.readouterr().err
+    part = json.loads(world.storage.get_bytes(f"{prefix}/asia.json"))
+    part["collections"][3]["content_length"] = -1
+    world.storage.put_bytes(json.dumps(part).encode(), f"{prefix}/global.json")
+    assert collect_cli(world, "2", "--record-only", "--at", at) == 1
+    assert f"{prefix}/global.json: area is 'asia', not 'global'" in capsys.readouterr().err
+    world.storage.put_bytes(json.dumps(part).encode(), f"{prefix}/asia.json")
+    world.storage.put_bytes(europe.replace(b"europe", b"global"), f"{prefix}/global.json")
+    assert collect_cli(world, "2", "--record-only", "--at", at) == 1
+    assert (
+        f"{prefix}/asia.json: collection 3 ('openaddr-collected-asia-sa-addresses.geojsonl.zip'): "
+        "content_length -1 is not a count" in capsys.readouterr().err
+    )
+    assert current_zips(world.engine) == before  # nothing recorded
+    world.storage.delete_prefix(parts_module.PARTS_FOLDER)
+
+
+def test_collect_command_help_names_every_area(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["collect", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(repeatable): " + ", ".join(AREAS[:-1]) + " or " + AREAS[-1] + ";" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--area", "mars", "--no-record"], "unknown area 'mars': choose from " + ", ".join(AREAS)),
+        (["--area", "europe", "--area", "x", "--area", "mars", "--no-record"], "unknown area 'mars', 'x': "),
+        (
+            ["--area", "europe", "--area", "asia", "--dedupe", "--no-record"],
+            "--dedupe needs every area's address collections at once, not only europe, asia: build the areas "
+            "with --no-record, then run --record-only --dedupe",
+        ),
+        (["--area", "europe", "--dedupe"], "--dedupe needs every area's address collections at once"),
+        (["--dedupe", "--no-record"], "--dedupe runs once every area is published: give it to --record-only"),
+        (["--area", "europe"], "--area builds part of a set: add --no-record"),
+        (
+            ["--area", "europe", "--record-only", "--at", "2026-12-07T12:00:00Z"],
+            "--area goes with --no-record",
+        ),
+        (["--record-only"], "--record-only needs --at, the collection time the areas were built with"),
+        (["--no-record", "--at", "2026-12-07 12:00"], "--at needs a zone (e.g. 2026-12-07 12:00+00:00)"),
+        (["--no-record", "--at", "yesterday"], "--at must be an ISO 8601 time with a zone"),
+        (["--no-record", "--record-only"], "argument --record-only: not allowed with argument --no-record"),
+    ],
+    ids=[
+        "unknown-area",
+        "unknown-areas",
+        "dedupe-with-areas",
+        "dedupe-with-area-recording",
+        "dedupe-no-record",
+        "area-recording",
+        "area-record-only",
+        "record-only-without-at",
+        "at-without-zone",
+        "at-malformed",
+        "no-record-and-record-only",
+    ],  # fmt: skip
+)
+def test_collect_command_split_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Refused before the database or storage is touched: exit status 2, the problem named, no traceback.
+    database = tmp_path / "never.db"
+    assert (
+        main(["collect", "2", "--database", f"sqlite:///{database}", "--storage", str(tmp_path), *args]) == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not database.exists()
 
 
 # --------------------------------------------------------------------------------------------------------------
