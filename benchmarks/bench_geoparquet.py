@@ -119,6 +119,10 @@ def _step(inputs: Sequence[tuple[Path, str, str]], work_dir: Path, queue: Any) -
     import pyarrow.parquet  # noqa: F401  (imports are not the step's time)
     import shapely  # noqa: F401
 
+    from openaddr import arrow_pool
+
+    arrow_pool.check(arrow_pool.COLLECT)
+
     from openaddr.collect.areas import AREAS, areas_of
     from openaddr.collect.geoparquet import Entry, GeoParquetCollections
     from openaddr.db.schema import LICENSE_ATTRS
@@ -149,7 +153,12 @@ def _step(inputs: Sequence[tuple[Path, str, str]], work_dir: Path, queue: Any) -
 
 def measure(inputs: Sequence[tuple[Path, str, str]], work_dir: Path) -> Measured:
     """Run the GeoParquet step over run zips in a child process; its rows/s counts the rows read."""
+    from openaddr import arrow_pool
+
     work_dir.mkdir(parents=True, exist_ok=True)
+    arrow_pool.choose(
+        arrow_pool.COLLECT
+    )  # the child reads it as it loads pyarrow, as the collect DAG's task does
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_step, args=(list(inputs), work_dir, queue))
@@ -197,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  CPU {result.cpu_seconds:.1f} s (user + system): {result.rows / result.cpu_seconds:,.0f} rows per CPU second; "
         f"load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    print(f"  peak RSS {result.peak_rss_mib:,.0f} MiB")
+    from openaddr.collect.geoparquet import default_workers
+
+    print(
+        f"  peak RSS {result.peak_rss_mib:,.0f} MiB; {default_workers()} worker threads, Arrow's default pool "
+        f"{os.environ.get('ARROW_DEFAULT_MEMORY_POOL', 'the build default')}"
+    )
     ok_rate = result.rows_per_second >= TARGET_ROWS_PER_SECOND
     ok_rss = result.peak_rss_mib <= TARGET_RSS_MIB
     print(f"  target ≥ {TARGET_ROWS_PER_SECOND:,} rows/s: {'met' if ok_rate else 'NOT met'}")

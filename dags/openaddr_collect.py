@@ -73,9 +73,13 @@ def collect_area(plan: dict, area: str) -> dict:
     """
     import datetime as dt
 
+    from openaddr import arrow_pool
+
+    arrow_pool.choose(arrow_pool.COLLECT)  # before pyarrow loads (openaddr.arrow_pool)
     from openaddr.collect import collect
     from openaddr_airflow import config
 
+    arrow_pool.check(arrow_pool.COLLECT)
     with config.machine_engine() as engine:
         result = collect(
             engine,

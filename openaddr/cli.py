@@ -14,9 +14,10 @@ import contextlib
 import csv
 import io
 import logging
-import os
 import sys
 from typing import TYPE_CHECKING
+
+from openaddr import arrow_pool
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -136,9 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     _raise_csv_field_limit()
-    # Arrow's default allocator (jemalloc) keeps freed batches mapped for a while; with batches streaming through
-    # several processes that showed as ~40 MiB more peak memory. Must be set before pyarrow is imported.
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     for stream in (sys.stdout, sys.stderr):  # text from sources and data must never fail to print
         if isinstance(stream, io.TextIOWrapper):  # not when replaced, e.g. by a test's capture
             with contextlib.suppress(ValueError, OSError):
@@ -148,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage
         return int(exc.code or 0)
+    # before pyarrow is imported: it reads the choice once (openaddr.arrow_pool)
+    arrow_pool.choose(arrow_pool.COLLECT if args.command == "collect" else arrow_pool.PROCESSING)
     from openaddr.settings import Settings, SettingsError
 
     try:

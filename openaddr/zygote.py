@@ -48,6 +48,8 @@ import time
 import traceback
 from typing import IO, TYPE_CHECKING, Any
 
+from openaddr import arrow_pool
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
@@ -145,7 +147,7 @@ def main() -> int:
 
     started = time.monotonic()
     # As ``openaddr.cli.main`` does, before pyarrow is imported (it reads this once).
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    arrow_pool.choose(arrow_pool.PROCESSING)
     # Libraries that start threads when loaded: the zygote must stay single-threaded to fork safely (checked
     # below). OpenBLAS (numpy) starts its thread pool unless told one thread, and Arrow's bundled jemalloc a
     # background purging thread; neither matters to processing (no linear algebra; the system allocator above).

@@ -63,10 +63,15 @@ log = logging.getLogger(__name__)
 
 #: The GeoParquet version written.
 GEOPARQUET_VERSION = "1.1.0"
-#: Rows per row group of a published file.
-ROW_GROUP_ROWS = 65_536
-#: Bytes of rows all collections may buffer before the largest buffer is sorted and spilled.
-BUFFER_BYTES = 24 << 20
+#: Rows per row group of a published file (GDAL writes 65,536 by default, DuckDB 122,880: half GDAL's keeps a
+#: file's row groups in flight on the writer threads within the memory target, and lets a bbox filter skip finer).
+ROW_GROUP_ROWS = 32_768
+#: Bytes of rows all collections may buffer before the largest buffer is sorted and spilled (one more buffer is
+#: being sorted and spilled on a worker thread meanwhile).
+BUFFER_BYTES = 16 << 20
+#: How long jemalloc keeps freed pages before it hands them back (its default, 1 s, kept about 100 MiB of the
+#: short-lived tables of the worker threads resident; 0 costs about a fifth more CPU in page faults).
+JEMALLOC_DECAY_MS = 100
 #: Rows per batch of a spilled run (the merge holds one batch per run).
 SPILL_BATCH_ROWS = 2_048
 #: Runs merged at once at most (more are merged in passes).
@@ -726,12 +731,9 @@ def geo_metadata(geometry_types: Iterable[str], bbox: Sequence[float] | None) ->
 
 
 def _memory_pool() -> pa.MemoryPool:
-    """jemalloc when this pyarrow has it, else the default pool. The wheels' default, mimalloc, kept freed memory
-    from the sort's and the merge's short-lived tables: the step's peak RSS (6.45 M rows, 72 files) was 331 MiB
-    with it, 286-290 MiB with this pool as pyarrow's default (what pyarrow's Python calls allocate; Arrow's C++
-    internals, such as the Parquet encoder, keep the process default), 261 MiB with jemalloc for everything
-    (``ARROW_DEFAULT_MEMORY_POOL=jemalloc``, which has to be set before pyarrow loads), all for the same CPU
-    time."""
+    """jemalloc when this pyarrow has it, else the default pool: for what pyarrow's Python calls allocate. Arrow's
+    C++ internals (the Parquet writer's page buffers) keep the process default, chosen before pyarrow loads
+    (:mod:`openaddr.arrow_pool`: jemalloc for collect processes)."""
     try:
         return pa.jemalloc_memory_pool()
     except NotImplementedError:
@@ -787,6 +789,9 @@ class GeoParquetCollections:
         self.spills = 0
         self._previous_pool: pa.MemoryPool | None = pa.default_memory_pool()
         pa.set_memory_pool(_memory_pool())
+        if pa.default_memory_pool().backend_name == "jemalloc":
+            # for the arenas of the threads that start from now on (process-wide; JEMALLOC_DECAY_MS)
+            pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
 
     def _release_unused(self) -> None:
         """Hand the memory the pools keep from freed buffers back to the system: after a spill and a row group
@@ -1051,7 +1056,9 @@ class GeoParquetCollections:
 
         outputs: list[Output] = []
         lanes: list[_Background | _Inline] = (
-            [_Background() for _ in range(self.workers.count)] if self.workers is not None else [_Inline()]
+            [_Background(depth=2) for _ in range(self.workers.count)]
+            if self.workers is not None
+            else [_Inline()]
         )
         # each file on the writer thread with the fewest rows so far, the largest files first
         load = [0] * len(lanes)
@@ -1081,6 +1088,7 @@ class GeoParquetCollections:
                         *(f"bbox.{n}" for n in BBOX_TYPE.names),
                     ],
                     store_schema=True,
+                    memory_pool=pa.default_memory_pool(),  # the collections' pool (not the process default)
                 )
                 outputs.append(Output(collection, path, schema, writer))
             for output in sorted(outputs, key=lambda o: -o.collection.rows):
