@@ -26,7 +26,8 @@ instead of pointing at nothing).
 **Batches.** The old runs are read in pages of ``batch_size`` ids (keyset on ``id``, so that a million rows are never
 held at once and each query stays cheap). For each batch:
 
-1. every object below each run's folder ``runs/<id>/`` is listed with its size (the run's published outputs,
+1. every object below each run's folder ``runs/<id>/`` is listed with its size, :data:`LIST_THREADS` folders at
+   a time (the run's published outputs,
    :meth:`openaddr.storage.Storage.publish_run`; a copy has no files of its own: its state points at the
    original's folder, which is not touched);
 2. in **one transaction**, the rules 3 to 5 are checked again, and the ``run_reviews`` rows of the runs still to
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: Runs deleted per transaction (and per page of the old runs read).
 BATCH_SIZE = 500
+#: Run folders listed at once (one ``ListObjectsV2`` each on S3, where a request's latency dominates).
+LIST_THREADS = 8
 
 #: The definitions of an entry's latest run that keep it (rule 1): ``latest_runs_query`` options, each as the
 #: site, the health page or the alerts use it.
@@ -105,8 +109,8 @@ class SweepResult:
     :param files_deleted: objects deleted from storage
     :param bytes_freed: their total size
     :param reviews_deleted: ``run_reviews`` rows deleted with their runs
-    :param kept: old runs kept, by rule (``latest``, ``collected``, ``copied``, ``held`` or ``running``: the
-        rules 3 to 5 are counted together as ``copied, held or running``)
+    :param kept: old runs kept, by rule: ``latest``, ``collected``, and ``copied, held or running`` (the rules 3
+        to 5, counted together)
     :param batches: transactions committed
     """
 
@@ -296,9 +300,11 @@ def _sweep_batch(
 ) -> None:
     """List, delete the rows, then delete the files of one batch (module docstring)."""
     files: dict[int, dict[str, int]] = {}
-    for run_id in batch:
+    with ThreadPoolExecutor(max_workers=LIST_THREADS, thread_name_prefix="housekeeping-list") as pool:
+        listings = {run_id: pool.submit(storage.list_sizes, run_prefix(run_id)) for run_id in batch}
+    for run_id, listing in listings.items():  # in batch order: the first failing run is named
         try:
-            files[run_id] = storage.list_sizes(run_prefix(run_id))
+            files[run_id] = listing.result()
         except Exception as exc:
             raise SweepError(
                 f"Housekeeping stopped: could not list the files of run {run_id} ({run_prefix(run_id)}/ in "
