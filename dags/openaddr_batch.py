@@ -23,7 +23,7 @@
    the summary in the task's log says so), and mails the subscribers of each source that broke or recovered.
 
 A failed scheduled run of this DAG is an alert too (`on_failure_callback`, as on `openaddr_collect`,
-`openaddr_refresh_merged` and `openaddr_alert_broken_sources`).
+`openaddr_refresh_merged`, `openaddr_alert_broken_sources` and `openaddr_housekeeping`).
 
 Owner: the OpenAddresses Machine maintainers.
 """

@@ -1,4 +1,4 @@
-"""The ``openaddr`` command line: validate, test-source, conform, process-one, db-upgrade, collect.
+"""The ``openaddr`` command line: validate, test-source, conform, process-one, db-upgrade, collect, housekeeping.
 
 Exit status: 0 success, 1 a failure recorded in the state (``index.json`` with a named source problem) or an
 invalid source file, 2 bad usage (a missing or unreadable file, a FIFO or device given as a file, ``--out`` that is
@@ -131,6 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the collection time, ISO 8601 with a zone (e.g. 2026-12-07T12:30:00+00:00): the same for every "
         "part of a split run (default: now; --no-record prints it)",
     )
+
+    p = sub.add_parser(
+        "housekeeping",
+        help="delete runs past retention that no rule keeps, with their files (machine-ci.md §4)",
+    )
+    p.add_argument(
+        "--database", help="SQLAlchemy URL of the Machine database (default: OPENADDR_DATABASE_URL)"
+    )
+    p.add_argument(
+        "--storage", help="the run storage: a folder, file:// or s3:// URL (default: OPENADDR_RESULTS)"
+    )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        help="keep runs younger than this many days (default: OPENADDR_RETENTION_DAYS, 90)",
+    )
+    p.add_argument("--batch-size", type=int, default=500, help="runs deleted per transaction (default: 500)")
+    p.add_argument("--dry-run", action="store_true", help="delete nothing; print what would be deleted")
     return parser
 
 
@@ -236,6 +254,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Se
         return 0
     if args.command == "collect":
         return collect_command(args, settings)
+    if args.command == "housekeeping":
+        return housekeeping_command(args, settings)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -447,6 +467,71 @@ def _record_parts(
     _print_dedupe(stats)
     out.write(
         f"Recorded {len(collections)} collections of set {set_id} at {at.isoformat()} as the current ones\n"
+    )
+    return 0
+
+
+def housekeeping_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``openaddr housekeeping``: delete the runs past retention that no rule keeps, with their files
+    (:func:`openaddr.housekeeping.sweep`), then print the counts; ``--dry-run`` deletes nothing.
+
+    The database and storage come from the options, else ``OPENADDR_DATABASE_URL`` and ``OPENADDR_RESULTS``;
+    naming neither is bad usage (exit status 2), never a local default.
+
+    :return: 0 when swept, 1 when storage or the database failed (the message says what was kept), 2 bad usage
+    """
+    import datetime as dt
+
+    def usage(message: str) -> int:
+        sys.stderr.write(f"openaddr housekeeping: error: {message}\n")
+        return 2
+
+    database = args.database or settings.database_url
+    storage_url = args.storage or settings.results
+    if not database:
+        return usage("housekeeping needs --database (or OPENADDR_DATABASE_URL)")
+    if not storage_url:
+        return usage("housekeeping needs --storage (or OPENADDR_RESULTS)")
+    days = settings.retention_days if args.retention_days is None else args.retention_days
+    if days < 1:
+        return usage(f"--retention-days must be at least 1, not {days}")
+    if args.batch_size < 1:
+        return usage(f"--batch-size must be at least 1, not {args.batch_size}")
+
+    import sqlalchemy.exc
+
+    from openaddr.db import make_engine
+    from openaddr.db.runs import utcnow
+    from openaddr.housekeeping import SweepError, sweep
+    from openaddr.storage import open_storage
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    storage = open_storage(storage_url, public_url=settings.results_public_url)
+    engine = make_engine(database)
+    try:
+        result = sweep(
+            engine,
+            storage,
+            now=utcnow(),
+            retention=dt.timedelta(days=days),
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+        )
+    except SweepError as exc:
+        sys.stderr.write(f"openaddr housekeeping: {exc}\n")
+        return 1
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        sys.stderr.write(
+            f"openaddr housekeeping: cannot use the Machine database: {str(exc).splitlines()[0]}\n"
+        )
+        return 1
+    finally:
+        engine.dispose()
+    kept = ", ".join(f"{count} {rule}" for rule, count in sorted(result.kept.items()) if count) or "none"
+    sys.stdout.write(
+        f"{'Dry run: would delete' if result.dry_run else 'Deleted'} {result.runs_deleted} runs recorded before "
+        f"{result.cutoff.isoformat()}, {result.files_deleted} files, {result.bytes_freed} bytes; "
+        f"old runs kept: {kept}\n"
     )
     return 0
 

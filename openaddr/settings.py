@@ -116,6 +116,17 @@ def _positive(raw: Any) -> Any:
     return value
 
 
+def _days(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    value = int(raw.strip())
+    if value < 1:
+        raise ValueError(
+            "expected a whole number of days >= 1 (0 or less would delete every old run at once)"
+        )
+    return value
+
+
 def _workers(raw: Any) -> Any:
     if isinstance(raw, str) and raw.strip() == "":
         return None
@@ -205,6 +216,8 @@ class Settings(BaseSettings):
     :param sources: where the batch lists its sources (after ``openaddr_sources``)
     :param gag_github_status: never post commit statuses (after ``openaddr_gag_github_status``)
     :param cloudwatch_namespace: CloudWatch namespace of the task metric (after ``openaddr_cloudwatch_namespace``)
+    :param retention_days: how many days a run is kept before the weekly housekeeping may delete it (its row and
+        its files), unless a rule keeps it (:mod:`openaddr.housekeeping`); at least 1
     """
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore", validate_by_name=True)
@@ -253,6 +266,7 @@ class Settings(BaseSettings):
     sources: Text = None
     gag_github_status: Flag = False
     cloudwatch_namespace: Text = None
+    retention_days: Annotated[int, Field(ge=1), BeforeValidator(_days)] = 90
 
     @field_validator("allowed_private_networks")
     @classmethod

@@ -336,6 +336,10 @@ class Storage(ABC):
         """Every key below the folder ``prefix`` (``runs/1`` covers ``runs/1/…``, not ``runs/10/…``), sorted."""
 
     @abstractmethod
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every key below the folder ``prefix`` with its size in bytes (what deleting them frees), by key."""
+
+    @abstractmethod
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Delete these objects, in order; missing ones are ignored."""
 
@@ -586,6 +590,15 @@ class LocalStorage(Storage):
         """Every key below the folder ``prefix``, sorted."""
         folder = self.path(_folder(prefix)[:-1])
         return sorted(p.relative_to(self.root).as_posix() for p in self._walk(folder))
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every key below the folder ``prefix`` with its size; a file removed meanwhile is left out."""
+        folder = self.path(_folder(prefix)[:-1])
+        sizes: dict[str, int] = {}
+        for path in self._walk(folder):
+            with contextlib.suppress(FileNotFoundError):
+                sizes[path.relative_to(self.root).as_posix()] = path.stat().st_size
+        return dict(sorted(sizes.items()))
 
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Delete files and then their emptied folders (up to the root)."""
@@ -891,6 +904,16 @@ class S3Storage(Storage):
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
             keys.extend(item["Key"][strip:] for item in page.get("Contents", ()))
         return sorted(keys)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every key below the folder ``prefix`` with its size (``ListObjectsV2``'s ``Size``)."""
+        folder = self.full_key(_folder(prefix)[:-1]) + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        sizes: dict[str, int] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+            for item in page.get("Contents", ()):
+                sizes[item["Key"][strip:]] = int(item.get("Size") or 0)
+        return dict(sorted(sizes.items()))
 
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Delete objects in batches of 1,000, in order."""

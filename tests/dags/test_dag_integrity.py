@@ -74,6 +74,7 @@ DAG_QUEUES = {
     "openaddr_collect": "batch",
     "openaddr_refresh_merged": "batch",
     "openaddr_alert_broken_sources": "batch",
+    "openaddr_housekeeping": "batch",
 }
 TASK_QUEUES = {"process_large_source": "large"}
 
@@ -115,9 +116,27 @@ def test_process_source_is_pooled_timed_and_named(
     assert "label" in task.map_index_template
 
 
+#: The DAGs whose failed scheduled runs alert the maintainers (machine-ci.md §11, and the daily maintenance DAGs).
+ALERTING_DAGS = sorted(set(DAG_QUEUES) - {"openaddr_ci"})
+
+
+@pytest.mark.parametrize("dag_id", ALERTING_DAGS)
+def test_failed_scheduled_runs_alert_the_maintainers(dagbag: DagBag, dag_id: str) -> None:
+    from openaddr_airflow.alerts import FailedRunNotifier
+
+    callback = dagbag.dags[dag_id].on_failure_callback
+    callbacks = callback if isinstance(callback, list) else [callback]
+    assert [type(c) for c in callbacks] == [FailedRunNotifier], f"{dag_id}: {callback!r}"
+
+
 def test_schedules(dagbag: DagBag) -> None:
     assert dagbag.dags["openaddr_ci"].schedule is None
     assert dagbag.dags["openaddr_batch"].schedule == "@daily"
+    housekeeping = dagbag.dags["openaddr_housekeeping"]
+    assert housekeeping.schedule == "@weekly"
+    assert housekeeping.max_active_runs == 1
+    assert [task.task_id for task in housekeeping.tasks] == ["sweep_runs"]
+    assert "openaddresses/machine#777" in housekeeping.doc_md
     batch = dagbag.dags["openaddr_batch"]
     assert batch.max_active_runs == 1
     # Two slots of oa_sources stay free for CI (machine-ci.md §3.3); large entries never take one of them.
@@ -212,6 +231,7 @@ def test_parsing_imports_no_gdal_proj_or_conform_code() -> None:
         "openaddr_batch",
         "openaddr_ci",
         "openaddr_collect",
+        "openaddr_housekeeping",
         "openaddr_refresh_merged",
     ]
     assert result["loaded"] == []

@@ -53,6 +53,7 @@ READ: dict[str, tuple[str, Any]] = {
     "sources": ("github:openaddresses/openaddresses@main", "github:openaddresses/openaddresses@main"),
     "gag_github_status": ("true", True),
     "cloudwatch_namespace": ("OpenAddresses", "OpenAddresses"),
+    "retention_days": (" 30 ", 30),
 }
 READ["database_url"] = (READ["database_url"][0], READ["database_url"][0])
 
@@ -88,6 +89,7 @@ MALFORMED: dict[str, str] = {
     "embedded": "y?",
     "gag_github_status": "please",
     "database_retry_seconds": "soon",
+    "retention_days": "0",
 }
 
 
@@ -169,3 +171,14 @@ def test_the_command_line_stops_on_a_malformed_setting(command: str, tmp_path: P
         "'abc'\n"
     )
     assert not out.exists()  # nothing ran, nothing was recorded as a source problem
+
+
+@pytest.mark.parametrize("text", ["0", "-7"])
+def test_a_retention_of_zero_days_or_less_is_refused(text: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"OPENADDR_RETENTION_DAYS": text})
+    assert str(caught.value) == (
+        f"OPENADDR_RETENTION_DAYS={text!r}: expected a whole number of days >= 1 "
+        "(0 or less would delete every old run at once)"
+    )
+    assert Settings().retention_days == 90
