@@ -73,9 +73,13 @@ BUFFER_BYTES = 16 << 20
 #: short-lived tables of the worker threads resident; 0 costs about a fifth more CPU in page faults).
 JEMALLOC_DECAY_MS = 100
 #: Rows per batch of a spilled run (the merge holds one batch per run).
-SPILL_BATCH_ROWS = 2_048
-#: Runs merged at once at most (more are merged in passes).
-MERGE_FAN_IN = 64
+SPILL_BATCH_ROWS = 512
+#: Keys of each run the merge reads ahead (8 bytes each, from the run's key file): a merge round takes about this
+#: many rows, whatever the number of runs.
+MERGE_WINDOW_KEYS = 4_096
+#: Runs merged at once at most: with a batch of rows and a window of keys each, about 50 MiB for address runs
+#: (more runs are first merged in passes, each taking the fewest oldest runs that bring the count down to this).
+MERGE_FAN_IN = 512
 #: Records read at once from a CSV member or a GeoJSON file.
 READ_BLOCK_BYTES = 2 << 20
 #: Parquet compression of the published files (GDAL, DuckDB and GeoPandas all read it).
@@ -751,6 +755,7 @@ class GeoParquetCollections:
     :param buffer_bytes: rows all collections may buffer before one is spilled
     :param row_group_rows: rows per row group of the files
     :param merge_fan_in: spilled runs merged at once at most
+    :param merge_window: keys of each run the merge reads ahead (about the rows of a merge round)
     :param block_bytes: bytes of CSV or GeoJSON read and converted at once
     :param workers: threads that parse and convert blocks, sort and spill buffers, and finish and encode row
         groups (:class:`Workers`), while the caller's thread inflates, routes and merges rows; default: one per
@@ -765,6 +770,7 @@ class GeoParquetCollections:
         buffer_bytes: int = BUFFER_BYTES,
         row_group_rows: int = ROW_GROUP_ROWS,
         merge_fan_in: int = MERGE_FAN_IN,
+        merge_window: int = MERGE_WINDOW_KEYS,
         block_bytes: int = READ_BLOCK_BYTES,
         workers: int | None = None,
     ) -> None:
@@ -774,6 +780,7 @@ class GeoParquetCollections:
         self.workers = Workers.start(count) if count else None
         self._spilling: Future[None] | None = None
         self.merge_fan_in = merge_fan_in
+        self.merge_window = merge_window
         self.block_bytes = block_bytes
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -960,12 +967,19 @@ class GeoParquetCollections:
     @staticmethod
     def _write_run(path: Path, schema: pa.Schema, pieces: Iterable[pa.Table]) -> None:
         """A sorted run in a new spill file (Arrow IPC, uncompressed: lz4 costs more CPU than the disk saves
-        time), in batches of :data:`SPILL_BATCH_ROWS`."""
+        time), in batches of :data:`SPILL_BATCH_ROWS`, and its keys alone beside it (``<path>.keys``, uint64:
+        the merge reads them far ahead of the rows)."""
         import pyarrow.ipc as ipc
 
-        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+        with (
+            pa.OSFile(str(path), "wb") as sink,
+            ipc.new_file(sink, schema) as writer,
+            open(_keys_path(path), "wb") as keys,
+        ):
             for piece in pieces:
                 writer.write_table(piece, max_chunksize=SPILL_BATCH_ROWS)
+                for chunk in piece.column(_KEY).chunks:
+                    keys.write(chunk.to_numpy().astype("<u8", copy=False).tobytes())
 
     def close(self) -> dict[tuple[str, str, str], ParquetFile]:
         """Merge and write every collection's file (``<folder>/<name>``); remove the spilled runs."""
@@ -1161,12 +1175,19 @@ class GeoParquetCollections:
         more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
         run). Rows with equal keys stay in the order they came in (stable sorts, runs merged oldest first), so a
         file does not depend on when its rows were spilled."""
-        while len(sorter.runs) > self.merge_fan_in:
-            group, sorter.runs = sorter.runs[: self.merge_fan_in], sorter.runs[self.merge_fan_in :]
+        count = self.workers.count if self.workers is not None else None
+        fan_in = _fan_in(self.merge_fan_in)
+        while len(sorter.runs) > fan_in:
+            # the fewest oldest runs (at most the fan-in) whose merge leaves at most the fan-in: every row is
+            # merged twice at most until there are more than fan-in squared runs
+            size = min(fan_in, len(sorter.runs) - fan_in + 1)
+            group, sorter.runs = sorter.runs[:size], sorter.runs[size:]
             with contextlib.ExitStack() as stack:
-                merged = (
-                    table if order is None else table.take(order)
-                    for table, order in _merge([_run_batches(stack, path) for path in group])
+                merged = _ordered_map(
+                    _taken,
+                    _merge([_Run.spilled(stack, path, self.merge_window) for path in group]),
+                    self.workers,
+                    count,
                 )
                 # first: its rows came before the others', so equal keys keep the order rows came in
                 path = self._next_run_path()
@@ -1174,22 +1195,19 @@ class GeoParquetCollections:
                 sorter.runs.insert(0, path)
             for path in group:
                 path.unlink()
-        sources: list[Iterator[pa.Table]] = []
+                _keys_path(path).unlink()
         with contextlib.ExitStack() as stack:
-            for path in sorter.runs:
-                sources.append(_run_batches(stack, path))
+            sources = [_Run.spilled(stack, path, self.merge_window) for path in sorter.runs]
             if sorter.buffered:
                 table = self._sorted(sorter.schema, sorter.buffered)
                 self._drop_buffer(sorter)
-                sources.append(iter(table.to_batches(max_chunksize=SPILL_BATCH_ROWS)))  # type: ignore[arg-type]
-            if len(sources) == 1:
-                for piece in sources[0]:
-                    yield (
-                        (pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece),
-                        None,
-                    )
-                return
+                sources.append(_Run.in_memory(table, self.merge_window))
             yield from _merge(sources)
+
+
+def _taken(piece: _Piece) -> pa.Table:
+    table, order = piece
+    return table if order is None else table.take(order)
 
 
 def _close_all(lanes: Sequence[_Background | _Inline]) -> None:
@@ -1204,61 +1222,124 @@ def _close_all(lanes: Sequence[_Background | _Inline]) -> None:
         raise errors[0]
 
 
-def _run_batches(stack: contextlib.ExitStack, path: Path) -> Iterator[pa.Table]:
-    import pyarrow.ipc as ipc
+def _fan_in(wanted: int) -> int:
+    """``wanted``, or fewer when the process may not open two files a run (its rows and its keys) with room to
+    spare (a worker's soft limit is often 1,024)."""
+    import resource
 
-    source = stack.enter_context(pa.OSFile(str(path), "rb"))
-    reader = ipc.open_file(source)
-
-    def batches() -> Iterator[pa.Table]:
-        for i in range(reader.num_record_batches):
-            yield pa.Table.from_batches([reader.get_batch(i)])
-
-    return batches()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(2, min(wanted, (soft - 256) // 2))
 
 
-def _merge(sources: list[Iterator[Any]]) -> Iterator[_Piece]:
-    """K-way merge of sorted sources of batches, batch-wise: each round takes from every source the rows with a key
-    up to the smallest last key of their current batches (no later row of any source can sort before those), and
-    gives them with their order (the take is the caller's: on a worker thread); None when they are in order."""
-    current: list[pa.Table | None] = []
-    keys: list[np.ndarray] = []
+def _keys_path(path: Path) -> Path:
+    return path.with_name(path.name + ".keys")
 
-    def refill(i: int) -> None:
-        piece = next(sources[i], None)
-        while piece is not None and piece.num_rows == 0:
-            piece = next(sources[i], None)
-        if isinstance(piece, pa.RecordBatch):
-            piece = pa.Table.from_batches([piece])
-        current[i] = piece
-        keys[i] = piece.column(_KEY).to_numpy() if piece is not None else np.empty(0, np.uint64)
 
-    for i in range(len(sources)):
-        current.append(None)
-        keys.append(np.empty(0, np.uint64))
-        refill(i)
-    while True:
-        live = [i for i, piece in enumerate(current) if piece is not None]
-        if not live:
+class _Run:
+    """A sorted run being merged, read lazily: of its current window of ``window`` keys (more when equal keys go
+    on past it: a window ends between two different keys) only the first and last key until the merge reaches it
+    (then the window, from the run's key file), and its rows batch by batch as the merge takes them."""
+
+    def __init__(
+        self, batches: Iterator[pa.Table], keys: Callable[[int, int], np.ndarray], count: int, window: int
+    ) -> None:
+        self._batches = batches
+        self._read_keys = keys
+        self._count = count
+        self._window = window
+        self._start = self._end = 0  # the current window's keys not taken yet, and its end
+        self._keys: np.ndarray | None = None  # the rest of the current window, once loaded
+        self.first = self.last = np.uint64(0)
+        self._batch: pa.Table | None = None
+        self.done = count == 0
+        self._next_window()
+
+    @classmethod
+    def spilled(cls, stack: contextlib.ExitStack, path: Path, window: int) -> _Run:
+        import pyarrow.ipc as ipc
+
+        reader = ipc.open_file(stack.enter_context(pa.OSFile(str(path), "rb")))
+        keys_file = stack.enter_context(open(_keys_path(path), "rb"))
+
+        def read_keys(start: int, count: int) -> np.ndarray:
+            keys_file.seek(8 * start)
+            return np.frombuffer(keys_file.read(8 * count), dtype="<u8").astype(np.uint64)
+
+        batches = (pa.Table.from_batches([reader.get_batch(i)]) for i in range(reader.num_record_batches))
+        return cls(batches, read_keys, _keys_path(path).stat().st_size // 8, window)
+
+    @classmethod
+    def in_memory(cls, table: pa.Table, window: int) -> _Run:
+        keys = table.column(_KEY).to_numpy()
+        batches = (
+            pa.Table.from_batches([batch]) for batch in table.to_batches(max_chunksize=SPILL_BATCH_ROWS)
+        )
+        return cls(batches, lambda start, count: keys[start : start + count], len(keys), window)
+
+    def _next_window(self) -> None:
+        self._start = self._end
+        if self._start >= self._count:
+            self.done = True
             return
-        threshold = min(keys[i][-1] for i in live)
+        self._end = min(self._start + self._window, self._count)
+        self._keys = None
+        self.first = self._read_keys(self._start, 1)[0]
+        self.last = self._read_keys(self._end - 1, 1)[0]
+        # a window never ends inside a run of equal keys: the merge takes a window's keys up to a threshold, and
+        # the rest of such a run would come a round later, after the other runs' equal keys
+        while self._end < self._count:
+            ahead = self._read_keys(self._end, self._window)
+            same = int(np.searchsorted(ahead, self.last, side="right"))
+            self._end += same
+            if same < len(ahead):
+                break
+
+    def take_through(self, threshold: np.uint64) -> tuple[np.ndarray, list[pa.Table]]:
+        """The run's next rows with a key up to ``threshold`` (at most the rest of its window; the merge calls
+        it when the run's ``first`` is at most ``threshold``) and their keys."""
+        if self._keys is None:  # the window, loaded the first time the merge reaches it
+            self._keys = self._read_keys(self._start, self._end - self._start)
+        keys = self._keys
+        cut = int(np.searchsorted(keys, threshold, side="right"))
+        taken, self._keys = keys[:cut], keys[cut:]
+        self._start += cut
+        pieces = []
+        count = cut
+        while count:
+            if self._batch is None or self._batch.num_rows == 0:
+                self._batch = next(self._batches)
+            piece = self._batch.slice(0, count)
+            self._batch = self._batch.slice(piece.num_rows)
+            pieces.append(piece)
+            count -= piece.num_rows
+        if len(self._keys):
+            self.first = self._keys[0]
+        else:
+            self._next_window()
+        return taken, pieces
+
+
+def _merge(runs: list[_Run]) -> Iterator[_Piece]:
+    """K-way merge of sorted runs, by their keys: each round takes from every run the rows with a key up to the
+    smallest last key of the runs' current key windows (no later row of any run can sort before those: about a
+    window of rows a round, whatever the number of runs; only the runs with a key that low are read), and gives
+    them with their order (the take is the caller's: on a worker thread), None when they come from one run. Rows
+    with equal keys keep the runs' order (stable sort over the runs' rows in run order)."""
+    live = [run for run in runs if not run.done]
+    while live:
+        threshold = min(run.last for run in live)
         taken: list[pa.Table] = []
         taken_keys: list[np.ndarray] = []
-        for i in live:
-            piece = current[i]
-            assert piece is not None
-            cut = int(np.searchsorted(keys[i], threshold, side="right"))
-            if cut == 0:
-                continue
-            taken.append(piece.slice(0, cut))
-            taken_keys.append(keys[i][:cut])
-            if cut == piece.num_rows:
-                refill(i)
-            else:
-                current[i] = piece.slice(cut)
-                keys[i] = keys[i][cut:]
-        if len(taken) == 1:
-            yield taken[0], None  # one run's rows only: already in order
+        for run in live:
+            if run.first <= threshold:
+                keys, pieces = run.take_through(threshold)
+                taken_keys.append(keys)
+                taken.extend(pieces)
+        live = [run for run in live if not run.done]
+        if len(taken_keys) == 1:
+            yield pa.concat_tables(taken), None  # one run's rows only: already in order
             continue
         yield pa.concat_tables(taken), stable_order(np.concatenate(taken_keys))
 

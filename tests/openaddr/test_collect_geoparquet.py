@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 import sqlalchemy as sa
+from hypothesis import given, settings, strategies as st
 
 from openaddr.collect import COLLECTIONS_FOLDER, collect
 from openaddr.collect.areas import AREAS
@@ -539,3 +540,35 @@ def test_bytes_that_are_not_utf8_become_replacement_characters(tmp_path: Path) -
         ("Caf\ufffd Rd", "", (2.5, 1.5)),
         ("Plain, St", "", (2.25, 1.25)),
     ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    runs=st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=60).map(sorted), min_size=1, max_size=12),
+    window=st.integers(1, 9),
+)
+def test_merge_of_runs_by_key_windows_is_a_stable_sort(runs: list[list[int]], window: int) -> None:
+    """The merge (key windows read lazily, rows taken batch by batch) gives every row once, in key order, equal
+    keys in the order of their runs, then of their place in the run: a stable sort of the runs laid end to end.
+    Small key ranges make many ties and runs overlapping or not at all; windows of 1 to 9 keys and batches of
+    ``SPILL_BATCH_ROWS`` (512) cut the runs anywhere."""
+    import pyarrow as pa
+
+    from openaddr.collect.geoparquet import _merge, _Run
+
+    tables = [
+        pa.table(
+            {
+                "_key": pa.array(keys, pa.uint64()),
+                "tag": pa.array([f"{index}:{position}" for position in range(len(keys))]),
+            }
+        )
+        for index, keys in enumerate(runs)
+    ]
+    merged = []
+    for table, order in _merge([_Run.in_memory(table, window) for table in tables]):
+        merged.extend((table if order is None else table.take(order)).column("tag").to_pylist())
+    everything = [
+        (key, f"{index}:{position}") for index, keys in enumerate(runs) for position, key in enumerate(keys)
+    ]
+    assert merged == [tag for _, tag in sorted(everything, key=lambda item: item[0])]
