@@ -146,6 +146,10 @@ def test_external_sort_spills_and_merges(sorted_file: tuple[Path, GeoParquetColl
         *(table.column("bbox").combine_chunks().field(n).to_numpy() for n in ("xmin", "ymin", "xmax", "ymax"))
     )
     assert (keys[1:] >= keys[:-1]).all()  # the curve's order
+    bbox = table.column("bbox").combine_chunks()
+    at_one_point = (bbox.field("xmin").to_numpy() == -122.3) & (bbox.field("ymin").to_numpy() == 37.8)
+    ids = np.array(table.column("id").to_pylist())
+    assert ids[at_one_point].tolist() == ["q1", "q2", "", "q4"]  # equal keys in the order they came in
     assert sorted(table.column("id").to_pylist()) == sorted(
         [f"{c}{i}" for c in ("oak", "nyc", "ber", "syd") for i in range(1000)] + ["q1", "q2", "", "q4"]
     )
