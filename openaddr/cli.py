@@ -32,6 +32,27 @@ if TYPE_CHECKING:
     from openaddr.storage import Storage
 
 
+def _usage(command: str, message: str) -> int:
+    """Say a command was used wrongly; the exit status of bad usage (2)."""
+    sys.stderr.write(f"openaddr {command}: error: {message}\n")
+    return 2
+
+
+def _database_and_storage(
+    command: str, args: argparse.Namespace, settings: Settings
+) -> tuple[str, str] | int:
+    """The Machine database URL and the storage URL from ``--database`` and ``--storage``, else
+    ``OPENADDR_DATABASE_URL`` and ``OPENADDR_RESULTS``; the exit status of bad usage when either is named nowhere
+    (never a local default)."""
+    database = args.database or settings.database_url
+    storage_url = args.storage or settings.results
+    if not database:
+        return _usage(command, f"{command} needs --database (or OPENADDR_DATABASE_URL)")
+    if not storage_url:
+        return _usage(command, f"{command} needs --storage (or OPENADDR_RESULTS)")
+    return database, storage_url
+
+
 def _raise_csv_field_limit() -> None:
     # ESRI caches carry whole polygon WKT in one cell (processing.md §1.1).
     limit = sys.maxsize
@@ -279,15 +300,12 @@ def collect_command(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     def usage(message: str) -> int:
-        sys.stderr.write(f"openaddr collect: error: {message}\n")
-        return 2
+        return _usage("collect", message)
 
-    database = args.database or settings.database_url
-    storage_url = args.storage or settings.results
-    if not database:
-        return usage("collect needs --database (or OPENADDR_DATABASE_URL)")
-    if not storage_url:
-        return usage("collect needs --storage (or OPENADDR_RESULTS)")
+    places = _database_and_storage("collect", args, settings)
+    if isinstance(places, int):
+        return places
+    database, storage_url = places
     which: int | str = args.set
     if args.set != "latest":
         if not args.set.isdigit():
@@ -483,15 +501,12 @@ def housekeeping_command(args: argparse.Namespace, settings: Settings) -> int:
     import datetime as dt
 
     def usage(message: str) -> int:
-        sys.stderr.write(f"openaddr housekeeping: error: {message}\n")
-        return 2
+        return _usage("housekeeping", message)
 
-    database = args.database or settings.database_url
-    storage_url = args.storage or settings.results
-    if not database:
-        return usage("housekeeping needs --database (or OPENADDR_DATABASE_URL)")
-    if not storage_url:
-        return usage("housekeeping needs --storage (or OPENADDR_RESULTS)")
+    places = _database_and_storage("housekeeping", args, settings)
+    if isinstance(places, int):
+        return places
+    database, storage_url = places
     days = settings.retention_days if args.retention_days is None else args.retention_days
     if days < 1:
         return usage(f"--retention-days must be at least 1, not {days}")

@@ -80,3 +80,16 @@ pytest_plugins = [
     "tests.airflow_fixtures",
     "tests.smtp_server",
 ]
+
+
+@pytest.fixture
+def no_machine_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the Machine's place settings in the environment (database, results, their public URL, scratch), so
+    a command under test takes only what its options name."""
+    for name in (
+        "OPENADDR_DATABASE_URL",
+        "OPENADDR_RESULTS",
+        "OPENADDR_RESULTS_PUBLIC_URL",
+        "OPENADDR_SCRATCH",
+    ):
+        monkeypatch.delenv(name, raising=False)

@@ -956,16 +956,9 @@ def test_unknown_or_incomplete_sets_are_refused(collected: Collected) -> None:
 
 
 def test_collect_command(
-    collected: Collected, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    collected: Collected, capsys: pytest.CaptureFixture[str], no_machine_env: None
 ) -> None:
     world = collected.world
-    for name in (
-        "OPENADDR_DATABASE_URL",
-        "OPENADDR_RESULTS",
-        "OPENADDR_RESULTS_PUBLIC_URL",
-        "OPENADDR_SCRATCH",
-    ):
-        monkeypatch.delenv(name, raising=False)
     status = main(
         ["collect", "latest", "--database", world.url, "--storage", str(world.storage.root),
          "--public-url", "http://files.test/storage", "--work-dir", str(world.folder / "work")]
@@ -1021,18 +1014,11 @@ def collect_cli(world: World, *args: str) -> int:
 
 
 def test_collect_command_split_by_area_equals_one_call(
-    collected: Collected, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    collected: Collected, capsys: pytest.CaptureFixture[str], no_machine_env: None
 ) -> None:
     # An operator's split run: the areas one at a time (--no-record, the --at the first one printed), then
     # --record-only --dedupe; the same zips rows and files as one `openaddr collect --dedupe` at that time.
     world = collected.world
-    for name in (
-        "OPENADDR_DATABASE_URL",
-        "OPENADDR_RESULTS",
-        "OPENADDR_RESULTS_PUBLIC_URL",
-        "OPENADDR_SCRATCH",
-    ):
-        monkeypatch.delenv(name, raising=False)
     before = current_zips(world.engine)
     first, *others = reversed(AREAS)  # any order; global, the largest, last
     assert collect_cli(world, "2", "--area", first, "--no-record") == 0

@@ -546,16 +546,9 @@ def test_share_alike_is_deduped_on_its_own(deduped: DedupeWorld) -> None:
 
 
 def test_collect_command_with_dedupe(
-    deduped: DedupeWorld, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    deduped: DedupeWorld, capsys: pytest.CaptureFixture[str], no_machine_env: None
 ) -> None:
     world = deduped.world
-    for name in (
-        "OPENADDR_DATABASE_URL",
-        "OPENADDR_RESULTS",
-        "OPENADDR_RESULTS_PUBLIC_URL",
-        "OPENADDR_SCRATCH",
-    ):
-        monkeypatch.delenv(name, raising=False)
     status = main(
         ["collect", "latest", "--database", world.url, "--storage", str(world.storage.root),
          "--public-url", "http://files.test/storage", "--work-dir", str(world.folder / "work"), "--dedupe"]
