@@ -28,6 +28,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -163,7 +164,13 @@ def measure(inputs: Sequence[tuple[Path, str, str]], work_dir: Path) -> Measured
     queue = context.Queue()
     process = context.Process(target=_step, args=(list(inputs), work_dir, queue))
     process.start()
-    rows, dropped, seconds, cpu_seconds, parquet_bytes, files = queue.get()
+    while True:  # the child's figures, or its death (a child that died sends nothing)
+        try:
+            rows, dropped, seconds, cpu_seconds, parquet_bytes, files = queue.get(timeout=1)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the GeoParquet step died (exit code {process.exitcode})") from None
     process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"the GeoParquet step failed (exit code {process.exitcode})")

@@ -82,10 +82,11 @@ MALLOC_ARENAS = 2
 #: Rows per batch of a spilled run (the merge holds one batch per run).
 SPILL_BATCH_ROWS = 512
 #: Keys of each run the merge reads ahead (8 bytes each, from the run's key file): a merge round takes about this
-#: many rows, whatever the number of runs.
-MERGE_WINDOW_KEYS = 4_096
-#: Runs merged at once at most: with a batch of rows and a window of keys each, about 50 MiB for address runs
-#: (more runs are first merged in passes, each taking the fewest oldest runs that bring the count down to this).
+#: many rows (at most twice), whatever the number of runs (over 51 M rows: 4,096 took 159 s and 358 MiB, 16,384
+#: 89 s and 332 MiB, 32,768 98 s and 397 MiB).
+MERGE_WINDOW_KEYS = 16_384
+#: Runs merged at once at most (two open files each; more runs are first merged in contiguous groups of the
+#: oldest, as few as bring the count down to this). Only the runs a round touches hold keys and rows.
 MERGE_FAN_IN = 512
 #: Records read at once from a CSV member or a GeoJSON file.
 READ_BLOCK_BYTES = 2 << 20
@@ -1211,7 +1212,10 @@ class GeoParquetCollections:
             with contextlib.ExitStack() as stack:
                 merged = _ordered_map(
                     _taken,
-                    _merge([_Run.spilled(stack, path, self.merge_window) for path in group]),
+                    _merge(
+                        [_Run.spilled(stack, path, self.merge_window) for path in group],
+                        2 * self.merge_window,
+                    ),
                     self.workers,
                     count,
                 )
@@ -1229,7 +1233,7 @@ class GeoParquetCollections:
                 table = self._sorted(sorter.schema, sorter.buffered)
                 self._drop_buffer(sorter)
                 sources.append(_Run.in_memory(table, self.merge_window))
-            yield from _merge(sources)
+            yield from _merge(sources, 2 * self.merge_window)
 
 
 def _taken(piece: _Piece) -> pa.Table:
@@ -1267,18 +1271,26 @@ def _keys_path(path: Path) -> Path:
 class _Run:
     """A sorted run being merged, read lazily: of its current window of ``window`` keys (more when equal keys go
     on past it: a window ends between two different keys) only the first and last key until the merge reaches it
-    (then the window, from the run's key file), and its rows batch by batch as the merge takes them."""
+    (then the window, from the run's key file), and its rows batch by batch as the merge takes them.
+    :meth:`release` drops what is loaded (the merge does, for runs a round did not touch), to be read again when
+    the merge comes back: memory follows the runs a round touches, not how many there are."""
 
     def __init__(
-        self, batches: Iterator[pa.Table], keys: Callable[[int, int], np.ndarray], count: int, window: int
+        self,
+        batch: Callable[[int], pa.Table],
+        keys: Callable[[int, int], np.ndarray],
+        count: int,
+        window: int,
     ) -> None:
-        self._batches = batches
+        self._read_batch = batch
         self._read_keys = keys
         self._count = count
         self._window = window
         self._start = self._end = 0  # the current window's keys not taken yet, and its end
         self._keys: np.ndarray | None = None  # the rest of the current window, once loaded
         self.first = self.last = np.uint64(0)
+        self._batch_no = 0  # the batch holding the next row, and the rows of it taken
+        self._batch_taken = 0
         self._batch: pa.Table | None = None
         self.done = count == 0
         self._next_window()
@@ -1294,16 +1306,16 @@ class _Run:
             keys_file.seek(8 * start)
             return np.frombuffer(keys_file.read(8 * count), dtype="<u8").astype(np.uint64)
 
-        batches = (pa.Table.from_batches([reader.get_batch(i)]) for i in range(reader.num_record_batches))
-        return cls(batches, read_keys, _keys_path(path).stat().st_size // 8, window)
+        def read_batch(index: int) -> pa.Table:
+            return pa.Table.from_batches([reader.get_batch(index)])
+
+        return cls(read_batch, read_keys, _keys_path(path).stat().st_size // 8, window)
 
     @classmethod
     def in_memory(cls, table: pa.Table, window: int) -> _Run:
         keys = table.column(_KEY).to_numpy()
-        batches = (
-            pa.Table.from_batches([batch]) for batch in table.to_batches(max_chunksize=SPILL_BATCH_ROWS)
-        )
-        return cls(batches, lambda start, count: keys[start : start + count], len(keys), window)
+        batches = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=SPILL_BATCH_ROWS)]
+        return cls(batches.__getitem__, lambda start, count: keys[start : start + count], len(keys), window)
 
     def _next_window(self) -> None:
         self._start = self._end
@@ -1323,47 +1335,80 @@ class _Run:
             if same < len(ahead):
                 break
 
-    def take_through(self, threshold: np.uint64) -> tuple[np.ndarray, list[pa.Table]]:
-        """The run's next rows with a key up to ``threshold`` (at most the rest of its window; the merge calls
-        it when the run's ``first`` is at most ``threshold``) and their keys."""
-        if self._keys is None:  # the window, loaded the first time the merge reaches it
+    def keys(self) -> np.ndarray:
+        """The rest of the current window (loaded the first time the merge reaches it, or again after
+        :meth:`release`)."""
+        if self._keys is None:
             self._keys = self._read_keys(self._start, self._end - self._start)
-        keys = self._keys
-        cut = int(np.searchsorted(keys, threshold, side="right"))
-        taken, self._keys = keys[:cut], keys[cut:]
-        self._start += cut
+        return self._keys
+
+    def cut(self, threshold: np.uint64) -> int:
+        """How many of the window's next keys are at most ``threshold``."""
+        return int(np.searchsorted(self.keys(), threshold, side="right"))
+
+    def take(self, count: int) -> tuple[np.ndarray, list[pa.Table]]:
+        """The window's next ``count`` keys and their rows (slices of the run's batches)."""
+        keys = self.keys()
+        taken, self._keys = keys[:count], keys[count:]
+        self._start += count
         pieces = []
-        count = cut
         while count:
-            if self._batch is None or self._batch.num_rows == 0:
-                self._batch = next(self._batches)
-            piece = self._batch.slice(0, count)
-            self._batch = self._batch.slice(piece.num_rows)
-            pieces.append(piece)
-            count -= piece.num_rows
+            if self._batch is None:
+                self._batch = self._read_batch(self._batch_no)
+            left = self._batch.num_rows - self._batch_taken
+            if left == 0:
+                self._batch, self._batch_no, self._batch_taken = None, self._batch_no + 1, 0
+                continue
+            size = min(count, left)
+            pieces.append(self._batch.slice(self._batch_taken, size))
+            self._batch_taken += size
+            count -= size
         if len(self._keys):
             self.first = self._keys[0]
         else:
             self._next_window()
         return taken, pieces
 
+    def release(self) -> None:
+        """Drop the loaded keys and batch (read again when next needed)."""
+        self._keys = None
+        self._batch = None
 
-def _merge(runs: list[_Run]) -> Iterator[_Piece]:
+
+def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
     """K-way merge of sorted runs, by their keys: each round takes from every run the rows with a key up to the
     smallest last key of the runs' current key windows (no later row of any run can sort before those: about a
-    window of rows a round, whatever the number of runs; only the runs with a key that low are read), and gives
-    them with their order (the take is the caller's: on a worker thread), None when they come from one run. Rows
-    with equal keys keep the runs' order (stable sort over the runs' rows in run order)."""
+    window of rows a round, whatever the number of runs; only the runs with a key that low are read), lowered so
+    that a round takes at most ``most`` rows, and gives them with their order (the take is the caller's: on a
+    worker thread), None when they come from one run. Rows with equal keys keep the runs' order (stable sort over
+    the runs' rows in run order). The runs a round does not touch drop what they had loaded."""
     live = [run for run in runs if not run.done]
+    touched: list[_Run] = []
     while live:
         threshold = min(run.last for run in live)
+        reached = [run for run in live if run.first <= threshold]
+        cuts = [run.cut(threshold) for run in reached]
+        if most is not None and sum(cuts) > most:
+            # every key up to a lower threshold, from every run: the ``most``-th smallest of those reached
+            reachable = np.concatenate([run.keys()[:cut] for run, cut in zip(reached, cuts, strict=True)])
+            threshold = np.partition(reachable, most - 1)[most - 1]
+            cuts = [run.cut(threshold) for run in reached]
         taken: list[pa.Table] = []
         taken_keys: list[np.ndarray] = []
-        for run in live:
-            if run.first <= threshold:
-                keys, pieces = run.take_through(threshold)
+        now = []
+        for run, cut in zip(reached, cuts, strict=True):
+            if cut:
+                keys, pieces = run.take(cut)
                 taken_keys.append(keys)
                 taken.extend(pieces)
+                now.append(run)
+        for run in touched:
+            if run not in now:
+                run.release()
+        for run in reached:
+            if run not in now:
+                run.release()
+        touched = now
         live = [run for run in live if not run.done]
         if len(taken_keys) == 1:
             yield pa.concat_tables(taken), None  # one run's rows only: already in order

@@ -550,12 +550,17 @@ def test_bytes_that_are_not_utf8_become_replacement_characters(tmp_path: Path) -
 @given(
     runs=st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=60).map(sorted), min_size=1, max_size=12),
     window=st.integers(1, 9),
+    most=st.none() | st.integers(1, 12),
+    batch=st.integers(1, 7),
 )
-def test_merge_of_runs_by_key_windows_is_a_stable_sort(runs: list[list[int]], window: int) -> None:
+def test_merge_of_runs_by_key_windows_is_a_stable_sort(
+    runs: list[list[int]], window: int, most: int | None, batch: int
+) -> None:
     """The merge (key windows read lazily, rows taken batch by batch) gives every row once, in key order, equal
     keys in the order of their runs, then of their place in the run: a stable sort of the runs laid end to end.
     Small key ranges make many ties and runs overlapping or not at all; windows of 1 to 9 keys and batches of
-    ``SPILL_BATCH_ROWS`` (512) cut the runs anywhere."""
+    ``batch`` rows cut the runs anywhere, and rounds of at most ``most`` rows lower the threshold
+    (runs left out of a round drop their keys and batch and read them again)."""
     import pyarrow as pa
 
     from openaddr.collect.geoparquet import _merge, _Run
@@ -570,7 +575,13 @@ def test_merge_of_runs_by_key_windows_is_a_stable_sort(runs: list[list[int]], wi
         for index, keys in enumerate(runs)
     ]
     merged = []
-    for table, order in _merge([_Run.in_memory(table, window) for table in tables]):
+    from unittest import mock
+
+    from openaddr.collect import geoparquet
+
+    with mock.patch.object(geoparquet, "SPILL_BATCH_ROWS", batch):
+        merge = _merge([_Run.in_memory(table, window) for table in tables], most)
+    for table, order in merge:
         merged.extend((table if order is None else table.take(order)).column("tag").to_pylist())
     everything = [
         (key, f"{index}:{position}") for index, keys in enumerate(runs) for position, key in enumerate(keys)
