@@ -490,8 +490,8 @@ _Piece = tuple[pa.Table, "np.ndarray | None"]
 
 @dataclass(frozen=True)
 class Workers:
-    """Threads that parse and convert blocks of rows, sort and spill buffers, and finish and encode row groups,
-    while the caller's thread inflates, routes and merges rows: pyarrow, numpy's sorts, ISA-L and shapely release
+    """Threads that parse and convert blocks of rows, sort and spill buffers, and take and split merge rounds (as
+    many writer threads finish and encode row groups), while the caller's thread inflates, routes and merges rows: pyarrow, numpy's sorts, ISA-L and shapely release
     the GIL for the heavy part of each, so they run on every core. ``window``: calls queued or running at most in
     :func:`_ordered_map` (each holds a block of rows)."""
 
@@ -1125,7 +1125,6 @@ class GeoParquetCollections:
                         *(f"bbox.{n}" for n in BBOX_TYPE.names),
                     ],
                     store_schema=True,
-                    memory_pool=pa.default_memory_pool(),  # the collections' pool (not the process default)
                 )
                 outputs.append(Output(collection, path, schema, writer))
             for output in sorted(outputs, key=lambda o: -o.collection.rows):
@@ -1156,7 +1155,7 @@ class GeoParquetCollections:
                     parts.append((index, table if rows is None else table.take(rows)))
                 return parts
 
-            # a merge round holds a batch of each run: one round per worker in flight
+            # a merge round holds up to two windows of rows: one round per worker in flight
             count = self.workers.count if self.workers is not None else None
             for parts in _ordered_map(split, self._merged(sorter), self.workers, count):
                 for index, part in parts:
@@ -1194,10 +1193,10 @@ class GeoParquetCollections:
         }
 
     def _merged(self, sorter: _Sorter) -> Iterator[_Piece]:
-        """The sorter's rows in key order: its spilled runs and its buffer, merged batch-wise; while there are
-        more than ``merge_fan_in`` runs, the oldest are first merged into one (the merge holds a batch per
-        run). Rows with equal keys stay in the order they came in (stable sorts, runs merged oldest first), so a
-        file does not depend on when its rows were spilled."""
+        """The sorter's rows in key order: its spilled runs and its buffer, merged by their keys (:func:`_merge`);
+        while there are more than the fan-in, contiguous groups of the oldest runs are first merged into one each.
+        Rows with equal keys stay in the order they came in (stable sorts, runs merged in order), so a file does
+        not depend on when its rows were spilled."""
         count = self.workers.count if self.workers is not None else None
         fan_in = _fan_in(self.merge_fan_in)
         done = 0  # runs at the front that are merges of this pass (not merged again in it)
@@ -1379,8 +1378,9 @@ def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
     """K-way merge of sorted runs, by their keys: each round takes from every run the rows with a key up to the
     smallest last key of the runs' current key windows (no later row of any run can sort before those: about a
     window of rows a round, whatever the number of runs; only the runs with a key that low are read), lowered so
-    that a round takes at most ``most`` rows, and gives them with their order (the take is the caller's: on a
-    worker thread), None when they come from one run. Rows with equal keys keep the runs' order (stable sort over
+    that a round takes at most ``most`` rows (rows sharing one key, however many, go out run by run in pieces of
+    ``most``), and gives them with their order (the take is the caller's: on a worker thread), None when they come
+    from one run. Rows with equal keys keep the runs' order (stable sort over
     the runs' rows in run order). The runs a round does not touch drop what they had loaded."""
     live = [run for run in runs if not run.done]
     touched: list[_Run] = []
@@ -1392,7 +1392,19 @@ def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
             # every key up to a lower threshold, from every run: the ``most``-th smallest of those reached
             reachable = np.concatenate([run.keys()[:cut] for run, cut in zip(reached, cuts, strict=True)])
             threshold = np.partition(reachable, most - 1)[most - 1]
-            cuts = [run.cut(threshold) for run in reached]
+            if threshold > reachable.min():
+                cuts = [run.cut(threshold) for run in reached]
+                if (
+                    sum(cuts) > most
+                ):  # many rows share that key: the rows below it first (fewer than ``most``)
+                    threshold -= np.uint64(1)
+                    cuts = [run.cut(threshold) for run in reached]
+            else:
+                # the rows reached share one key (points at one place, as many as a source holds): in run order,
+                # as the stable sort puts them, at most ``most`` a round from the first run that has some
+                first = next(i for i, run in enumerate(reached) if run.cut(threshold))
+                cuts = [0] * len(reached)
+                cuts[first] = min(reached[first].cut(threshold), most)
         taken: list[pa.Table] = []
         taken_keys: list[np.ndarray] = []
         now = []
@@ -1402,10 +1414,7 @@ def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
                 taken_keys.append(keys)
                 taken.extend(pieces)
                 now.append(run)
-        for run in touched:
-            if run not in now:
-                run.release()
-        for run in reached:
+        for run in touched + reached:
             if run not in now:
                 run.release()
         touched = now

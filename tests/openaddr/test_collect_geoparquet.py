@@ -587,3 +587,24 @@ def test_merge_of_runs_by_key_windows_is_a_stable_sort(
         (key, f"{index}:{position}") for index, keys in enumerate(runs) for position, key in enumerate(keys)
     ]
     assert merged == [tag for _, tag in sorted(everything, key=lambda item: item[0])]
+
+
+def test_merge_rounds_stay_small_when_many_rows_share_one_key() -> None:
+    """Thousands of points at one place (a source geocoded to a town's centre) in three runs: no merge round takes
+    more than ``most`` rows, and the rows come out run by run, in their order."""
+    import pyarrow as pa
+
+    from openaddr.collect.geoparquet import _merge, _Run
+
+    runs = [[5] * 3000 + [9] * 10, [1] + [5] * 2000, [5] * 1500 + [7]]
+    tables = [
+        pa.table({"_key": pa.array(keys, pa.uint64()), "tag": [f"{i}:{p}" for p in range(len(keys))]})
+        for i, keys in enumerate(runs)
+    ]
+    sizes, merged = [], []
+    for table, order in _merge([_Run.in_memory(table, 64) for table in tables], 100):
+        sizes.append(table.num_rows)
+        merged.extend((table if order is None else table.take(order)).column("tag").to_pylist())
+    assert max(sizes) <= 100
+    everything = [(key, f"{i}:{p}") for i, keys in enumerate(runs) for p, key in enumerate(keys)]
+    assert merged == [tag for _, tag in sorted(everything, key=lambda item: item[0])]
