@@ -78,6 +78,7 @@ pytest_plugins = [
     "tests.s3_server",
     "tests.github_server",
     "tests.airflow_fixtures",
+    "tests.celery_stack",
     "tests.smtp_server",
 ]
 

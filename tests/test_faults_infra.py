@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -43,8 +42,8 @@ import sqlalchemy as sa
 
 from devstack.procs import free_port
 from devstack.stack import POOL, Stack
+from tests.celery_stack import celery_stack, stack_databases
 from tests.dags.test_dag_runs import park_points
-from tests.db_fixtures import create_database, drop_database
 from tests.tcp_proxy import TCPProxy
 
 if TYPE_CHECKING:
@@ -131,13 +130,6 @@ class RedisServer:
 
         with contextlib.closing(redis.Redis(host="127.0.0.1", port=self.port)) as client:
             return int(client.llen(queue))
-
-
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stack builds its own Airflow and Machine settings (as ``test_production_shape.py``)."""
-    for key in list(os.environ):
-        if key.startswith(("AIRFLOW", "OPENADDR")):
-            monkeypatch.delenv(key)
 
 
 def _drip_route(server: LoopbackHTTPServer, body: bytes) -> Any:
@@ -283,57 +275,47 @@ def faults(
 ) -> Iterator[dict[str, Any]]:
     """Start the stack, run set 1 with the broker restarted and set 2 with the Machine database cut; stop."""
     folder = tmp_path_factory.mktemp("faults")
-    metadata_url = create_database(postgres_admin_url)
-    machine_url = create_database(postgres_admin_url)
-    redis_server = RedisServer(free_port(), folder / "redis")
-    proxy = TCPProxy((machine_url.host or "127.0.0.1", machine_url.port or 5432))
-    proxied = machine_url.set(host="127.0.0.1", port=proxy.port)
-    machine = sa.create_engine(machine_url, poolclass=sa.NullPool)
-    checkout = folder / "checkout"
-    result: dict[str, Any] = {"expected": park_points(fixtures)}
-    began = time.monotonic()
-    try:
-        redis_server.start()
-        result["paths_1"] = _write_sources(checkout, fixtures, http_server, 1)
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            _clean_environment(monkeypatch)
-            stack = Stack(
+    with stack_databases(postgres_admin_url) as databases:
+        machine_url = databases.machine_url
+        redis_server = RedisServer(free_port(), folder / "redis")
+        proxy = TCPProxy((machine_url.host or "127.0.0.1", machine_url.port or 5432))
+        proxied = machine_url.set(host="127.0.0.1", port=proxy.port)
+        machine = sa.create_engine(machine_url, poolclass=sa.NullPool)
+        checkout = folder / "checkout"
+        result: dict[str, Any] = {"expected": park_points(fixtures)}
+        began = time.monotonic()
+        try:
+            redis_server.start()
+            result["paths_1"] = _write_sources(checkout, fixtures, http_server, 1)
+            with celery_stack(
                 folder / "var",
-                free_port(),
+                databases,
+                dag_id=DAG_ID,
+                broker_url=redis_server.url,
+                worker_concurrency=WORKER_CONCURRENCY,
+                start_timeout=START_TIMEOUT,
                 env={
                     "AIRFLOW_VAR_OPENADDR_SOURCES": str(checkout),
                     "OPENADDR_POOL_SLOTS": str(POOL_SLOTS),
                     "OPENADDR_WORKERS": "0",
                     **TEST_TIMINGS,
                 },
-                dag_ids=(DAG_ID,),
-                executor="celery",
-                metadata_url=metadata_url.render_as_string(hide_password=False),
-                machine_database_url=proxied.render_as_string(hide_password=False),
-                broker_url=redis_server.url,
-                worker_concurrency=WORKER_CONCURRENCY,
-            )
-            result["stack"] = stack
-            try:
-                stack.start(timeout=START_TIMEOUT)
+                machine_database_url=proxied,
+            ) as running:
+                stack = result["stack"] = running.stack
                 stack.set_pool(POOL, POOL_SLOTS, "faults test: more batch slots than the worker has")
                 result["started"] = time.monotonic() - began
                 result["broker"] = _broker_restart(stack, redis_server, machine)
                 result["paths_2"] = _write_sources(checkout, fixtures, http_server, 2)
                 result["database"] = _database_outage(stack, proxy, machine)
-            finally:
-                stopping = time.monotonic()
-                stack.stop()
-                result["stop_seconds"] = time.monotonic() - stopping
-        result["module_seconds"] = time.monotonic() - began
-        _report(result)
-        yield result
-    finally:
-        machine.dispose()
-        proxy.close()
-        redis_server.kill()
-        drop_database(postgres_admin_url, metadata_url)
-        drop_database(postgres_admin_url, machine_url)
+            result["stop_seconds"] = running.stop_seconds
+            result["module_seconds"] = time.monotonic() - began
+            _report(result)
+            yield result
+        finally:
+            machine.dispose()
+            proxy.close()
+            redis_server.kill()
 
 
 def _broker_restart(stack: Stack, redis_server: RedisServer, machine: sa.Engine) -> dict[str, Any]:

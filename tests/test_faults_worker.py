@@ -23,7 +23,6 @@ recovery times are printed (``pytest -s``), never asserted.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -36,14 +35,12 @@ import pytest
 import sqlalchemy as sa
 
 from devstack import procs, supervise
-from devstack.procs import free_port
 from devstack.stack import CELERY_WORKER, Stack, celery_worker_name
 from openaddr.db import make_engine
 from openaddr.db.runs import job_runs
 from openaddr.storage import STAGING_PREFIX
+from tests.celery_stack import celery_stack, stack_databases
 from tests.dags.test_dag_runs import PARK, ci_conf, fixture_source, park_points
-from tests.db_fixtures import create_database, drop_database
-from tests.test_production_shape import _clean_environment, redis_url  # noqa: F401 (a fixture)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -300,44 +297,31 @@ def _term_scenario(
 def faults(
     tmp_path_factory: pytest.TempPathFactory,
     postgres_admin_url: sa.URL,
-    redis_url: str,  # noqa: F811 (the fixture imported above)
+    redis_url: str,
     http_server: LoopbackHTTPServer,
     github_server: FakeGitHub,
     fixtures: Path,
 ) -> Iterator[dict[str, Any]]:
     """Start the two-worker stack, run (a) then (b), stop the stack; the databases live until the module's tests
     are done."""
-    metadata_url = create_database(postgres_admin_url)
-    machine_url = create_database(postgres_admin_url)
-    github_server.reset()
-    home = tmp_path_factory.mktemp("faults") / "var"
-    result: dict[str, Any] = {"machine_url": machine_url}
-    began = time.monotonic()
-    try:
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            _clean_environment(monkeypatch)
-            stack = Stack(
+    with stack_databases(postgres_admin_url) as databases:
+        machine_url = databases.machine_url
+        home = tmp_path_factory.mktemp("faults") / "var"
+        result: dict[str, Any] = {"machine_url": machine_url}
+        began = time.monotonic()
+        try:
+            with celery_stack(
                 home,
-                free_port(),
-                env={
-                    "AIRFLOW_CONN_GITHUB_OPENADDRESSES": json.dumps(
-                        {"conn_type": "github", "host": github_server.base_url, "password": "ci-token"}
-                    ),
-                    "AIRFLOW_VAR_OPENADDR_BASE_URL": "http://results.test",
-                    "OPENADDR_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
-                    **TEST_TIMINGS,
-                },
-                dag_ids=(DAG_ID,),
-                executor="celery",
-                metadata_url=metadata_url.render_as_string(hide_password=False),
-                machine_database_url=machine_url.render_as_string(hide_password=False),
+                databases,
+                dag_id=DAG_ID,
                 broker_url=redis_url,
                 worker_concurrency=1,
                 celery_workers=2,
-            )
-            result["stack"] = stack
-            try:
-                stack.start(timeout=START_TIMEOUT)
+                start_timeout=START_TIMEOUT,
+                github=github_server,
+                env=TEST_TIMINGS,
+            ) as running:
+                stack = result["stack"] = running.stack
                 result["start_seconds"] = time.monotonic() - began
                 stack.unpause(DAG_ID)
                 result["kill"] = _kill_scenario(stack, http_server, github_server, fixtures, machine_url)
@@ -345,18 +329,13 @@ def faults(
                 stack.start_program(result["kill"]["tree"]["worker"])
                 result["restart_seconds"] = time.monotonic() - restarted
                 result["term"] = _term_scenario(stack, http_server, github_server, fixtures, machine_url)
-            finally:
-                stack.stop()
-        result["total_seconds"] = time.monotonic() - began
-        _report(result)
-        yield result
-    finally:
-        for scenario in ("kill", "term"):
-            if "gate" in result.get(scenario, {}):
-                result[scenario]["gate"].release()
-        drop_database(postgres_admin_url, metadata_url)
-        drop_database(postgres_admin_url, machine_url)
-        github_server.reset()
+            result["total_seconds"] = time.monotonic() - began
+            _report(result)
+            yield result
+        finally:
+            for scenario in ("kill", "term"):
+                if "gate" in result.get(scenario, {}):
+                    result[scenario]["gate"].release()
 
 
 def _report(result: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import time
 import uuid
@@ -24,13 +23,13 @@ import pytest
 import sqlalchemy as sa
 
 from devstack import StackError
-from devstack.procs import free_port, processes_of, session_members
+from devstack.procs import processes_of, session_members
 from devstack.stack import CELERY_WORKER, COMPONENTS, Stack
 from openaddr.db import make_engine
 from openaddr.db.jobs import get_job
 from openaddr.db.runs import job_runs
+from tests.celery_stack import celery_stack, stack_databases
 from tests.dags.test_dag_runs import PARK, ci_conf, fixture_source, park_points
-from tests.db_fixtures import create_database, drop_database
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,51 +39,12 @@ if TYPE_CHECKING:
     from tests.servers import LoopbackHTTPServer
 
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-#: Marks the Redis database index this module took, so that a concurrent run picks another one.
-REDIS_CLAIM = "openaddr-test:claimed-by"
 #: Healthy in ~35 s, the CI run in ~20 s, stopped in ~12 s on a 2-core machine busy with a benchmark beside;
 #: the timeouts leave room for a busier one.
 START_TIMEOUT = 120.0
 RUN_TIMEOUT = 120.0
 WORKER_CONCURRENCY = 2
 DAG_ID = "openaddr_ci"
-
-
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drop the Airflow and Machine settings ``conftest.py`` made for in-process tests: the stack inherits
-    this process's environment and must build everything itself, as from a fresh shell (``conftest.py``'s
-    ``DAGS_ARE_PAUSED_AT_CREATION=False`` would, for one, start scheduled batch runs beside ours)."""
-    for key in list(os.environ):
-        if key.startswith(("AIRFLOW", "OPENADDR")):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A Redis database index of this module's own (1–15, claimed with SETNX), flushed before and after."""
-    import redis
-
-    token = secrets.token_hex(8)
-    client = None
-    try:
-        for index in range(15, 0, -1):
-            candidate = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=index)
-            if candidate.dbsize() == 0 and candidate.set(REDIS_CLAIM, token, nx=True):
-                client = candidate
-                break
-            candidate.close()
-    except redis.ConnectionError as error:
-        pytest.fail(f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}: {error}", pytrace=False)
-    if client is None:
-        pytest.fail("no empty Redis database index among 1–15", pytrace=False)
-    index = client.connection_pool.connection_kwargs["db"]
-    client.flushdb()
-    try:
-        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{index}"
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def _task_instances(stack: Stack, run_id: str) -> list[dict[str, Any]]:
@@ -118,55 +78,42 @@ def production_run(
 ) -> Iterator[dict[str, Any]]:
     """Start the Celery stack, run one CI job with the Park County source, stop the stack; the databases live
     until the module's tests are done, the home (logs) in pytest's temporary folder."""
-    metadata_url = create_database(postgres_admin_url)
-    machine_url = create_database(postgres_admin_url)
-    github_server.reset()
-    home = tmp_path_factory.mktemp("production") / "var"
-    job_id = str(uuid.uuid4())
-    conf = ci_conf(
-        job_id,
-        {PARK: fixture_source(fixtures, "us-wy-park.json", http_server.url("/data/us-wy-park.zip"))},
-        github_server,
-    )
-    result: dict[str, Any] = {"job_id": job_id, "conf": conf, "machine_url": machine_url, "memory": {}}
-    try:
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            _clean_environment(monkeypatch)
-            stack = Stack(
-                home,
-                free_port(),
-                env={
-                    "AIRFLOW_CONN_GITHUB_OPENADDRESSES": json.dumps(
-                        {"conn_type": "github", "host": github_server.base_url, "password": "ci-token"}
-                    ),
-                    "AIRFLOW_VAR_OPENADDR_BASE_URL": "http://results.test",
-                    "OPENADDR_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
-                },
-                dag_ids=(DAG_ID,),
-                executor="celery",
-                metadata_url=metadata_url.render_as_string(hide_password=False),
-                machine_database_url=machine_url.render_as_string(hide_password=False),
-                broker_url=redis_url,
-                worker_concurrency=WORKER_CONCURRENCY,
-            )
-            result["stack"] = stack
-            try:
-                stack.start(timeout=START_TIMEOUT)
-                result["supervisord"] = stack.supervisord.pid
-                result["pids"] = stack.pids()
-                result["idle_memory"] = stack.memory()
-                stack.unpause(DAG_ID)
-                triggered = time.monotonic()
-                run_id = stack.trigger(DAG_ID, conf, run_id=f"production-{job_id}")
-                result["run_id"] = run_id
-                result["state"] = _wait_sampling_memory(stack, run_id, result["memory"])
-                result["run_seconds"] = time.monotonic() - triggered
-                result["task_instances"] = _task_instances(stack, run_id)
-                result["github_statuses"] = list(github_server.statuses)
-            finally:
-                stopping = time.monotonic()
-                stack.stop()
-                result["stop_seconds"] = time.monotonic() - stopping
+    with stack_databases(postgres_admin_url) as databases:
+        home = tmp_path_factory.mktemp("production") / "var"
+        job_id = str(uuid.uuid4())
+        conf = ci_conf(
+            job_id,
+            {PARK: fixture_source(fixtures, "us-wy-park.json", http_server.url("/data/us-wy-park.zip"))},
+            github_server,
+        )
+        result: dict[str, Any] = {
+            "job_id": job_id,
+            "conf": conf,
+            "machine_url": databases.machine_url,
+            "memory": {},
+        }
+        with celery_stack(
+            home,
+            databases,
+            dag_id=DAG_ID,
+            broker_url=redis_url,
+            worker_concurrency=WORKER_CONCURRENCY,
+            start_timeout=START_TIMEOUT,
+            github=github_server,
+        ) as running:
+            stack = result["stack"] = running.stack
+            result["supervisord"] = stack.supervisord.pid
+            result["pids"] = stack.pids()
+            result["idle_memory"] = stack.memory()
+            stack.unpause(DAG_ID)
+            triggered = time.monotonic()
+            run_id = stack.trigger(DAG_ID, conf, run_id=f"production-{job_id}")
+            result["run_id"] = run_id
+            result["state"] = _wait_sampling_memory(stack, run_id, result["memory"])
+            result["run_seconds"] = time.monotonic() - triggered
+            result["task_instances"] = _task_instances(stack, run_id)
+            result["github_statuses"] = list(github_server.statuses)
+        result["stop_seconds"] = running.stop_seconds
         result["left"] = sorted(
             set(session_members(result["supervisord"]) if "supervisord" in result else [])
             | {pid for pid in result.get("pids", {}).values() if os.path.exists(f"/proc/{pid}")}
@@ -175,10 +122,6 @@ def production_run(
         result["worker_log"] = (stack.logs / f"{CELERY_WORKER}.log").read_text(errors="replace")
         _report(result)
         yield result
-    finally:
-        drop_database(postgres_admin_url, metadata_url)
-        drop_database(postgres_admin_url, machine_url)
-        github_server.reset()
 
 
 def _report(result: dict[str, Any]) -> None:
