@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import itertools
 import json
@@ -71,6 +72,9 @@ GEOPARQUET_VERSION = "1.1.0"
 #: Rows per row group of a published file (GDAL writes 65,536 by default, DuckDB 122,880: half GDAL's keeps a
 #: file's row groups in flight on the writer threads within the memory target, and lets a bbox filter skip finer).
 ROW_GROUP_ROWS = 32_768
+#: Bytes of merged rows the files of a sorter may hold between row groups together: over it, the file that has
+#: waited longest for rows writes a shorter row group (a file of each of 18 areas held up to a row group each).
+PENDING_BYTES = 16 << 20
 #: Bytes of rows all collections may buffer before the largest buffer is sorted and spilled (one more buffer is
 #: being sorted and spilled on a worker thread meanwhile).
 BUFFER_BYTES = 16 << 20
@@ -81,10 +85,17 @@ JEMALLOC_DECAY_MS = 100
 MALLOC_ARENAS = 2
 #: Rows per batch of a spilled run (the merge holds one batch per run).
 SPILL_BATCH_ROWS = 512
+#: Rows of a sorted buffer taken and written at once as it is spilled.
+SPILL_TAKE_ROWS = 16_384
 #: Keys of each run the merge reads ahead (8 bytes each, from the run's key file): a merge round takes about this
 #: many rows (at most twice), whatever the number of runs (over 51 M rows: 4,096 took 159 s and 358 MiB, 16,384
 #: 89 s and 332 MiB, 32,768 98 s and 397 MiB).
 MERGE_WINDOW_KEYS = 16_384
+#: A merge round that would take too many rows finds its lower threshold from every this-many-th key.
+CAP_SAMPLE_STRIDE = 16
+#: Keys of a run's window loaded at first (more as a round needs them): a round takes a few hundred rows from each
+#: of the many runs it touches, and whole windows loaded for each held about 23 MiB over 51 M rows.
+MERGE_KEY_CHUNK = 2_048
 #: Runs merged at once at most (two open files each; more runs are first merged in contiguous groups of the
 #: oldest, as few as bring the count down to this). Only the runs a round touches hold keys and rows.
 MERGE_FAN_IN = 512
@@ -662,6 +673,8 @@ class _Collection:
     types: set[str] = field(default_factory=set)
     bounds: list[float] = field(default_factory=lambda: [math.inf, math.inf, -math.inf, -math.inf])
     members: set[str] = field(default_factory=set)
+    #: The highest curve key of its rows: once the merge has gone past it, the file is finished and closed.
+    last_key: int = -1
 
 
 @dataclass
@@ -742,18 +755,36 @@ def geo_metadata(geometry_types: Iterable[str], bbox: Sequence[float] | None) ->
     return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
 
 
-def _limit_malloc_arenas(count: int) -> None:
-    """At most ``count`` glibc malloc arenas from now on (process-wide; numpy's arrays and Python's blocks come
-    from malloc): each worker thread got its own, and their freed memory stayed in them (peak RSS over 51 M rows
-    402 MiB with glibc's default of 8 per core, 359 MiB with 2). Nothing on another C library."""
+@functools.cache
+def _glibc() -> Any:
+    """The C library when it is glibc (``libc.so.6``), else None (musl and others: the calls below do nothing)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if name is None or not os.path.basename(name).startswith("libc.so"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).mallopt(-8, count)  # M_ARENA_MAX
+        return None
+    try:
+        library = ctypes.CDLL(name)
+    except OSError:
+        return None
+    return library if hasattr(library, "mallopt") and hasattr(library, "malloc_trim") else None
+
+
+def _limit_malloc_arenas(count: int) -> None:
+    """At most ``count`` glibc malloc arenas from now on (process-wide; numpy's arrays and Python's blocks come
+    from malloc): each worker thread got its own, and their freed memory stayed in them (peak RSS over 51 M rows
+    402 MiB with glibc's default of 8 per core, 359 MiB with 2). Nothing on another C library."""
+    if (libc := _glibc()) is not None:
+        libc.mallopt(-8, count)  # M_ARENA_MAX
+
+
+def _trim_malloc() -> None:
+    """Hand glibc's free pages back to the system, those between allocations too (``malloc_trim(0)``): the
+    merge's many short-lived arrays of every size left tens of MiB free but resident between Arrow's footer
+    metadata, which stays until a file is closed."""
+    if (libc := _glibc()) is not None:
+        libc.malloc_trim(0)
 
 
 def _memory_pool() -> pa.MemoryPool:
@@ -779,6 +810,8 @@ class GeoParquetCollections:
     :param merge_fan_in: spilled runs merged at once at most
     :param merge_window: keys of each run the merge reads ahead (about the rows of a merge round)
     :param block_bytes: bytes of CSV or GeoJSON read and converted at once
+    :param pending_bytes: bytes of merged rows the files of a sorter may hold between row groups together (over
+        it, the file that has waited longest for rows writes a shorter row group)
     :param workers: threads that parse and convert blocks, sort and spill buffers, and finish and encode row
         groups (:class:`Workers`), while the caller's thread inflates, routes and merges rows; default: one per
         core this process may run on (:func:`default_workers`); 0: all of it on the caller's thread. The files
@@ -795,6 +828,7 @@ class GeoParquetCollections:
         merge_window: int = MERGE_WINDOW_KEYS,
         block_bytes: int = READ_BLOCK_BYTES,
         workers: int | None = None,
+        pending_bytes: int = PENDING_BYTES,
     ) -> None:
         count = default_workers() if workers is None else workers
         if count < 0:
@@ -809,6 +843,7 @@ class GeoParquetCollections:
         self.spill_folder = Path(tempfile.mkdtemp(prefix="spill-", dir=folder))
         self.buffer_bytes = buffer_bytes
         self.row_group_rows = row_group_rows
+        self.pending_bytes = pending_bytes
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         #: One per licence class and layer type (:class:`_Sorter`).
         self.sorters: dict[tuple[str, str], _Sorter] = {}
@@ -830,6 +865,7 @@ class GeoParquetCollections:
         pa.default_memory_pool().release_unused()
         if self._previous_pool is not None:
             self._previous_pool.release_unused()
+        _trim_malloc()
 
     def _restore_pool(self) -> None:
         if self._previous_pool is not None:
@@ -927,6 +963,9 @@ class GeoParquetCollections:
             b[2], b[3] = max(b[2], batch.bounds[2]), max(b[3], batch.bounds[3])
             sorter, mask = masks.get(id(collection.sorter), (collection.sorter, 0))
             masks[id(sorter)] = (sorter, mask | 1 << collection.bit)
+        last_key = int(batch.key.max())
+        for collection in targets:
+            collection.last_key = max(collection.last_key, last_key)
         key = pa.array(batch.key, pa.uint64())
         inputs = pa.array(np.full(size, index, dtype=np.int32))
         for sorter, mask in masks.values():
@@ -961,10 +1000,7 @@ class GeoParquetCollections:
         self._drop_buffer(sorter)
 
         def spill() -> None:
-            table = self._sorted(schema, batches)
-            batches.clear()
-            self._write_run(path, schema, [table])
-            del table
+            self._write_run(path, schema, _sorted_pieces(schema, batches))
             self._release_unused()
 
         if self.workers is None:
@@ -1079,7 +1115,10 @@ class GeoParquetCollections:
             writer: pq.ParquetWriter
             pending: list[pa.Table] = field(default_factory=list)
             pending_rows: int = 0
+            pending_bytes: int = 0
+            fed: int = 0  # the last merge round that gave it rows
             groups: int = 0
+            open: bool = True
 
         def write(output: Output, table: pa.Table) -> None:
             output.groups += 1
@@ -1132,47 +1171,82 @@ class GeoParquetCollections:
                 lane_of[id(output)] = lanes[lightest]
                 load[lightest] += output.collection.rows
             bits = [np.uint64(1 << output.collection.bit) for output in outputs]
+            pending_total = 0  # bytes of rows all files hold between row groups
 
-            def split(piece: _Piece) -> list[tuple[int, pa.Table]]:
+            def split(piece: _Piece) -> tuple[list[tuple[int, pa.Table]], int]:
                 """A merged piece's rows of each file, in order (the take of the merge and the split among the
-                files in one go, on a worker thread)."""
+                files in one go, on a worker thread), without the key and targets columns; and the piece's
+                highest key."""
                 table, order = piece
-                if len(outputs) == 1:
-                    return [(0, table if order is None else table.take(order))]
+                keys = table.column(_KEY)
+                last = int(keys[-1 if order is None else int(order[-1])].as_py())
                 targets = table.column(_TARGETS).to_numpy()
+                table = table.drop_columns([_KEY, _TARGETS])
                 if order is not None:
+                    # one take out of the round's many run slices; each file's share is filtered from its result
+                    table = table.take(order)
                     targets = targets[order]
+                if len(outputs) == 1:
+                    return [(0, table)], last
                 parts = []
                 for index, bit in enumerate(bits):
                     has = (targets & bit) != 0
                     count = int(has.sum())
                     if count == len(has):
-                        rows = order
+                        parts.append((index, table))
                     elif count:
-                        rows = order[has] if order is not None else np.flatnonzero(has)
-                    else:
-                        continue
-                    parts.append((index, table if rows is None else table.take(rows)))
-                return parts
+                        parts.append((index, table.filter(pa.array(has))))
+                return parts, last
 
+            def flush(output: Output, rows: int | None = None) -> None:
+                """Write ``rows`` of the file's pending rows as a row group (all of them by default)."""
+                nonlocal pending_total
+                table = pa.concat_tables(output.pending)
+                rest = table.slice(rows if rows is not None else table.num_rows)
+                write(output, table.slice(0, rows) if rows is not None else table)
+                pending_total -= output.pending_bytes
+                output.pending = [rest] if rest.num_rows else []
+                output.pending_rows = rest.num_rows
+                output.pending_bytes = rest.nbytes if rest.num_rows else 0
+                pending_total += output.pending_bytes
+
+            def finish(output: Output) -> None:
+                """The file's last row group, then its footer (the writer's metadata, about 15 KB a row group,
+                is freed)."""
+                if output.pending_rows:
+                    flush(output)
+                output.open = False
+                lane_of[id(output)].submit(output.writer.close)
+
+            # Every decision below is taken on this thread, in the merge's order: the files do not depend on the
+            # number of workers or on timing.
+            for output in outputs:
+                if output.collection.rows == 0:
+                    finish(output)
             # a merge round holds up to two windows of rows: one round per worker in flight
             count = self.workers.count if self.workers is not None else None
-            for parts in _ordered_map(split, self._merged(sorter), self.workers, count):
+            merged = _ordered_map(split, self._merged(sorter), self.workers, count)
+            for round_no, (parts, last) in enumerate(merged, 1):
                 for index, part in parts:
                     output = outputs[index]
+                    output.fed = round_no
                     output.pending.append(part)
                     output.pending_rows += part.num_rows
+                    output.pending_bytes += part.nbytes
+                    pending_total += part.nbytes
                     while output.pending_rows >= self.row_group_rows:
-                        table = pa.concat_tables(output.pending)
-                        write(output, table.slice(0, self.row_group_rows))
-                        rest = table.slice(self.row_group_rows)
-                        output.pending, output.pending_rows = [rest], rest.num_rows
+                        flush(output, self.row_group_rows)
+                # the merge is past a file's last key: no more rows come to it
+                for output in outputs:
+                    if output.open and output.collection.last_key < last:
+                        finish(output)
+                # over the budget, the file that has waited longest for rows writes what it has (its area is
+                # behind the merge, for now): a shorter row group, as compact in space as a full one
+                while pending_total > self.pending_bytes:
+                    flush(min((o for o in outputs if o.pending_rows), key=lambda o: (o.fed, -o.pending_rows)))
             for output in outputs:
-                if output.pending_rows:
-                    write(output, pa.concat_tables(output.pending))
-                output.pending = []
-            for output in outputs:
-                lane_of[id(output)].submit(output.writer.close)
+                if output.open:
+                    finish(output)
             _close_all(lanes)
         except BaseException:
             with contextlib.suppress(BaseException):
@@ -1235,6 +1309,16 @@ class GeoParquetCollections:
             yield from _merge(sources, 2 * self.merge_window)
 
 
+def _sorted_pieces(schema: pa.Schema, batches: list[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """The buffered rows in key order, :data:`SPILL_TAKE_ROWS` at a time (a sorted copy of the whole buffer held
+    as much again while it was written); ``batches`` is emptied."""
+    table = pa.Table.from_batches(batches, schema=schema)
+    batches.clear()
+    order = stable_order(table.column(_KEY).to_numpy())
+    for start in range(0, len(order), SPILL_TAKE_ROWS):
+        yield table.take(order[start : start + SPILL_TAKE_ROWS])
+
+
 def _taken(piece: _Piece) -> pa.Table:
     table, order = piece
     return table if order is None else table.take(order)
@@ -1276,7 +1360,7 @@ class _Run:
 
     def __init__(
         self,
-        batch: Callable[[int], pa.Table],
+        batch: Callable[[int], pa.RecordBatch],
         keys: Callable[[int, int], np.ndarray],
         count: int,
         window: int,
@@ -1287,10 +1371,10 @@ class _Run:
         self._window = window
         self._start = self._end = 0  # the current window's keys not taken yet, and its end
         self._keys: np.ndarray | None = None  # the rest of the current window, once loaded
-        self.first = self.last = np.uint64(0)
+        self.first = self.last = 0  # Python integers: compared every round, faster than numpy's scalars
         self._batch_no = 0  # the batch holding the next row, and the rows of it taken
         self._batch_taken = 0
-        self._batch: pa.Table | None = None
+        self._batch: pa.RecordBatch | None = None
         self.done = count == 0
         self._next_window()
 
@@ -1305,15 +1389,15 @@ class _Run:
             keys_file.seek(8 * start)
             return np.frombuffer(keys_file.read(8 * count), dtype="<u8").astype(np.uint64)
 
-        def read_batch(index: int) -> pa.Table:
-            return pa.Table.from_batches([reader.get_batch(index)])
+        def read_batch(index: int) -> pa.RecordBatch:
+            return reader.get_batch(index)
 
         return cls(read_batch, read_keys, _keys_path(path).stat().st_size // 8, window)
 
     @classmethod
     def in_memory(cls, table: pa.Table, window: int) -> _Run:
         keys = table.column(_KEY).to_numpy()
-        batches = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=SPILL_BATCH_ROWS)]
+        batches = table.to_batches(max_chunksize=SPILL_BATCH_ROWS)
         return cls(batches.__getitem__, lambda start, count: keys[start : start + count], len(keys), window)
 
     def _next_window(self) -> None:
@@ -1323,8 +1407,8 @@ class _Run:
             return
         self._end = min(self._start + self._window, self._count)
         self._keys = None
-        self.first = self._read_keys(self._start, 1)[0]
-        self.last = self._read_keys(self._end - 1, 1)[0]
+        self.first = int(self._read_keys(self._start, 1)[0])
+        self.last = int(self._read_keys(self._end - 1, 1)[0])
         # a window never ends inside a run of equal keys: the merge takes a window's keys up to a threshold, and
         # the rest of such a run would come a round later, after the other runs' equal keys
         while self._end < self._count:
@@ -1335,17 +1419,25 @@ class _Run:
                 break
 
     def keys(self) -> np.ndarray:
-        """The rest of the current window (loaded the first time the merge reaches it, or again after
-        :meth:`release`)."""
+        """The window's next keys loaded so far: :data:`MERGE_KEY_CHUNK` of them at first (loaded the first time
+        the merge reaches the window, or again after :meth:`release`), more as :meth:`cut` needs them."""
         if self._keys is None:
-            self._keys = self._read_keys(self._start, self._end - self._start)
+            self._keys = self._read_keys(self._start, min(MERGE_KEY_CHUNK, self._end - self._start))
         return self._keys
 
-    def cut(self, threshold: np.uint64) -> int:
-        """How many of the window's next keys are at most ``threshold``."""
-        return int(np.searchsorted(self.keys(), threshold, side="right"))
+    def cut(self, threshold: int) -> int:
+        """How many of the window's next keys are at most ``threshold`` (the keys loaded then hold them all)."""
+        keys = self.keys()
+        bound = np.uint64(threshold)
+        count = int(np.searchsorted(keys, bound, side="right"))
+        while count == len(keys) and self._start + count < self._end:
+            # all loaded keys are at most the threshold: load as many again, up to the window's end
+            more = self._read_keys(self._start + count, min(count, self._end - self._start - count))
+            keys = self._keys = np.concatenate((keys, more))
+            count += int(np.searchsorted(more, bound, side="right"))
+        return count
 
-    def take(self, count: int) -> tuple[np.ndarray, list[pa.Table]]:
+    def take(self, count: int) -> tuple[np.ndarray, list[pa.RecordBatch]]:
         """The window's next ``count`` keys and their rows (slices of the run's batches)."""
         keys = self.keys()
         taken, self._keys = keys[:count], keys[count:]
@@ -1363,7 +1455,10 @@ class _Run:
             self._batch_taken += size
             count -= size
         if len(self._keys):
-            self.first = self._keys[0]
+            self.first = int(self._keys[0])
+        elif self._start < self._end:
+            self._keys = None
+            self.first = int(self.keys()[0])
         else:
             self._next_window()
         return taken, pieces
@@ -1372,6 +1467,22 @@ class _Run:
         """Drop the loaded keys and batch (read again when next needed)."""
         self._keys = None
         self._batch = None
+
+
+def _sampled_cap(reached: list[_Run], cuts: list[int], threshold: int, most: int) -> tuple[int, list[int]]:
+    """A lower threshold for a merge round that would take more than ``most`` rows, found from every
+    :data:`CAP_SAMPLE_STRIDE`-th key the runs reach (a small copy: the exact ``most``-th smallest of all of them
+    took two copies of up to a million keys a round), and the cuts it gives: at most ``most`` rows unless the
+    sample cannot tell (rows sharing keys), which the caller then settles exactly."""
+    stride = CAP_SAMPLE_STRIDE
+    # each sampled key of rank i stands for at most ``stride`` keys, and each run's keys past its last sample
+    # for fewer than ``stride`` more: taking the sample of this rank keeps a round under ``most``
+    rank = most // stride - len(reached) - 1
+    samples = [run.keys()[stride - 1 : cut : stride] for run, cut in zip(reached, cuts, strict=True)]
+    if rank < 0 or sum(map(len, samples)) <= rank:
+        return threshold, cuts
+    threshold = int(np.partition(np.concatenate(samples), rank)[rank])
+    return threshold, [run.cut(threshold) for run in reached]
 
 
 def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
@@ -1389,15 +1500,16 @@ def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
         reached = [run for run in live if run.first <= threshold]
         cuts = [run.cut(threshold) for run in reached]
         if most is not None and sum(cuts) > most:
+            threshold, cuts = _sampled_cap(reached, cuts, threshold, most)
+        if most is not None and sum(cuts) > most:
             # every key up to a lower threshold, from every run: the ``most``-th smallest of those reached
             reachable = np.concatenate([run.keys()[:cut] for run, cut in zip(reached, cuts, strict=True)])
-            threshold = np.partition(reachable, most - 1)[most - 1]
-            if threshold > reachable.min():
+            threshold = int(np.partition(reachable, most - 1)[most - 1])
+            if threshold > int(reachable.min()):
                 cuts = [run.cut(threshold) for run in reached]
-                if (
-                    sum(cuts) > most
-                ):  # many rows share that key: the rows below it first (fewer than ``most``)
-                    threshold -= np.uint64(1)
+                if sum(cuts) > most:
+                    # many rows share that key: the rows below it first (fewer than ``most``)
+                    threshold -= 1
                     cuts = [run.cut(threshold) for run in reached]
             else:
                 # the rows reached share one key (points at one place, as many as a source holds): in run order,
@@ -1405,7 +1517,7 @@ def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
                 first = next(i for i, run in enumerate(reached) if run.cut(threshold))
                 cuts = [0] * len(reached)
                 cuts[first] = min(reached[first].cut(threshold), most)
-        taken: list[pa.Table] = []
+        taken: list[pa.RecordBatch] = []
         taken_keys: list[np.ndarray] = []
         now = []
         for run, cut in zip(reached, cuts, strict=True):
@@ -1414,15 +1526,18 @@ def _merge(runs: list[_Run], most: int | None = None) -> Iterator[_Piece]:
                 taken_keys.append(keys)
                 taken.extend(pieces)
                 now.append(run)
-        for run in touched + reached:
-            if run not in now:
+        kept = {id(run) for run in now}
+        for run in (*touched, *reached):
+            if id(run) not in kept:
                 run.release()
         touched = now
         live = [run for run in live if not run.done]
+        table = pa.Table.from_batches(taken, taken[0].schema)
         if len(taken_keys) == 1:
-            yield pa.concat_tables(taken), None  # one run's rows only: already in order
+            yield table, None  # one run's rows only: already in order
             continue
-        yield pa.concat_tables(taken), stable_order(np.concatenate(taken_keys))
+        # numpy's stable sort (a merge sort on this data) gains from the keys being sorted runs laid end to end
+        yield table, np.argsort(np.concatenate(taken_keys), kind="stable")
 
 
 __all__ = [

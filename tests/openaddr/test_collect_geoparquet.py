@@ -187,6 +187,80 @@ def test_one_sort_for_global_and_its_area_with_threads(
     assert pq.read_table(files["us_west", "sa", "addresses"].path).num_rows == 0
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_files_over_the_pending_budget_write_shorter_row_groups(
+    sorted_file: tuple[Path, GeoParquetCollections, int],
+    tmp_path: Path,
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two areas far apart (Oakland's rows in one, Berlin's in the other) and ``global``: with a budget of one
+    byte for the rows the files hold between row groups, each round's rows go out at once, so the files hold
+    more, shorter row groups, yet the same rows in the same order as with the default budget; the area whose
+    rows end first is finished while the merge goes on. The same with and without threads."""
+    path, _, _ = sorted_file
+    run_zip = path.parent.parent / "run.zip"
+    entry = Entry("sources/xx/cities.json", "addresses", "primary", 42)
+    keys = [("global", "", "addresses"), ("us_west", "", "addresses"), ("europe", "", "addresses")]
+    tables = {}
+    closed: list[str] = []  # the files in the order their writers were closed
+    close = pq.ParquetWriter.close
+
+    def recording_close(writer: pq.ParquetWriter) -> None:
+        if writer.is_open:
+            closed.append(Path(writer.where).name)
+        close(writer)
+
+    monkeypatch.setattr(pq.ParquetWriter, "close", recording_close)
+    for budget in (None, 1):
+        collections = GeoParquetCollections(
+            tmp_path / f"out-{budget}",
+            buffer_bytes=40_000,
+            row_group_rows=500,
+            merge_fan_in=3,
+            merge_window=64,
+            block_bytes=4096,
+            workers=workers,
+            **({} if budget is None else {"pending_bytes": budget}),
+        )
+        for key in keys:
+            collections.add_collection(*key)
+        closed.clear()
+        with zipfile.ZipFile(run_zip) as archive:
+            text = archive.read("xx/cities.csv").decode()
+        lines = text.splitlines(keepends=True)
+        oak = [line for line in lines[1:] if ",oak" in line]
+        ber = [line for line in lines[1:] if ",ber" in line]
+        for name, rows, area in (("oak", oak, "us_west"), ("ber", ber, "europe")):
+            zip_path = tmp_path / f"{name}-{budget}.zip"
+            with zipfile.ZipFile(zip_path, "w") as archive:
+                archive.writestr(f"xx/{name}.csv", lines[0] + "".join(rows))
+            assert collections.add_run_zip(
+                zip_path, entry, [("global", "", "addresses"), (area, "", "addresses")]
+            )[0] == len(rows)
+        files = collections.close()
+        for key in keys:
+            metadata = pq.ParquetFile(files[key].path).metadata
+            assert all(metadata.row_group(i).num_rows <= 500 for i in range(metadata.num_row_groups))
+            assert files[key].row_groups == metadata.num_row_groups
+        tables[budget] = {key: pq.read_table(files[key].path) for key in keys}
+        # Oakland (us_west) comes first on the curve, Berlin (europe) last: the us_west file is finished before
+        # the global one, which takes rows to the end (files declared first are closed first when all end
+        # together)
+        assert closed.index(files[keys[1]].path.name) < closed.index(files[keys[0]].path.name), closed
+        groups = {key: files[key].row_groups for key in keys}
+        if budget is None:
+            assert groups == {
+                keys[0]: 4,
+                keys[1]: 2,
+                keys[2]: 2,
+            }  # 2,000 rows and 1,000 each, in groups of 500
+        else:
+            assert all(groups[key] > (4 if key == keys[0] else 2) for key in keys), groups
+    for key in keys:
+        assert tables[1][key].equals(tables[None][key], check_metadata=True), key
+
+
 def test_row_groups_are_tight(sorted_file: tuple[Path, GeoParquetCollections, int]) -> None:
     """Sorted by the curve, a reader looking for one city reads at most the 3 row groups its ~1,000 rows can
     straddle, of 9, by the bbox statistics alone (in the shuffled input order every group held every city)."""
@@ -550,17 +624,20 @@ def test_bytes_that_are_not_utf8_become_replacement_characters(tmp_path: Path) -
 @given(
     runs=st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=60).map(sorted), min_size=1, max_size=12),
     window=st.integers(1, 9),
-    most=st.none() | st.integers(1, 12),
+    most=st.none() | st.integers(1, 40),
     batch=st.integers(1, 7),
+    stride=st.integers(1, 3),
+    chunk=st.integers(1, 4),
 )
 def test_merge_of_runs_by_key_windows_is_a_stable_sort(
-    runs: list[list[int]], window: int, most: int | None, batch: int
+    runs: list[list[int]], window: int, most: int | None, batch: int, stride: int, chunk: int
 ) -> None:
     """The merge (key windows read lazily, rows taken batch by batch) gives every row once, in key order, equal
     keys in the order of their runs, then of their place in the run: a stable sort of the runs laid end to end.
     Small key ranges make many ties and runs overlapping or not at all; windows of 1 to 9 keys and batches of
-    ``batch`` rows cut the runs anywhere, and rounds of at most ``most`` rows lower the threshold
-    (runs left out of a round drop their keys and batch and read them again)."""
+    ``batch`` rows cut the runs anywhere, and rounds of at most ``most`` rows lower the threshold, from a sample
+    of every ``stride``-th key or exactly (runs left out of a round drop their keys and batch and read them
+    again); keys are loaded ``chunk`` at a time."""
     import pyarrow as pa
 
     from openaddr.collect.geoparquet import _merge, _Run
@@ -581,7 +658,13 @@ def test_merge_of_runs_by_key_windows_is_a_stable_sort(
 
     with mock.patch.object(geoparquet, "SPILL_BATCH_ROWS", batch):
         merge = _merge([_Run.in_memory(table, window) for table in tables], most)
-    for table, order in merge:
+    with (
+        mock.patch.object(geoparquet, "CAP_SAMPLE_STRIDE", stride),
+        mock.patch.object(geoparquet, "MERGE_KEY_CHUNK", chunk),
+    ):
+        rounds = list(merge)
+    for table, order in rounds:
+        assert most is None or table.num_rows <= most
         merged.extend((table if order is None else table.take(order)).column("tag").to_pylist())
     everything = [
         (key, f"{index}:{position}") for index, keys in enumerate(runs) for position, key in enumerate(keys)
