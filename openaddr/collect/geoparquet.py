@@ -27,8 +27,11 @@ longitude and latitude; WKB and bbox are built as it is written); when all buffe
 :data:`BUFFER_BYTES` the largest is sorted and spilled to a temporary Arrow IPC file (a sorted run) with its keys
 in a file beside it; at the end each sorter's runs are merged by their keys (:func:`_merge`: windows of keys read
 ahead, rows read as taken, about a window of rows a round whatever the number of runs), split among the
-collections by their bits and written by one ``pyarrow.parquet.ParquetWriter`` each, in row groups. A sorter that
-never spilled is sorted in memory. Each file is the same as if its collection had been sorted alone.
+collections by their bits and written by one ``pyarrow.parquet.ParquetWriter`` each, in row groups; a file is
+finished as soon as the merge passes its highest key, and when the files hold more than :data:`PENDING_BYTES` of
+rows between row groups, the one that has waited longest for rows writes a shorter group. A sorter that never
+spilled is sorted in memory. Each file holds the same rows in the same order as if its collection had been sorted
+alone.
 
 **Threads** (:class:`Workers`, one per core by default): the caller's thread inflates, routes rows and keeps the
 merge's books; the workers parse and convert blocks, sort and spill buffers, and take and split merge rounds
