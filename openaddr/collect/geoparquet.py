@@ -27,11 +27,13 @@ longitude and latitude; WKB and bbox are built as it is written); when all buffe
 :data:`BUFFER_BYTES` the largest is sorted and spilled to a temporary Arrow IPC file (a sorted run) with its keys
 in a file beside it; at the end each sorter's runs are merged by their keys (:func:`_merge`: windows of keys read
 ahead, rows read as taken, about a window of rows a round whatever the number of runs), split among the
-collections by their bits and written by one ``pyarrow.parquet.ParquetWriter`` each, in row groups; a file is
-finished as soon as the merge passes its highest key, and when the files hold more than :data:`PENDING_BYTES` of
-rows between row groups, the one that has waited longest for rows writes a shorter group. A sorter that never
-spilled is sorted in memory. Each file holds the same rows in the same order as if its collection had been sorted
-alone.
+collections by their bits and written by one writer each, in row groups (pyarrow's ``ParquetWriter`` a part of
+:data:`~openaddr.collect.parquet_parts.PART_ROW_GROUPS` row groups at a time, the parts stitched into the file
+by :class:`~openaddr.collect.parquet_parts.PartedParquetWriter`, so the writer's footer metadata stays bounded);
+a file is finished as soon as the merge passes its highest key, and when the files hold more than
+:data:`PENDING_BYTES` of rows between row groups, the one that has waited longest for rows writes a shorter group.
+A sorter that never spilled is sorted in memory. Each file holds the same rows in the same order as if its
+collection had been sorted alone.
 
 **Threads** (:class:`Workers`, one per core by default): the caller's thread inflates, routes rows and keeps the
 merge's books; the workers parse and convert blocks, sort and spill buffers, and take and split merge rounds
@@ -815,6 +817,9 @@ class GeoParquetCollections:
     :param block_bytes: bytes of CSV or GeoJSON read and converted at once
     :param pending_bytes: bytes of merged rows the files of a sorter may hold between row groups together (over
         it, the file that has waited longest for rows writes a shorter row group)
+    :param part_row_groups: row groups of each part a file is written as and stitched from
+        (:mod:`openaddr.collect.parquet_parts`: the writer's footer metadata stays bounded); default
+        :data:`~openaddr.collect.parquet_parts.PART_ROW_GROUPS`
     :param workers: threads that parse and convert blocks, sort and spill buffers, and finish and encode row
         groups (:class:`Workers`), while the caller's thread inflates, routes and merges rows; default: one per
         core this process may run on (:func:`default_workers`); 0: all of it on the caller's thread. The files
@@ -832,6 +837,7 @@ class GeoParquetCollections:
         block_bytes: int = READ_BLOCK_BYTES,
         workers: int | None = None,
         pending_bytes: int = PENDING_BYTES,
+        part_row_groups: int | None = None,
     ) -> None:
         count = default_workers() if workers is None else workers
         if count < 0:
@@ -847,6 +853,9 @@ class GeoParquetCollections:
         self.buffer_bytes = buffer_bytes
         self.row_group_rows = row_group_rows
         self.pending_bytes = pending_bytes
+        from openaddr.collect.parquet_parts import PART_ROW_GROUPS
+
+        self.part_row_groups = PART_ROW_GROUPS if part_row_groups is None else part_row_groups
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         #: One per licence class and layer type (:class:`_Sorter`).
         self.sorters: dict[tuple[str, str], _Sorter] = {}
@@ -1081,7 +1090,7 @@ class GeoParquetCollections:
         by the ``_targets`` bits; a file's rows are finished (provenance, WKB, bbox) and encoded a row group at a
         time on a writer thread: one per worker (:class:`_Background`), each file on one of them, the files
         shared out by rows so the threads take about as many each."""
-        import pyarrow.parquet as pq
+        from openaddr.collect.parquet_parts import PartedParquetWriter
 
         layer = sorter.layer
         attributes = layer_attributes(layer)
@@ -1115,7 +1124,7 @@ class GeoParquetCollections:
             collection: _Collection
             path: Path
             schema: pa.Schema
-            writer: pq.ParquetWriter
+            writer: PartedParquetWriter
             pending: list[pa.Table] = field(default_factory=list)
             pending_rows: int = 0
             pending_bytes: int = 0
@@ -1149,9 +1158,10 @@ class GeoParquetCollections:
                     {"geo": json.dumps(geo_metadata(collection.types, bbox), separators=(",", ":"))}
                 )
                 path = self.folder / parquet_name(*collection.key)
-                writer = pq.ParquetWriter(
+                writer = PartedParquetWriter(
                     path,
                     schema,
+                    part_row_groups=self.part_row_groups,
                     compression=COMPRESSION,
                     # the stubs omit the list of columns, which ParquetWriter takes
                     use_dictionary=cast(
@@ -1254,10 +1264,9 @@ class GeoParquetCollections:
         except BaseException:
             with contextlib.suppress(BaseException):
                 _close_all(lanes)
-            raise
-        finally:
             for output in outputs:
-                output.writer.close()  # again (a no-op) after an error
+                output.writer.discard()  # no half-written file left behind
+            raise
         return {
             output.collection.key: ParquetFile(
                 output.path,

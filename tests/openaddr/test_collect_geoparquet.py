@@ -33,6 +33,7 @@ from openaddr.collect.geoparquet import (
     parquet_name,
     stable_order,
 )
+from openaddr.collect.parquet_parts import PartedParquetWriter
 from openaddr.db import make_engine, upgrade
 from openaddr.db.collect import current_zips
 from openaddr.db.jobs import complete_set, create_set
@@ -160,8 +161,9 @@ def test_one_sort_for_global_and_its_area_with_threads(
 ) -> None:
     """The same run into ``global`` and an area (one sorter: each row buffered, spilled and merged once, split
     among the files as they are written), with the reader and writer threads: both files hold exactly the rows,
-    order and row groups of the single-threaded file of one collection; the area of the other licence class,
-    declared and given nothing, is written empty."""
+    order and row groups of the single-threaded file of one collection, byte for byte, though written in parts of
+    two row groups and stitched; the area of the other licence class, declared and given nothing, is written
+    empty."""
     path, _, added = sorted_file
     collections = GeoParquetCollections(
         tmp_path / "out",
@@ -170,6 +172,7 @@ def test_one_sort_for_global_and_its_area_with_threads(
         merge_fan_in=3,
         block_bytes=4096,
         workers=2,
+        part_row_groups=2,
     )
     for key in (("global", "", "addresses"), ("us_west", "", "addresses"), ("us_west", "sa", "addresses")):
         collections.add_collection(*key)
@@ -183,6 +186,8 @@ def test_one_sort_for_global_and_its_area_with_threads(
         assert files[key].rows == added
         assert files[key].row_groups == 9
         assert pq.read_table(files[key].path).equals(expected, check_metadata=True), key
+        assert files[key].path.read_bytes() == path.read_bytes(), key
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.path.name for f in files.values())
     assert files["us_west", "sa", "addresses"].rows == 0
     assert pq.read_table(files["us_west", "sa", "addresses"].path).num_rows == 0
 
@@ -204,14 +209,14 @@ def test_files_over_the_pending_budget_write_shorter_row_groups(
     keys = [("global", "", "addresses"), ("us_west", "", "addresses"), ("europe", "", "addresses")]
     tables = {}
     closed: list[str] = []  # the files in the order their writers were closed
-    close = pq.ParquetWriter.close
+    close = PartedParquetWriter.close
 
-    def recording_close(writer: pq.ParquetWriter) -> None:
+    def recording_close(writer: PartedParquetWriter) -> None:
         if writer.is_open:
-            closed.append(Path(writer.where).name)
+            closed.append(writer.path.name)
         close(writer)
 
-    monkeypatch.setattr(pq.ParquetWriter, "close", recording_close)
+    monkeypatch.setattr(PartedParquetWriter, "close", recording_close)
     for budget in (None, 1):
         collections = GeoParquetCollections(
             tmp_path / f"out-{budget}",
