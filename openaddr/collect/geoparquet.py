@@ -66,6 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from openaddr.canonical import OUTPUT_COLUMNS
+from openaddr.collect.parquet_parts import PART_ROW_GROUPS, PartedParquetWriter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -507,8 +508,9 @@ _Piece = tuple[pa.Table, "np.ndarray | None"]
 @dataclass(frozen=True)
 class Workers:
     """Threads that parse and convert blocks of rows, sort and spill buffers, and take and split merge rounds (as
-    many writer threads finish and encode row groups), while the caller's thread inflates, routes and merges rows: pyarrow, numpy's sorts, ISA-L and shapely release
-    the GIL for the heavy part of each, so they run on every core. ``window``: calls queued or running at most in
+    many writer threads finish and encode row groups), while the caller's thread inflates, routes and merges
+    rows: pyarrow, numpy's sorts, ISA-L and shapely release the GIL for the heavy part of each, so they run on
+    every core. ``window``: calls queued or running at most in
     :func:`_ordered_map` (each holds a block of rows)."""
 
     pool: ThreadPoolExecutor
@@ -853,8 +855,6 @@ class GeoParquetCollections:
         self.buffer_bytes = buffer_bytes
         self.row_group_rows = row_group_rows
         self.pending_bytes = pending_bytes
-        from openaddr.collect.parquet_parts import PART_ROW_GROUPS
-
         self.part_row_groups = PART_ROW_GROUPS if part_row_groups is None else part_row_groups
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         #: One per licence class and layer type (:class:`_Sorter`).
@@ -1090,8 +1090,6 @@ class GeoParquetCollections:
         by the ``_targets`` bits; a file's rows are finished (provenance, WKB, bbox) and encoded a row group at a
         time on a writer thread: one per worker (:class:`_Background`), each file on one of them, the files
         shared out by rows so the threads take about as many each."""
-        from openaddr.collect.parquet_parts import PartedParquetWriter
-
         layer = sorter.layer
         attributes = layer_attributes(layer)
         paths = pa.array([e.source_path for e in self.entries], pa.string())

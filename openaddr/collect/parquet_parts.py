@@ -46,12 +46,8 @@ _NUM_ROWS, _ROW_GROUPS = 3, 4
 _RG_COLUMNS, _RG_FILE_OFFSET = 1, 5
 _CC_OFFSETS = (2, 4, 6)  # file_offset, offset_index_offset, column_index_offset
 _CC_META_DATA = 3
-_CMD_OFFSETS = (
-    9,
-    10,
-    11,
-    14,
-)  # data_page_offset, index_page_offset, dictionary_page_offset, bloom_filter_offset
+# data_page_offset, index_page_offset, dictionary_page_offset, bloom_filter_offset
+_CMD_OFFSETS = (9, 10, 11, 14)
 
 Field = list[Any]  # [field id, type, value]
 
